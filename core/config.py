@@ -1,0 +1,398 @@
+"""Typed run and site configuration with validation that names the file, key and expectation.
+
+A run's settings are flat ``key = value`` pairs, as Flower passes them in ``Context.run_config``
+(``pyproject.toml`` ``[tool.flwr.app.config]``, overridden by ``flwr run --run-config``).
+A site is a YAML file describing one hospital's data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ImageEncoderConfig",
+    "TextEncoderConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SourceConfig",
+    "SiteConfig",
+    "load_site",
+    "list_site_files",
+    "project_root",
+    "resolve_path",
+    "RECIPES",
+    "MODEL_SIZES",
+]
+
+RECIPES = ("mixed", "convirt", "timnet")
+MODEL_SIZES = ("tiny", "small", "base")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid.
+
+    The message always names where the value came from (file or ``run_config``), the key, and
+    what was expected, so that an operator can fix it without reading code.
+    """
+
+    def __init__(self, origin: str, key: str, expected: str, got: Any = dataclasses.MISSING):
+        self.origin, self.key, self.expected = origin, key, expected
+        got_text = "" if got is dataclasses.MISSING else f", got {got!r}"
+        super().__init__(f"{origin}: key '{key}': expected {expected}{got_text}")
+
+
+def project_root() -> Path:
+    """The repository folder that holds ``pyproject.toml`` and ``sites/`` (editable installs)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def resolve_path(value: str | os.PathLike[str], base: Path | None = None) -> Path:
+    """Expand ``~`` and ``$VARS``; relative paths are tried against ``base``, the current
+    directory, then the project root, and the first that exists wins."""
+    path = Path(os.path.expandvars(os.path.expanduser(str(value))))
+    if path.is_absolute():
+        return path
+    candidates = ([base] if base is not None else []) + [Path.cwd(), project_root()]
+    for root in candidates:
+        if (root / path).exists():
+            return (root / path).resolve()
+    return ((base or Path.cwd()) / path).resolve()
+
+
+# --------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """ResNet image encoder (torchvision building blocks)."""
+
+    block: str = "basic"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50)
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    in_chans: int = 1
+    image_size: int = 64
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """BERT text encoder built from a ``transformers.BertConfig`` (random weights)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 256
+    max_len: int = 64
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything ``build_model`` needs."""
+
+    image: ImageEncoderConfig = ImageEncoderConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+    vocab_size: int = 1000
+    embed_dim: int = 128  # shared space of contrastive / matching heads
+    mim_patch: int = 8
+
+    @staticmethod
+    def preset(size: str, image_size: int, vocab_size: int, mim_patch: int = 8) -> "ModelConfig":
+        """Named sizes: ``tiny`` for tests, ``small`` for the CPU demo, ``base`` for GPUs."""
+        if size == "tiny":
+            image = ImageEncoderConfig(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), image_size=image_size)
+            text = TextEncoderConfig(hidden=32, layers=1, heads=2, intermediate=64, max_len=48)
+            return ModelConfig(image, text, vocab_size, embed_dim=32, mim_patch=mim_patch)
+        if size == "small":
+            image = ImageEncoderConfig(layers=(1, 1, 1, 1), widths=(32, 64, 128, 256), image_size=image_size)
+            text = TextEncoderConfig(hidden=128, layers=2, heads=2, intermediate=256, max_len=64)
+            return ModelConfig(image, text, vocab_size, embed_dim=128, mim_patch=mim_patch)
+        if size == "base":
+            image = ImageEncoderConfig(layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), image_size=image_size)
+            text = TextEncoderConfig(hidden=768, layers=12, heads=12, intermediate=3072, max_len=256)
+            return ModelConfig(image, text, vocab_size, embed_dim=512, mim_patch=mim_patch)
+        raise ConfigError("run_config", "model-size", f"one of {MODEL_SIZES}", size)
+
+
+# ------------------------------------------------------------------------------------ run
+@dataclass(frozen=True)
+class RunConfig:
+    """All run settings. Field ``foo_bar`` is run-config key ``foo-bar``.
+
+    Defaults here are the defaults of ``[tool.flwr.app.config]`` in ``pyproject.toml``.
+    """
+
+    recipe: str = "mixed"
+    model_size: str = "small"
+    rounds: int = 5
+    local_steps: int = 25
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    image_size: int = 64
+    tau: float = 0.1
+    contrastive_lambda: float = 0.75
+    weight_contrastive: float = 1.0
+    weight_matching: float = 1.0
+    weight_mlm: float = 1.0
+    weight_mim: float = 1.0
+    mask_ratio: float = 0.15
+    mim_patch: int = 8
+    min_replies: int = 1
+    round_timeout: float = 3600.0
+    sites: str = "sites/demo"
+    out_dir: str = "runs/flwr"
+    tokenizer: str = "demo"
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], origin: str = "run_config") -> "RunConfig":
+        """Build from Flower-style ``key-with-dashes`` values, checking names and types."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            name = raw_key.replace("-", "_")
+            if name not in fields:
+                known = ", ".join(sorted(k.replace("_", "-") for k in fields))
+                raise ConfigError(origin, raw_key, f"one of the known keys ({known})")
+            kwargs[name] = _coerce(origin, raw_key, fields[name].type, value)
+        config = cls(**kwargs)
+        config.validate(origin)
+        return config
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_flat`."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with ``changes`` applied and validated."""
+        config = dataclasses.replace(self, **changes)
+        config.validate("overrides")
+        return config
+
+    def validate(self, origin: str = "run_config") -> None:
+        """Raise :class:`ConfigError` on the first out-of-range value."""
+        if self.recipe not in RECIPES:
+            raise ConfigError(origin, "recipe", f"one of {RECIPES}", self.recipe)
+        if self.model_size not in MODEL_SIZES:
+            raise ConfigError(origin, "model-size", f"one of {MODEL_SIZES}", self.model_size)
+        positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_replies")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(origin, name.replace("_", "-"), "an integer >= 1", getattr(self, name))
+        if self.image_size % 32 != 0:
+            raise ConfigError(origin, "image-size", "a multiple of 32 (the ResNet stride)", self.image_size)
+        if self.image_size % self.mim_patch != 0:
+            raise ConfigError(origin, "mim-patch", f"a divisor of image-size {self.image_size}", self.mim_patch)
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(origin, "mask-ratio", "a fraction in (0, 1)", self.mask_ratio)
+        if self.lr <= 0 or self.tau <= 0:
+            raise ConfigError(origin, "lr" if self.lr <= 0 else "tau", "a positive number")
+        if not 0.0 <= self.contrastive_lambda <= 1.0:
+            raise ConfigError(origin, "contrastive-lambda", "a value in [0, 1]", self.contrastive_lambda)
+        for name in ("weight_contrastive", "weight_matching", "weight_mlm", "weight_mim"):
+            if getattr(self, name) < 0:
+                raise ConfigError(origin, name.replace("_", "-"), "a weight >= 0", getattr(self, name))
+
+    def objective_weights(self) -> dict[str, float]:
+        """Per-objective loss weights after the recipe is applied (0 = objective off)."""
+        weights = {
+            "contrastive": self.weight_contrastive,
+            "matching": self.weight_matching,
+            "mlm": self.weight_mlm,
+            "mim": self.weight_mim,
+        }
+        if self.recipe == "convirt":
+            weights = {**{k: 0.0 for k in weights}, "contrastive": self.weight_contrastive}
+        elif self.recipe == "timnet":
+            weights = {**{k: 0.0 for k in weights}, "matching": self.weight_matching}
+        return weights
+
+    def config_hash(self) -> str:
+        """A short hash of the settings that change the model or the training trajectory.
+
+        ``rounds`` and ``out-dir`` are left out so that a run can be extended or moved.
+        """
+        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-replies", "device")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _coerce(origin: str, key: str, type_name: Any, value: Any) -> Any:
+    """Flower hands over TOML scalars; accept ints for floats and reject everything else."""
+    type_name = str(type_name)
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(origin, key, "an integer", value)
+        return value
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(origin, key, "a number", value)
+        return float(value)
+    if type_name == "str":
+        if not isinstance(value, str):
+            raise ConfigError(origin, key, "a string", value)
+        return value
+    return value
+
+
+# ----------------------------------------------------------------------------------- sites
+@dataclass(frozen=True)
+class SourceConfig:
+    """One manifest of a site, with the names of its columns."""
+
+    manifest: Path
+    id_column: str = "id"
+    image_column: str | None = "image"
+    report_column: str | None = "report"
+    label_columns: tuple[str, ...] = ()
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """``{"image"}``, ``{"text"}`` or both."""
+        out = set()
+        if self.image_column:
+            out.add("image")
+        if self.report_column:
+            out.add("text")
+        return frozenset(out)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A hospital: its name, data sources, device and privacy budget."""
+
+    name: str
+    path: Path
+    sources: tuple[SourceConfig, ...]
+    device: str = "auto"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Union of the modalities of all sources."""
+        out: set[str] = set()
+        for source in self.sources:
+            out |= source.modalities
+        return frozenset(out)
+
+
+_SITE_KEYS = {"name", "sources", "device", "privacy", "description"}
+_SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind"}
+
+
+def load_site(path: str | os.PathLike[str]) -> SiteConfig:
+    """Load and validate a site YAML file.
+
+    Parameters
+    ----------
+    path
+        The site file. Relative manifest paths inside it are relative to the file.
+
+    Returns
+    -------
+    SiteConfig
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the key and what was expected.
+    """
+    path = Path(path)
+    origin = str(path)
+    if not path.is_file():
+        raise ConfigError(origin, "(file)", "an existing site YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(origin, "(file)", f"valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(origin, "(top level)", "a mapping of site settings", type(raw).__name__)
+    unknown = set(raw) - _SITE_KEYS
+    if unknown:
+        raise ConfigError(origin, sorted(unknown)[0], f"one of {sorted(_SITE_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(origin, "name", "a non-empty string", name)
+    sources_raw = raw.get("sources")
+    if not isinstance(sources_raw, list) or not sources_raw:
+        raise ConfigError(origin, "sources", "a non-empty list of data sources", sources_raw)
+    sources = tuple(_load_source(origin, i, item, path.parent) for i, item in enumerate(sources_raw))
+    device = raw.get("device", "auto")
+    if not isinstance(device, str):
+        raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
+    privacy = raw.get("privacy") or {}
+    if not isinstance(privacy, dict):
+        raise ConfigError(origin, "privacy", "a mapping with 'epsilon' and 'delta'", privacy)
+    epsilon = privacy.get("epsilon")
+    if epsilon is not None and (not isinstance(epsilon, (int, float)) or epsilon <= 0):
+        raise ConfigError(origin, "privacy.epsilon", "a positive number or null", epsilon)
+    delta = privacy.get("delta", 1e-5)
+    if not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise ConfigError(origin, "privacy.delta", "a number in (0, 1)", delta)
+    return SiteConfig(
+        name=name.strip(),
+        path=path.resolve(),
+        sources=sources,
+        device=device,
+        epsilon=None if epsilon is None else float(epsilon),
+        delta=float(delta),
+    )
+
+
+def _load_source(origin: str, index: int, raw: Any, base: Path) -> SourceConfig:
+    prefix = f"sources[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(origin, prefix, "a mapping with at least 'manifest'", raw)
+    unknown = set(raw) - _SOURCE_KEYS
+    if unknown:
+        raise ConfigError(origin, f"{prefix}.{sorted(unknown)[0]}", f"one of {sorted(_SOURCE_KEYS)}")
+    manifest = raw.get("manifest")
+    if not isinstance(manifest, str) or not manifest:
+        raise ConfigError(origin, f"{prefix}.manifest", "a path to a CSV or Parquet manifest", manifest)
+    manifest_path = resolve_path(manifest, base)
+    if manifest_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ConfigError(origin, f"{prefix}.manifest", "a .csv or .parquet file", manifest)
+    kind = raw.get("kind")
+    kinds = {"pairs": ("image", "report"), "images": ("image", None), "reports": (None, "report")}
+    if kind is not None and kind not in kinds:
+        raise ConfigError(origin, f"{prefix}.kind", f"one of {sorted(kinds)}", kind)
+    default_image, default_report = kinds[kind] if kind else ("image", "report")
+    image_column = raw.get("image_column", default_image)
+    report_column = raw.get("report_column", default_report)
+    for key, value in (("image_column", image_column), ("report_column", report_column)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(origin, f"{prefix}.{key}", "a column name or null", value)
+    if image_column is None and report_column is None:
+        raise ConfigError(origin, f"{prefix}", "at least one of 'image_column' and 'report_column'")
+    labels = raw.get("label_columns", [])
+    if not isinstance(labels, list) or not all(isinstance(c, str) for c in labels):
+        raise ConfigError(origin, f"{prefix}.label_columns", "a list of column names", labels)
+    id_column = raw.get("id_column", "id")
+    if not isinstance(id_column, str):
+        raise ConfigError(origin, f"{prefix}.id_column", "a column name", id_column)
+    return SourceConfig(manifest_path, id_column, image_column, report_column, tuple(labels))
+
+
+def list_site_files(sites: str | os.PathLike[str]) -> list[Path]:
+    """Site files of a federation folder, in partition-id order (sorted by file name)."""
+    folder = resolve_path(sites)
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise ConfigError("run_config", "sites", "a folder of site YAML files", str(sites))
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+    if not files:
+        raise ConfigError("run_config", "sites", f"a folder containing *.yaml site files ({folder})")
+    return files
