@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "list_site_files",
     "project_root",
     "resolve_path",
+    "expand_vars",
     "RECIPES",
     "MODEL_SIZES",
 ]
@@ -55,10 +57,19 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+_VAR_WITH_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
+
+
+def expand_vars(value: str) -> str:
+    """Expand ``~``, ``$VAR``, ``${VAR}`` and shell-style ``${VAR:-default}``."""
+    value = _VAR_WITH_DEFAULT.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), value)
+    return os.path.expandvars(os.path.expanduser(value))
+
+
 def resolve_path(value: str | os.PathLike[str], base: Path | None = None) -> Path:
-    """Expand ``~`` and ``$VARS``; relative paths are tried against ``base``, the current
-    directory, then the project root, and the first that exists wins."""
-    path = Path(os.path.expandvars(os.path.expanduser(str(value))))
+    """Expand variables (:func:`expand_vars`); relative paths are tried against ``base``,
+    the current directory, then the project root, and the first that exists wins."""
+    path = Path(expand_vars(str(value)))
     if path.is_absolute():
         return path
     candidates = ([base] if base is not None else []) + [Path.cwd(), project_root()]
@@ -145,6 +156,7 @@ class RunConfig:
     weight_mim: float = 1.0
     mask_ratio: float = 0.15
     mim_patch: int = 8
+    min_nodes: int = 1
     min_replies: int = 1
     round_timeout: float = 3600.0
     sites: str = "sites/demo"
@@ -184,7 +196,7 @@ class RunConfig:
             raise ConfigError(origin, "recipe", f"one of {RECIPES}", self.recipe)
         if self.model_size not in MODEL_SIZES:
             raise ConfigError(origin, "model-size", f"one of {MODEL_SIZES}", self.model_size)
-        positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_replies")
+        positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(origin, name.replace("_", "-"), "an integer >= 1", getattr(self, name))
@@ -221,7 +233,7 @@ class RunConfig:
 
         ``rounds`` and ``out-dir`` are left out so that a run can be extended or moved.
         """
-        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-replies", "device")}
+        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -8,7 +8,10 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..config import ImageEncoderConfig
 
-__all__ = ["ResNetEncoder", "build_image_encoder"]
+__all__ = ["ResNetEncoder", "build_image_encoder", "PIXEL_MEAN", "PIXEL_STD"]
+
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.25
 
 
 class ResNetEncoder(nn.Module):
@@ -58,8 +61,12 @@ class ResNetEncoder(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` images to a ``(B, out_dim, H/stride, W/stride)`` feature map."""
-        return self.stages(self.stem(images))
+        """``(B, C, H, W)`` images in ``[0, 1]`` to a ``(B, out_dim, H/stride, W/stride)`` map.
+
+        Normalisation lives here, not in the data pipeline, so every caller (pretraining,
+        sweeps, exported weights) feeds the same ``[0, 1]`` pixels.
+        """
+        return self.stages(self.stem((images - PIXEL_MEAN) / PIXEL_STD))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images to ``(B, out_dim)`` globally average-pooled features."""

@@ -1,0 +1,88 @@
+"""The Flower ClientApp: one hospital's local training on its own data.
+
+The site comes from node config: ``site-config`` (a site YAML, one per SuperNode) or, in
+simulation, ``partition-id`` indexing the sorted site files of the run's ``sites`` folder.
+Replies carry only the parameter groups the site's data trained, a sample count per group
+and scalar metrics: never pixels, text or tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
+from fedvlp.core.models import build_model
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, filter_groups
+from fedvlp.core.train import LocalTrainer, load_site_datasets, resolve_device
+
+__all__ = ["app", "make_client_app", "site_for", "train_round"]
+
+log = logging.getLogger("fedvlp.client")
+
+# One trainer per (site file, configuration) and process: simulation actors and long-running
+# ClientApp processes keep their datasets and loader workers between rounds.
+_TRAINERS: dict[tuple[str, str], LocalTrainer] = {}
+
+
+def site_for(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
+    """The site this node trains on, from ``site-config`` or ``partition-id``."""
+    if "site-config" in node_config:
+        return load_site(resolve_path(str(node_config["site-config"])))
+    if "partition-id" in node_config:
+        files = list_site_files(run.sites)
+        pid = int(node_config["partition-id"])
+        if pid >= len(files):
+            raise ConfigError("run_config", "sites", f"at least {pid + 1} site files for partition {pid} (found {len(files)})")
+        return load_site(files[pid])
+    raise ConfigError("node_config", "site-config", "the path of this hospital's site YAML (--node-config \"site-config='sites/x.yaml'\")")
+
+
+def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
+    key = (str(site.path), run.config_hash())
+    if key not in _TRAINERS:
+        device = resolve_device(site.device if site.device != "auto" else run.device)
+        model = build_model(run)
+        datasets = load_site_datasets(site, run, model.config.text.max_len)
+        workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
+        _TRAINERS[key] = LocalTrainer(model, datasets, run, device, num_workers=workers)
+        log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in datasets))
+    return _TRAINERS[key]
+
+
+def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], server_round: int) -> RecordDict:
+    """Load the global weights, train locally, and build the reply content."""
+    trainer = _trainer(site, run)
+    trainer.model.load_state_dict(global_state)
+    result = trainer.train(run.local_steps, seed=run.seed * 100_003 + server_round)
+    trained = filter_groups(trainer.model.state_dict(), result.group_counts)
+    arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
+    counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
+    metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})
+    return RecordDict({ARRAYS_KEY: arrays, COUNTS_KEY: counts, METRICS_KEY: metrics})
+
+
+def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose run config is ``context.run_config`` updated with ``overrides``."""
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
+        if "FEDVLP_TORCH_THREADS" in os.environ:  # simulations pin one thread per virtual client
+            torch.set_num_threads(max(1, int(os.environ["FEDVLP_TORCH_THREADS"])))
+        site = site_for(context.node_config, run)
+        state = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
+        server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
+        return Message(content=train_round(site, run, state, server_round), reply_to=msg)
+
+    return client_app
+
+
+app = make_client_app()

@@ -1,0 +1,62 @@
+"""The whole pretraining model: encoders plus one head per active objective."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, RunConfig
+from ..data.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, MLMObjective, Objective
+from .image import ResNetEncoder, build_image_encoder
+from .text import TextEncoder, build_text_encoder
+
+__all__ = ["FedVLPModel", "build_model", "model_config_for"]
+
+
+class FedVLPModel(nn.Module):
+    """``image`` and ``text`` encoders and ``head[<objective>]`` modules.
+
+    The attribute names are the parameter groups of DESIGN.md, so ``state_dict()`` keys
+    read ``image.…``, ``text.…`` and ``head.<objective>.…``.
+    """
+
+    def __init__(self, config: ModelConfig, objectives: dict[str, Objective], image: ResNetEncoder, text: TextEncoder):
+        super().__init__()
+        self.config = config
+        self.image = image
+        self.text = text
+        self.head = nn.ModuleDict(objectives)
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """The active objectives, in a fixed order."""
+        return [self.head[name] for name in self.head]  # type: ignore[misc]
+
+
+def model_config_for(run: RunConfig) -> ModelConfig:
+    """The model size preset of a run, with its tokenizer's vocabulary size."""
+    vocab_size = len(load_tokenizer(run.tokenizer))
+    return ModelConfig.preset(run.model_size, run.image_size, vocab_size, run.mim_patch)
+
+
+def build_model(run: RunConfig, seed: int | None = None) -> FedVLPModel:
+    """Build the model of a run with random weights (seeded by ``seed`` or ``run.seed``).
+
+    Only objectives whose weight is above zero get a head.
+    """
+    torch.manual_seed(run.seed if seed is None else seed)
+    config = model_config_for(run)
+    tokenizer = load_tokenizer(run.tokenizer)
+    image = build_image_encoder(config.image)
+    text = build_text_encoder(config.text, config.vocab_size)
+    weights = run.objective_weights()
+    special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    candidates: dict[str, Objective] = {
+        "contrastive": ContrastiveObjective(image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda),
+        "matching": MatchingObjective(image.out_dim, text.out_dim, config.embed_dim),
+        "mlm": MLMObjective(text.out_dim, config.vocab_size, special_ids, tokenizer.mask_token_id, run.mask_ratio),
+        "mim": MIMObjective(image.out_dim, image.stride, config.image.in_chans, run.mim_patch, run.mask_ratio),
+    }
+    objectives = {name: objective for name, objective in candidates.items() if weights[name] > 0}
+    return FedVLPModel(config, objectives, image, text)

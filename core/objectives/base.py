@@ -1,0 +1,80 @@
+"""What every objective declares, and the per-batch encoder outputs they share."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.model import FedVLPModel
+
+__all__ = ["Objective", "BatchView", "IMAGE", "TEXT"]
+
+IMAGE = "image"
+TEXT = "text"
+
+
+class BatchView:
+    """One batch plus lazily computed, shared encoder outputs.
+
+    Contrastive and matching objectives both need the clean image feature map and text
+    states; computing them once per batch keeps the trainer as fast as a bare loop.
+    """
+
+    def __init__(self, model: "FedVLPModel", batch: dict[str, torch.Tensor]) -> None:
+        self.model = model
+        self.batch = batch
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Modalities present in the batch."""
+        present = set()
+        if IMAGE in self.batch:
+            present.add(IMAGE)
+        if "input_ids" in self.batch:
+            present.add(TEXT)
+        return frozenset(present)
+
+    @property
+    def size(self) -> int:
+        """Number of samples in the batch."""
+        tensor = self.batch[IMAGE] if IMAGE in self.batch else self.batch["input_ids"]
+        return int(tensor.shape[0])
+
+    @cached_property
+    def image_map(self) -> torch.Tensor:
+        """``(B, C, h, w)`` image feature map of the clean images."""
+        return self.model.image.forward_features(self.batch[IMAGE])
+
+    @cached_property
+    def text_states(self) -> torch.Tensor:
+        """``(B, L, D)`` token states of the clean reports."""
+        return self.model.text(self.batch["input_ids"], self.batch["attention_mask"])
+
+
+class Objective(nn.Module):
+    """A loss family with its head. The head's parameters are the ``head.<name>.`` group.
+
+    Subclasses set ``name``, ``modalities`` (what a batch must hold) and ``encoder_groups``
+    (which encoder groups its gradient reaches), and implement :meth:`loss`.
+    """
+
+    name: ClassVar[str]
+    modalities: ClassVar[frozenset[str]]
+    encoder_groups: ClassVar[tuple[str, ...]]
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """All parameter groups that training this objective changes."""
+        return (*self.encoder_groups, f"head.{self.name}")
+
+    def applies_to(self, modalities: frozenset[str]) -> bool:
+        """Whether a batch with ``modalities`` can train this objective."""
+        return self.modalities <= modalities
+
+    def loss(self, view: BatchView) -> torch.Tensor:  # pragma: no cover - abstract
+        """Scalar loss on one batch."""
+        raise NotImplementedError
