@@ -144,7 +144,13 @@ class LocalTrainer:
         LocalResult
             Per-group sample counts and mean losses (``loss/<objective>``, ``loss/total``).
         """
+        # Everything random in a round derives from ``seed``, so a restarted process repeats
+        # a round bit for bit: the global RNG (masks, dropout, augmentation) and the shuffles.
         torch.manual_seed(seed)
+        for index, loader in enumerate(self._loaders):
+            assert loader.generator is not None
+            loader.generator.manual_seed(seed * 1000 + index)
+            self._iterators[index] = None
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.run.lr, weight_decay=self.run.weight_decay)

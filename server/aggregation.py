@@ -54,11 +54,19 @@ def validate_update(update: SiteUpdate, reference: Mapping[str, torch.Tensor]) -
             raise ReplyRejected(f"node {update.node_id}: group '{group_of(key)}' sent without a positive sample count")
 
 
+def _canonical_key(update: SiteUpdate) -> tuple[object, ...]:
+    checksum = sum(float(t.double().sum()) for t in update.weights.values() if t.is_floating_point())
+    return (sorted(update.counts.items()), len(update.weights), checksum)
+
+
 def aggregate(current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate]) -> dict[str, torch.Tensor]:
     """Weighted mean per key over the updates that carry it; other keys unchanged.
 
     Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded.
     """
+    # Replies arrive in any order and node ids are random: sum in a canonical order so that
+    # a resumed run reproduces an uninterrupted one bit for bit.
+    updates = sorted(updates, key=_canonical_key)
     out: dict[str, torch.Tensor] = {}
     for key, value in current.items():
         group = group_of(key)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.pooling import masked_max
+from .pooling import masked_max
 from .base import IMAGE, TEXT, BatchView, Objective
 
 __all__ = ["info_nce", "ContrastiveObjective"]

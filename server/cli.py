@@ -1,0 +1,229 @@
+"""The ``fedvlp`` command: demo, simulation, benchmark and operator helpers.
+
+It lives with the server because it is the operator's tool; site-side subcommands call
+``fedvlp.core`` only, and simulations load the ClientApp by reference (see simulation.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+def _demo_run_config(args: argparse.Namespace, out: Path) -> Any:
+    from fedvlp.core.config import RunConfig, project_root
+
+    base = RunConfig(out_dir=str(out / "federated"), sites=str(project_root() / "sites" / "demo"))
+    if args.quick:
+        base = base.replace(model_size="tiny", rounds=2, local_steps=5, batch_size=16, image_size=32)
+    changes = {k: v for k, v in {"rounds": args.rounds, "local_steps": args.local_steps, "recipe": args.recipe}.items() if v is not None}
+    return base.replace(**changes) if changes else base
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate (or reuse) the demo world, pretrain federated in simulation, then sweep."""
+    import os
+
+    import torch
+    from tqdm import tqdm
+
+    from fedvlp.core.checkpoint import load_latest
+    from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
+    from fedvlp.core.evaluation import SweepConfig, format_table, load_labeled, run_sweep, write_outputs
+    from fedvlp.core.models import model_config_for
+    from fedvlp.core.params import strip_group
+    from fedvlp.core.runtime import offline_env, state_dir
+
+    from .simulation import simulate
+
+    started = time.perf_counter()
+    offline_env(threads_per_client=1)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    spec = WorldSpec.quick() if args.quick else WorldSpec()
+    world = Path(args.data).resolve() if args.data else state_dir() / ("demo-quick" if args.quick else "demo")
+    print(f"[1/3] demo world: {world}")
+    manifests = generate_world(world, spec, progress=True)
+    os.environ["FEDVLP_DEMO_DATA"] = str(world)
+
+    run = _demo_run_config(args, out)
+    print(f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)")
+    bar = tqdm(total=run.rounds, desc="rounds", unit="round")
+    done = load_latest(Path(run.out_dir) / "checkpoints")
+    bar.update(min(done.round, run.rounds) if done else 0)
+    rounds: list[dict[str, Any]] = []
+
+    def on_round(record: dict[str, Any]) -> None:
+        rounds.append(record)
+        bar.update(1)
+        bar.set_postfix(seconds=f"{record['seconds']:.1f}", replies=record["replies"])
+
+    pretrain_started = time.perf_counter()
+    simulate(run, on_round=on_round, gpus_per_client=args.gpus_per_client)
+    bar.close()
+    pretrain_seconds = time.perf_counter() - pretrain_started
+    final = load_latest(Path(run.out_dir) / "checkpoints")
+    assert final is not None
+
+    print("[3/3] label-efficiency sweep (linear probe and fine-tune, random vs federated)")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model_config = model_config_for(run)
+    labels = [f"label_{f}" for f in FINDINGS]
+    labeled = load_labeled(manifests["labeled"], labels, run.image_size)
+    inits = {"random": None, "federated": strip_group(final.weights, "image")}
+    sweep = SweepConfig(seeds=tuple(range(args.seeds)), device="cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        sweep = SweepConfig(seeds=tuple(range(args.seeds)), fractions=(0.1, 1.0), device=sweep.device)
+    results = run_sweep(inits, model_config.image, labeled, out, sweep, progress=True)
+    write_outputs(results, out, title="fedvlp demo: random vs federated pretraining (synthetic world)")
+
+    history = final.state.get("history", [])
+    summary = _round_summary(history)
+    summary.update({"wall-seconds": time.perf_counter() - started, "pretrain-seconds": pretrain_seconds, "final-round": final.round})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(format_table(results))
+    print()
+    for key, value in summary.items():
+        print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"outputs: {out}/results.csv, report.md, auc_vs_labels.png, checkpoints in {run.out_dir}/checkpoints")
+    return 0
+
+
+def _round_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean seconds per round, split into the slowest client's compute and everything else."""
+    if not history:
+        return {}
+    steady = history[1:] or history  # round 1 pays process and actor start-up
+    mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+    return {
+        "rounds": len(history),
+        "round-seconds": mean("seconds"),
+        "round-client-compute-seconds": mean("client-compute-seconds"),
+        "round-other-seconds": mean("other-seconds"),
+        "first-round-seconds": history[0]["seconds"],
+    }
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write the synthetic demo world."""
+    from fedvlp.core.data.synthetic import WorldSpec, generate_world
+
+    spec = WorldSpec.quick() if args.quick else WorldSpec()
+    for name, path in generate_world(Path(args.out), spec, progress=True).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Federated pretraining only, in the simulation engine, with run-config overrides."""
+    from fedvlp.core.config import RunConfig
+    from fedvlp.core.runtime import offline_env
+
+    from .simulation import simulate
+
+    offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
+    values: dict[str, Any] = {}
+    for item in args.run_config or []:
+        key, _, raw = item.partition("=")
+        values[key.strip()] = _parse_value(raw.strip())
+    run = RunConfig.from_flat(values, origin="--run-config")
+    simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=lambda r: print(f"round {r['round']}: {r['replies']} replies, {r['seconds']:.1f}s"))
+    return 0
+
+
+def _parse_value(raw: str) -> Any:
+    import tomllib
+
+    return tomllib.loads(f"v = {raw}")["v"] if raw else raw
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Print speed, size and memory figures, one ``name: value`` per line."""
+    from .bench import run_bench
+
+    for name, value in run_bench(quick=args.quick).items():
+        print(f"{name}: {value}")
+    return 0
+
+
+def cmd_flwr_config(args: argparse.Namespace) -> int:
+    """Write Flower's connection file ($FLWR_HOME/config.toml) for this project."""
+    import os
+
+    from fedvlp.core.runtime import offline_env
+
+    from .flwr_config import write_flwr_config
+
+    offline_env()
+    root = Path(args.root_certificates).resolve() if args.root_certificates else None
+    path = write_flwr_config(Path(os.environ["FLWR_HOME"]), num_supernodes=args.num_supernodes, superlink=args.superlink, root_certificates=root)
+    print(f"wrote {path}")
+    print(f"export FLWR_HOME={os.environ['FLWR_HOME']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fedvlp`` command."""
+    parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="synthetic world -> federated pretraining -> label-efficiency sweep")
+    demo.add_argument("--out", default="runs/demo", help="output folder (re-running resumes it)")
+    demo.add_argument("--quick", action="store_true", help="tiny models and world: the same path in ~2 minutes")
+    demo.add_argument("--data", help="where the demo world lives (default: .fedvlp/demo)")
+    demo.add_argument("--rounds", type=int)
+    demo.add_argument("--local-steps", type=int)
+    demo.add_argument("--recipe")
+    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--gpus-per-client", type=float, default=0.0)
+    demo.set_defaults(func=cmd_demo)
+
+    gen = sub.add_parser("generate-demo", help="write the synthetic demo world")
+    gen.add_argument("out")
+    gen.add_argument("--quick", action="store_true")
+    gen.set_defaults(func=cmd_generate)
+
+    sim = sub.add_parser("simulate", help="federated pretraining in the simulation engine")
+    sim.add_argument("--run-config", nargs="*", help="key=value (TOML values), as in flwr run --run-config")
+    sim.add_argument("--cpus-per-client", type=float, default=1.0)
+    sim.add_argument("--gpus-per-client", type=float, default=0.0)
+    sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="print speed, upload size and memory figures")
+    bench.add_argument("--quick", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    cfg = sub.add_parser("flwr-config", help="write $FLWR_HOME/config.toml (local-sim, local-deployment)")
+    cfg.add_argument("--num-supernodes", type=int, default=3)
+    cfg.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's Control API address")
+    cfg.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
+    cfg.set_defaults(func=cmd_flwr_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedvlp`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("fedvlp").setLevel(logging.INFO)
+    from fedvlp.core.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"fedvlp: configuration error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

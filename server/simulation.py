@@ -1,0 +1,62 @@
+"""Run a whole federation in Flower's simulation engine, in this process."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from flwr.simulation import run_simulation
+
+from fedvlp.core.config import RunConfig, list_site_files
+from fedvlp.core.runtime import offline_env
+
+from .app import make_server_app
+
+__all__ = ["simulate", "CLIENT_APP_FACTORY"]
+
+# The ServerApp never imports the ClientApp module; like Flower itself, it loads the
+# ClientApp by reference, so `server -> core` stays the only arrow out of this package.
+CLIENT_APP_FACTORY = "fedvlp.client.app:make_client_app"
+
+
+def _load(reference: str) -> Any:
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def simulate(
+    run: RunConfig,
+    *,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = False,
+) -> None:
+    """Simulate one SuperNode per site file of ``run.sites`` and run the ServerApp.
+
+    Parameters
+    ----------
+    run
+        The run settings (passed to both apps: in-process simulations have no run config).
+    cpus_per_client, gpus_per_client
+        Ray resources of each virtual client; ``gpus_per_client=0.5`` packs two clients per GPU.
+    on_round
+        Called by the server after every completed round with its record.
+    """
+    offline_env(threads_per_client=max(1, int(cpus_per_client)))
+    num_sites = len(list_site_files(run.sites))
+    overrides = run.to_flat()
+    server_app = make_server_app(overrides, on_round=on_round)
+    client_app = _load(CLIENT_APP_FACTORY)(overrides)
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
+        "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose},
+    }
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_sites, backend_config=backend_config, verbose_logging=verbose)

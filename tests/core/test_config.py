@@ -1,0 +1,101 @@
+"""Run and site configuration: defaults, validation and clear errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedvlp.core.config import ConfigError, RunConfig, expand_vars, list_site_files, load_site, project_root
+
+
+def test_pyproject_defaults_equal_the_dataclass_defaults() -> None:
+    pyproject = tomllib.loads((project_root() / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_flat()
+
+
+def test_from_flat_reads_dashed_keys_and_coerces_ints_to_floats() -> None:
+    run = RunConfig.from_flat({"local-steps": 7, "lr": 1, "recipe": "convirt"})
+    assert (run.local_steps, run.lr, run.recipe) == (7, 1.0, "convirt")
+
+
+def test_unknown_run_key_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="run_config: key 'local_stepz'"):
+        RunConfig.from_flat({"local_stepz": 3})
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "expected"),
+    [
+        ({"rounds": "5"}, "rounds", "an integer"),
+        ({"recipe": "clip"}, "recipe", "one of"),
+        ({"image-size": 50}, "image-size", "multiple of 32"),
+        ({"mask-ratio": 1.5}, "mask-ratio", "fraction"),
+        ({"rounds": 0}, "rounds", ">= 1"),
+    ],
+)
+def test_bad_run_values_name_key_and_expectation(values: dict[str, object], key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flat(values)
+    assert err.value.key == key and expected in err.value.expected
+
+
+def test_config_hash_ignores_rounds_but_not_the_model() -> None:
+    base = RunConfig()
+    assert base.config_hash() == base.replace(rounds=9).config_hash()
+    assert base.config_hash() != base.replace(model_size="tiny").config_hash()
+
+
+def test_recipes_switch_objectives() -> None:
+    assert RunConfig(recipe="convirt").objective_weights() == {"contrastive": 1.0, "matching": 0.0, "mlm": 0.0, "mim": 0.0}
+    assert RunConfig(recipe="mixed").objective_weights()["mim"] == 1.0
+
+
+def _site(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "m.csv").write_text("id,image,report\n")
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_site_files_load_with_their_modalities(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDVLP_DEMO_DATA", "/data/world")
+    files = list_site_files(project_root() / "sites" / "demo")
+    sites = [load_site(f) for f in files]
+    assert [s.name for s in sites] == ["hospital_a", "hospital_b", "hospital_c"]
+    assert [sorted(s.modalities) for s in sites] == [["image", "text"], ["image"], ["text"]]
+    assert sites[0].sources[0].manifest == Path("/data/world/hospital_a/manifest.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("sources: [{manifest: m.csv}]\n", "name", "non-empty string"),
+        ("name: a\n", "sources", "non-empty list"),
+        ("name: a\nsources: [{path: m.csv}]\n", "sources[0].path", "one of"),
+        ("name: a\nsources: [{manifest: m.txt}]\n", "sources[0].manifest", ".csv or .parquet"),
+        ("name: a\nsources: [{manifest: m.csv, kind: video}]\n", "sources[0].kind", "one of"),
+        ("name: a\nsources: [{manifest: m.csv}]\nprivacy: {epsilon: -1}\n", "privacy.epsilon", "positive"),
+        ("name: a\nsources: [{manifest: m.csv}]\nhospital: x\n", "hospital", "one of"),
+        ("name: [a\n", "(file)", "valid YAML"),
+    ],
+)
+def test_bad_site_files_name_file_key_and_expectation(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    path = _site(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_site(path)
+    assert err.value.key == key and expected in err.value.expected
+    assert str(path) in str(err.value)
+
+
+def test_missing_site_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nothere.yaml"):
+        load_site(tmp_path / "nothere.yaml")
+
+
+def test_expand_vars_supports_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDVLP_X", raising=False)
+    assert expand_vars("${FEDVLP_X:-a/b}/c") == "a/b/c"
+    monkeypatch.setenv("FEDVLP_X", "/z")
+    assert expand_vars("${FEDVLP_X:-a/b}/c") == "/z/c"
