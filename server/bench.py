@@ -1,0 +1,166 @@
+"""``fedvlp bench``: speed, upload size and memory figures, one ``name: value`` per line.
+
+Figures, not pass/fail thresholds: the trainer's overhead against a bare PyTorch loop, the
+bytes each demo site uploads per round (by group) against the full fp32 model, the split
+of a round into client compute and everything else, and the peak memory of the simulation.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedvlp.core.config import RunConfig, list_site_files, load_site, project_root
+from fedvlp.core.models import build_model
+from fedvlp.core.objectives import BatchView
+from fedvlp.core.params import group_of
+from fedvlp.core.runtime import offline_env, state_dir
+from fedvlp.core.train import LocalTrainer, load_site_datasets
+
+__all__ = ["run_bench", "tree_rss_bytes"]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss[int(entry.name)] = int(line.split()[1]) * 1024
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += rss.get(current, 0)
+        stack.extend(children.get(current, []))
+    return total
+
+
+def _step_seconds(run: RunConfig, steps: int) -> tuple[float, float]:
+    """Seconds per local step of the pair site: fedvlp's trainer vs a bare loop."""
+    site = load_site(list_site_files(run.sites)[0])
+    model = build_model(run)
+    datasets = load_site_datasets(site, run, model.config.text.max_len)
+    trainer = LocalTrainer(model, datasets, run, torch.device("cpu"))
+    trainer.train(2)  # warm-up
+    started = time.perf_counter()
+    trainer.train(steps)
+    fedvlp_seconds = (time.perf_counter() - started) / steps
+
+    bare = build_model(run)
+    loader = trainer._loaders[0]
+    optimizer = torch.optim.AdamW(bare.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+    weights = run.objective_weights()
+    bare.train()
+
+    def bare_steps(count: int) -> None:
+        iterator = iter(loader)
+        for _ in range(count):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                iterator = iter(loader)
+                batch = next(iterator)
+            view = BatchView(bare, {k: batch[k] for k in ("image", "input_ids", "attention_mask")})
+            loss = sum(weights[o.name] * o.loss(view) for o in bare.objectives)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            torch.nn.utils.clip_grad_norm_(bare.parameters(), run.grad_clip)
+            optimizer.step()
+
+    bare_steps(2)
+    started = time.perf_counter()
+    bare_steps(steps)
+    return fedvlp_seconds, (time.perf_counter() - started) / steps
+
+
+def _upload_bytes(run: RunConfig) -> dict[str, Any]:
+    model = build_model(run)
+    state = model.state_dict()
+    full = sum(v.numel() * 4 for v in state.values())
+    out: dict[str, Any] = {"model-fp32-bytes": full}
+    for path in list_site_files(run.sites):
+        site = load_site(path)
+        trainer = LocalTrainer(model, load_site_datasets(site, run, model.config.text.max_len), run, torch.device("cpu"))
+        groups = trainer.group_counts()
+        by_group: Counter[str] = Counter()
+        for key, value in state.items():
+            if group_of(key) in groups:
+                by_group[group_of(key)] += value.numel() * value.element_size()
+        total = sum(by_group.values())
+        out[f"upload-bytes/{site.name}"] = total
+        out[f"upload-share/{site.name}"] = round(total / full, 3)
+        for group, size in sorted(by_group.items()):
+            out[f"upload-bytes/{site.name}/{group}"] = size
+    return out
+
+
+def _simulation_figures(run: RunConfig) -> dict[str, Any]:
+    from .simulation import simulate
+
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_bytes(os.getpid()))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        simulate(run, on_round=records.append)
+    finally:
+        done.set()
+        sampler.join()
+    steady = records[1:] or records
+    mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+    return {
+        "simulation-seconds": round(time.perf_counter() - started, 2),
+        "first-round-seconds": round(records[0]["seconds"], 2),
+        "round-seconds": round(mean("seconds"), 3),
+        "round-client-compute-seconds": round(mean("client-compute-seconds"), 3),
+        "round-other-seconds": round(mean("other-seconds"), 3),
+        "simulation-peak-rss-mb": round(peak[0] / 2**20, 1),
+    }
+
+
+def run_bench(quick: bool = False) -> dict[str, Any]:
+    """Measure the demo-size model (or the tiny one with ``quick``) on the demo world."""
+    from fedvlp.core.data.synthetic import WorldSpec, generate_world
+
+    offline_env(threads_per_client=1)
+    world = state_dir() / ("demo-quick" if quick else "demo")
+    generate_world(world, WorldSpec.quick() if quick else WorldSpec())
+    os.environ["FEDVLP_DEMO_DATA"] = str(world)
+    run = RunConfig(sites=str(project_root() / "sites" / "demo"))
+    if quick:
+        run = run.replace(model_size="tiny", image_size=32, batch_size=16)
+    torch.set_num_threads(1)  # what one simulated client gets on this machine
+    figures: dict[str, Any] = {"model-size": run.model_size, "image-size": run.image_size, "batch-size": run.batch_size, "torch-threads": 1}
+    fedvlp_step, bare_step = _step_seconds(run, steps=5 if quick else 20)
+    figures["step-seconds/fedvlp"] = round(fedvlp_step, 4)
+    figures["step-seconds/bare-pytorch"] = round(bare_step, 4)
+    figures["step-ratio"] = round(fedvlp_step / bare_step, 3)
+    figures.update(_upload_bytes(run))
+    with tempfile.TemporaryDirectory() as tmp:
+        figures.update(_simulation_figures(run.replace(rounds=3, out_dir=tmp)))
+    return figures

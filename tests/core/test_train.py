@@ -1,0 +1,103 @@
+"""Local training: the right objectives per batch, gradients only where data reaches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fedvlp.core.config import ConfigError, RunConfig, load_site
+from fedvlp.core.models import build_model
+from fedvlp.core.params import group_of
+from fedvlp.core.train import LocalTrainer, load_site_datasets
+
+CPU = torch.device("cpu")
+
+
+def _trainer(site_file: Path, run: RunConfig) -> LocalTrainer:
+    model = build_model(run)
+    return LocalTrainer(model, load_site_datasets(load_site(site_file), run, model.config.text.max_len), run, CPU)
+
+
+def _changed_groups(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    return {group_of(k) for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize(
+    ("site", "groups"),
+    [
+        ("hospital_a.yaml", {"image", "text", "head.contrastive", "head.matching", "head.mlm", "head.mim"}),
+        ("hospital_b.yaml", {"image", "head.mim"}),
+        ("hospital_c.yaml", {"text", "head.mlm"}),
+    ],
+)
+def test_a_site_changes_exactly_the_groups_its_data_reaches(demo_env: Path, tiny_run: RunConfig, site: str, groups: set[str]) -> None:
+    trainer = _trainer(demo_env / site, tiny_run)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.train(steps=2)
+    assert _changed_groups(before, trainer.model.state_dict()) == groups
+    assert set(result.group_counts) == groups
+
+
+def test_group_counts_are_the_usable_rows_of_the_site(demo_env: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(demo_env / "hospital_b.yaml", tiny_run)
+    rows = len(pd.read_csv(trainer.datasets[0].rows.source.manifest))
+    assert trainer.group_counts() == {"image": rows, "head.mim": rows}
+
+
+def test_same_seed_gives_identical_weights(demo_env: Path, tiny_run: RunConfig) -> None:
+    states = []
+    for _ in range(2):
+        trainer = _trainer(demo_env / "hospital_a.yaml", tiny_run)
+        trainer.train(steps=2, seed=5)
+        states.append(trainer.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_thirty_steps_lower_the_loss_on_the_demo_world(demo_env: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(demo_env / "hospital_a.yaml", tiny_run.replace(lr=2e-3))
+    first = trainer.train(steps=3, seed=0).metrics["loss/total"]
+    trainer.train(steps=30, seed=1)
+    last = trainer.train(steps=3, seed=0).metrics["loss/total"]
+    assert last < first
+
+
+def _broken_site(tmp_path: Path, world: Path) -> Path:
+    source = pd.read_csv(world / "hospital_a" / "manifest.csv")
+    rows = source.head(12).copy()
+    rows["image"] = [str(world / "hospital_a" / p) for p in rows["image"]]
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    rows.loc[0, "image"] = str(tmp_path / "corrupt.png")
+    rows.loc[1, "image"] = str(tmp_path / "missing.png")
+    rows.loc[2, "report"] = ""
+    rows.loc[3, "id"] = rows.loc[4, "id"]
+    rows.to_csv(tmp_path / "manifest.csv", index=False)
+    site = tmp_path / "site.yaml"
+    site.write_text("name: broken\nsources:\n  - manifest: manifest.csv\n    kind: pairs\n")
+    return site
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path: Path, world: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(_broken_site(tmp_path, world), tiny_run.replace(batch_size=12))
+    result = trainer.train(steps=2)
+    assert result.skipped == {"bad_image": 2, "empty_report": 1, "duplicate_id": 1}
+    assert result.metrics["skipped/bad_image"] == 2.0
+    assert any("corrupt.png" in p for p in trainer.problems)
+
+
+def test_a_site_with_no_usable_row_fails_clearly(tmp_path: Path, tiny_run: RunConfig) -> None:
+    (tmp_path / "m.csv").write_text("id,report\na,\nb,\n")
+    site = tmp_path / "site.yaml"
+    site.write_text("name: empty\nsources:\n  - manifest: m.csv\n    kind: reports\n")
+    with pytest.raises(ConfigError, match="site.yaml.*all rows were skipped"):
+        load_site_datasets(load_site(site), tiny_run, 48)
+
+
+def test_missing_manifest_column_names_file_and_column(tmp_path: Path, tiny_run: RunConfig) -> None:
+    (tmp_path / "m.csv").write_text("id,text\na,hello\n")
+    site = tmp_path / "site.yaml"
+    site.write_text("name: c\nsources:\n  - manifest: m.csv\n    kind: reports\n")
+    with pytest.raises(ConfigError, match=r"m.csv: key 'report'"):
+        load_site_datasets(load_site(site), tiny_run, 48)
