@@ -1,0 +1,97 @@
+"""Datasets for pairs, images only and reports only, and a collate that drops bad samples."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from .images import ImageDecodeError, load_image
+from .manifest import ManifestRows
+
+__all__ = ["SiteDataset", "collate_samples", "train_transform"]
+
+
+def train_transform(size: int) -> v2.Transform:
+    """Light augmentation for pretraining images.
+
+    No horizontal flip: reports name sides ("left pleural effusion"), and a flipped image
+    would contradict its report.
+    """
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+        ]
+    )
+
+
+class SiteDataset(Dataset[dict[str, Any]]):
+    """Samples of one source: ``image`` (1, S, S) in [0, 1] and/or tokenised ``report``.
+
+    A sample whose image cannot be decoded comes back as ``{"id": ..., "error": reason}``
+    so that :func:`collate_samples` can drop and count it, also inside DataLoader workers.
+    """
+
+    def __init__(self, rows: ManifestRows, image_size: int, tokenizer: Any = None, max_len: int = 64, augment: bool = True):
+        self.rows = rows
+        self.image_size = image_size
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.transform = train_transform(image_size) if augment and rows.images is not None else None
+        if rows.reports is not None and tokenizer is None:
+            raise ValueError(f"{rows.source.manifest}: reports need a tokenizer")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """What every sample carries."""
+        return self.rows.source.modalities
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample: dict[str, Any] = {"id": self.rows.ids[index]}
+        if self.rows.images is not None:
+            try:
+                image = load_image(self.rows.images[index], self.image_size)
+            except ImageDecodeError as err:
+                return {"id": sample["id"], "error": "bad_image", "detail": str(err)}
+            sample["image"] = self.transform(image) if self.transform is not None else image
+        if self.rows.reports is not None:
+            encoded = self.tokenizer(self.rows.reports[index], truncation=True, max_length=self.max_len)
+            sample["input_ids"] = torch.tensor(encoded["input_ids"], dtype=torch.long)
+        return sample
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack good samples, pad token ids, and report dropped ones as ``skipped``.
+
+    Returns a dict with ``image`` (B, 1, S, S), ``input_ids`` / ``attention_mask`` (B, L),
+    ``ids`` and ``skipped`` (a list of ``(id, reason, detail)``).
+    """
+    good = [s for s in samples if "error" not in s]
+    batch: dict[str, Any] = {
+        "ids": [s["id"] for s in good],
+        "skipped": [(s["id"], s["error"], s.get("detail", "")) for s in samples if "error" in s],
+    }
+    if good and "image" in good[0]:
+        batch["image"] = torch.stack([s["image"] for s in good])
+    if good and "input_ids" in good[0]:
+        length = max(len(s["input_ids"]) for s in good)
+        ids = torch.zeros(len(good), length, dtype=torch.long)
+        mask = torch.zeros(len(good), length, dtype=torch.long)
+        for row, sample in enumerate(good):
+            ids[row, : len(sample["input_ids"])] = sample["input_ids"]
+            mask[row, : len(sample["input_ids"])] = 1
+        batch["input_ids"], batch["attention_mask"] = ids, mask
+    return batch
+
+
+def skipped_counter(batch: dict[str, Any]) -> Counter[str]:
+    """Reasons of the samples a batch dropped."""
+    return Counter(reason for _, reason, _ in batch["skipped"])
