@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedvlp.core.config import RunConfig, project_root
 
@@ -14,6 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# Tiny models on a shared 2-core machine: OpenMP threads that spin-wait for each other make
+# every small op hundreds of times slower when other processes (Ray actors, SuperNodes) run.
+torch.set_num_threads(1)
 
 CXR_DATA = (project_root().parent / "shared" / "data" / "cxr").resolve()
 DEMO_SITES = project_root() / "sites" / "demo"
