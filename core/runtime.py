@@ -15,6 +15,19 @@ def state_dir() -> Path:
     return Path(os.environ.get("FEDVLP_HOME", project_root() / ".fedvlp")).resolve()
 
 
+# Ray puts Unix sockets under RAY_TMPDIR/session_<date>_<pid>/sockets/; Linux caps socket
+# paths at 107 bytes, which leaves about 50 for the folder itself.
+_RAY_TMPDIR_MAX = 50
+
+
+def _ray_tmpdir(home: Path) -> Path:
+    """``<state>/ray`` when its path is short enough for Ray's sockets, else a /tmp folder."""
+    inside = home / "ray"
+    if len(str(inside)) <= _RAY_TMPDIR_MAX:
+        return inside
+    return Path("/tmp") / f"fedvlp-ray-{os.getuid()}"
+
+
 def offline_env(threads_per_client: int | None = None) -> dict[str, str]:
     """Set (without overriding what the user set) the variables that keep a run offline and local.
 
@@ -23,7 +36,7 @@ def offline_env(threads_per_client: int | None = None) -> dict[str, str]:
     home = state_dir()
     values = {
         "FLWR_HOME": str(home / "flwr"),
-        "RAY_TMPDIR": str(home / "ray"),
+        "RAY_TMPDIR": str(_ray_tmpdir(home)),
         "TORCHINDUCTOR_CACHE_DIR": str(home / "inductor"),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -140,6 +140,15 @@ def run_federation(
     return FederationResult(checkpoint_dir, max(run.rounds, start - 1), history)
 
 
+def _ensure_log_handler() -> None:
+    """Round lines must reach ``flwr run --stream``: the ServerApp process has no handler."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def make_server_app(overrides: Mapping[str, Any] | None = None, on_round: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
     """A ServerApp whose run config is ``context.run_config`` updated with ``overrides``.
 
@@ -149,6 +158,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None, on_round: Callab
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        _ensure_log_handler()
         values = {**dict(context.run_config), **dict(overrides or {})}
         run_federation(grid, RunConfig.from_flat(values), on_round=on_round)
 

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("flwr-config", help="write $FLWR_HOME/config.toml (local-sim, local-deployment)")
     cfg.add_argument("--num-supernodes", type=int, default=3)
-    cfg.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's Control API address")
+    cfg.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's address (flower-superlink --port serves every API in Flower 1.41)")
     cfg.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
     cfg.set_defaults(func=cmd_flwr_config)
     return parser

@@ -1,0 +1,32 @@
+"""Central evaluation of the image encoder: the label-efficiency sweep.
+
+After federated pretraining, the image encoder is linear-probed and fine-tuned on a labelled
+set at several label fractions and seeds, for several initialisations, and per-class test
+AUCs are reported. Typical use::
+
+    from fedvlp.core.config import ModelConfig
+    from fedvlp.core.evaluation import SweepConfig, load_labeled, run_sweep, format_table
+
+    labeled = load_labeled(manifest, ["label_pneumonia_vs_normal"], image_size=64, id_column="sample_id")
+    encoder_config = ModelConfig.preset("small", 64, 1000).image
+    df = run_sweep({"random": None, "federated": state}, encoder_config, labeled, out_dir)
+    print(format_table(df))
+"""
+
+from .data import SPLITS, LabeledSet, load_labeled, patient_split, sample_fraction
+from .encoders import build_encoder, encoder_state, state_hash
+from .finetune import FinetuneConfig, FinetuneResult, finetune
+from .metrics import auc_per_class, mean_auc
+from .probe import ProbeResult, extract_features, fit_logistic, linear_probe
+from .report import format_table, markdown_report, plot_auc_vs_labels, summarise, write_outputs
+from .sweep import PROTOCOLS, RESULT_COLUMNS, SweepConfig, load_results, run_sweep
+
+__all__ = [
+    "SPLITS", "LabeledSet", "load_labeled", "patient_split", "sample_fraction",
+    "build_encoder", "encoder_state", "state_hash",
+    "FinetuneConfig", "FinetuneResult", "finetune",
+    "auc_per_class", "mean_auc",
+    "ProbeResult", "extract_features", "fit_logistic", "linear_probe",
+    "format_table", "markdown_report", "plot_auc_vs_labels", "summarise", "write_outputs",
+    "PROTOCOLS", "RESULT_COLUMNS", "SweepConfig", "load_results", "run_sweep",
+]

@@ -1,0 +1,210 @@
+"""Summaries, tables and a plot of a label-efficiency sweep's long-format results."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["summarise", "markdown_report", "format_table", "plot_auc_vs_labels", "write_outputs", "fraction_label"]
+
+_KEYS = ["init", "protocol", "label_fraction", "metric", "class"]
+
+
+def _first_seen_rank(values: pd.Series) -> pd.Series:
+    order = {v: i for i, v in enumerate(pd.unique(values))}
+    return values.map(order)
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of every (init, protocol, fraction, metric, class).
+
+    Parameters
+    ----------
+    df
+        Long-format results (columns ``init, protocol, label_fraction, seed, metric, class, value``).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``init, protocol, label_fraction, metric, class, mean, std, n``: ``n`` counts
+        the seeds with a finite value, ``std`` is the sample standard deviation (NaN for one
+        seed). Inits, protocols and classes keep their order of first appearance; fractions
+        are ascending.
+    """
+    if df.empty:
+        return pd.DataFrame(columns=[*_KEYS, "mean", "std", "n"])
+    grouped = df.groupby(_KEYS, sort=False, dropna=False)["value"]
+    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    ranks = {c: _first_seen_rank(df[c]) for c in ("init", "protocol", "metric", "class")}
+    sort_frame = pd.DataFrame({
+        "init": out["init"].map(dict(zip(df["init"], ranks["init"]))),
+        "protocol": out["protocol"].map(dict(zip(df["protocol"], ranks["protocol"]))),
+        "label_fraction": out["label_fraction"],
+        "metric": out["metric"].map(dict(zip(df["metric"], ranks["metric"]))),
+        "class": out["class"].map(dict(zip(df["class"], ranks["class"]))),
+    })
+    order = sort_frame.sort_values(list(sort_frame.columns), kind="stable").index
+    return out.loc[order].reset_index(drop=True)
+
+
+def fraction_label(fraction: float) -> str:
+    """``0.01 -> "1%"``, ``0.1 -> "10%"``, ``1.0 -> "100%"``, ``0.005 -> "0.5%"``."""
+    return f"{fraction * 100:.4g}%"
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    if n < 2 or not math.isfinite(std):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} +- {std:.3f}"
+
+
+def _cell(summary: pd.DataFrame, **where: object) -> str:
+    mask = np.ones(len(summary), dtype=bool)
+    for key, value in where.items():
+        column = summary[key]
+        mask &= np.isclose(column.astype(float), float(value)) if key == "label_fraction" else (column == value).to_numpy()
+    rows = summary[mask]
+    if rows.empty:
+        return "-"
+    row = rows.iloc[0]
+    return _pm(float(row["mean"]), float(row["std"]), int(row["n"]))
+
+
+def _runs(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    auc = summary[summary["metric"] == "auc"]
+    return list(dict.fromkeys(zip(auc["init"], auc["protocol"])))
+
+
+def _fractions(summary: pd.DataFrame) -> list[float]:
+    return sorted(summary.loc[summary["metric"] == "auc", "label_fraction"].astype(float).unique())
+
+
+def _mean_auc_grid(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    fractions = _fractions(summary)
+    headers = ["init", "protocol", *(fraction_label(f) for f in fractions)]
+    rows = [[init, protocol, *(_cell(summary, init=init, protocol=protocol, label_fraction=f, metric="auc", **{"class": "mean"})
+                                for f in fractions)]
+            for init, protocol in _runs(summary)]
+    return headers, rows
+
+
+def _class_grid(summary: pd.DataFrame, fraction: float) -> tuple[list[str], list[list[str]]]:
+    auc = summary[summary["metric"] == "auc"]
+    classes = [c for c in pd.unique(auc["class"]) if c != "mean"] + ["mean"]
+    headers = ["init", "protocol", *classes]
+    rows = [[init, protocol, *(_cell(summary, init=init, protocol=protocol, label_fraction=fraction, metric="auc", **{"class": c})
+                                for c in classes)]
+            for init, protocol in _runs(summary)]
+    return headers, rows
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * (len(headers) - 2)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _describe(df: pd.DataFrame, summary: pd.DataFrame) -> str:
+    seeds = sorted(df.loc[df["metric"] == "auc", "seed"].unique().tolist())
+    n_train = summary[summary["metric"] == "n_train"]
+    sizes = []
+    for fraction in _fractions(summary):
+        means = n_train.loc[np.isclose(n_train["label_fraction"].astype(float), fraction), "mean"]
+        if len(means):
+            low, high = int(round(means.min())), int(round(means.max()))
+            sizes.append(f"{fraction_label(fraction)}: {low}" + (f"-{high}" if high != low else ""))
+    text = f"Test AUC, mean +- std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})."
+    if sizes:
+        text += " Labelled training images per fraction: " + ", ".join(sizes) + "."
+    return text
+
+
+def markdown_report(df: pd.DataFrame, title: str) -> str:
+    """A Markdown report: mean AUC (init x protocol by label fraction) and per-class AUC at the smallest fraction.
+
+    Cells read ``mean +- std`` over seeds with three decimals (``0.812 +- 0.013``); a single
+    seed shows the mean only, a missing AUC ``n/a``.
+    """
+    summary = summarise(df)
+    lines = [f"# {title}", ""]
+    if summary.empty or not (summary["metric"] == "auc").any():
+        return "\n".join(lines + ["No results yet.", ""])
+    lines += [_describe(df, summary), "", "## Mean AUC over classes", "", _markdown_table(*_mean_auc_grid(summary)), ""]
+    smallest = _fractions(summary)[0]
+    lines += [f"## Per-class AUC at {fraction_label(smallest)} labels", "", _markdown_table(*_class_grid(summary, smallest)), ""]
+    return "\n".join(lines)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """The mean-AUC table of :func:`markdown_report` as aligned plain text for a terminal."""
+    summary = summarise(df)
+    if summary.empty or not (summary["metric"] == "auc").any():
+        return "(no results)"
+    headers, rows = _mean_auc_grid(summary)
+    table = [headers, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def plot_auc_vs_labels(df: pd.DataFrame, path: Path, title: str | None = None) -> Path:
+    """Mean test AUC against label fraction (log x axis), one line per init x protocol, +-std bands.
+
+    Uses matplotlib's Agg canvas directly, so it works headless and does not touch pyplot's
+    global backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summary = summarise(df)
+    mean_auc = summary[(summary["metric"] == "auc") & (summary["class"] == "mean")]
+    figure = Figure(figsize=(6.0, 4.0), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    inits = list(pd.unique(mean_auc["init"]))
+    styles = {"linear": "--", "finetune": "-"}
+    colors = {init: f"C{i % 10}" for i, init in enumerate(inits)}
+    for init, protocol in _runs(summary):
+        rows = mean_auc[(mean_auc["init"] == init) & (mean_auc["protocol"] == protocol)].sort_values("label_fraction")
+        x = rows["label_fraction"].to_numpy(float)
+        y = rows["mean"].to_numpy(float)
+        s = np.nan_to_num(rows["std"].to_numpy(float))
+        ax.plot(x, y, styles.get(protocol, ":"), marker="o", color=colors[init], label=f"{init} / {protocol}")
+        ax.fill_between(x, y - s, y + s, color=colors[init], alpha=0.15, linewidth=0)
+    fractions = _fractions(summary)
+    ax.set_xscale("log")
+    if fractions:
+        ax.set_xticks(fractions)
+        ax.set_xticklabels([fraction_label(f) for f in fractions])
+        ax.minorticks_off()
+    ax.set_xlabel("labelled fraction of the training split")
+    ax.set_ylabel("mean test AUC")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if _runs(summary):
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def write_outputs(df: pd.DataFrame, out_dir: Path, title: str) -> dict[str, Path]:
+    """Write ``report.md``, ``summary.csv`` and ``auc_vs_labels.png`` into ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out_dir / "report.md", "summary": out_dir / "summary.csv", "plot": out_dir / "auc_vs_labels.png"}
+    paths["report"].write_text(markdown_report(df, title), encoding="utf-8")
+    summarise(df).to_csv(paths["summary"], index=False, na_rep="nan")
+    plot_auc_vs_labels(df, paths["plot"], title)
+    return paths

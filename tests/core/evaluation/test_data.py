@@ -1,0 +1,109 @@
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedvlp.core.evaluation import load_labeled, patient_split, sample_fraction
+
+from .conftest import LABELS, SIZE, write_manifest
+
+
+def test_corrupt_image_and_bad_label_rows_are_skipped_and_counted(labeled):
+    assert labeled.skipped == {"unreadable_image": 1, "invalid_label": 1}
+    assert len(labeled) == 72
+    assert "corrupt" not in set(labeled.ids) and "badlabel" not in set(labeled.ids)
+
+
+def test_images_are_preloaded_into_one_tensor_in_unit_range(labeled):
+    assert tuple(labeled.images.shape) == (72, 1, SIZE, SIZE)
+    assert 0.0 <= float(labeled.images.min()) and float(labeled.images.max()) <= 1.0
+    assert tuple(labeled.labels.shape) == (72, 2) and labeled.label_names == LABELS
+
+
+def test_no_usable_row_is_an_error_naming_the_manifest(tmp_path):
+    path = write_manifest(tmp_path, n=3)
+    frame = pd.read_csv(path)
+    frame["square"] = "maybe"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="manifest.csv"):
+        load_labeled(path, LABELS, SIZE)
+
+
+def test_missing_label_column_is_an_error_listing_columns(manifest):
+    with pytest.raises(ValueError, match="missing column.*nodule"):
+        load_labeled(manifest, ["square", "nodule"], SIZE)
+
+
+def test_hash_split_keeps_every_patient_in_one_split(labeled):
+    assert labeled.split_source == "hash"
+    splits_per_patient = pd.DataFrame({"p": labeled.patient_ids, "s": labeled.split}).groupby("p")["s"].nunique()
+    assert (splits_per_patient == 1).all()
+    assert set(labeled.split) == {"train", "val", "test"}
+
+
+def test_patient_split_is_deterministic_and_independent_of_row_order():
+    groups = [f"patient{i}" for i in range(500)]
+    first = dict(zip(groups, patient_split(groups)))
+    second = dict(zip(groups[::-1], patient_split(groups[::-1])))
+    assert first == second
+    shares = Counter(first.values())
+    assert 0.5 < shares["train"] / 500 < 0.7 and 0.12 < shares["test"] / 500 < 0.28
+
+
+def test_split_column_is_used_when_it_names_all_three_splits(tmp_path):
+    split = (["train"] * 6 + ["val"] * 2 + ["test"] * 2) * 3
+    path = write_manifest(tmp_path, n=30, corrupt=False, bad_label=False, split=split)
+    loaded = load_labeled(path, LABELS, SIZE)
+    assert loaded.split_source == "column" and list(loaded.split) == split
+
+
+def test_train_only_split_column_falls_back_to_patient_hash(tmp_path):
+    path = write_manifest(tmp_path, n=30, corrupt=False, bad_label=False, split=["train"] * 30)
+    loaded = load_labeled(path, LABELS, SIZE)
+    assert loaded.split_source == "hash" and set(loaded.split) == {"train", "val", "test"}
+
+
+def test_without_patient_column_rows_are_split_by_id(tmp_path):
+    path = write_manifest(tmp_path, n=30, corrupt=False, bad_label=False, patients=False)
+    loaded = load_labeled(path, LABELS, SIZE)
+    assert list(loaded.patient_ids) == list(loaded.ids)
+
+
+@pytest.mark.parametrize("fraction, n, expected", [(0.01, 700, 7), (0.1, 700, 70), (0.001, 700, 2), (0.5, 7, 4)])
+def test_sample_fraction_size_is_rounded_and_at_least_two(fraction, n, expected):
+    labels = np.random.default_rng(0).integers(0, 2, (n, 2))
+    subset = sample_fraction(np.arange(n), labels, fraction, seed=0)
+    assert len(subset) == expected and len(set(subset)) == expected
+
+
+def test_sample_fraction_is_a_subset_of_the_train_rows():
+    labels = np.random.default_rng(0).integers(0, 2, (100, 2))
+    train = np.arange(0, 100, 2)
+    assert set(sample_fraction(train, labels, 0.2, seed=3)) <= set(train)
+
+
+def test_sample_fraction_is_deterministic_per_seed_and_varies_across_seeds():
+    labels = np.random.default_rng(0).integers(0, 2, (500, 3))
+    a, b = (sample_fraction(np.arange(500), labels, 0.05, seed=7) for _ in range(2))
+    c = sample_fraction(np.arange(500), labels, 0.05, seed=8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_sample_fraction_covers_both_values_of_every_class_including_rare_ones():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((1000, 3), dtype=int)
+    labels[:, 0] = rng.random(1000) < 0.5
+    labels[[10, 500], 1] = 1  # 2 positives out of 1000
+    labels[:, 2] = 1
+    labels[[999], 2] = 0  # 1 negative out of 1000
+    for seed in range(5):
+        subset = sample_fraction(np.arange(1000), labels, 0.006, seed)
+        assert len(subset) == 6
+        chosen = labels[subset]
+        assert (chosen.max(0) == 1).all() and (chosen.min(0) == 0).all()
+
+
+def test_sample_fraction_of_one_returns_all_rows():
+    labels = np.zeros((10, 1))
+    assert np.array_equal(sample_fraction(np.arange(10)[::-1], labels, 1.0, 0), np.arange(10))

@@ -1,0 +1,76 @@
+import pandas as pd
+import pytest
+
+from fedvlp.core.evaluation import RESULT_COLUMNS, SweepConfig, build_encoder, load_results, run_sweep
+from fedvlp.core.evaluation import sweep as sweep_module
+
+FAST = dict(fractions=(0.2, 1.0), seeds=(0,), batch_size=16, ft_min_steps=8, ft_epochs=1, ft_max_steps=8,
+            ft_eval_every=4, probe_max_iter=50, probe_weight_decays=(1.0, 1e-2))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_config):
+    return build_encoder(tiny_config, None, seed=99).state_dict()
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    original = sweep_module._run_cell
+
+    def counting(ctx, init, state, protocol, fraction, seed):
+        calls.append((init, protocol, fraction, seed))
+        return original(ctx, init, state, protocol, fraction, seed)
+
+    monkeypatch.setattr(sweep_module, "_run_cell", counting)
+    return calls
+
+
+def test_end_to_end_writes_results_report_and_plot(tmp_path, labeled, tiny_config, pretrained):
+    df = run_sweep({"random": None, "pretrained": pretrained}, tiny_config, labeled, tmp_path,
+                   SweepConfig(**FAST), progress=False)
+    on_disk = load_results(tmp_path / "results.csv")
+    assert list(pd.read_csv(tmp_path / "results.csv").columns) == RESULT_COLUMNS
+    cells = on_disk[["init", "protocol", "label_fraction", "seed"]].drop_duplicates()
+    assert len(cells) == 2 * 2 * 2 * 1 and len(df) == len(on_disk)
+    auc = on_disk[on_disk.metric == "auc"]
+    assert set(auc["class"]) == {"square", "bar", "mean"}
+    assert auc["value"].between(0, 1).all()
+    n_train = on_disk[on_disk.metric == "n_train"].groupby("label_fraction")["value"].first()
+    assert n_train[1.0] == len(labeled.indices("train")) and n_train[0.2] < n_train[1.0]
+    assert "| init | protocol | 20% | 100% |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "auc_vs_labels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_pretrained_state_dict_and_a_random_init_give_different_probe_features(tmp_path, labeled, tiny_config, pretrained):
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    df = run_sweep({"random": None, "pretrained": pretrained}, tiny_config, labeled, tmp_path, config, progress=False)
+    mean = df[(df.metric == "auc") & (df["class"] == "mean")].set_index("init")["value"]
+    assert set(mean.index) == {"random", "pretrained"} and mean["random"] != mean["pretrained"]
+
+
+def test_resuming_skips_cells_already_in_results(tmp_path, labeled, tiny_config, counted):
+    config = SweepConfig(**{**FAST, "fractions": (0.5,)})
+    first = run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    assert len(counted) == 2
+    counted.clear()
+    second = run_sweep({"random": None}, tiny_config, labeled, tmp_path, SweepConfig(**{**FAST, "fractions": (0.5,), "seeds": (0, 1)}),
+                       progress=False)
+    assert sorted({c[3] for c in counted}) == [1] and len(counted) == 2
+    seed0 = second[second.seed == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(seed0, first.reset_index(drop=True), check_dtype=False)
+
+
+def test_resuming_with_other_training_settings_is_refused(tmp_path, labeled, tiny_config):
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    with pytest.raises(ValueError, match="probe_max_iter"):
+        run_sweep({"random": None}, tiny_config, labeled, tmp_path,
+                  SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "probe_max_iter": 10}), progress=False)
+
+
+def test_a_state_dict_that_does_not_fit_fails_before_any_run(tmp_path, labeled, tiny_config, pretrained, counted):
+    broken = {f"image_encoder.{k}": v for k, v in pretrained.items()}
+    with pytest.raises(ValueError, match="init 'fed'"):
+        run_sweep({"fed": broken}, tiny_config, labeled, tmp_path, SweepConfig(**FAST), progress=False)
+    assert counted == []

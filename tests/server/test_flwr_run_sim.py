@@ -1,0 +1,220 @@
+"""``flwr run <project> local-sim``: the Flower CLI's own local simulation (Flower 1.41).
+
+What ``flwr run`` with a ``:local:`` connection needs on 1.41 (checked against the
+installed flwr, ``flwr/cli/local_superlink.py``):
+
+* The connection comes from ``$FLWR_HOME/config.toml``
+  (:func:`fedvlp.server.flwr_config.write_flwr_config`); ``options.num-supernodes`` and
+  ``options.backend.client-resources.*`` still work but print a deprecation warning
+  (the new way is ``--federation-config`` or ``flwr federation simulation-config``).
+* ``flwr run`` starts a *detached* ``flower-superlink --simulation`` (new session, own
+  ``flower-superexec``, which starts ``flwr-simulation`` and Ray) and leaves it running
+  after the run. It listens on 127.0.0.1:39091 (HTTP) and is told 127.0.0.1:39093
+  (legacy gRPC Control API): override with ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` and
+  ``FLWR_LOCAL_CONTROL_API_PORT`` (read when ``flwr`` starts). If something already
+  answers ``/health`` on that port, ``flwr run`` reuses it, so the run gets *that*
+  SuperLink's environment (another ``FLWR_HOME``, ``FEDVLP_DEMO_DATA``...). Hence free ports
+  here, and the SuperLink is found by its ``--log-file`` under our ``FLWR_HOME`` and
+  stopped (with its descendants) by PID in teardown.
+* The SuperLink, and through it the ServerApp and the simulated ClientApps, inherit the
+  environment of ``flwr run``: ``FEDVLP_DEMO_DATA``, ``RAY_TMPDIR``,
+  ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (otherwise every run creates a fresh
+  env and installs fedvlp's dependencies, which fails offline) must be exported before it.
+* ``RAY_TMPDIR`` must be short: Ray puts AF_UNIX sockets under
+  ``$RAY_TMPDIR/ray/session_<date>_<pid>/sockets/plasma_store`` and refuses paths over 107
+  bytes, so pytest's ``tmp_path`` is too long ("Simulation Runtime crashed").
+* ``flwr run --stream`` exits with 0 even when the simulation crashes: check the checkpoints.
+* Paths in ``--run-config`` must be absolute: the ServerApp and ClientApps do not run in
+  the directory where ``flwr run`` was called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedvlp.core.config import project_root
+from fedvlp.server.flwr_config import SIM_CONNECTION, write_flwr_config
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT = 300.0
+ROUNDS = 2
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} unreadable)"
+
+
+# ------------------------------------------------------------------ process cleanup by PID
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        out.setdefault(ppid, []).append(int(entry.name))
+    return out
+
+
+def _tree(roots: list[int]) -> list[int]:
+    children, seen, todo = _children(), [], list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.append(pid)
+            todo.extend(children.get(pid, []))
+    return seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def local_superlinks(flwr_home: Path) -> list[int]:
+    """PIDs of the detached SuperLinks that ``flwr run`` started for this ``FLWR_HOME``."""
+    log_file = str(flwr_home / "local-superlink" / "superlink.log")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            argv = _cmdline(int(entry.name))
+            if any(arg.endswith("flower-superlink") for arg in argv[:2]) and log_file in argv:
+                pids.append(int(entry.name))
+    return pids
+
+
+def stop_tree(roots: list[int], grace: float = 20.0) -> None:
+    """SIGTERM ``roots`` and their descendants (superexec, flwr-simulation, Ray), then SIGKILL."""
+    pids = _tree(roots)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    for pid in _tree(pids):
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------- test
+def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
+    flwr_home = tmp_path / "flwr"
+    config = write_flwr_config(flwr_home, num_supernodes=3)
+    assert f'default = "{SIM_CONNECTION}"' in config.read_text()
+    http_port, control_port = _free_ports(2)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fvray-", dir="/tmp"))  # AF_UNIX paths <= 107 bytes
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "RAY_TMPDIR": str(ray_tmp),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FEDVLP_TORCH_THREADS": "1",
+    }
+    out = tmp_path / "run"
+    run_config = " ".join(
+        [
+            'model-size="tiny"',
+            "image-size=32",
+            f"rounds={ROUNDS}",
+            "local-steps=2",
+            "batch-size=8",
+            f"out-dir={json.dumps(str(out))}",
+            f"sites={json.dumps(str(demo_env.resolve()))}",
+        ]
+    )
+    log = tmp_path / "flwr-run.log"
+    started = time.monotonic()
+    flwr = None
+    try:
+        with log.open("wb") as handle:
+            flwr = subprocess.Popen(
+                [str(BIN / "flwr"), "run", str(project_root()), SIM_CONNECTION, "--run-config", run_config, "--stream"],
+                env=env, cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        try:
+            flwr.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{_tail(log)}\n{_tail(flwr_home / 'local-superlink' / 'superlink.log')}")
+        elapsed = time.monotonic() - started
+        assert flwr.returncode == 0, _tail(log)
+        assert local_superlinks(flwr_home), "flwr run did not start a local SuperLink under our FLWR_HOME"
+    finally:
+        roots = local_superlinks(flwr_home) + ([flwr.pid] if flwr is not None and flwr.poll() is None else [])
+        stop_tree(roots)
+        if flwr is not None and flwr.poll() is None:
+            flwr.kill()
+            flwr.wait(timeout=10)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(f"flwr run local-sim, {ROUNDS} rounds: {elapsed:.1f}s")
+
+    checkpoints = out / "checkpoints"
+    detail = f"\n{_tail(log)}\n{_tail(flwr_home / 'local-superlink' / 'superlink.log')}"
+    assert (checkpoints / "latest.json").is_file(), f"no checkpoints in {checkpoints}{detail}"
+    assert json.loads((checkpoints / "latest.json").read_text())["round"] == ROUNDS, detail
+    for round_ in range(ROUNDS + 1):
+        assert (checkpoints / f"round_{round_:04d}.safetensors").is_file()
+    history = json.loads((checkpoints / f"round_{ROUNDS:04d}.json").read_text())["history"]
+    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+    assert all(r["replies"] == 3 and not r["rejected"] for r in history), history
+    first = load_file(str(checkpoints / "round_0000.safetensors"))
+    last = load_file(str(checkpoints / f"round_{ROUNDS:04d}.safetensors"))
+    changed = {k.split(".")[0] for k in first if not torch.equal(first[k], last[k])}
+    assert {"image", "text", "head"} <= changed, changed
+    assert not local_superlinks(flwr_home), "the local SuperLink survived teardown"
