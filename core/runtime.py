@@ -16,8 +16,8 @@ def state_dir() -> Path:
 
 
 # Ray puts Unix sockets under RAY_TMPDIR/session_<date>_<pid>/sockets/; Linux caps socket
-# paths at 107 bytes, which leaves about 50 for the folder itself.
-_RAY_TMPDIR_MAX = 50
+# paths at 107 bytes, which leaves about 45 for the folder itself.
+_RAY_TMPDIR_MAX = 45
 
 
 def _ray_tmpdir(home: Path) -> Path:
