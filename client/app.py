@@ -49,7 +49,7 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
     if key not in _TRAINERS:
         device = resolve_device(site.device if site.device != "auto" else run.device)
         model = build_model(run)
-        datasets = load_site_datasets(site, run, model.config.text.max_len)
+        datasets = load_site_datasets(site, run, model.max_text_len)
         workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
         _TRAINERS[key] = LocalTrainer(model, datasets, run, device, num_workers=workers)
         log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in datasets))

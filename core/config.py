@@ -32,10 +32,28 @@ __all__ = [
     "resolve_path",
     "expand_vars",
     "RECIPES",
+    "RecipeSpec",
+    "RECIPE_SPECS",
     "MODEL_SIZES",
 ]
 
-RECIPES = ("mixed", "convirt", "timnet")
+@dataclass(frozen=True)
+class RecipeSpec:
+    """What a recipe name switches: objectives, model family, augmentation and text view."""
+
+    objectives: tuple[str, ...]
+    family: str = "cnn"  # "cnn": ResNet + BERT
+    augment: str = "light"  # "light" or "convirt" (the paper's image augmentations)
+    text_view: str = "full"  # "full", "findings" (TIMNet) or "sentence" (ConVIRT)
+    freeze_text: str = "none"  # "half": embeddings + first half of BERT layers frozen (ConVIRT)
+
+
+RECIPE_SPECS: dict[str, RecipeSpec] = {
+    "mixed": RecipeSpec(("contrastive", "matching", "mlm", "mim")),
+    "convirt": RecipeSpec(("contrastive",), augment="convirt", text_view="sentence", freeze_text="half"),
+    "timnet": RecipeSpec(("matching",), text_view="findings"),
+}
+RECIPES = tuple(RECIPE_SPECS)
 MODEL_SIZES = ("tiny", "small", "base")
 
 
@@ -214,6 +232,11 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a weight >= 0", getattr(self, name))
 
+    @property
+    def spec(self) -> RecipeSpec:
+        """The settings the recipe name stands for."""
+        return RECIPE_SPECS[self.recipe]
+
     def objective_weights(self) -> dict[str, float]:
         """Per-objective loss weights after the recipe is applied (0 = objective off)."""
         weights = {
@@ -222,11 +245,7 @@ class RunConfig:
             "mlm": self.weight_mlm,
             "mim": self.weight_mim,
         }
-        if self.recipe == "convirt":
-            weights = {**{k: 0.0 for k in weights}, "contrastive": self.weight_contrastive}
-        elif self.recipe == "timnet":
-            weights = {**{k: 0.0 for k in weights}, "matching": self.weight_matching}
-        return weights
+        return {name: (w if name in self.spec.objectives else 0.0) for name, w in weights.items()}
 
     def config_hash(self) -> str:
         """A short hash of the settings that change the model or the training trajectory.

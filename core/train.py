@@ -50,7 +50,9 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
     for source in site.sources:
         rows = load_source_rows(source)
         if len(rows):
-            datasets.append(SiteDataset(rows, run.image_size, tokenizer if rows.reports is not None else None, max_len, augment))
+            text_tokenizer = tokenizer if rows.reports is not None else None
+            spec = run.spec
+            datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, profile=spec.augment, text_view=spec.text_view))
     if not datasets:
         raise ConfigError(str(site.path), "sources", "at least one manifest row that can train (all rows were skipped)")
     return datasets

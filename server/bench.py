@@ -56,7 +56,7 @@ def _step_seconds(run: RunConfig, steps: int) -> tuple[float, float]:
     """Seconds per local step of the pair site: fedvlp's trainer vs a bare loop."""
     site = load_site(list_site_files(run.sites)[0])
     model = build_model(run)
-    datasets = load_site_datasets(site, run, model.config.text.max_len)
+    datasets = load_site_datasets(site, run, model.max_text_len)
     trainer = LocalTrainer(model, datasets, run, torch.device("cpu"))
     trainer.train(2)  # warm-up
     started = time.perf_counter()
@@ -97,7 +97,7 @@ def _upload_bytes(run: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"model-fp32-bytes": full}
     for path in list_site_files(run.sites):
         site = load_site(path)
-        trainer = LocalTrainer(model, load_site_datasets(site, run, model.config.text.max_len), run, torch.device("cpu"))
+        trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
         groups = trainer.group_counts()
         by_group: Counter[str] = Counter()
         for key, value in state.items():

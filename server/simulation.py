@@ -56,7 +56,7 @@ def simulate(
         "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose},
     }
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_sites, backend_config=backend_config, verbose_logging=verbose)

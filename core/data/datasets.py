@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -11,23 +12,41 @@ from torchvision.transforms import v2
 
 from .images import ImageDecodeError, load_image
 from .manifest import ManifestRows
+from .reports import text_view
 
 __all__ = ["SiteDataset", "collate_samples", "train_transform"]
 
 
-def train_transform(size: int) -> v2.Transform:
-    """Light augmentation for pretraining images.
+def train_transform(size: int, profile: str = "light") -> v2.Transform:
+    """Pretraining image augmentation.
 
-    No horizontal flip: reports name sides ("left pleural effusion"), and a flipped image
-    would contradict its report.
+    ``light`` (default recipes): no horizontal flip, because reports name sides ("left
+    pleural effusion") and a flipped image would contradict its report.
+    ``convirt``: ConVIRT's augmentations as published (crop 0.6-1, flip p=0.5, affine
+    +-20 deg / translate 0.1 / scale 0.95-1.05, brightness and contrast 0.6-1.4, Gaussian
+    blur); the blur sigma range 0.1-3.0 px is for 224 px inputs and is scaled to ``size``.
     """
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
-            v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-        ]
-    )
+    if profile == "light":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
+                v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+                v2.ColorJitter(brightness=0.2, contrast=0.2),
+            ]
+        )
+    if profile == "convirt":
+        sigma_max = max(0.2, 3.0 * size / 224)
+        kernel = 2 * int(math.ceil(2 * sigma_max)) + 1
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(0.5),
+                v2.RandomAffine(degrees=20, translate=(0.1, 0.1), scale=(0.95, 1.05)),
+                v2.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4)),
+                v2.GaussianBlur(kernel, sigma=(0.1 * size / 224, sigma_max)),
+            ]
+        )
+    raise ValueError(f"unknown augmentation profile '{profile}' (expected 'light' or 'convirt')")
 
 
 class SiteDataset(Dataset[dict[str, Any]]):
@@ -37,12 +56,23 @@ class SiteDataset(Dataset[dict[str, Any]]):
     so that :func:`collate_samples` can drop and count it, also inside DataLoader workers.
     """
 
-    def __init__(self, rows: ManifestRows, image_size: int, tokenizer: Any = None, max_len: int = 64, augment: bool = True):
+    def __init__(
+        self,
+        rows: ManifestRows,
+        image_size: int,
+        tokenizer: Any = None,
+        max_len: int = 64,
+        augment: bool = True,
+        *,
+        profile: str = "light",
+        text_view: str = "full",
+    ):
         self.rows = rows
         self.image_size = image_size
         self.tokenizer = tokenizer
         self.max_len = max_len
-        self.transform = train_transform(image_size) if augment and rows.images is not None else None
+        self.text_view = text_view
+        self.transform = train_transform(image_size, profile) if augment and rows.images is not None else None
         if rows.reports is not None and tokenizer is None:
             raise ValueError(f"{rows.source.manifest}: reports need a tokenizer")
 
@@ -63,7 +93,8 @@ class SiteDataset(Dataset[dict[str, Any]]):
                 return {"id": sample["id"], "error": "bad_image", "detail": str(err)}
             sample["image"] = self.transform(image) if self.transform is not None else image
         if self.rows.reports is not None:
-            encoded = self.tokenizer(self.rows.reports[index], truncation=True, max_length=self.max_len)
+            text = text_view(self.rows.reports[index], self.text_view) if self.text_view != "full" else self.rows.reports[index]
+            encoded = self.tokenizer(text, truncation=True, max_length=self.max_len)
             sample["input_ids"] = torch.tensor(encoded["input_ids"], dtype=torch.long)
         return sample
 

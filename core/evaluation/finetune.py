@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from .metrics import auc_per_class
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "Classifier", "finetune", "predict", "step_budget"]
+__all__ = ["PRECISIONS", "FinetuneConfig", "FinetuneResult", "Classifier", "finetune", "predict", "step_budget"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class FinetuneConfig:
     flip: bool = False  # random horizontal flips (off: chest X-rays are not left-right symmetric)
     eval_batch_size: int = 256
     device: str = "cpu"
+    precision: str = "fp32"  # "bf16": autocast to bfloat16 (about 1.8x faster on CPUs with AMX, slower without)
+    channels_last: bool = True  # NHWC memory format (faster oneDNN convolutions on CPU)
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,31 @@ def step_budget(n_train: int, config: FinetuneConfig) -> int:
     return int(min(config.max_steps, max(config.min_steps, config.epochs * batches)))
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str | torch.device) -> np.ndarray:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str | torch.device,
+            precision: str = "fp32", channels_last: bool = False) -> np.ndarray:
     """Logits of ``model`` on ``images`` in eval mode, as a float64 ``(N, C)`` array."""
+    device = torch.device(device)
     model.eval()
-    out = [model(images[i:i + batch_size].to(device)).double().cpu() for i in range(0, len(images), batch_size)]
+    out = []
+    for i in range(0, len(images), batch_size):
+        with _autocast(device, precision):
+            logits = model(_to_device(images[i:i + batch_size], device, channels_last))
+        out.append(logits.double().cpu())
     return torch.cat(out).numpy()
 
 
@@ -114,8 +136,8 @@ def finetune(
     head and encoder, light augmentation, ``step_budget`` steps at most. Every ``eval_every``
     steps the mean validation AUC is measured (validation loss when AUC is undefined); the
     best weights are kept and training stops after ``patience`` validations without
-    improvement. The same ``seed`` (and thread count) gives the same result; the caller's
-    global RNG state is left untouched.
+    improvement. The same ``seed`` (and thread count and hardware) gives the same result; the
+    caller's global RNG state is left untouched.
 
     Parameters
     ----------
@@ -152,6 +174,8 @@ def finetune(
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         model = Classifier(encoder, out_dim, labels.shape[1], config.dropout).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(
             [{"params": model.encoder.parameters(), "lr": config.lr_encoder},
              {"params": model.head.parameters(), "lr": config.lr_head}],
@@ -159,7 +183,7 @@ def finetune(
         )
 
         def validate() -> float:
-            logits = predict(model, val_images, config.eval_batch_size, device)
+            logits = predict(model, val_images, config.eval_batch_size, device, config.precision, config.channels_last)
             if val_has_auc:
                 return auc_per_class(val_y, logits, names)["mean"]
             return -float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), val_y.double()))
@@ -169,8 +193,10 @@ def finetune(
         while step < budget:
             model.train()
             rows = train_idx[next(stream)]
-            x = _augment(images[rows], config.shift, config.flip, generator).to(device)
-            loss = F.binary_cross_entropy_with_logits(model(x), labels[rows].to(device))
+            x = _to_device(_augment(images[rows], config.shift, config.flip, generator), device, config.channels_last)
+            with _autocast(device, config.precision):
+                logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -186,6 +212,7 @@ def finetune(
                         break
         if best_state is not None:
             model.load_state_dict(best_state)
-        test_scores = predict(model, images[torch.as_tensor(test_idx)], config.eval_batch_size, device)
+        test_scores = predict(model, images[torch.as_tensor(test_idx)], config.eval_batch_size, device,
+                              config.precision, config.channels_last)
     val_auc = best_score if val_has_auc else math.nan
     return FinetuneResult(test_scores=test_scores, val_auc=float(val_auc), best_step=best_step, steps=step)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..config import ImageEncoderConfig
 from .data import LabeledSet, sample_fraction
 from .encoders import build_encoder, state_hash
-from .finetune import FinetuneConfig, finetune
+from .finetune import PRECISIONS, FinetuneConfig, finetune
 from .metrics import auc_per_class
 from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
 from .report import write_outputs
@@ -71,6 +71,8 @@ class SweepConfig:
     ft_patience: int = 4
     ft_shift: float = 0.0625
     ft_flip: bool = False
+    ft_precision: str = "fp32"
+    ft_channels_last: bool = True
     title: str = "Label-efficiency sweep"
 
     def validate(self) -> None:
@@ -83,6 +85,8 @@ class SweepConfig:
             raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {self.protocols}")
         if self.batch_size < 2 or self.eval_batch_size < 1:
             raise ValueError("batch_size must be >= 2 and eval_batch_size >= 1")
+        if self.ft_precision not in PRECISIONS:
+            raise ValueError(f"ft_precision must be one of {PRECISIONS}, got {self.ft_precision!r}")
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`FinetuneConfig` of these settings."""
@@ -91,7 +95,8 @@ class SweepConfig:
             weight_decay=self.ft_weight_decay, dropout=self.ft_dropout, min_steps=self.ft_min_steps,
             epochs=self.ft_epochs, max_steps=self.ft_max_steps, eval_every=self.ft_eval_every,
             patience=self.ft_patience, shift=self.ft_shift, flip=self.ft_flip,
-            eval_batch_size=self.eval_batch_size, device=self.device,
+            eval_batch_size=self.eval_batch_size, device=self.device, precision=self.ft_precision,
+            channels_last=self.ft_channels_last,
         )
 
     def settings(self) -> dict[str, Any]:
@@ -140,6 +145,8 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     path = out_dir / META_FILE
     if path.is_file() and (out_dir / RESULTS_FILE).is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
+        # Knobs added to SweepConfig after the old results were made count as their defaults.
+        old["settings"] = {**SweepConfig().settings(), **old.get("settings", {})}
         for key in ("settings", "encoder", "data"):
             if old.get(key) != meta[key]:
                 diff = meta[key]

@@ -11,7 +11,7 @@ from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, 
 from .image import ResNetEncoder, build_image_encoder
 from .text import TextEncoder, build_text_encoder
 
-__all__ = ["FedVLPModel", "build_model", "model_config_for"]
+__all__ = ["FedVLPModel", "build_model", "model_config_for", "freeze_text_half"]
 
 
 class FedVLPModel(nn.Module):
@@ -27,6 +27,11 @@ class FedVLPModel(nn.Module):
         self.image = image
         self.text = text
         self.head = nn.ModuleDict(objectives)
+        self.max_text_len = config.text.max_len
+
+    def image_backbone(self) -> nn.Module:
+        """The module the fine-tuning sweep trains: images in ``[0, 1]`` to pooled features."""
+        return self.image
 
     @property
     def objectives(self) -> list[Objective]:
@@ -59,4 +64,16 @@ def build_model(run: RunConfig, seed: int | None = None) -> FedVLPModel:
         "mim": MIMObjective(image.out_dim, image.stride, config.image.in_chans, run.mim_patch, run.mask_ratio),
     }
     objectives = {name: objective for name, objective in candidates.items() if weights[name] > 0}
+    if run.spec.freeze_text == "half":
+        freeze_text_half(text)
     return FedVLPModel(config, objectives, image, text)
+
+
+def freeze_text_half(text: TextEncoder) -> None:
+    """ConVIRT: freeze the word embeddings and the first half of the BERT layers."""
+    for parameter in text.bert.embeddings.parameters():
+        parameter.requires_grad_(False)
+    layers = text.bert.encoder.layer
+    for layer in layers[: len(layers) // 2]:
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)

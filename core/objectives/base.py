@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +28,13 @@ class BatchView:
     def __init__(self, model: "FedVLPModel", batch: dict[str, torch.Tensor]) -> None:
         self.model = model
         self.batch = batch
+        self._cache: dict[str, Any] = {}
+
+    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per batch under ``name``; later calls reuse the result."""
+        if name not in self._cache:
+            self._cache[name] = compute()
+        return self._cache[name]
 
     @property
     def modalities(self) -> frozenset[str]:

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 def _trainer(site_file: Path, run: RunConfig) -> LocalTrainer:
     model = build_model(run)
-    return LocalTrainer(model, load_site_datasets(load_site(site_file), run, model.config.text.max_len), run, CPU)
+    return LocalTrainer(model, load_site_datasets(load_site(site_file), run, model.max_text_len), run, CPU)
 
 
 def _changed_groups(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:

@@ -5,7 +5,7 @@ from fedvlp.core.evaluation import RESULT_COLUMNS, SweepConfig, build_encoder, l
 from fedvlp.core.evaluation import sweep as sweep_module
 
 FAST = dict(fractions=(0.2, 1.0), seeds=(0,), batch_size=16, ft_min_steps=8, ft_epochs=1, ft_max_steps=8,
-            ft_eval_every=4, probe_max_iter=50, probe_weight_decays=(1.0, 1e-2))
+            ft_eval_every=4, probe_max_iter=50, probe_weight_decays=(1.0, 1e-2), num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -73,4 +73,26 @@ def test_a_state_dict_that_does_not_fit_fails_before_any_run(tmp_path, labeled, 
     broken = {f"image_encoder.{k}": v for k, v in pretrained.items()}
     with pytest.raises(ValueError, match="init 'fed'"):
         run_sweep({"fed": broken}, tiny_config, labeled, tmp_path, SweepConfig(**FAST), progress=False)
+    assert counted == []
+
+
+def test_the_sweep_restores_the_callers_thread_count(tmp_path, labeled, tiny_config):
+    import torch
+
+    torch.set_num_threads(1)
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "num_threads": 2})
+    run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    assert torch.get_num_threads() == 1
+
+
+def test_results_from_before_a_new_knob_existed_are_still_resumable(tmp_path, labeled, tiny_config, counted):
+    import json
+
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    meta = json.loads((tmp_path / "sweep_meta.json").read_text())
+    del meta["settings"]["ft_precision"]  # as written by an older version
+    (tmp_path / "sweep_meta.json").write_text(json.dumps(meta))
+    counted.clear()
+    run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
     assert counted == []
