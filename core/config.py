@@ -42,7 +42,7 @@ class RecipeSpec:
     """What a recipe name switches: objectives, model family, augmentation and text view."""
 
     objectives: tuple[str, ...]
-    family: str = "cnn"  # "cnn": ResNet + BERT
+    family: str = "cnn"  # "cnn": ResNet + BERT; "vit": ViT + BERT + report decoder (REFERS)
     augment: str = "light"  # "light" or "convirt" (the paper's image augmentations)
     text_view: str = "full"  # "full", "findings" (TIMNet) or "sentence" (ConVIRT)
     freeze_text: str = "none"  # "half": embeddings + first half of BERT layers frozen (ConVIRT)
@@ -52,6 +52,7 @@ RECIPE_SPECS: dict[str, RecipeSpec] = {
     "mixed": RecipeSpec(("contrastive", "matching", "mlm", "mim")),
     "convirt": RecipeSpec(("contrastive",), augment="convirt", text_view="sentence", freeze_text="half"),
     "timnet": RecipeSpec(("matching",), text_view="findings"),
+    "refers": RecipeSpec(("contrastive", "generation"), family="vit"),
 }
 RECIPES = tuple(RECIPE_SPECS)
 MODEL_SIZES = ("tiny", "small", "base")
@@ -159,8 +160,8 @@ class RunConfig:
 
     recipe: str = "mixed"
     model_size: str = "small"
-    rounds: int = 5
-    local_steps: int = 25
+    rounds: int = 10
+    local_steps: int = 50
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -172,6 +173,7 @@ class RunConfig:
     weight_matching: float = 1.0
     weight_mlm: float = 1.0
     weight_mim: float = 1.0
+    weight_generation: float = 1.0
     mask_ratio: float = 0.15
     mim_patch: int = 8
     min_nodes: int = 1
@@ -228,7 +230,7 @@ class RunConfig:
             raise ConfigError(origin, "lr" if self.lr <= 0 else "tau", "a positive number")
         if not 0.0 <= self.contrastive_lambda <= 1.0:
             raise ConfigError(origin, "contrastive-lambda", "a value in [0, 1]", self.contrastive_lambda)
-        for name in ("weight_contrastive", "weight_matching", "weight_mlm", "weight_mim"):
+        for name in ("weight_contrastive", "weight_matching", "weight_mlm", "weight_mim", "weight_generation"):
             if getattr(self, name) < 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a weight >= 0", getattr(self, name))
 
@@ -244,6 +246,7 @@ class RunConfig:
             "matching": self.weight_matching,
             "mlm": self.weight_mlm,
             "mim": self.weight_mim,
+            "generation": self.weight_generation,
         }
         return {name: (w if name in self.spec.objectives else 0.0) for name, w in weights.items()}
 

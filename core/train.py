@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, RunConfig, SiteConfig
 from .data.datasets import SiteDataset, collate_samples
 from .data.manifest import load_source_rows
+from .data.studies import StudyDataset
 from .data.tokenizer import load_tokenizer
 from .models.model import FedVLPModel
 from .objectives import BatchView
@@ -52,7 +53,12 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
         if len(rows):
             text_tokenizer = tokenizer if rows.reports is not None else None
             spec = run.spec
-            datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, profile=spec.augment, text_view=spec.text_view))
+            options = {"profile": spec.augment, "text_view": spec.text_view}
+            if spec.family == "vit" and rows.images is not None and rows.reports is not None:
+                # REFERS trains on studies: up to 3 views of one study with its report.
+                datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))
+            else:
+                datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, **options))
     if not datasets:
         raise ConfigError(str(site.path), "sources", "at least one manifest row that can train (all rows were skipped)")
     return datasets
@@ -98,7 +104,7 @@ class LocalTrainer:
             batch_size=min(self.run.batch_size, len(dataset)),
             shuffle=True,
             drop_last=len(dataset) >= self.run.batch_size,
-            collate_fn=collate_samples,
+            collate_fn=getattr(dataset, "collate_fn", collate_samples),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=generator,
@@ -135,7 +141,7 @@ class LocalTrainer:
                 self.problems.append(detail or f"{sample_id}: {reason}")
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        keys = ("image", "input_ids", "attention_mask")
+        keys = ("image", "views", "view_mask", "input_ids", "attention_mask", "paired")
         return {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
 
     def train(self, steps: int, seed: int = 0) -> LocalResult:

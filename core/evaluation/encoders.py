@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import Mapping
+from collections.abc import Callable
+from typing import Any, Mapping, Union
 
 import torch
+from torch import nn
 
 from ..config import ImageEncoderConfig
 from ..models.image import ResNetEncoder
 
-__all__ = ["build_encoder", "encoder_state", "state_hash"]
+__all__ = ["EncoderSource", "build_encoder", "describe_encoder", "encoder_state", "state_hash"]
+
+# What the sweep fine-tunes: a ResNet config, or any factory of a module that maps images in
+# [0, 1] to pooled features and has ``out_dim`` (e.g. a recipe model's ``image_backbone()``).
+EncoderSource = Union[ImageEncoderConfig, Callable[[], nn.Module]]
 
 
-def build_encoder(config: ImageEncoderConfig, state: Mapping[str, torch.Tensor] | None, seed: int) -> ResNetEncoder:
-    """A ``ResNetEncoder(config)`` with ``state`` loaded (strictly), or randomly initialised.
+def build_encoder(source: EncoderSource, state: Mapping[str, torch.Tensor] | None, seed: int) -> nn.Module:
+    """The encoder of ``source`` with ``state`` loaded (strictly), or randomly initialised.
 
     The random initialisation is drawn from a generator seeded with ``seed`` inside a forked
     RNG, so it is reproducible and leaves the caller's global RNG untouched.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = ResNetEncoder(config)
+        encoder = ResNetEncoder(source) if isinstance(source, ImageEncoderConfig) else source()
     if state is not None:
         try:
             encoder.load_state_dict(dict(state), strict=True)
         except RuntimeError as err:
-            raise ValueError(f"state dict does not fit ResNetEncoder({config}): {err}") from err
+            raise ValueError(f"state dict does not fit the encoder ({describe_encoder(source)}): {err}") from err
     return encoder
+
+
+def describe_encoder(source: EncoderSource) -> Any:
+    """A JSON-able description of an encoder source (recorded in ``sweep_meta.json``)."""
+    if isinstance(source, ImageEncoderConfig):
+        return dataclasses.asdict(source)
+    return getattr(source, "description", getattr(source, "__qualname__", repr(source)))
 
 
 def encoder_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..config import ImageEncoderConfig
 from .data import LabeledSet, sample_fraction
-from .encoders import build_encoder, state_hash
+from .encoders import EncoderSource, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune
 from .metrics import auc_per_class
 from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
@@ -167,7 +167,7 @@ class _Context:
     """What every cell needs, plus the linear-probe feature cache."""
 
     labeled: LabeledSet
-    encoder_config: ImageEncoderConfig
+    encoder_config: EncoderSource
     config: SweepConfig
     features: dict[tuple[str, int | None], torch.Tensor] = dataclasses.field(default_factory=dict)
 
@@ -206,7 +206,7 @@ def _run_cell(ctx: _Context, init: str, state: Mapping[str, torch.Tensor] | None
 
 def run_sweep(
     inits: Mapping[str, Mapping[str, torch.Tensor] | None],
-    encoder_config: ImageEncoderConfig,
+    encoder_config: EncoderSource,
     labeled: LabeledSet,
     out_dir: Path,
     config: SweepConfig = SweepConfig(),
@@ -263,7 +263,7 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_meta(out_dir, {
         "settings": config.settings(),
-        "encoder": _jsonable(dataclasses.asdict(encoder_config)),
+        "encoder": _jsonable(describe_encoder(encoder_config)),
         "data": labeled.fingerprint(),
         "inits": {name: state_hash(state) for name, state in inits.items()},
     })

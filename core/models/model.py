@@ -45,25 +45,35 @@ def model_config_for(run: RunConfig) -> ModelConfig:
     return ModelConfig.preset(run.model_size, run.image_size, vocab_size, run.mim_patch)
 
 
-def build_model(run: RunConfig, seed: int | None = None) -> FedVLPModel:
+def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
     """Build the model of a run with random weights (seeded by ``seed`` or ``run.seed``).
 
-    Only objectives whose weight is above zero get a head.
+    The recipe's family picks the architecture (``cnn``: ResNet + BERT; ``vit``: REFERS).
+    Only objectives whose weight is above zero get a head. Every model has the attributes
+    ``objectives``, ``max_text_len`` and ``image_backbone()``.
     """
     torch.manual_seed(run.seed if seed is None else seed)
-    config = model_config_for(run)
     tokenizer = load_tokenizer(run.tokenizer)
+    if run.spec.family == "vit":
+        from .refers import build_refers_model
+
+        special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+        return build_refers_model(
+            run.model_size, run.image_size, len(tokenizer), special, tokenizer.pad_token_id,
+            tokenizer.cls_token_id, tokenizer.sep_token_id, run.tau, run.contrastive_lambda, run.objective_weights(),
+        )
+    config = model_config_for(run)
     image = build_image_encoder(config.image)
     text = build_text_encoder(config.text, config.vocab_size)
     weights = run.objective_weights()
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-    candidates: dict[str, Objective] = {
+    candidates: dict[str, Objective] = {  # heads of the cnn family
         "contrastive": ContrastiveObjective(image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda),
         "matching": MatchingObjective(image.out_dim, text.out_dim, config.embed_dim),
         "mlm": MLMObjective(text.out_dim, config.vocab_size, special_ids, tokenizer.mask_token_id, run.mask_ratio),
         "mim": MIMObjective(image.out_dim, image.stride, config.image.in_chans, run.mim_patch, run.mask_ratio),
     }
-    objectives = {name: objective for name, objective in candidates.items() if weights[name] > 0}
+    objectives = {name: objective for name, objective in candidates.items() if weights.get(name, 0.0) > 0}
     if run.spec.freeze_text == "half":
         freeze_text_half(text)
     return FedVLPModel(config, objectives, image, text)

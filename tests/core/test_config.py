@@ -48,7 +48,8 @@ def test_config_hash_ignores_rounds_but_not_the_model() -> None:
 
 
 def test_recipes_switch_objectives() -> None:
-    assert RunConfig(recipe="convirt").objective_weights() == {"contrastive": 1.0, "matching": 0.0, "mlm": 0.0, "mim": 0.0}
+    assert RunConfig(recipe="convirt").objective_weights() == {"contrastive": 1.0, "matching": 0.0, "mlm": 0.0, "mim": 0.0, "generation": 0.0}
+    assert RunConfig(recipe="refers").objective_weights()["generation"] == 1.0
     assert RunConfig(recipe="mixed").objective_weights()["mim"] == 1.0
 
 
