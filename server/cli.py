@@ -37,8 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
     from fedvlp.core.evaluation import SweepConfig, format_table, load_labeled, run_sweep
-    from fedvlp.core.models import model_config_for
-    from fedvlp.core.params import strip_group
+    from fedvlp.core.models import BackboneFactory, backbone_state
     from fedvlp.core.runtime import offline_env, state_dir
 
     from .simulation import simulate
@@ -73,15 +72,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     assert final is not None
 
     print("[3/3] label-efficiency sweep (linear probe and fine-tune, random vs federated)")
-    model_config = model_config_for(run)
     labels = [f"label_{f}" for f in FINDINGS]
     labeled = load_labeled(manifests["labeled"], labels, run.image_size)
-    inits = {"random": None, "federated": strip_group(final.weights, "image")}
+    inits = {"random": None, "federated": backbone_state(run, final.weights)}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fractions = (0.1, 1.0) if args.quick else (0.01, 0.1, 1.0)
     title = "fedvlp demo: random vs federated pretraining (synthetic world)"
     sweep = SweepConfig(seeds=tuple(range(args.seeds)), fractions=fractions, device=device, title=title)
-    results = run_sweep(inits, model_config.image, labeled, out, sweep, progress=True)
+    results = run_sweep(inits, BackboneFactory(run), labeled, out, sweep, progress=True)
 
     history = final.state.get("history", [])
     summary = _round_summary(history)

@@ -1,7 +1,7 @@
 """Image encoders, text encoders and the assembled model."""
 
 from .image import ResNetEncoder, build_image_encoder
-from .model import FedVLPModel, build_model, model_config_for
+from .model import BackboneFactory, FedVLPModel, backbone_state, build_model, model_config_for
 from .text import TextEncoder, build_text_encoder
 
 __all__ = [
@@ -12,4 +12,6 @@ __all__ = [
     "build_text_encoder",
     "build_model",
     "model_config_for",
+    "BackboneFactory",
+    "backbone_state",
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -11,7 +15,7 @@ from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, 
 from .image import ResNetEncoder, build_image_encoder
 from .text import TextEncoder, build_text_encoder
 
-__all__ = ["FedVLPModel", "build_model", "model_config_for", "freeze_text_half"]
+__all__ = ["FedVLPModel", "build_model", "model_config_for", "freeze_text_half", "BackboneFactory", "backbone_state"]
 
 
 class FedVLPModel(nn.Module):
@@ -87,3 +91,29 @@ def freeze_text_half(text: TextEncoder) -> None:
     for layer in layers[: len(layers) // 2]:
         for parameter in layer.parameters():
             parameter.requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class BackboneFactory:
+    """Builds a run's image backbone (what the fine-tuning sweep trains), picklable.
+
+    The random initialisation follows the torch seed set by the caller, so sweep seeds give
+    different random inits.
+    """
+
+    run: RunConfig
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """Recorded in a sweep's metadata."""
+        return {"recipe": self.run.recipe, "model-size": self.run.model_size, "image-size": self.run.image_size, "tokenizer": self.run.tokenizer}
+
+    def __call__(self) -> nn.Module:
+        return build_model(self.run, seed=torch.initial_seed()).image_backbone()
+
+
+def backbone_state(run: RunConfig, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image-backbone state dict inside a checkpoint of ``run``'s whole model."""
+    model = build_model(run)
+    model.load_state_dict(dict(weights))
+    return {k: v.detach().clone() for k, v in model.image_backbone().state_dict().items()}
