@@ -101,3 +101,22 @@ def test_missing_manifest_column_names_file_and_column(tmp_path: Path, tiny_run:
     site.write_text("name: c\nsources:\n  - manifest: m.csv\n    kind: reports\n")
     with pytest.raises(ConfigError, match=r"m.csv: key 'report'"):
         load_site_datasets(load_site(site), tiny_run, 48)
+
+
+@pytest.mark.parametrize("recipe", ["mixed", "convirt", "timnet", "refers"])
+def test_thirty_steps_lower_each_recipes_loss_on_the_pair_site(demo_env: Path, tiny_run: RunConfig, recipe: str) -> None:
+    run = tiny_run.replace(recipe=recipe, batch_size=16)
+    trainer = _trainer(demo_env / "hospital_a.yaml", run)
+    first = trainer.train(steps=5, seed=0).metrics["loss/total"]
+    trainer.train(steps=30, seed=1)
+    last = trainer.train(steps=5, seed=0).metrics["loss/total"]
+    assert last < first
+
+
+@pytest.mark.parametrize("recipe", ["convirt", "timnet", "refers"])
+def test_pair_only_recipes_train_nothing_at_an_image_only_site(demo_env: Path, tiny_run: RunConfig, recipe: str) -> None:
+    trainer = _trainer(demo_env / "hospital_b.yaml", tiny_run.replace(recipe=recipe))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.train(steps=2)
+    assert result.group_counts == {}
+    assert _changed_groups(before, trainer.model.state_dict()) == set()
