@@ -61,7 +61,14 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
     trainer = _trainer(site, run)
     trainer.model.load_state_dict(global_state)
     result = trainer.train(run.local_steps, seed=run.seed * 100_003 + server_round)
-    trained = filter_groups(trainer.model.state_dict(), result.group_counts)
+    # Only what this site's data trained: parameters that got a gradient (a frozen layer or
+    # a fusion layer that only pairs reach stays home) and the buffers of trained groups.
+    parameters = dict(trainer.model.named_parameters())
+    trained = {
+        k: v
+        for k, v in filter_groups(trainer.model.state_dict(), result.group_counts).items()
+        if k not in parameters or k in result.touched
+    }
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})

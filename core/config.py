@@ -42,7 +42,7 @@ class RecipeSpec:
     """What a recipe name switches: objectives, model family, augmentation and text view."""
 
     objectives: tuple[str, ...]
-    family: str = "cnn"  # "cnn": ResNet + BERT; "vit": ViT + BERT + report decoder (REFERS)
+    family: str = "cnn"  # "cnn": ResNet + BERT; "vit": ViT + BERT + decoder (REFERS); "uwox"/"unit": shared transformer
     augment: str = "light"  # "light" or "convirt" (the paper's image augmentations)
     text_view: str = "full"  # "full", "findings" (TIMNet) or "sentence" (ConVIRT)
     freeze_text: str = "none"  # "half": embeddings + first half of BERT layers frozen (ConVIRT)
@@ -53,6 +53,8 @@ RECIPE_SPECS: dict[str, RecipeSpec] = {
     "convirt": RecipeSpec(("contrastive",), augment="convirt", text_view="sentence", freeze_text="half"),
     "timnet": RecipeSpec(("matching",), text_view="findings"),
     "refers": RecipeSpec(("contrastive", "generation"), family="vit"),
+    "uwox": RecipeSpec(("matching", "mlm", "mim"), family="uwox"),
+    "unit": RecipeSpec(("matching", "mlm", "mim"), family="unit"),
 }
 RECIPES = tuple(RECIPE_SPECS)
 MODEL_SIZES = ("tiny", "small", "base")

@@ -36,6 +36,7 @@ class LocalResult:
     group_counts: dict[str, int]
     metrics: dict[str, float]
     skipped: Counter[str] = field(default_factory=Counter)
+    touched: frozenset[str] = frozenset()  # parameters that received a gradient this round
 
 
 def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
@@ -160,7 +161,9 @@ class LocalTrainer:
             loader.generator.manual_seed(seed * 1000 + index)
             self._iterators[index] = None
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        touched: set[str] = set()
         optimizer = torch.optim.AdamW(params, lr=self.run.lr, weight_decay=self.run.weight_decay)
         totals: Counter[str] = Counter()
         seen: Counter[str] = Counter()
@@ -188,6 +191,7 @@ class LocalTrainer:
             if total is None:
                 continue
             total.backward()
+            touched.update(n for n, p in named if p.grad is not None and n not in touched)
             if self.run.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.run.grad_clip)
             optimizer.step()
@@ -197,4 +201,4 @@ class LocalTrainer:
         metrics["steps"] = float(steps)
         for reason, count in self.skipped.items():
             metrics[f"skipped/{reason}"] = float(count)
-        return LocalResult(self.group_counts(), metrics, Counter(self.skipped))
+        return LocalResult(self.group_counts(), metrics, Counter(self.skipped), frozenset(touched))

@@ -66,6 +66,12 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
             run.model_size, run.image_size, len(tokenizer), special, tokenizer.pad_token_id,
             tokenizer.cls_token_id, tokenizer.sep_token_id, run.tau, run.contrastive_lambda, run.objective_weights(),
         )
+    if run.spec.family in ("uwox", "unit"):
+        from .uwox import UWOXConfig, build_uwox_model
+
+        uwox = UWOXConfig.preset(run.model_size, run.image_size, len(tokenizer), fusion=run.spec.family == "unit")
+        special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+        return build_uwox_model(uwox, special, tokenizer.mask_token_id, run.mask_ratio, run.objective_weights())
     config = model_config_for(run)
     image = build_image_encoder(config.image)
     text = build_text_encoder(config.text, config.vocab_size)

@@ -103,7 +103,7 @@ def test_missing_manifest_column_names_file_and_column(tmp_path: Path, tiny_run:
         load_site_datasets(load_site(site), tiny_run, 48)
 
 
-@pytest.mark.parametrize("recipe", ["mixed", "convirt", "timnet", "refers"])
+@pytest.mark.parametrize("recipe", ["mixed", "convirt", "timnet", "refers", "uwox", "unit"])
 def test_thirty_steps_lower_each_recipes_loss_on_the_pair_site(demo_env: Path, tiny_run: RunConfig, recipe: str) -> None:
     run = tiny_run.replace(recipe=recipe, batch_size=16)
     trainer = _trainer(demo_env / "hospital_a.yaml", run)
@@ -120,3 +120,25 @@ def test_pair_only_recipes_train_nothing_at_an_image_only_site(demo_env: Path, t
     result = trainer.train(steps=2)
     assert result.group_counts == {}
     assert _changed_groups(before, trainer.model.state_dict()) == set()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "site", "groups"),
+    [
+        ("uwox", "hospital_b.yaml", {"image", "joint", "head.mim"}),
+        ("uwox", "hospital_c.yaml", {"text", "joint", "head.mlm"}),
+        ("unit", "hospital_b.yaml", {"image", "joint", "head.mim"}),
+    ],
+)
+def test_shared_encoder_recipes_train_joint_from_either_modality(demo_env: Path, tiny_run: RunConfig, recipe: str, site: str, groups: set[str]) -> None:
+    trainer = _trainer(demo_env / site, tiny_run.replace(recipe=recipe))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.train(steps=2)
+    assert _changed_groups(before, trainer.model.state_dict()) == groups == set(result.group_counts)
+
+
+def test_unit_fusion_layer_gets_no_gradient_without_pairs(demo_env: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(demo_env / "hospital_b.yaml", tiny_run.replace(recipe="unit"))
+    result = trainer.train(steps=2)
+    fusion = {n for n, _ in trainer.model.named_parameters() if n.startswith("joint.fusion.")}
+    assert fusion and not fusion & result.touched
