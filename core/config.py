@@ -291,15 +291,22 @@ class SourceConfig:
     image_column: str | None = "image"
     report_column: str | None = "report"
     label_columns: tuple[str, ...] = ()
+    unpaired_text_pool: Path | None = None  # public reports coupled at random with an image-only source
+    pool_report_column: str = "report"
 
     @property
     def modalities(self) -> frozenset[str]:
-        """``{"image"}``, ``{"text"}`` or both."""
+        """``image`` and/or ``text``, plus ``pair`` when rows hold an image and its own report.
+
+        An image-only source with an ``unpaired_text_pool`` has image and text but no pairs.
+        """
         out = set()
         if self.image_column:
             out.add("image")
-        if self.report_column:
+        if self.report_column or (self.image_column and self.unpaired_text_pool is not None):
             out.add("text")
+        if self.image_column and self.report_column:
+            out.add("pair")
         return frozenset(out)
 
 
@@ -325,7 +332,7 @@ class SiteConfig:
 
 
 _SITE_KEYS = {"name", "sources", "device", "privacy", "description"}
-_SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind"}
+_SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column"}
 
 
 def load_site(path: str | os.PathLike[str]) -> SiteConfig:
@@ -418,7 +425,17 @@ def _load_source(origin: str, index: int, raw: Any, base: Path) -> SourceConfig:
     id_column = raw.get("id_column", "id")
     if not isinstance(id_column, str):
         raise ConfigError(origin, f"{prefix}.id_column", "a column name", id_column)
-    return SourceConfig(manifest_path, id_column, image_column, report_column, tuple(labels))
+    pool = raw.get("unpaired_text_pool")
+    if pool is not None:
+        if report_column is not None or image_column is None:
+            raise ConfigError(origin, f"{prefix}.unpaired_text_pool", "only on an image-only source (kind: images)", pool)
+        if not isinstance(pool, str):
+            raise ConfigError(origin, f"{prefix}.unpaired_text_pool", "a path to a CSV or Parquet manifest of reports", pool)
+        pool = resolve_path(pool, base)
+    pool_column = raw.get("pool_report_column", "report")
+    if not isinstance(pool_column, str):
+        raise ConfigError(origin, f"{prefix}.pool_report_column", "a column name", pool_column)
+    return SourceConfig(manifest_path, id_column, image_column, report_column, tuple(labels), pool, pool_column)
 
 
 def list_site_files(sites: str | os.PathLike[str]) -> list[Path]:

@@ -52,7 +52,7 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
     for source in site.sources:
         rows = load_source_rows(source)
         if len(rows):
-            text_tokenizer = tokenizer if rows.reports is not None else None
+            text_tokenizer = tokenizer if "text" in source.modalities else None
             spec = run.spec
             options = {"profile": spec.augment, "text_view": spec.text_view}
             if spec.family == "vit" and rows.images is not None and rows.reports is not None:

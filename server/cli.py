@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
     from fedvlp.core.evaluation import SweepConfig, format_table, load_labeled, run_sweep
-    from fedvlp.core.models import BackboneFactory, backbone_state
+    from fedvlp.core.models import BackboneFactory, backbone_state, build_model
     from fedvlp.core.runtime import offline_env, state_dir
 
     from .simulation import simulate
@@ -54,6 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run = _demo_run_config(args, out)
     print(f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)")
+    print(f"      model parameters: {sum(p.numel() for p in build_model(run).parameters()):,}")
     bar = tqdm(total=run.rounds, desc="rounds", unit="round")
     done = load_latest(Path(run.out_dir) / "checkpoints")
     bar.update(min(done.round, run.rounds) if done else 0)
@@ -76,9 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labeled = load_labeled(manifests["labeled"], labels, run.image_size)
     inits = {"random": None, "federated": backbone_state(run, final.weights)}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    fractions = (0.1, 1.0) if args.quick else (0.01, 0.1, 1.0)
-    title = "fedvlp demo: random vs federated pretraining (synthetic world)"
-    sweep = SweepConfig(seeds=tuple(range(args.seeds)), fractions=fractions, device=device, title=title)
+    fractions = tuple(args.fractions) if args.fractions else ((0.1, 1.0) if args.quick else (0.01, 0.1, 1.0))
+    title = f"fedvlp demo ({run.recipe}): random vs federated pretraining (synthetic world)"
+    sweep = SweepConfig(seeds=tuple(range(args.seeds)), fractions=fractions, protocols=tuple(args.protocols), device=device, title=title)
     results = run_sweep(inits, BackboneFactory(run), labeled, out, sweep, progress=True)
 
     history = final.state.get("history", [])
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--local-steps", type=int)
     demo.add_argument("--recipe")
     demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--fractions", type=float, nargs="+", help="label fractions of the sweep (default 0.01 0.1 1)")
+    demo.add_argument("--protocols", nargs="+", default=["linear", "finetune"], choices=["linear", "finetune"])
     demo.add_argument("--gpus-per-client", type=float, default=0.0)
     demo.set_defaults(func=cmd_demo)
 

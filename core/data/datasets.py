@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .images import ImageDecodeError, load_image
-from .manifest import ManifestRows
+from ..config import ConfigError
+from .manifest import ManifestRows, read_manifest
 from .reports import text_view
 
 __all__ = ["SiteDataset", "collate_samples", "train_transform"]
@@ -73,7 +74,14 @@ class SiteDataset(Dataset[dict[str, Any]]):
         self.max_len = max_len
         self.text_view = text_view
         self.transform = train_transform(image_size, profile) if augment and rows.images is not None else None
-        if rows.reports is not None and tokenizer is None:
+        self.pool: list[str] | None = None
+        source = rows.source
+        if rows.reports is None and rows.images is not None and source.unpaired_text_pool is not None:
+            frame = read_manifest(source.unpaired_text_pool, [source.pool_report_column])
+            self.pool = [t.strip() for t in frame[source.pool_report_column] if str(t).strip()]
+            if not self.pool:
+                raise ConfigError(str(source.unpaired_text_pool), source.pool_report_column, "at least one non-empty report in the unpaired text pool")
+        if (rows.reports is not None or self.pool is not None) and tokenizer is None:
             raise ValueError(f"{rows.source.manifest}: reports need a tokenizer")
 
     def __len__(self) -> int:
@@ -92,6 +100,12 @@ class SiteDataset(Dataset[dict[str, Any]]):
             except ImageDecodeError as err:
                 return {"id": sample["id"], "error": "bad_image", "detail": str(err)}
             sample["image"] = self.transform(image) if self.transform is not None else image
+        if self.pool is not None:
+            # An unpaired tuple: this image with a random report of the public pool.
+            report = self.pool[int(torch.randint(len(self.pool), (1,)).item())]
+            encoded = self.tokenizer(text_view(report, self.text_view), truncation=True, max_length=self.max_len)
+            sample["input_ids"] = torch.tensor(encoded["input_ids"], dtype=torch.long)
+            sample["paired"] = 0.0
         if self.rows.reports is not None:
             text = text_view(self.rows.reports[index], self.text_view) if self.text_view != "full" else self.rows.reports[index]
             encoded = self.tokenizer(text, truncation=True, max_length=self.max_len)
@@ -120,6 +134,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
             ids[row, : len(sample["input_ids"])] = sample["input_ids"]
             mask[row, : len(sample["input_ids"])] = 1
         batch["input_ids"], batch["attention_mask"] = ids, mask
+    if good and "paired" in good[0]:
+        batch["paired"] = torch.tensor([s["paired"] for s in good], dtype=torch.float32)
     return batch
 
 

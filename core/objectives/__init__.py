@@ -1,6 +1,6 @@
 """Loss families, one per module; each declares the modalities it needs."""
 
-from .base import IMAGE, TEXT, BatchView, Objective
+from .base import IMAGE, PAIR, TEXT, BatchView, Objective
 from .contrastive import ContrastiveObjective, info_nce
 from .masked import MIMObjective, MLMObjective, masked_l1, mlm_loss
 from .matching import MatchingObjective, matching_loss
@@ -8,6 +8,7 @@ from .matching import MatchingObjective, matching_loss
 __all__ = [
     "IMAGE",
     "TEXT",
+    "PAIR",
     "BatchView",
     "Objective",
     "ContrastiveObjective",

@@ -12,10 +12,13 @@ from torch import nn
 if TYPE_CHECKING:
     from ..models.model import FedVLPModel
 
-__all__ = ["Objective", "BatchView", "IMAGE", "TEXT"]
+__all__ = ["Objective", "BatchView", "IMAGE", "TEXT", "PAIR"]
 
 IMAGE = "image"
 TEXT = "text"
+# Image and text rows that truly belong together. A batch whose images were coupled with
+# random reports from a public pool (``batch["paired"]`` = 0) has image and text, not pairs.
+PAIR = "pair"
 
 
 class BatchView:
@@ -40,10 +43,12 @@ class BatchView:
     def modalities(self) -> frozenset[str]:
         """Modalities present in the batch."""
         present = set()
-        if IMAGE in self.batch:
+        if IMAGE in self.batch or "views" in self.batch:
             present.add(IMAGE)
         if "input_ids" in self.batch:
             present.add(TEXT)
+        if {IMAGE, TEXT} <= present and "paired" not in self.batch:
+            present.add(PAIR)
         return frozenset(present)
 
     @property

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .pooling import masked_max
-from .base import IMAGE, TEXT, BatchView, Objective
+from .base import IMAGE, PAIR, TEXT, BatchView, Objective
 
 __all__ = ["info_nce", "ContrastiveObjective"]
 
@@ -37,7 +37,7 @@ class ContrastiveObjective(Objective):
     """Two 2-layer projections to a shared space; text max-pooled over tokens as in ConVIRT."""
 
     name: ClassVar[str] = "contrastive"
-    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT})
+    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT, PAIR})
     encoder_groups: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(self, image_dim: int, text_dim: int, embed_dim: int, tau: float = 0.1, lam: float = 0.75) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import IMAGE, TEXT, BatchView, Objective
+from .base import IMAGE, PAIR, TEXT, BatchView, Objective
 from .study_contrastive import encode_views
 
 __all__ = ["lm_loss", "teacher_forcing", "GenerationObjective"]
@@ -53,7 +53,7 @@ class GenerationObjective(Objective):
     """
 
     name: ClassVar[str] = "generation"
-    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT})
+    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT, PAIR})
     encoder_groups: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init__(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import IMAGE, TEXT, BatchView, Objective
+from .base import IMAGE, PAIR, TEXT, BatchView, Objective
 
 __all__ = ["matching_loss", "shuffled_negatives", "MatchingObjective"]
 
@@ -37,7 +37,7 @@ class MatchingObjective(Objective):
     """
 
     name: ClassVar[str] = "matching"
-    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT})
+    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT, PAIR})
     encoder_groups: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(self, image_dim: int, text_dim: int, embed_dim: int) -> None:

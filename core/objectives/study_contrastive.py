@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import IMAGE, TEXT, BatchView, Objective
+from .base import IMAGE, PAIR, TEXT, BatchView, Objective
 from .contrastive import info_nce
 
 __all__ = ["STUDY_VIEWS", "study_views", "encode_views", "StudyContrastiveObjective"]
@@ -84,7 +84,7 @@ class StudyContrastiveObjective(Objective):
     """
 
     name: ClassVar[str] = "contrastive"
-    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT})
+    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT, PAIR})
     encoder_groups: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(self, image_dim: int, text_dim: int, embed_dim: int, tau: float = 0.1, lam: float = 0.75) -> None:

@@ -65,7 +65,7 @@ def test_demo_site_files_load_with_their_modalities(monkeypatch: pytest.MonkeyPa
     files = list_site_files(project_root() / "sites" / "demo")
     sites = [load_site(f) for f in files]
     assert [s.name for s in sites] == ["hospital_a", "hospital_b", "hospital_c"]
-    assert [sorted(s.modalities) for s in sites] == [["image", "text"], ["image"], ["text"]]
+    assert [sorted(s.modalities) for s in sites] == [["image", "pair", "text"], ["image"], ["text"]]
     assert sites[0].sources[0].manifest == Path("/data/world/hospital_a/manifest.csv")
 
 

@@ -142,3 +142,37 @@ def test_unit_fusion_layer_gets_no_gradient_without_pairs(demo_env: Path, tiny_r
     result = trainer.train(steps=2)
     fusion = {n for n, _ in trainer.model.named_parameters() if n.startswith("joint.fusion.")}
     assert fusion and not fusion & result.touched
+
+
+def _pooled_site(tmp_path: Path, world: Path) -> Path:
+    """hospital_b's images with hospital_c's reports as a public unpaired text pool."""
+    site = tmp_path / "pooled.yaml"
+    site.write_text(
+        "name: pooled\nsources:\n"
+        f"  - manifest: {world / 'hospital_b' / 'manifest.csv'}\n    kind: images\n"
+        f"    unpaired_text_pool: {world / 'hospital_c' / 'manifest.csv'}\n"
+    )
+    return site
+
+
+def test_an_unpaired_text_pool_lets_an_image_site_train_uwox_matching(tmp_path: Path, world: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(_pooled_site(tmp_path, world), tiny_run.replace(recipe="uwox"))
+    batch = trainer._next_batch(0)
+    assert batch["paired"].eq(0).all() and "input_ids" in batch  # images coupled with pool reports
+    result = trainer.train(steps=2)
+    assert "loss/matching" in result.metrics and "head.matching" in result.group_counts
+
+
+def test_unpaired_tuples_never_train_pair_objectives(tmp_path: Path, world: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(_pooled_site(tmp_path, world), tiny_run)  # mixed: contrastive and matching need true pairs
+    result = trainer.train(steps=2)
+    assert "loss/contrastive" not in result.metrics and "loss/matching" not in result.metrics
+    assert {"head.contrastive", "head.matching"}.isdisjoint(result.group_counts)
+
+
+def test_unpaired_text_pool_is_only_for_image_sources(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("id,image,report\n")
+    site = tmp_path / "site.yaml"
+    site.write_text("name: x\nsources:\n  - manifest: m.csv\n    kind: pairs\n    unpaired_text_pool: m.csv\n")
+    with pytest.raises(ConfigError, match="only on an image-only source"):
+        load_site(site)

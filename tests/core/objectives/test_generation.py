@@ -89,7 +89,8 @@ def test_image_only_batches_cannot_train_generation_or_contrastive() -> None:
     view = BatchView(model, {"image": torch.rand(2, 1, 32, 32)})
     assert view.modalities == {"image"}
     assert not any(objective.applies_to(view.modalities) for objective in model.objectives)
-    assert all(objective.applies_to(frozenset({"image", "text"})) for objective in model.objectives)
+    assert all(objective.applies_to(frozenset({"image", "text", "pair"})) for objective in model.objectives)
+    assert not any(objective.applies_to(frozenset({"image", "text"})) for objective in model.objectives)  # unpaired tuples
 
 
 def test_generation_gradients_reach_image_and_its_head_only() -> None:
