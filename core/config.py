@@ -184,6 +184,7 @@ class RunConfig:
     sites: str = "sites/demo"
     out_dir: str = "runs/flwr"
     tokenizer: str = "demo"
+    bert_init: str = ""
     seed: int = 0
     device: str = "auto"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -71,8 +71,14 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
 
         uwox = UWOXConfig.preset(run.model_size, run.image_size, len(tokenizer), fusion=run.spec.family == "unit")
         special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-        return build_uwox_model(uwox, special, tokenizer.mask_token_id, run.mask_ratio, run.objective_weights())
+        model = build_uwox_model(uwox, special, tokenizer.mask_token_id, run.mask_ratio, run.objective_weights())
+        if run.bert_init:
+            model.init_shared_from(load_bert_state(run.bert_init))
+        return model
     config = model_config_for(run)
+    if run.recipe == "convirt" and run.model_size == "base":
+        # ConVIRT's paper encoder is a ResNet-50.
+        config = replace(config, image=replace(config.image, block="bottleneck", layers=(3, 4, 6, 3)))
     image = build_image_encoder(config.image)
     text = build_text_encoder(config.text, config.vocab_size)
     weights = run.objective_weights()
@@ -123,3 +129,24 @@ def backbone_state(run: RunConfig, weights: Mapping[str, torch.Tensor]) -> dict[
     model = build_model(run)
     model.load_state_dict(dict(weights))
     return {k: v.detach().clone() for k, v in model.image_backbone().state_dict().items()}
+
+
+def load_bert_state(path: str) -> dict[str, torch.Tensor]:
+    """A BERT state dict from a ``save_pretrained`` folder or a ``.safetensors`` file (offline).
+
+    Raises
+    ------
+    ConfigError
+        When ``path`` (run-config key ``bert-init``) holds neither.
+    """
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    from ..config import ConfigError, resolve_path
+
+    resolved = resolve_path(path)
+    if resolved.is_file() and resolved.suffix == ".safetensors":
+        return load_file(str(resolved))
+    if resolved.is_dir() and (resolved / "config.json").is_file():
+        return BertModel.from_pretrained(str(resolved), local_files_only=True).state_dict()
+    raise ConfigError("run_config", "bert-init", "a transformers save_pretrained folder or a .safetensors BERT state dict", path)

@@ -176,3 +176,21 @@ def test_unpaired_text_pool_is_only_for_image_sources(tmp_path: Path) -> None:
     site.write_text("name: x\nsources:\n  - manifest: m.csv\n    kind: pairs\n    unpaired_text_pool: m.csv\n")
     with pytest.raises(ConfigError, match="only on an image-only source"):
         load_site(site)
+
+
+def test_bert_init_starts_the_uwox_shared_encoder_from_bert(tmp_path: Path, tiny_run: RunConfig) -> None:
+    from transformers import BertConfig, BertModel
+
+    from fedvlp.core.models.uwox import UWOXConfig
+
+    preset = UWOXConfig.preset("tiny", 32, 10)
+    bert = BertModel(BertConfig(vocab_size=30, hidden_size=preset.hidden, num_hidden_layers=2, num_attention_heads=preset.heads, intermediate_size=preset.intermediate))
+    bert.save_pretrained(tmp_path / "bert")
+    model = build_model(tiny_run.replace(recipe="uwox", bert_init=str(tmp_path / "bert")))
+    ours = model.state_dict()["joint.encoder.layer.0.attention.self.query.weight"]
+    assert torch.equal(ours, bert.state_dict()["encoder.layer.0.attention.self.query.weight"])
+
+
+def test_a_missing_bert_init_is_a_clear_error(tmp_path: Path, tiny_run: RunConfig) -> None:
+    with pytest.raises(ConfigError, match="bert-init"):
+        build_model(tiny_run.replace(recipe="uwox", bert_init=str(tmp_path / "nothing")))
