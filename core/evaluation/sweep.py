@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ImageEncoderConfig
 from .data import LabeledSet, sample_fraction
 from .encoders import EncoderSource, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune

@@ -31,12 +31,8 @@ installed flwr, ``flwr/cli/local_superlink.py``):
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,76 +44,21 @@ from safetensors.torch import load_file
 from fedvlp.core.config import project_root
 from fedvlp.server.flwr_config import SIM_CONNECTION, write_flwr_config
 
+from .flwr_processes import BIN, flwr_env, free_ports, spawn, stop_tree, tail
+
 pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT = 300.0
 ROUNDS = 2
-BIN = Path(sys.executable).parent
+TAIL_LINES = 60  # failure messages quote the run log and the SuperLink log
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} unreadable)"
-
-
-# ------------------------------------------------------------------ process cleanup by PID
+# ------------------------------------------- finding the detached local SuperLink by PID
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
-
-
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
-def _tree(roots: list[int]) -> list[int]:
-    children, seen, todo = _children(), [], list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.append(pid)
-            todo.extend(children.get(pid, []))
-    return seen
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def local_superlinks(flwr_home: Path) -> list[int]:
@@ -132,41 +73,22 @@ def local_superlinks(flwr_home: Path) -> list[int]:
     return pids
 
 
-def stop_tree(roots: list[int], grace: float = 20.0) -> None:
-    """SIGTERM ``roots`` and their descendants (superexec, flwr-simulation, Ray), then SIGKILL."""
-    pids = _tree(roots)
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.2)
-    for pid in _tree(pids):
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
-
-
 # ---------------------------------------------------------------------------------- test
 def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     flwr_home = tmp_path / "flwr"
     config = write_flwr_config(flwr_home, num_supernodes=3)
     assert f'default = "{SIM_CONNECTION}"' in config.read_text()
-    http_port, control_port = _free_ports(2)
+    http_port, control_port = free_ports(2)
     ray_tmp = Path(tempfile.mkdtemp(prefix="fvray-", dir="/tmp"))  # AF_UNIX paths <= 107 bytes
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "RAY_TMPDIR": str(ray_tmp),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "FEDVLP_TORCH_THREADS": "1",
-    }
+    env = flwr_env(
+        flwr_home,
+        {
+            "RAY_TMPDIR": str(ray_tmp),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        },
+    )
     out = tmp_path / "run"
     run_config = " ".join(
         [
@@ -183,17 +105,16 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     flwr = None
     try:
-        with log.open("wb") as handle:
-            flwr = subprocess.Popen(
-                [str(BIN / "flwr"), "run", str(project_root()), SIM_CONNECTION, "--run-config", run_config, "--stream"],
-                env=env, cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
+        flwr = spawn(
+            [str(BIN / "flwr"), "run", str(project_root()), SIM_CONNECTION, "--run-config", run_config, "--stream"],
+            log, env, tmp_path,
+        )
         try:
             flwr.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{_tail(log)}\n{_tail(flwr_home / 'local-superlink' / 'superlink.log')}")
+            pytest.fail(f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{tail(log, TAIL_LINES)}\n{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}")
         elapsed = time.monotonic() - started
-        assert flwr.returncode == 0, _tail(log)
+        assert flwr.returncode == 0, tail(log, TAIL_LINES)
         assert local_superlinks(flwr_home), "flwr run did not start a local SuperLink under our FLWR_HOME"
     finally:
         roots = local_superlinks(flwr_home) + ([flwr.pid] if flwr is not None and flwr.poll() is None else [])
@@ -205,7 +126,7 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     print(f"flwr run local-sim, {ROUNDS} rounds: {elapsed:.1f}s")
 
     checkpoints = out / "checkpoints"
-    detail = f"\n{_tail(log)}\n{_tail(flwr_home / 'local-superlink' / 'superlink.log')}"
+    detail = f"\n{tail(log, TAIL_LINES)}\n{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}"
     assert (checkpoints / "latest.json").is_file(), f"no checkpoints in {checkpoints}{detail}"
     assert json.loads((checkpoints / "latest.json").read_text())["round"] == ROUNDS, detail
     for round_ in range(ROUNDS + 1):
