@@ -168,6 +168,36 @@ def cmd_flwr_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_site(args: argparse.Namespace) -> int:
+    """Read every row and open every image of a site; print counts and problems."""
+    from fedvlp.core.config import load_site
+    from fedvlp.core.data.validate import format_report, validate_site
+
+    site = load_site(args.site)
+    reports = validate_site(site)
+    print(format_report(site, reports, max_problems=args.max_problems))
+    return 0 if any(r.usable for r in reports) else 1
+
+
+def cmd_build_vocab(args: argparse.Namespace) -> int:
+    """Train a WordPiece vocabulary on the reports of site files."""
+    from fedvlp.core.config import load_site
+    from fedvlp.core.data.manifest import load_source_rows
+    from fedvlp.core.data.tokenizer import build_vocab
+
+    texts: list[str] = []
+    for path in args.sites:
+        for source in load_site(path).sources:
+            rows = load_source_rows(source)
+            texts.extend(rows.reports or [])
+    if not texts:
+        print("fedvlp: no report text in these site files", file=sys.stderr)
+        return 2
+    vocab = build_vocab(texts, args.out, vocab_size=args.vocab_size)
+    print(f"wrote {vocab} ({len(vocab.read_text().splitlines())} tokens from {len(texts)} reports); use --run-config tokenizer='\"{args.out}\"'")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
@@ -201,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="print speed, upload size and memory figures")
     bench.add_argument("--quick", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    val = sub.add_parser("validate-site", help="check every row and image of a site file")
+    val.add_argument("site")
+    val.add_argument("--max-problems", type=int, default=20)
+    val.set_defaults(func=cmd_validate_site)
+
+    voc = sub.add_parser("build-vocab", help="train a WordPiece vocabulary on the reports of site files")
+    voc.add_argument("sites", nargs="+", help="site files whose reports may be shared (e.g. a public corpus)")
+    voc.add_argument("--out", required=True, help="folder for vocab.txt (the run's tokenizer)")
+    voc.add_argument("--vocab-size", type=int, default=8000)
+    voc.set_defaults(func=cmd_build_vocab)
 
     cfg = sub.add_parser("flwr-config", help="write $FLWR_HOME/config.toml (local-sim, local-deployment)")
     cfg.add_argument("--num-supernodes", type=int, default=3)

@@ -8,6 +8,7 @@ never derived from one site's data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from transformers import BertTokenizerFast
 
 from ..config import ConfigError, resolve_path
 
-__all__ = ["load_tokenizer", "vocab_path", "SPECIAL_TOKENS"]
+__all__ = ["load_tokenizer", "vocab_path", "build_vocab", "SPECIAL_TOKENS"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _BUILTIN = Path(__file__).resolve().parent / "vocab"
@@ -48,3 +49,21 @@ def load_tokenizer(name: str = "demo") -> BertTokenizerFast:
         raise ConfigError(str(path), "(vocabulary)", f"the special tokens {list(SPECIAL_TOKENS)}; missing {missing}")
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+def build_vocab(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000, min_frequency: int = 2) -> Path:
+    """Train a lower-casing WordPiece vocabulary on ``texts`` and write ``out_dir/vocab.txt``.
+
+    Build it from text every site may share (for example a public report corpus): the
+    vocabulary is part of the run config and reaches every hospital.
+    """
+    from tokenizers import BertWordPieceTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS))
+    tokens = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
+    path = out / "vocab.txt"
+    path.write_text("".join(f"{token}\n" for token, _ in tokens), encoding="utf-8")
+    return path

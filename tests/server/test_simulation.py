@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from fedvlp.core.checkpoint import load_latest
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import group_of
+from tests.conftest import CXR_DATA, needs_cxr
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +76,24 @@ def test_a_killed_server_resumes_with_identical_weights(demo_env: Path, tiny_run
     assert final is not None and expected is not None and final.round == expected.round == 3
     assert [r["round"] for r in final.state["history"]] == [1, 2, 3]
     assert all(torch.equal(final.weights[k], expected.weights[k]) for k in expected.weights)
+
+
+@needs_cxr()
+@pytest.mark.data
+def test_the_real_cxr_federation_runs_a_round(tiny_run: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedvlp.core.config import load_site, project_root
+    from fedvlp.core.data.manifest import load_source_rows
+    from fedvlp.core.data.tokenizer import build_vocab
+    from fedvlp.server.simulation import simulate
+
+    monkeypatch.setenv("FEDVLP_CXR_DATA", str(CXR_DATA))
+    sites = project_root() / "sites" / "cxr"
+    reports = load_source_rows(load_site(sites / "reports_only.yaml").sources[0]).reports or []
+    vocab = build_vocab(reports, tmp_path / "vocab", vocab_size=3000)
+    run = tiny_run.replace(sites=str(sites), tokenizer=str(vocab.parent), rounds=1, local_steps=2)
+    records: list[dict] = []
+    simulate(run, on_round=records.append)
+    counts = sorted(tuple(sorted(s["counts"].items())) for s in records[0]["sites"])
+    assert records[0]["replies"] == 3
+    assert (("head.mim", 1000), ("image", 1000)) in counts  # NIH images only
+    assert (("head.mlm", 3425), ("text", 3425)) in counts  # IU reports with a findings section
