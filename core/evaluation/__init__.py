@@ -16,17 +16,17 @@ AUCs are reported. Typical use::
 from .data import SPLITS, LabeledSet, load_labeled, patient_split, sample_fraction
 from .encoders import build_encoder, encoder_state, state_hash
 from .finetune import FinetuneConfig, FinetuneResult, finetune
-from .metrics import auc_per_class, mean_auc
+from .metrics import accuracy, auc_per_class, average_precision_per_class, f1, mean_auc
 from .probe import ProbeResult, extract_features, fit_logistic, linear_probe
-from .report import format_table, markdown_report, plot_auc_vs_labels, summarise, write_outputs
+from .report import format_table, label_efficiency, markdown_report, plot_auc_vs_labels, summarise, t_tests, write_outputs
 from .sweep import PROTOCOLS, RESULT_COLUMNS, SweepConfig, load_results, run_sweep
 
 __all__ = [
     "SPLITS", "LabeledSet", "load_labeled", "patient_split", "sample_fraction",
     "build_encoder", "encoder_state", "state_hash",
     "FinetuneConfig", "FinetuneResult", "finetune",
-    "auc_per_class", "mean_auc",
+    "accuracy", "auc_per_class", "average_precision_per_class", "f1", "mean_auc",
     "ProbeResult", "extract_features", "fit_logistic", "linear_probe",
-    "format_table", "markdown_report", "plot_auc_vs_labels", "summarise", "write_outputs",
+    "format_table", "label_efficiency", "markdown_report", "t_tests", "plot_auc_vs_labels", "summarise", "write_outputs",
     "PROTOCOLS", "RESULT_COLUMNS", "SweepConfig", "load_results", "run_sweep",
 ]

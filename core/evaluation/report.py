@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-__all__ = ["summarise", "markdown_report", "format_table", "plot_auc_vs_labels", "write_outputs", "fraction_label"]
+__all__ = ["summarise", "markdown_report", "format_table", "plot_auc_vs_labels", "write_outputs", "fraction_label",
+           "t_tests", "label_efficiency"]
 
 _KEYS = ["init", "protocol", "label_fraction", "metric", "class"]
 
@@ -84,12 +88,118 @@ def _fractions(summary: pd.DataFrame) -> list[float]:
     return sorted(summary.loc[summary["metric"] == "auc", "label_fraction"].astype(float).unique())
 
 
-def _mean_auc_grid(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def _mean_auc_grid(summary: pd.DataFrame, metric: str = "auc") -> tuple[list[str], list[list[str]]]:
     fractions = _fractions(summary)
     headers = ["init", "protocol", *(fraction_label(f) for f in fractions)]
-    rows = [[init, protocol, *(_cell(summary, init=init, protocol=protocol, label_fraction=f, metric="auc", **{"class": "mean"})
+    rows = [[init, protocol, *(_cell(summary, init=init, protocol=protocol, label_fraction=f, metric=metric, **{"class": "mean"})
                                 for f in fractions)]
             for init, protocol in _runs(summary)]
+    return headers, rows
+
+
+def _mean_rows(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return df[(df["metric"] == metric) & (df["class"] == "mean")]
+
+
+def t_tests(df: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """Is the best init significantly better than each other init? One row per comparison.
+
+    For every protocol and label fraction, the init with the highest mean (over seeds) of
+    ``metric``'s ``"mean"`` class is compared with every other init by Welch's two-sample
+    t-test over seeds (``scipy.stats.ttest_ind(best, other, equal_var=False)``, two-sided).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``protocol, label_fraction, best, other, best_mean, other_mean, n_best,
+        n_other, t, p_value``. ``n_*`` count the seeds with a finite value; ``t`` and
+        ``p_value`` are NaN when either side has fewer than 2 of them (and whenever scipy
+        gives NaN, e.g. both sides constant and equal). Protocols and inits keep their order of
+        first appearance, fractions are ascending; no rows for a single init.
+    """
+    columns = ["protocol", "label_fraction", "best", "other", "best_mean", "other_mean", "n_best", "n_other", "t", "p_value"]
+    rows = _mean_rows(df, metric)
+    rows = rows[np.isfinite(rows["value"].astype(float))]
+    out: list[dict[str, Any]] = []
+    inits = list(pd.unique(rows["init"]))
+    for protocol in pd.unique(rows["protocol"]):
+        of_protocol = rows[rows["protocol"] == protocol]
+        for fraction in sorted(of_protocol["label_fraction"].astype(float).unique()):
+            cell = of_protocol[np.isclose(of_protocol["label_fraction"].astype(float), fraction)]
+            values = {i: cell.loc[cell["init"] == i, "value"].to_numpy(float) for i in inits if (cell["init"] == i).any()}
+            if len(values) < 2:
+                continue
+            best = max(values, key=lambda i: float(np.mean(values[i])))  # first seen wins a tie
+            for other, b in values.items():
+                if other == best:
+                    continue
+                a = values[best]
+                t, p = math.nan, math.nan
+                if len(a) >= 2 and len(b) >= 2:
+                    with warnings.catch_warnings():  # near-identical seeds: scipy warns, the p-value is still usable
+                        warnings.filterwarnings("ignore", message="Precision loss", category=RuntimeWarning)
+                        result = stats.ttest_ind(a, b, equal_var=False)
+                    t, p = float(result.statistic), float(result.pvalue)
+                out.append({"protocol": protocol, "label_fraction": float(fraction), "best": best, "other": other,
+                            "best_mean": float(np.mean(a)), "other_mean": float(np.mean(b)),
+                            "n_best": len(a), "n_other": len(b), "t": t, "p_value": p})
+    return pd.DataFrame(out, columns=columns)
+
+
+def label_efficiency(df: pd.DataFrame, baseline: str = "random", metric: str = "auc") -> pd.DataFrame:
+    """How few labels each init needs to match the baseline trained on all labels (as TIMNet reports).
+
+    For every init and protocol: ``target`` is the mean (over seeds) ``"mean"``-class
+    ``metric`` of init ``baseline`` at label fraction 1.0 with the same protocol;
+    ``fraction`` is the smallest label fraction at which the init's mean reaches it
+    (``>= target``), and ``labels_saved = 1 - fraction``. ``fraction`` and ``labels_saved``
+    are ``None`` when the target is never reached or the baseline has no (finite) 1.0 result
+    for that protocol (``target`` is then NaN).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``init, protocol, target, fraction, labels_saved``, inits and protocols in
+        order of first appearance.
+    """
+    columns = ["init", "protocol", "target", "fraction", "labels_saved"]
+    summary = summarise(_mean_rows(df, metric))
+    out: list[dict[str, Any]] = []
+    for init, protocol in dict.fromkeys(zip(summary["init"], summary["protocol"])):
+        ref = summary[(summary["init"] == baseline) & (summary["protocol"] == protocol)
+                      & np.isclose(summary["label_fraction"].astype(float), 1.0)]
+        target = float(ref["mean"].iloc[0]) if len(ref) else math.nan
+        fraction = None
+        if math.isfinite(target):
+            runs = summary[(summary["init"] == init) & (summary["protocol"] == protocol)].sort_values("label_fraction")
+            reached = runs[runs["mean"].astype(float) >= target]
+            if len(reached):
+                fraction = float(reached["label_fraction"].iloc[0])
+        out.append({"init": init, "protocol": protocol, "target": target, "fraction": fraction,
+                    "labels_saved": None if fraction is None else 1.0 - fraction})
+    return pd.DataFrame({c: pd.Series([row[c] for row in out], dtype=object if c in ("fraction", "labels_saved") else None)
+                         for c in columns})
+
+
+def _p_value(p: float) -> str:
+    if not math.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _t_test_table(tests: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = ["protocol", "labels", "best", "vs", "best AUC", "other AUC", "p (Welch)"]
+    rows = [[r.protocol, fraction_label(r.label_fraction), r.best, r.other, f"{r.best_mean:.3f}", f"{r.other_mean:.3f}",
+             _p_value(r.p_value)] for r in tests.itertuples(index=False)]
+    return headers, rows
+
+
+def _efficiency_table(efficiency: pd.DataFrame, baseline: str) -> tuple[list[str], list[list[str]]]:
+    headers = ["init", "protocol", f"{baseline} AUC at 100%", "labels needed", "labels saved"]
+    rows = [[r.init, r.protocol, f"{r.target:.3f}" if math.isfinite(r.target) else "n/a",
+             "n/a" if r.fraction is None else fraction_label(r.fraction),
+             "n/a" if r.labels_saved is None else fraction_label(r.labels_saved)]
+            for r in efficiency.itertuples(index=False)]
     return headers, rows
 
 
@@ -127,7 +237,10 @@ def _describe(df: pd.DataFrame, summary: pd.DataFrame) -> str:
 def markdown_report(df: pd.DataFrame, title: str) -> str:
     """A Markdown report: mean AUC (init x protocol by label fraction) and per-class AUC at the smallest fraction.
 
-    Cells read ``mean +- std`` over seeds with three decimals (``0.812 +- 0.013``); a single
+    When the data allow it, also: mean average precision (metric ``"ap"``), Welch t-tests of
+    the best init against the others (:func:`t_tests`; shown when some p-value is defined,
+    i.e. two inits with >= 2 seeds) and label efficiency against init ``"random"``
+    (:func:`label_efficiency`; shown when ``random`` has a 100% result). Cells read ``mean +- std`` over seeds with three decimals (``0.812 +- 0.013``); a single
     seed shows the mean only, a missing AUC ``n/a``.
     """
     summary = summarise(df)
@@ -137,6 +250,18 @@ def markdown_report(df: pd.DataFrame, title: str) -> str:
     lines += [_describe(df, summary), "", "## Mean AUC over classes", "", _markdown_table(*_mean_auc_grid(summary)), ""]
     smallest = _fractions(summary)[0]
     lines += [f"## Per-class AUC at {fraction_label(smallest)} labels", "", _markdown_table(*_class_grid(summary, smallest)), ""]
+    if (summary["metric"] == "ap").any():
+        lines += ["## Mean average precision over classes", "", _markdown_table(*_mean_auc_grid(summary, "ap")), ""]
+    tests = t_tests(df)
+    if np.isfinite(tests["p_value"].to_numpy(float)).any():
+        lines += ["## Best init vs the others (Welch t-test over seeds, mean AUC)", "",
+                  _markdown_table(*_t_test_table(tests)), ""]
+    efficiency = label_efficiency(df)
+    if np.isfinite(efficiency["target"].to_numpy(float)).any():
+        lines += ["## Label efficiency", "",
+                  ("Smallest label fraction at which the mean AUC reaches that of `random` with 100% labels "
+                   "(same protocol); labels saved = 1 - that fraction."), "",
+                  _markdown_table(*_efficiency_table(efficiency, "random")), ""]
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .data import LabeledSet, sample_fraction
 from .encoders import EncoderSource, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune
-from .metrics import auc_per_class
+from .metrics import accuracy, auc_per_class, average_precision_per_class, f1
 from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
 from .report import write_outputs
 
@@ -195,9 +195,15 @@ def _run_cell(ctx: _Context, init: str, state: Mapping[str, torch.Tensor] | None
                           seed, config.finetune_config())
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    aucs = auc_per_class(labeled.labels[torch.as_tensor(test_idx)], result.test_scores, labeled.label_names)
+    test_y = labeled.labels[torch.as_tensor(test_idx)]
+    aucs = auc_per_class(test_y, result.test_scores, labeled.label_names)
+    aps = average_precision_per_class(test_y, result.test_scores, labeled.label_names)
     base = {"init": init, "protocol": protocol, "label_fraction": float(fraction), "seed": int(seed)}
     rows = [{**base, "metric": "auc", "class": name, "value": value} for name, value in aucs.items()]
+    rows += [{**base, "metric": "ap", "class": name, "value": value} for name, value in aps.items()]
+    if len(labeled.label_names) == 1:  # binary task: threshold sigmoid(logit) at 0.5
+        rows.append({**base, "metric": "accuracy", "class": "mean", "value": accuracy(test_y, result.test_scores)})
+        rows.append({**base, "metric": "f1", "class": "mean", "value": f1(test_y, result.test_scores)})
     rows.append({**base, "metric": "val_auc", "class": "mean", "value": result.val_auc})
     rows.append({**base, "metric": "n_train", "class": "all", "value": float(len(train_idx))})
     return rows
@@ -236,8 +242,11 @@ def run_sweep(
     pd.DataFrame
         Long format, columns ``init, protocol, label_fraction, seed, metric, class, value``,
         for the requested cells only (``results.csv`` keeps any others). Metrics: ``auc``
-        (test AUC per class and ``"mean"``), ``val_auc`` (class ``"mean"``, the model-selection
-        score) and ``n_train`` (class ``"all"``, the labelled subset size).
+        (test AUC per class and ``"mean"``), ``ap`` (test average precision per class and
+        ``"mean"``), ``val_auc`` (class ``"mean"``, the model-selection score), ``n_train``
+        (class ``"all"``, the labelled subset size) and, only for a binary task (exactly one
+        label column), ``accuracy`` and ``f1`` (class ``"mean"``, threshold 0.5 on the sigmoid
+        of the test logits).
 
     Raises
     ------

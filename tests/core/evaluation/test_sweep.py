@@ -96,3 +96,44 @@ def test_results_from_before_a_new_knob_existed_are_still_resumable(tmp_path, la
     counted.clear()
     run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
     assert counted == []
+
+
+def test_ap_is_recorded_per_class_and_a_multi_label_task_has_no_accuracy_or_f1(tmp_path, labeled, tiny_config):
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    df = run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    ap = df[df.metric == "ap"]
+    assert set(ap["class"]) == {"square", "bar", "mean"} and ap["value"].between(0, 1).all()
+    assert not df.metric.isin(["accuracy", "f1"]).any()
+    assert "Mean average precision" in (tmp_path / "report.md").read_text()
+
+
+def test_a_binary_task_records_accuracy_and_f1(tmp_path, manifest, tiny_config):
+    from fedvlp.core.evaluation import load_labeled
+
+    binary = load_labeled(manifest, ["square"], 32)
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    df = run_sweep({"random": None}, tiny_config, binary, tmp_path, config, progress=False)
+    scalar = df[df.metric.isin(["accuracy", "f1"])]
+    assert sorted(scalar.metric) == ["accuracy", "f1"] and set(scalar["class"]) == {"mean"}
+    assert scalar["value"].between(0, 1).all()
+    assert set(df.loc[df.metric == "ap", "class"]) == {"square", "mean"}
+
+
+def test_binary_metrics_are_computed_from_the_test_logits(tmp_path, manifest, tiny_config, monkeypatch):
+    import numpy as np
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    from fedvlp.core.evaluation import ProbeResult, load_labeled
+
+    binary = load_labeled(manifest, ["square"], 32)
+    y = binary.labels[binary.indices("test")].numpy()[:, 0]
+    logits = np.where(y == 1, 1.0, -1.0) * np.where(np.arange(len(y)) % 3 == 0, -1.0, 1.0)  # every third one wrong
+    monkeypatch.setattr(sweep_module, "linear_probe",
+                        lambda *a, **k: ProbeResult(test_scores=logits[:, None], val_auc=0.5, weight_decay=1.0))
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    df = run_sweep({"random": None}, tiny_config, binary, tmp_path, config, progress=False)
+    value = df.set_index(["metric", "class"])["value"]
+    pred = (logits >= 0).astype(int)
+    assert value["accuracy", "mean"] == pytest.approx(accuracy_score(y, pred))
+    assert value["f1", "mean"] == pytest.approx(f1_score(y, pred))
+    assert value["ap", "square"] == pytest.approx(average_precision_score(y, logits))
