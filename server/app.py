@@ -20,7 +20,7 @@ from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY
 
 from .aggregation import ReplyRejected, SiteUpdate, aggregate, validate_update
 
-__all__ = ["app", "make_server_app", "run_federation", "FederationResult"]
+__all__ = ["app", "make_server_app", "run_federation", "round_summary", "FederationResult"]
 
 log = logging.getLogger("fedvlp.server")
 
@@ -32,6 +32,22 @@ class FederationResult:
     checkpoint_dir: Path
     last_round: int
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def round_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean seconds per round of a run's history, split into the slowest client's compute and
+    everything else; round 1 (process and actor start-up) is reported on its own."""
+    if not history:
+        return {}
+    steady = history[1:] or history
+    mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+    return {
+        "rounds": len(history),
+        "round-seconds": mean("seconds"),
+        "round-client-compute-seconds": mean("client-compute-seconds"),
+        "round-other-seconds": mean("other-seconds"),
+        "first-round-seconds": history[0]["seconds"],
+    }
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:

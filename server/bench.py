@@ -112,6 +112,7 @@ def _upload_bytes(run: RunConfig) -> dict[str, Any]:
 
 
 def _simulation_figures(run: RunConfig) -> dict[str, Any]:
+    from .app import round_summary
     from .simulation import simulate
 
     peak = [0]
@@ -131,14 +132,11 @@ def _simulation_figures(run: RunConfig) -> dict[str, Any]:
     finally:
         done.set()
         sampler.join()
-    steady = records[1:] or records
-    mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+    summary = round_summary(records)
     return {
         "simulation-seconds": round(time.perf_counter() - started, 2),
-        "first-round-seconds": round(records[0]["seconds"], 2),
-        "round-seconds": round(mean("seconds"), 3),
-        "round-client-compute-seconds": round(mean("client-compute-seconds"), 3),
-        "round-other-seconds": round(mean("other-seconds"), 3),
+        "first-round-seconds": round(summary["first-round-seconds"], 2),
+        **{key: round(summary[key], 3) for key in ("round-seconds", "round-client-compute-seconds", "round-other-seconds")},
         "simulation-peak-rss-mb": round(peak[0] / 2**20, 1),
     }
 

@@ -40,6 +40,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedvlp.core.models import BackboneFactory, backbone_state, build_model
     from fedvlp.core.runtime import offline_env, state_dir
 
+    from .app import round_summary
     from .simulation import simulate
 
     started = time.perf_counter()
@@ -83,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = run_sweep(inits, BackboneFactory(run), labeled, out, sweep, progress=True)
 
     history = final.state.get("history", [])
-    summary = _round_summary(history)
+    summary = round_summary(history)
     summary.update({"wall-seconds": time.perf_counter() - started, "pretrain-seconds": pretrain_seconds, "final-round": final.round})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
@@ -93,21 +94,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"outputs: {out}/results.csv, report.md, auc_vs_labels.png, checkpoints in {run.out_dir}/checkpoints")
     return 0
-
-
-def _round_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean seconds per round, split into the slowest client's compute and everything else."""
-    if not history:
-        return {}
-    steady = history[1:] or history  # round 1 pays process and actor start-up
-    mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
-    return {
-        "rounds": len(history),
-        "round-seconds": mean("seconds"),
-        "round-client-compute-seconds": mean("client-compute-seconds"),
-        "round-other-seconds": mean("other-seconds"),
-        "first-round-seconds": history[0]["seconds"],
-    }
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

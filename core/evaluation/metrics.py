@@ -10,7 +10,7 @@ sigmoid first; ``logits=False`` takes the scores as probabilities).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,18 @@ def _checked(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tenso
     return y, s, names
 
 
+def _per_class(score: Callable[[np.ndarray, np.ndarray], float], y_true: np.ndarray | torch.Tensor,
+               scores: np.ndarray | torch.Tensor, names: Sequence[str]) -> dict[str, float]:
+    """``score`` per class (NaN where the targets hold one value) and their ``"mean"``."""
+    y, s, names = _checked(y_true, scores, names)
+    out: dict[str, float] = {}
+    for c, name in enumerate(names):
+        column = y[:, c]
+        out[name] = float(score(column, s[:, c])) if len(np.unique(column)) == 2 else math.nan
+    out["mean"] = mean_auc(out)
+    return out
+
+
 def auc_per_class(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor,
                   names: Sequence[str]) -> dict[str, float]:
     """ROC AUC of every class, plus their mean under the key ``"mean"``.
@@ -67,13 +79,7 @@ def auc_per_class(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.
     ValueError
         On mismatched shapes, a name ``"mean"``, or non-finite scores.
     """
-    y, s, names = _checked(y_true, scores, names)
-    out: dict[str, float] = {}
-    for c, name in enumerate(names):
-        column = y[:, c]
-        out[name] = float(roc_auc_score(column, s[:, c])) if len(np.unique(column)) == 2 else math.nan
-    out["mean"] = mean_auc(out)
-    return out
+    return _per_class(roc_auc_score, y_true, scores, names)
 
 
 def average_precision_per_class(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor,
@@ -85,13 +91,7 @@ def average_precision_per_class(y_true: np.ndarray | torch.Tensor, scores: np.nd
     targets hold a single value gets NaN and is left out of the mean (NaN when none is left).
     Logits and probabilities give the same AP (it only depends on the ranking).
     """
-    y, s, names = _checked(y_true, scores, names)
-    out: dict[str, float] = {}
-    for c, name in enumerate(names):
-        column = y[:, c]
-        out[name] = float(average_precision_score(column, s[:, c])) if len(np.unique(column)) == 2 else math.nan
-    out["mean"] = mean_auc(out)
-    return out
+    return _per_class(average_precision_score, y_true, scores, names)
 
 
 def _binary(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
