@@ -15,7 +15,7 @@ from .config import ConfigError, RunConfig, SiteConfig
 from .data.datasets import SiteDataset, collate_samples
 from .data.manifest import load_source_rows
 from .data.studies import StudyDataset
-from .data.tokenizer import load_tokenizer
+from .data.tokenizer import load_run_tokenizer
 from .models.model import FedVLPModel
 from .objectives import BatchView
 
@@ -47,7 +47,7 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
     ConfigError
         When the site is left with no usable row at all.
     """
-    tokenizer = load_tokenizer(run.tokenizer)
+    tokenizer = load_run_tokenizer(run)  # MiniLM's vocabulary under text-init = "minilm"
     datasets = []
     for source in site.sources:
         rows = load_source_rows(source)

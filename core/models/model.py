@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, RunConfig
-from ..data.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from ..data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
 from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, MLMObjective, Objective
 from .image import ResNetEncoder, build_image_encoder
 from .text import TextEncoder, build_text_encoder
@@ -25,7 +25,7 @@ class FedVLPModel(nn.Module):
     read ``image.…``, ``text.…`` and ``head.<objective>.…``.
     """
 
-    def __init__(self, config: ModelConfig, objectives: dict[str, Objective], image: ResNetEncoder, text: TextEncoder):
+    def __init__(self, config: ModelConfig, objectives: dict[str, Objective], image: nn.Module, text: TextEncoder):
         super().__init__()
         self.config = config
         self.image = image
@@ -44,9 +44,18 @@ class FedVLPModel(nn.Module):
 
 
 def model_config_for(run: RunConfig) -> ModelConfig:
-    """The model size preset of a run, with its tokenizer's vocabulary size."""
-    vocab_size = len(load_tokenizer(run.tokenizer))
-    return ModelConfig.preset(run.model_size, run.image_size, vocab_size, run.mim_patch)
+    """The model size preset of a run, with its tokenizer's vocabulary size.
+
+    Under ``text-init = "minilm"`` the text encoder takes MiniLM's widths (384 hidden, 6 layers)
+    and vocabulary; the maximum text length stays the preset's.
+    """
+    vocab_size = len(load_run_tokenizer(run))
+    config = ModelConfig.preset(run.model_size, run.image_size, vocab_size, run.mim_patch)
+    if run.text_init == "minilm":
+        from .pretrained import minilm_text_config
+
+        config = replace(config, text=minilm_text_config(config.text.max_len))
+    return config
 
 
 def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
@@ -55,9 +64,21 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
     The recipe's family picks the architecture (``cnn``: ResNet + BERT; ``vit``: REFERS).
     Only objectives whose weight is above zero get a head. Every model has the attributes
     ``objectives``, ``max_text_len`` and ``image_backbone()``.
+
+    ``text-init`` / ``image-init`` (cnn family only) start the text encoder from
+    all-MiniLM-L6-v2 and the image encoder from ImageNet EfficientNet-Lite0, read from the
+    packages of ``fedvlp[pretrained]``; the heads stay random and follow the loaded widths.
+
+    Raises
+    ------
+    ConfigError
+        When an init is set for another family or its package is not installed.
     """
+    from .pretrained import check_inits
+
+    check_inits(run)
     torch.manual_seed(run.seed if seed is None else seed)
-    tokenizer = load_tokenizer(run.tokenizer)
+    tokenizer = load_run_tokenizer(run)
     if run.spec.family == "vit":
         from .refers import build_refers_model
 
@@ -79,8 +100,7 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
     if run.recipe == "convirt" and run.model_size == "base":
         # ConVIRT's paper encoder is a ResNet-50.
         config = replace(config, image=replace(config.image, block="bottleneck", layers=(3, 4, 6, 3)))
-    image = build_image_encoder(config.image)
-    text = build_text_encoder(config.text, config.vocab_size)
+    image, text = _build_encoders(run, config)
     weights = run.objective_weights()
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     candidates: dict[str, Objective] = {  # heads of the cnn family
@@ -93,6 +113,21 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
     if run.spec.freeze_text == "half":
         freeze_text_half(text)
     return FedVLPModel(config, objectives, image, text)
+
+
+def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, TextEncoder]:
+    """The cnn family's encoders: random from ``config``, or general-pretrained per run config."""
+    from . import pretrained
+
+    if run.image_init == "efficientnet-lite0":
+        image: nn.Module = pretrained.build_efficientnet_lite0_encoder(run.image_size)
+    else:
+        image = build_image_encoder(config.image)
+    if run.text_init == "minilm":
+        text = pretrained.build_minilm_encoder(config.text.max_len)
+    else:
+        text = build_text_encoder(config.text, config.vocab_size)
+    return image, text
 
 
 def freeze_text_half(text: TextEncoder) -> None:
@@ -118,7 +153,10 @@ class BackboneFactory:
     @property
     def description(self) -> dict[str, Any]:
         """Recorded in a sweep's metadata."""
-        return {"recipe": self.run.recipe, "model-size": self.run.model_size, "image-size": self.run.image_size, "tokenizer": self.run.tokenizer}
+        described = {"recipe": self.run.recipe, "model-size": self.run.model_size, "image-size": self.run.image_size, "tokenizer": self.run.tokenizer}
+        if self.run.image_init:  # recorded only when set, so existing sweeps keep their description
+            described["image-init"] = self.run.image_init
+        return described
 
     def __call__(self) -> nn.Module:
         return build_model(self.run, seed=torch.initial_seed()).image_backbone()
