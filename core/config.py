@@ -193,6 +193,7 @@ class RunConfig:
     image_init: str = ""
     seed: int = 0
     device: str = "auto"
+    loader_workers: int = 0  # DataLoader processes that decode images per source (0: in the training process)
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], origin: str = "run_config") -> "RunConfig":
@@ -229,6 +230,8 @@ class RunConfig:
             raise ConfigError(origin, "text-init", f"one of {TEXT_INITS}", self.text_init)
         if self.image_init not in IMAGE_INITS:
             raise ConfigError(origin, "image-init", f"one of {IMAGE_INITS}", self.image_init)
+        if self.loader_workers < 0:
+            raise ConfigError(origin, "loader-workers", "an integer >= 0", self.loader_workers)
         positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies")
         for name in positive_ints:
             if getattr(self, name) < 1:
@@ -268,7 +271,7 @@ class RunConfig:
 
         ``rounds`` and ``out-dir`` are left out so that a run can be extended or moved.
         """
-        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device")}
+        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device", "loader-workers")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -308,6 +311,10 @@ class SourceConfig:
     label_columns: tuple[str, ...] = ()
     unpaired_text_pool: Path | None = None  # public reports coupled at random with an image-only source
     pool_report_column: str = "report"
+    # What the source converts or allows instead of skipping: "16bit" and "rgb" images are
+    # converted to 8-bit grey, "uncertain_labels" allows -1 in label columns (CheXpert style).
+    accept: frozenset[str] = frozenset()
+    max_image_pixels: int = 8192 * 8192  # bigger images are skipped (image_huge) from their header
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -347,7 +354,8 @@ class SiteConfig:
 
 
 _SITE_KEYS = {"name", "sources", "device", "privacy", "description"}
-_SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column"}
+_SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column", "accept", "max_image_pixels"}
+SOURCE_ACCEPT = ("16bit", "rgb", "uncertain_labels")  # values of a source's ``accept`` list
 
 
 def load_site(path: str | os.PathLike[str]) -> SiteConfig:
@@ -450,7 +458,13 @@ def _load_source(origin: str, index: int, raw: Any, base: Path) -> SourceConfig:
     pool_column = raw.get("pool_report_column", "report")
     if not isinstance(pool_column, str):
         raise ConfigError(origin, f"{prefix}.pool_report_column", "a column name", pool_column)
-    return SourceConfig(manifest_path, id_column, image_column, report_column, tuple(labels), pool, pool_column)
+    accept = raw.get("accept", [])
+    if not isinstance(accept, list) or not all(isinstance(a, str) and a in SOURCE_ACCEPT for a in accept):
+        raise ConfigError(origin, f"{prefix}.accept", f"a list of values from {list(SOURCE_ACCEPT)}", accept)
+    max_pixels = raw.get("max_image_pixels", 8192 * 8192)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConfigError(origin, f"{prefix}.max_image_pixels", "a positive integer (width x height)", max_pixels)
+    return SourceConfig(manifest_path, id_column, image_column, report_column, tuple(labels), pool, pool_column, frozenset(accept), max_pixels)
 
 
 def list_site_files(sites: str | os.PathLike[str]) -> list[Path]:
