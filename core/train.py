@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, RunConfig, SiteConfig
+from .config import RunConfig, SiteConfig
 from .data.datasets import SiteDataset, collate_samples
-from .data.manifest import load_source_rows
+from .data.loader import site_rows
 from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
 from .models.model import FedVLPModel
@@ -49,10 +49,9 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
     """
     tokenizer = load_run_tokenizer(run)  # MiniLM's vocabulary under text-init = "minilm"
     datasets = []
-    for source in site.sources:
-        rows = load_source_rows(source)
+    for rows in site_rows(site):  # raises ConfigError naming the site file when nothing is usable
         if len(rows):
-            text_tokenizer = tokenizer if "text" in source.modalities else None
+            text_tokenizer = tokenizer if "text" in rows.source.modalities else None
             spec = run.spec
             options = {"profile": spec.augment, "text_view": spec.text_view}
             if spec.family == "vit" and rows.images is not None and rows.reports is not None:
@@ -60,8 +59,6 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
                 datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))
             else:
                 datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, **options))
-    if not datasets:
-        raise ConfigError(str(site.path), "sources", "at least one manifest row that can train (all rows were skipped)")
     return datasets
 
 
@@ -106,8 +103,9 @@ class LocalTrainer:
             shuffle=True,
             drop_last=len(dataset) >= self.run.batch_size,
             collate_fn=getattr(dataset, "collate_fn", collate_samples),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # decode + resize in worker processes: FEDVLP_LOADER_WORKERS or run-config loader-workers
+            num_workers=max(self.num_workers, self.run.loader_workers),
+            persistent_workers=max(self.num_workers, self.run.loader_workers) > 0,
             generator=generator,
         )
 

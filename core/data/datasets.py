@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from .images import ImageDecodeError, load_image
 from ..config import ConfigError
-from .manifest import ManifestRows, read_manifest
+from .manifest import ManifestRows, StringColumn, read_manifest
 from .reports import text_view
 
 __all__ = ["SiteDataset", "collate_samples", "train_transform"]
@@ -53,8 +53,11 @@ def train_transform(size: int, profile: str = "light") -> v2.Transform:
 class SiteDataset(Dataset[dict[str, Any]]):
     """Samples of one source: ``image`` (1, S, S) in [0, 1] and/or tokenised ``report``.
 
-    A sample whose image cannot be decoded comes back as ``{"id": ..., "error": reason}``
-    so that :func:`collate_samples` can drop and count it, also inside DataLoader workers.
+    A sample whose image is rejected comes back as ``{"id": ..., "error": reason, "detail": ...}``
+    (``reason`` from :mod:`fedvlp.core.data.images`, e.g. ``image_corrupt`` or ``image_rgb``;
+    ``detail`` names the manifest row and the file) so that :func:`collate_samples` can drop
+    and count it, also inside DataLoader workers. Construction reads no image: images are
+    decoded and resized in ``__getitem__``, i.e. in the DataLoader's worker processes.
     """
 
     def __init__(
@@ -74,11 +77,12 @@ class SiteDataset(Dataset[dict[str, Any]]):
         self.max_len = max_len
         self.text_view = text_view
         self.transform = train_transform(image_size, profile) if augment and rows.images is not None else None
-        self.pool: list[str] | None = None
+        self.policy = rows.policy
+        self.pool: StringColumn | None = None
         source = rows.source
         if rows.reports is None and rows.images is not None and source.unpaired_text_pool is not None:
             frame = read_manifest(source.unpaired_text_pool, [source.pool_report_column])
-            self.pool = [t.strip() for t in frame[source.pool_report_column] if str(t).strip()]
+            self.pool = StringColumn.from_strings(t.strip() for t in frame[source.pool_report_column] if str(t).strip())
             if not self.pool:
                 raise ConfigError(str(source.unpaired_text_pool), source.pool_report_column, "at least one non-empty report in the unpaired text pool")
         if (rows.reports is not None or self.pool is not None) and tokenizer is None:
@@ -96,9 +100,9 @@ class SiteDataset(Dataset[dict[str, Any]]):
         sample: dict[str, Any] = {"id": self.rows.ids[index]}
         if self.rows.images is not None:
             try:
-                image = load_image(self.rows.images[index], self.image_size)
+                image = load_image(self.rows.images[index], self.image_size, self.policy)
             except ImageDecodeError as err:
-                return {"id": sample["id"], "error": "bad_image", "detail": str(err)}
+                return {"id": sample["id"], "error": err.reason, "detail": self.rows.image_problem(index, err)}
             sample["image"] = self.transform(image) if self.transform is not None else image
         if self.pool is not None:
             # An unpaired tuple: this image with a random report of the public pool.

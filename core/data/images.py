@@ -1,53 +1,192 @@
-"""Decoding radiographs from disk into normalised grayscale tensors."""
+"""Decoding radiographs from disk into normalised grayscale tensors, with the checks that
+training and ``fedvlp validate-site`` share.
+
+Every rejected file raises :class:`ImageDecodeError` with a stable ``reason`` code, which is
+what the skip counters (``skipped/<reason>`` in a client's round metrics) are keyed by:
+
+============== ==============================================================================
+reason         when
+============== ==============================================================================
+image_missing  the file does not exist
+image_corrupt  not an image PIL can identify, or its data stream is broken
+image_truncated the header is fine but the file ends early
+image_huge     more pixels than the limit (checked from the header, before any decoding)
+image_16bit    a high-bit-depth file (16-bit PNG/TIFF, 32-bit int or float), unless accepted
+image_rgb      a colour image whose channels differ, unless accepted
+============== ==============================================================================
+
+A colour-mode file (RGB, RGBA, LA, P, CMYK...) whose channels are equal (a grey radiograph saved
+as RGB, common in JPEG exports) is grey and accepted.
+"""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["ImageDecodeError", "load_image", "MAX_PIXELS"]
+__all__ = ["ImageDecodeError", "ImagePolicy", "DEFAULT_POLICY", "load_image", "check_header", "decode_gray", "MAX_PIXELS", "IMAGE_REASONS"]
 
 # Larger than any real radiograph (MIMIC's biggest are ~4k x 3k); a bigger file is malformed
 # or a decompression bomb and would exhaust a worker's memory.
 MAX_PIXELS = 8192 * 8192
 
+# JPEG's YCbCr round trip can leave +-1 differences between the channels of a grey image.
+GREY_TOLERANCE = 2
+
+IMAGE_REASONS = ("image_missing", "image_corrupt", "image_truncated", "image_huge", "image_16bit", "image_rgb")
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
 
 class ImageDecodeError(ValueError):
-    """An image file is missing, corrupt, truncated or of an unsupported kind."""
+    """An image file is missing, corrupt, truncated or of a kind the policy rejects.
+
+    ``reason`` is one of :data:`IMAGE_REASONS`; the message names the file.
+    """
+
+    def __init__(self, path: str | Path, reason: str, detail: str):
+        self.path, self.reason, self.detail = Path(path), reason, detail
+        super().__init__(f"{path}: {reason}: {detail}")
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Read an image file as a ``(1, size, size)`` float tensor with values in ``[0, 1]``.
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Which non-standard images a source converts instead of skipping.
 
-    8-bit and 16-bit grayscale and RGB files are accepted (RGB is converted to luminance,
-    16-bit is rescaled by its own maximum). The image is resized to ``size x size``.
+    Parameters
+    ----------
+    accept_16bit
+        Rescale high-bit-depth images to 8 bits (by the image's own maximum) instead of
+        skipping them as ``image_16bit``.
+    accept_rgb
+        Convert colour images to luminance instead of skipping them as ``image_rgb``.
+    max_pixels
+        Width x height above which a file is skipped as ``image_huge`` without being decoded.
+    """
+
+    accept_16bit: bool = False
+    accept_rgb: bool = False
+    max_pixels: int = MAX_PIXELS
+
+
+DEFAULT_POLICY = ImagePolicy()
+
+
+def _open_checked(path: Path, policy: ImagePolicy) -> Image.Image:
+    """Open ``path`` (header only) and apply the size check; the caller closes the image."""
+    try:
+        with warnings.catch_warnings():
+            # Our own limit decides; PIL's warning threshold would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except FileNotFoundError as err:
+        raise ImageDecodeError(path, "image_missing", "file not found") from err
+    except IsADirectoryError as err:
+        raise ImageDecodeError(path, "image_missing", "is a folder, not a file") from err
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(path, "image_huge", str(err)) from err
+    except (OSError, ValueError, SyntaxError) as err:
+        # the header itself is unreadable: corrupt (truncated means the header is fine)
+        raise ImageDecodeError(path, "image_corrupt", f"cannot identify image ({err})") from err
+    if img.width * img.height > policy.max_pixels:
+        img.close()
+        raise ImageDecodeError(path, "image_huge", f"{img.width}x{img.height} exceeds {policy.max_pixels} pixels")
+    return img
+
+
+def _error_reason(err: BaseException) -> str:
+    text = str(err).lower()
+    return "image_truncated" if "truncat" in text or "premature end" in text else "image_corrupt"
+
+
+def check_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, int, str]:
+    """Open only the header of ``path``: ``(width, height, mode)``.
+
+    Catches missing, unidentifiable, huge and (unless accepted) high-bit-depth files without
+    decoding pixels; colour and truncation need :func:`decode_gray`.
 
     Raises
     ------
     ImageDecodeError
-        When the file is missing, unreadable, truncated or absurdly large; the message names it.
+        With the reason code.
     """
     path = Path(path)
+    img = _open_checked(path, policy)
+    with img:
+        if img.mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
+            raise ImageDecodeError(path, "image_16bit", f"mode {img.mode}; add 16bit to the source's accept list to rescale it")
+        return img.width, img.height, img.mode
+
+
+def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` into an 8-bit grayscale (mode ``L``) PIL image, applying ``policy``.
+
+    Parameters
+    ----------
+    draft_size
+        When given, a JPEG is decoded at the smallest DCT scale that is still at least this
+        big (much faster for large files that are resized anyway).
+
+    Raises
+    ------
+    ImageDecodeError
+        With the reason code (see the module docstring).
+    """
+    path = Path(path)
+    img = _open_checked(path, policy)
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageDecodeError(f"{path}: {img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
+        with img:
+            mode = img.mode
+            if mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
+                raise ImageDecodeError(path, "image_16bit", f"mode {mode}; add 16bit to the source's accept list to rescale it")
+            if draft_size is not None and img.format == "JPEG":
+                img.draft(mode, (draft_size, draft_size))  # keep the mode: colour must stay visible
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if mode == "L":
+                return img.copy()
+            if mode in _HIGH_DEPTH_MODES:
                 array = np.asarray(img, dtype=np.float32)
                 peak = float(array.max()) or 1.0
-                img = Image.fromarray((array / peak * 255.0).astype(np.uint8))
-            elif img.mode != "L":
-                img = img.convert("L")
-            img = img.resize((size, size), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+                return Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
+            if mode == "1":
+                return img.convert("L")
+            if mode == "LA":
+                return img.getchannel("L")
+            rgb = img.convert("RGB")
+            if policy.accept_rgb:
+                return rgb.convert("L")
+            channels = np.asarray(rgb, dtype=np.int16)
+            spread = max(int(np.abs(channels[..., 0] - channels[..., 1]).max()), int(np.abs(channels[..., 0] - channels[..., 2]).max()))
+            if spread > GREY_TOLERANCE:
+                raise ImageDecodeError(path, "image_rgb", f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to convert it")
+            return rgb.getchannel("R")  # grey saved as colour: any channel is the image
     except ImageDecodeError:
         raise
-    except FileNotFoundError as err:
-        raise ImageDecodeError(f"{path}: file not found") from err
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"{path}: cannot decode image ({err})") from err
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(path, "image_huge", str(err)) from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise ImageDecodeError(path, _error_reason(err), f"cannot decode image ({err})") from err
+
+
+def load_image(path: str | Path, size: int, policy: ImagePolicy = DEFAULT_POLICY) -> torch.Tensor:
+    """Read an image file as a ``(1, size, size)`` float tensor with values in ``[0, 1]``.
+
+    8-bit grayscale files are read as they are; grey images saved in a colour mode are
+    accepted; 16-bit and colour images are converted only when ``policy`` accepts them.
+    The image is resized (bilinear) to ``size x size``.
+
+    Raises
+    ------
+    ImageDecodeError
+        When the file is missing, corrupt, truncated, too large or rejected by ``policy``;
+        ``err.reason`` is the skip reason and the message names the file.
+    """
+    img = decode_gray(path, policy, draft_size=size)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    array = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(array.copy()).unsqueeze(0).float().div_(255.0)

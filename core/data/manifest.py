@@ -1,39 +1,243 @@
-"""Reading site manifests (CSV or Parquet) and checking their rows without decoding images."""
+"""Reading site manifests (CSV or Parquet) in chunks and checking their rows without opening images.
+
+A manifest is read ``CHUNK_ROWS`` rows at a time; the rows that can train are kept as compact
+columns (:class:`StringColumn`: one UTF-8 byte buffer and an offset array, no Python object
+per row), so a 400k-row manifest costs tens of megabytes and forks cheaply into DataLoader
+workers (Python lists of strings would be copied page by page as workers touch refcounts).
+
+Row checks, each skipped and counted under its reason code (the first that applies):
+
+============== =============================================================================
+reason         when
+============== =============================================================================
+non_utf8       a used column of the row holds bytes that are not UTF-8 (other rows still load)
+empty_id       the id is blank
+empty_image_path the image column is blank
+empty_report   the report column is blank
+bad_label      a label column holds something other than 0, 1 or blank (-1 too when the source
+               accepts ``uncertain_labels``); ``1.0``-style numbers count as 0/1
+duplicate_id   an earlier usable row has the same id (the first one wins)
+============== =============================================================================
+
+Problems name the manifest and the row number as a spreadsheet shows it (the header is row 1).
+"""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
+import numpy as np
 import pandas as pd
 
 from ..config import ConfigError, SourceConfig
+from .images import ImageDecodeError, ImagePolicy
 
-__all__ = ["ManifestRows", "read_manifest", "load_source_rows"]
+__all__ = [
+    "ManifestRows",
+    "StringColumn",
+    "PathColumn",
+    "read_manifest",
+    "iter_manifest_chunks",
+    "load_source_rows",
+    "image_policy",
+    "ROW_REASONS",
+    "CHUNK_ROWS",
+]
+
+CHUNK_ROWS = 50_000
+MAX_STORED_PROBLEMS = 10_000  # per source; counts stay exact beyond it
+ROW_REASONS = ("non_utf8", "empty_id", "empty_image_path", "empty_report", "bad_label", "duplicate_id")
+OPTIONAL_COLUMNS = ("study_id", "view")  # read when present: studies (refers) and view counts
+# Bytes that are not UTF-8 come through ``surrogateescape`` as lone surrogates U+DC80-U+DCFF.
+_SURROGATES = "[\udc80-\udcff]"
+_SURROGATE_RE = re.compile(_SURROGATES)
+
+
+def _printable(text: str) -> str:
+    return _SURROGATE_RE.sub("\ufffd", text)
+
+
+class StringColumn(Sequence[str]):
+    """An immutable column of strings: one UTF-8 ``uint8`` buffer plus ``int64`` offsets."""
+
+    def __init__(self, buffer: np.ndarray, offsets: np.ndarray):
+        self.buffer, self.offsets = buffer, offsets
+
+    @classmethod
+    def from_strings(cls, values: Sequence[str] | Iterator[str]) -> "StringColumn":
+        """Build a column from Python strings."""
+        builder = _ColumnBuilder()
+        builder.append(list(values))
+        return builder.build()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        data = self.buffer.tobytes()
+        bounds = self.offsets.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            yield data[start:end].decode("utf-8")
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the column."""
+        return int(self.buffer.nbytes + self.offsets.nbytes)
+
+
+class PathColumn(Sequence[Path]):
+    """Image paths: a :class:`StringColumn` of manifest-relative paths joined to ``base`` on access."""
+
+    def __init__(self, base: Path, relative: StringColumn):
+        self.base, self.relative = base, relative
+
+    def __len__(self) -> int:
+        return len(self.relative)
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Path]: ...
+    def __getitem__(self, index: int | slice) -> Path | list[Path]:
+        if isinstance(index, slice):
+            return [self.base / p for p in self.relative[index]]
+        return self.base / self.relative[index]
+
+    def __iter__(self) -> Iterator[Path]:
+        return (self.base / p for p in self.relative)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the column."""
+        return self.relative.nbytes
+
+
+class _ColumnBuilder:
+    """Appends chunks of strings; can look up rows of earlier chunks (duplicate checks)."""
+
+    def __init__(self) -> None:
+        self.buffers: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.starts: list[int] = [0]
+        self._offsets: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def append(self, values: Sequence[str]) -> None:
+        encoded = [v.encode("utf-8") for v in values]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        self.buffers.append(np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        self.lengths.append(lengths)
+        self._offsets.append(np.concatenate([[0], np.cumsum(lengths)]))
+        self.starts.append(self.starts[-1] + len(encoded))
+
+    def get(self, index: int) -> str:
+        chunk = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offsets = self._offsets[chunk]
+        local = index - self.starts[chunk]
+        return self.buffers[chunk][offsets[local] : offsets[local + 1]].tobytes().decode("utf-8")
+
+    def build(self) -> StringColumn:
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        buffer = np.concatenate(self.buffers) if self.buffers else np.zeros(0, dtype=np.uint8)
+        return StringColumn(buffer, offsets)
 
 
 @dataclass
 class ManifestRows:
-    """The usable rows of one source, and what was skipped and why.
+    """The usable rows of one source, what was skipped and why, and counts for validate-site.
 
-    ``images`` holds absolute paths (or ``None`` for a text-only source), ``reports`` the
-    report text (or ``None`` for an image-only source).
+    ``images`` holds paths (or ``None`` for a text-only source), ``reports`` the report text
+    (or ``None`` for an image-only source), ``study_ids`` the ``study_id`` column when the
+    manifest has one, ``row_numbers`` the manifest row of every usable row.
     """
 
     source: SourceConfig
-    ids: list[str]
-    images: list[Path] | None
-    reports: list[str] | None
+    ids: Sequence[str]
+    images: Sequence[Path] | None
+    reports: Sequence[str] | None
     skipped: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    study_ids: Sequence[str] | None = None
+    row_numbers: np.ndarray | None = None
+    rows_in_file: int = 0
+    labels: dict[str, Counter[str]] = field(default_factory=dict)
+    views: Counter[str] = field(default_factory=Counter)
+    problems_omitted: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def add_problem(self, text: str) -> None:
+        """Keep ``text`` unless :data:`MAX_STORED_PROBLEMS` are already kept (then only count it)."""
+        if len(self.problems) < MAX_STORED_PROBLEMS:
+            self.problems.append(text)
+        else:
+            self.problems_omitted += 1
 
-def read_manifest(path: Path, columns: list[str]) -> pd.DataFrame:
-    """Read ``columns`` of a CSV or Parquet manifest as strings.
+    def row_of(self, index: int) -> str:
+        """``manifest:row`` of usable row ``index``, for problem messages."""
+        row = int(self.row_numbers[index]) if self.row_numbers is not None else index + 2
+        return f"{self.source.manifest}:{row}"
+
+    def image_problem(self, index: int, err: ImageDecodeError) -> str:
+        """The problem line of usable row ``index`` whose image was rejected."""
+        return f"{self.row_of(index)}: {err.reason} (id {_printable(self.ids[index])!r}: {err.path}: {err.detail})"
+
+    @property
+    def policy(self) -> ImagePolicy:
+        """How this source's images are checked (see :mod:`fedvlp.core.data.images`)."""
+        return image_policy(self.source)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the per-row columns."""
+        columns = [self.ids, self.images, self.reports, self.study_ids]
+        total = sum(int(getattr(c, "nbytes", 0)) for c in columns if c is not None)
+        return total + (int(self.row_numbers.nbytes) if self.row_numbers is not None else 0)
+
+
+def image_policy(source: SourceConfig) -> ImagePolicy:
+    """The image policy a source's site-file settings (``accept``, ``max_image_pixels``) ask for."""
+    return ImagePolicy(accept_16bit="16bit" in source.accept, accept_rgb="rgb" in source.accept, max_pixels=source.max_image_pixels)
+
+
+def _csv_header(path: Path) -> list[str]:
+    return list(pd.read_csv(path, nrows=0, encoding="utf-8-sig", encoding_errors="surrogateescape").columns)
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.ParquetFile(path).schema_arrow.names)
+
+
+def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Yield ``columns`` (plus those of ``optional`` the file has) as object-dtype strings, in chunks.
+
+    Blank cells are ``""``. Bytes that are not UTF-8 reach the caller as lone surrogates
+    (``surrogateescape``), so that one bad row does not fail the file.
 
     Raises
     ------
@@ -42,60 +246,146 @@ def read_manifest(path: Path, columns: list[str]) -> pd.DataFrame:
     """
     if not path.is_file():
         raise ConfigError(str(path), "(manifest)", "an existing CSV or Parquet file")
+    is_csv = path.suffix.lower() == ".csv"
     try:
-        if path.suffix.lower() == ".csv":
-            header = pd.read_csv(path, nrows=0).columns
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise ConfigError(str(path), missing[0], f"a column of the manifest (has {list(header)})")
-            frame = pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=False, encoding="utf-8")
+        header = _csv_header(path) if is_csv else _parquet_columns(path)
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ConfigError(str(path), missing[0], f"a column of the manifest (has {[_printable(h) for h in header]})")
+        wanted = list(dict.fromkeys(list(columns) + [c for c in optional if c in header]))
+        if is_csv:
+            reader = pd.read_csv(
+                path, usecols=wanted, dtype=object, keep_default_na=False, encoding="utf-8-sig",
+                encoding_errors="surrogateescape", chunksize=chunk_rows,
+            )
+            with reader:
+                for chunk in reader:
+                    yield chunk[wanted].fillna("")
         else:
-            frame = pd.read_parquet(path)
-            missing = [c for c in columns if c not in frame.columns]
-            if missing:
-                raise ConfigError(str(path), missing[0], f"a column of the manifest (has {list(frame.columns)})")
-            frame = frame[columns].astype("string").fillna("")
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), "(encoding)", f"UTF-8 text ({err})") from err
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=wanted):
+                frame = batch.to_pandas()
+                yield pd.DataFrame({c: frame[c].astype("string").fillna("").astype(object) for c in wanted})
+    except ConfigError:
+        raise
     except (pd.errors.ParserError, ValueError, OSError) as err:
-        if isinstance(err, ConfigError):
-            raise
         raise ConfigError(str(path), "(file)", f"a readable manifest ({err})") from err
+
+
+def read_manifest(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read ``columns`` of a CSV or Parquet manifest as strings, whole (for small tables).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, unreadable, lacks one of ``columns`` or is not UTF-8.
+    """
+    chunks = list(iter_manifest_chunks(path, columns))
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    for column in columns:
+        bad = frame[column].str.contains(_SURROGATES, regex=True)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            raise ConfigError(str(path), "(encoding)", f"UTF-8 text (row {row}, column '{column}' has other bytes)")
     return frame
 
 
-def load_source_rows(source: SourceConfig) -> ManifestRows:
-    """Read a source's manifest and keep the rows that can train.
+def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> ManifestRows:
+    """Read a source's manifest in chunks and keep the rows that can train.
 
-    Rows with an empty id, a duplicate id, an empty image path or an empty report are skipped
-    and counted. Image files are only opened later, when a batch is built, and a file
-    that then fails to decode is skipped and counted there.
+    Rows are checked without opening images (see the module docstring for the reasons).
+    Image files are opened later, in DataLoader workers when a batch is built or by
+    validate-site, and a file that fails there is skipped and counted there.
+    Label and view values of every row are counted for validate-site.
     """
-    columns = [source.id_column] + [c for c in (source.image_column, source.report_column) if c]
-    frame = read_manifest(source.manifest, list(dict.fromkeys(columns)))
-    base = source.manifest.parent
-    rows = ManifestRows(source, [], [] if source.image_column else None, [] if source.report_column else None)
-    seen: set[str] = set()
-    for line, record in enumerate(frame.itertuples(index=False), start=2):
-        values = dict(zip(frame.columns, record))
-        row_id = str(values[source.id_column]).strip()
-        reason = None
-        if not row_id:
-            reason = "empty_id"
-        elif row_id in seen:
-            reason = "duplicate_id"
-        elif source.image_column and not str(values[source.image_column]).strip():
-            reason = "empty_image_path"
-        elif source.report_column and not str(values[source.report_column]).strip():
-            reason = "empty_report"
-        if reason:
-            rows.skipped[reason] += 1
-            rows.problems.append(f"{source.manifest}:{line}: {reason}")
-            continue
-        seen.add(row_id)
-        rows.ids.append(row_id)
-        if rows.images is not None:
-            rows.images.append(base / str(values[source.image_column]).strip())
-        if rows.reports is not None:
-            rows.reports.append(str(values[source.report_column]).strip())
+    text_columns = [c for c in (source.id_column, source.image_column, source.report_column) if c]
+    columns = list(dict.fromkeys(text_columns + list(source.label_columns)))
+    allowed_labels = [0.0, 1.0] + ([-1.0] if "uncertain_labels" in source.accept else [])
+    label_text = "0, 1, -1 or blank" if "uncertain_labels" in source.accept else "0, 1 or blank (add uncertain_labels to accept for -1)"
+    ids, images, reports, studies = _ColumnBuilder(), _ColumnBuilder(), _ColumnBuilder(), _ColumnBuilder()
+    row_numbers: list[np.ndarray] = []
+    rows = ManifestRows(source, [], None, None)
+    rows.labels = {c: Counter() for c in source.label_columns}
+    seen_hashes = np.zeros(0, dtype=np.uint64)  # sorted hashes of the ids kept so far
+    seen_index = np.zeros(0, dtype=np.int64)  # their positions in ``ids``
+    has_study = False
+    offset = 0
+    for chunk in iter_manifest_chunks(source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows):
+        n = len(chunk)
+        numbers = np.arange(offset + 2, offset + 2 + n, dtype=np.int64)
+        offset += n
+        reason = np.full(n, "", dtype=object)
+        detail = np.full(n, "", dtype=object)
+
+        def mark(mask: np.ndarray, code: str, why: np.ndarray | str = "") -> None:
+            selected = mask & (reason == "")
+            reason[selected] = code
+            detail[selected] = why[selected] if isinstance(why, np.ndarray) else why
+
+        for column in chunk.columns:
+            if column in columns or column == "study_id":
+                mark(chunk[column].str.contains(_SURROGATES, regex=True).to_numpy(bool), "non_utf8", f" (bytes that are not UTF-8 in column '{column}')")
+        stripped = {c: chunk[c].str.strip() for c in text_columns}
+        mark((stripped[source.id_column] == "").to_numpy(bool), "empty_id")
+        if source.image_column:
+            mark((stripped[source.image_column] == "").to_numpy(bool), "empty_image_path")
+        if source.report_column:
+            mark((stripped[source.report_column] == "").to_numpy(bool), "empty_report")
+        for column in source.label_columns:
+            values = chunk[column].str.strip()
+            numeric = pd.to_numeric(values, errors="coerce")
+            bad = ~((values == "") | numeric.isin(allowed_labels)).to_numpy(bool)
+            if bad.any():
+                why = np.array([f" (column '{column}' = {_printable(v)!r}, expected {label_text})" for v in values], dtype=object)
+                mark(bad, "bad_label", why)
+            counts = values.where(values != "", "(blank)").value_counts()
+            rows.labels[column].update({_printable(str(k)): int(v) for k, v in counts.items()})
+        if "view" in chunk.columns:
+            views = chunk["view"].str.strip()
+            rows.views.update({_printable(str(k)): int(v) for k, v in views.where(views != "", "(blank)").value_counts().items()})
+        has_study = "study_id" in chunk.columns
+
+        # Duplicates: exact within the chunk, by 64-bit hash (confirmed by string) across chunks.
+        candidates = np.flatnonzero(reason == "")
+        id_values = stripped[source.id_column].to_numpy(object)
+        cand_ids = id_values[candidates]
+        first_in_chunk = ~pd.Series(cand_ids).duplicated().to_numpy(bool)
+        hashes = pd.util.hash_array(cand_ids.astype(object)) if len(cand_ids) else np.zeros(0, dtype=np.uint64)
+        duplicate = ~first_in_chunk
+        if len(seen_hashes):
+            pos = np.searchsorted(seen_hashes, hashes)
+            hit = np.flatnonzero((pos < len(seen_hashes)) & (seen_hashes[np.minimum(pos, len(seen_hashes) - 1)] == hashes))
+            for k in hit:
+                if ids.get(int(seen_index[pos[k]])) == cand_ids[k]:
+                    duplicate[k] = True
+        dup_rows = np.zeros(n, dtype=bool)
+        dup_rows[candidates[duplicate]] = True
+        mark(dup_rows, "duplicate_id", np.array([f" (id {_printable(str(v))!r} is already used by an earlier row)" for v in id_values], dtype=object) if dup_rows.any() else "")
+
+        keep = reason == ""
+        kept_ids = list(id_values[keep])
+        new_hashes = hashes[~duplicate]
+        new_index = np.arange(len(ids), len(ids) + len(kept_ids), dtype=np.int64)
+        ids.append(kept_ids)
+        if source.image_column:
+            images.append(list(stripped[source.image_column].to_numpy(object)[keep]))
+        if source.report_column:
+            reports.append(list(stripped[source.report_column].to_numpy(object)[keep]))
+        if has_study:
+            studies.append(list(chunk["study_id"].str.strip().to_numpy(object)[keep]))
+        row_numbers.append(numbers[keep])
+        merged = np.concatenate([seen_hashes, new_hashes])
+        order = np.argsort(merged, kind="stable")
+        seen_hashes, seen_index = merged[order], np.concatenate([seen_index, new_index])[order]
+
+        for k in np.flatnonzero(~keep):
+            rows.skipped[reason[k]] += 1
+            rows.add_problem(f"{source.manifest}:{numbers[k]}: {reason[k]}{detail[k]}")
+    rows.rows_in_file = offset
+    rows.ids = ids.build()
+    rows.images = PathColumn(source.manifest.parent, images.build()) if source.image_column else None
+    rows.reports = reports.build() if source.report_column else None
+    rows.study_ids = studies.build() if has_study else None
+    rows.row_numbers = np.concatenate(row_numbers) if row_numbers else np.zeros(0, dtype=np.int64)
     return rows

@@ -4,7 +4,8 @@ Rows of a pairs manifest that share a ``study_id`` are the views of one study; a
 a study id (or a manifest without the column) is a study of its own. The study's report is
 that of its first row in manifest order.
 
-Views that fail to decode are dropped and reported as ``(row id, "bad_image", detail)``; a
+Views that fail the image checks are dropped and reported as ``(row id, reason, detail)`` with
+the reason of :mod:`fedvlp.core.data.images` (``image_corrupt``, ``image_rgb``, ...); a
 study left without any view is dropped and reported as ``("study:<id>", "no_decodable_view",
 detail)``, the same ``skipped`` convention as :func:`~fedvlp.core.data.datasets.collate_samples`.
 """
@@ -32,6 +33,8 @@ def study_ids_of(rows: ManifestRows, study_column: str | None) -> tuple[list[str
     source = rows.source
     if study_column is None:
         return [None] * len(rows), False
+    if study_column == "study_id" and rows.study_ids is not None:
+        return [study or None for study in rows.study_ids], True
     try:
         frame = read_manifest(source.manifest, list(dict.fromkeys([source.id_column, study_column])))
     except ConfigError as err:
@@ -149,9 +152,9 @@ class StudyDataset(Dataset[dict[str, Any]]):
                 break
             assert self.rows.images is not None
             try:
-                image = load_image(self.rows.images[row], self.image_size)
+                image = load_image(self.rows.images[row], self.image_size, self.rows.policy)
             except ImageDecodeError as err:
-                skipped.append((self.rows.ids[row], "bad_image", str(err)))
+                skipped.append((self.rows.ids[row], err.reason, self.rows.image_problem(row, err)))
                 continue
             views.append(self.transform(image) if self.transform is not None else image)
         if not views:

@@ -82,8 +82,8 @@ def _broken_site(tmp_path: Path, world: Path) -> Path:
 def test_bad_rows_are_skipped_and_counted(tmp_path: Path, world: Path, tiny_run: RunConfig) -> None:
     trainer = _trainer(_broken_site(tmp_path, world), tiny_run.replace(batch_size=12))
     result = trainer.train(steps=2)
-    assert result.skipped == {"bad_image": 2, "empty_report": 1, "duplicate_id": 1}
-    assert result.metrics["skipped/bad_image"] == 2.0
+    assert result.skipped == {"image_corrupt": 1, "image_missing": 1, "empty_report": 1, "duplicate_id": 1}
+    assert result.metrics["skipped/image_corrupt"] == 1.0 and result.metrics["skipped/image_missing"] == 1.0
     assert any("corrupt.png" in p for p in trainer.problems)
 
 

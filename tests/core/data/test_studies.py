@@ -75,14 +75,14 @@ def test_views_are_repeated_to_three_with_a_mask(tmp_path: Path) -> None:
 def test_a_corrupt_view_is_dropped_and_counted(tmp_path: Path) -> None:
     batch = collate_studies([_dataset(tmp_path)[3]])
     assert [_grey(v) for v in batch["views"]] == [[70, 70, 70]]
-    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [("r6", "bad_image")]
+    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [("r6", "image_corrupt")]
 
 
 def test_a_study_without_a_decodable_view_is_skipped_and_counted(tmp_path: Path) -> None:
     dataset = _dataset(tmp_path)
     batch = collate_studies([dataset[4], dataset[1]])
     assert batch["ids"] == ["s2"] and batch["views"].shape[0] == 1
-    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [("r8", "bad_image"), ("study:s4", "no_decodable_view")]
+    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [("r8", "image_corrupt"), ("study:s4", "no_decodable_view")]
 
 
 def test_a_manifest_without_study_column_has_one_study_per_row(tmp_path: Path) -> None:
