@@ -184,6 +184,35 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Turn a public dataset layout (or any CSV + column mapping) into a site manifest."""
+    from fedvlp.core.data.importers import import_layout, parse_mapping, site_yaml
+
+    options: dict[str, Any] = {}
+    for name in ("uncertain", "reports", "images", "labeler", "patient_pattern", "min_label_count"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    for name in ("no_reports", "absolute_paths"):
+        if getattr(args, name):
+            options[name] = True
+    if args.map or args.map_file:
+        options["mapping"] = parse_mapping(args.map, Path(args.map_file) if args.map_file else None)
+    result = import_layout(args.layout, args.src, args.out, **options)
+    print(result.summary())
+    for problem in result.problems[: args.max_problems]:
+        print(f"  problem: {problem}")
+    name = args.site_name or Path(args.out).resolve().parent.name or "imported"
+    if args.site_out:
+        site = Path(args.site_out)
+        site.parent.mkdir(parents=True, exist_ok=True)
+        site.write_text(site_yaml(result, name, site), encoding="utf-8")
+        print(f"wrote site file {site} (check it with: fedvlp validate-site {site})")
+    else:
+        print("site file (save it, or pass --site-out):")
+        print(site_yaml(result, name))
+    return 0 if result.rows else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
@@ -228,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--out", required=True, help="folder for vocab.txt (the run's tokenizer)")
     voc.add_argument("--vocab-size", type=int, default=8000)
     voc.set_defaults(func=cmd_build_vocab)
+
+    imp = sub.add_parser("import", help="public dataset layout (or CSV + mapping) -> site manifest (docs/importing.md)")
+    imp.add_argument("layout", choices=["mimic-cxr-jpg", "openi", "chexpert", "nih", "folder", "generic"])
+    imp.add_argument("src", help="the dataset folder (the CSV file for 'generic')")
+    imp.add_argument("--out", required=True, help="manifest CSV to write; image paths in it are relative to its folder")
+    imp.add_argument("--site-out", help="also write a site YAML for the manifest here (default: print it)")
+    imp.add_argument("--site-name", help="name in the site YAML (default: the manifest's folder name)")
+    imp.add_argument("--uncertain", choices=["blank", "zero", "one"], help="CheXpert-style -1 labels become unknown (default), 0 or 1")
+    imp.add_argument("--reports", help="mimic-cxr-jpg: folder with MIMIC-CXR's files/pXX/pSUBJECT/sSTUDY.txt (default: SRC)")
+    imp.add_argument("--no-reports", action="store_true", help="mimic-cxr-jpg: images and labels only")
+    imp.add_argument("--labeler", choices=["chexpert", "negbio"], help="mimic-cxr-jpg: label file (default chexpert)")
+    imp.add_argument("--images", help="openi, nih, generic: the image folder when not the default")
+    imp.add_argument("--patient-pattern", help="folder: 'kermany' (default), 'none' or a regex with (?P<patient>...) on file stems")
+    imp.add_argument("--min-label-count", type=int, help="openi: MeSH terms given to fewer reports get no label column (default 1)")
+    imp.add_argument("--map", nargs="+", metavar="KEY=COLUMN", help="generic: id=, image=, report=, findings=, ..., labels=a,b or label.NAME=col")
+    imp.add_argument("--map-file", help="generic: the same mapping as a YAML file")
+    imp.add_argument("--absolute-paths", action="store_true", help="write absolute image paths")
+    imp.add_argument("--max-problems", type=int, default=20, help="skipped rows to list")
+    imp.set_defaults(func=cmd_import)
 
     cfg = sub.add_parser("flwr-config", help="write $FLWR_HOME/config.toml (local-sim, local-deployment)")
     cfg.add_argument("--num-supernodes", type=int, default=3)
