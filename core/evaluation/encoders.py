@@ -13,11 +13,26 @@ from torch import nn
 from ..config import ImageEncoderConfig
 from ..models.image import ResNetEncoder
 
-__all__ = ["EncoderSource", "build_encoder", "describe_encoder", "encoder_state", "state_hash"]
+__all__ = ["EncoderSource", "Init", "build_encoder", "describe_encoder", "encoder_state", "state_hash"]
 
 # What the sweep fine-tunes: a ResNet config, or any factory of a module that maps images in
 # [0, 1] to pooled features and has ``out_dim`` (e.g. a recipe model's ``image_backbone()``).
 EncoderSource = Union[ImageEncoderConfig, Callable[[], nn.Module]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """One initialisation of a sweep with its own architecture: ``source`` with ``state`` loaded
+    (``None``: random, seeded by the run seed). ``origin`` says where it came from (recorded)."""
+
+    source: EncoderSource
+    state: Mapping[str, torch.Tensor] | None = None
+    origin: str = ""
+
+    def digest(self) -> str:
+        """What identifies the init's weights and architecture in ``sweep_meta.json``."""
+        arch = hashlib.sha256(repr(describe_encoder(self.source)).encode()).hexdigest()[:8]
+        return f"{state_hash(self.state)}:{arch}"
 
 
 def build_encoder(source: EncoderSource, state: Mapping[str, torch.Tensor] | None, seed: int) -> nn.Module:

@@ -1,4 +1,10 @@
-"""Full fine-tuning of the image encoder with a linear multi-label head and early stopping."""
+"""Full fine-tuning of the image encoder with a linear head, ConVIRT's recipe.
+
+Head warm-up with the encoder frozen (in eval mode, so batch-norm statistics stay), then
+everything trains; Adam with weight decay 1e-6, dropout 0.2 before the head, the learning
+rates halved when the validation AUC stops improving, early stopping on validation AUC, and
+the weights of the best validation AUC are the ones scored on the test set.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .metrics import auc_per_class
+from .tasks import Task, binary_tasks, has_auc, output_dim, task_loss, validation_score
 
 __all__ = ["PRECISIONS", "FinetuneConfig", "FinetuneResult", "Classifier", "finetune", "predict", "step_budget"]
 
@@ -30,6 +36,8 @@ class FinetuneConfig:
     max_steps: int = 1000  # hard cap on the budget
     eval_every: int | None = None  # steps between validations; None: budget // 10 (at least 5)
     patience: int = 4  # validations without improvement before stopping
+    warmup_fraction: float = 0.1  # share of the step budget that trains the head only (encoder frozen)
+    plateau_patience: int = 1  # validations without improvement before the learning rates are halved
     shift: float = 0.0625  # random translation, as a fraction of the image side
     flip: bool = False  # random horizontal flips (off: chest X-rays are not left-right symmetric)
     eval_batch_size: int = 256
@@ -129,14 +137,18 @@ def finetune(
     test_idx: np.ndarray,
     seed: int,
     config: FinetuneConfig = FinetuneConfig(),
+    tasks: tuple[Task, ...] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``encoder`` (modified in place) plus a new head, and score the test rows.
 
-    BCE-with-logits on the labelled rows ``train_idx``, Adam with separate learning rates for
-    head and encoder, light augmentation, ``step_budget`` steps at most. Every ``eval_every``
-    steps the mean validation AUC is measured (validation loss when AUC is undefined); the
-    best weights are kept and training stops after ``patience`` validations without
-    improvement. The same ``seed`` (and thread count and hardware) gives the same result; the
+    BCE-with-logits (binary tasks) and cross-entropy (categorical tasks) on the labelled rows
+    ``train_idx``, unknown labels left out; Adam with separate learning rates for head and
+    encoder, light augmentation, ``step_budget`` steps at most. The first
+    ``warmup_fraction`` of the budget trains the head only (encoder frozen, in eval mode).
+    Every ``eval_every`` steps the mean validation AUC is measured (validation loss when AUC
+    is undefined); the best weights are kept, the learning rates are halved after
+    ``plateau_patience`` validations without improvement, and training stops after
+    ``patience`` of them. The same ``seed`` (and thread count and hardware) gives the same result; the
     caller's global RNG state is left untouched.
 
     Parameters
@@ -153,6 +165,8 @@ def finetune(
         Seeds the head initialisation, batch order, augmentation and dropout.
     config
         Training knobs.
+    tasks
+        Label tasks (default: every column binary).
 
     Returns
     -------
@@ -166,14 +180,15 @@ def finetune(
     budget = step_budget(n_train, config)
     eval_every = config.eval_every or max(5, budget // 10)
     batch = min(config.batch_size, n_train)
-    names = [str(c) for c in range(labels.shape[1])]
+    tasks = tuple(tasks) if tasks else binary_tasks(range(labels.shape[1]))
     val_images, val_y = images[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
-    val_has_auc = bool(((val_y.min(0).values == 0) & (val_y.max(0).values == 1)).any())
+    val_has_auc = has_auc(val_y, tasks)
+    warmup = int(round(config.warmup_fraction * budget))
 
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = Classifier(encoder, out_dim, labels.shape[1], config.dropout).to(device)
+        model = Classifier(encoder, out_dim, output_dim(tasks), config.dropout).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(
@@ -181,28 +196,40 @@ def finetune(
              {"params": model.head.parameters(), "lr": config.lr_head}],
             weight_decay=config.weight_decay,
         )
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                             patience=config.plateau_patience)
 
         def validate() -> float:
             logits = predict(model, val_images, config.eval_batch_size, device, config.precision, config.channels_last)
             if val_has_auc:
-                return auc_per_class(val_y, logits, names)["mean"]
-            return -float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), val_y.double()))
+                return validation_score(val_y, logits, tasks)
+            return -float(task_loss(torch.from_numpy(logits), val_y.double(), tasks))
+
+        def set_frozen(frozen: bool) -> None:
+            for parameter in model.encoder.parameters():
+                parameter.requires_grad_(not frozen)
 
         best_score, best_step, best_state, stale, step = -math.inf, 0, None, 0, 0
         stream = _batches(n_train, batch, generator)
+        set_frozen(warmup > 0)
         while step < budget:
+            if step == warmup and warmup > 0:
+                set_frozen(False)
             model.train()
+            if step < warmup:
+                model.encoder.eval()  # frozen: batch-norm statistics stay those of the init
             rows = train_idx[next(stream)]
             x = _to_device(_augment(images[rows], config.shift, config.flip, generator), device, config.channels_last)
             with _autocast(device, config.precision):
                 logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[rows].to(device))
+            loss = task_loss(logits.float(), labels[rows].to(device), tasks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             if step % eval_every == 0 or step == budget:
                 score = validate()
+                plateau.step(score)
                 if score > best_score:
                     best_score, best_step, stale = score, step, 0
                     best_state = copy.deepcopy(model.state_dict())
@@ -210,6 +237,7 @@ def finetune(
                     stale += 1
                     if stale >= config.patience:
                         break
+        set_frozen(False)
         if best_state is not None:
             model.load_state_dict(best_state)
         test_scores = predict(model, images[torch.as_tensor(test_idx)], config.eval_batch_size, device,

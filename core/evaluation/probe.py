@@ -9,9 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .metrics import auc_per_class
+from .tasks import Task, binary_tasks, output_dim, task_loss, validation_score
 
 __all__ = ["DEFAULT_WEIGHT_DECAYS", "ProbeResult", "extract_features", "fit_logistic", "linear_probe"]
 
@@ -49,11 +48,13 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     return torch.cat(chunks)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter: int = 200) -> nn.Linear:
-    """Multi-label logistic regression (one sigmoid per class) by full-batch L-BFGS.
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter: int = 200,
+                 tasks: Sequence[Task] | None = None) -> nn.Linear:
+    """Logistic regression per task (sigmoid for binary, softmax for categorical) by full-batch L-BFGS.
 
-    Minimises ``mean BCE-with-logits + weight_decay * ||W||^2`` (the bias is not penalised),
-    starting from zero weights, so the result is deterministic.
+    Minimises ``task loss + weight_decay * ||W||^2`` (the bias is not penalised; the task loss
+    is the mean over tasks of BCE-with-logits or cross-entropy over the known rows, see
+    :func:`~.tasks.task_loss`), starting from zero weights, so the result is deterministic.
 
     Parameters
     ----------
@@ -65,9 +66,12 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter
         L2 strength on the weights.
     max_iter
         L-BFGS iterations.
+    tasks
+        Label tasks (default: every column of ``y`` binary).
     """
     x, y = x.double(), y.double()
-    layer = nn.Linear(x.shape[1], y.shape[1]).double()
+    tasks = tuple(tasks) if tasks else binary_tasks(range(y.shape[1]))
+    layer = nn.Linear(x.shape[1], output_dim(tasks)).double()
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
@@ -75,7 +79,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(layer(x), y) + weight_decay * layer.weight.pow(2).sum()
+        loss = task_loss(layer(x), y, tasks) + weight_decay * layer.weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -103,6 +107,7 @@ def linear_probe(
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
     max_iter: int = 200,
     standardise_idx: np.ndarray | None = None,
+    tasks: Sequence[Task] | None = None,
 ) -> ProbeResult:
     """Train a linear classifier on frozen features and score the test rows.
 
@@ -127,6 +132,8 @@ def linear_probe(
         L-BFGS iterations per fit.
     standardise_idx
         Rows whose features define the standardisation.
+    tasks
+        Label tasks (default: every label column binary).
 
     Returns
     -------
@@ -138,14 +145,14 @@ def linear_probe(
     reference = features[torch.as_tensor(standardise_idx if standardise_idx is not None else train_idx)]
     mean, std = reference.mean(0), reference.std(0, unbiased=False).clamp_min(1e-6)
     z = (features - mean) / std
-    names = [str(c) for c in range(labels.shape[1])]
+    tasks = tuple(tasks) if tasks else binary_tasks(range(labels.shape[1]))
     train_x, train_y = z[torch.as_tensor(train_idx)], labels[torch.as_tensor(train_idx)]
     val_x, val_y = z[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
     best: tuple[float, float, nn.Linear] | None = None
     fits = []
     for wd in weight_decays:
-        layer = fit_logistic(train_x, train_y, wd, max_iter)
-        val_auc = auc_per_class(val_y, layer(val_x), names)["mean"]
+        layer = fit_logistic(train_x, train_y, wd, max_iter, tasks)
+        val_auc = validation_score(val_y, layer(val_x), tasks)
         fits.append((wd, layer))
         if math.isfinite(val_auc) and (best is None or val_auc > best[0]):
             best = (val_auc, wd, layer)

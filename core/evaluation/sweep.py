@@ -1,9 +1,12 @@
 """The label-efficiency sweep: inits x protocols x label fractions x seeds, resumable.
 
-Every (init, protocol, label fraction, seed) cell is one run. ``results.csv`` in the output
-folder is rewritten after every cell, and cells already in it are not run again, so an
+Every (init, protocol, label fraction, seed) cell is one run. Each finished cell is written
+to ``cells/<cell>.csv`` in the output folder at once (atomically) and ``results.csv`` is
+rewritten from them; cells already there (or in ``results.csv``) are not run again, so an
 interrupted sweep continues where it stopped and a sweep can be extended with more seeds,
-fractions, protocols or inits. ``sweep_meta.json`` records what the results depend on
+fractions, protocols or inits. ``jobs > 1`` runs cells in that many worker processes; every
+cell derives all randomness from its own seed and runs on ``num_threads`` threads, so the
+results do not depend on ``jobs`` or on the order cells finish in. ``sweep_meta.json`` records what the results depend on
 (training knobs, encoder architecture, data, init weights) and a mismatch is refused.
 """
 
@@ -12,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
+import re
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import numpy as np
 import pandas as pd
@@ -23,13 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import LabeledSet, sample_fraction
-from .encoders import EncoderSource, build_encoder, describe_encoder, state_hash
+from .encoders import EncoderSource, Init, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune
-from .metrics import accuracy, auc_per_class, average_precision_per_class, f1
 from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
 from .report import write_outputs
+from .tasks import task_metrics
 
-__all__ = ["PROTOCOLS", "RESULT_COLUMNS", "SweepConfig", "run_sweep", "load_results"]
+__all__ = ["PROTOCOLS", "RESULT_COLUMNS", "SweepConfig", "run_sweep", "load_results", "cell_file"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ RESULT_COLUMNS = ["init", "protocol", "label_fraction", "seed", "metric", "class
 CELL_COLUMNS = ["init", "protocol", "label_fraction", "seed"]
 RESULTS_FILE = "results.csv"
 META_FILE = "sweep_meta.json"
+CELLS_DIR = "cells"
 # Fields that define the grid or the machine, not the meaning of a result: free to change on resume.
 _GRID_FIELDS = {"fractions", "seeds", "protocols", "device", "num_threads", "title"}
 
@@ -68,6 +75,8 @@ class SweepConfig:
     ft_max_steps: int = 1000
     ft_eval_every: int | None = None
     ft_patience: int = 4
+    ft_warmup_fraction: float = 0.1
+    ft_plateau_patience: int = 1
     ft_shift: float = 0.0625
     ft_flip: bool = False
     ft_precision: str = "fp32"
@@ -93,7 +102,8 @@ class SweepConfig:
             batch_size=self.batch_size, lr_head=self.ft_lr_head, lr_encoder=self.ft_lr_encoder,
             weight_decay=self.ft_weight_decay, dropout=self.ft_dropout, min_steps=self.ft_min_steps,
             epochs=self.ft_epochs, max_steps=self.ft_max_steps, eval_every=self.ft_eval_every,
-            patience=self.ft_patience, shift=self.ft_shift, flip=self.ft_flip,
+            patience=self.ft_patience, warmup_fraction=self.ft_warmup_fraction,
+            plateau_patience=self.ft_plateau_patience, shift=self.ft_shift, flip=self.ft_flip,
             eval_batch_size=self.eval_batch_size, device=self.device, precision=self.ft_precision,
             channels_last=self.ft_channels_last,
         )
@@ -133,6 +143,12 @@ def load_results(path: Path) -> pd.DataFrame:
     return frame[RESULT_COLUMNS]
 
 
+def cell_file(out_dir: Path, init: str, protocol: str, fraction: float, seed: int) -> Path:
+    """Where one finished cell's rows are kept: ``out_dir/cells/<init>__<protocol>__<fraction>__<seed>.csv``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(init))
+    return Path(out_dir) / CELLS_DIR / f"{safe}__{protocol}__{float(fraction):g}__{int(seed)}.csv"
+
+
 def _write_results(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False, na_rep="nan")
@@ -161,92 +177,117 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
 
 
+InitValue = Union[Mapping[str, torch.Tensor], Init, None]
+
+
 @dataclass
 class _Context:
     """What every cell needs, plus the linear-probe feature cache."""
 
     labeled: LabeledSet
-    encoder_config: EncoderSource
+    inits: dict[str, Init]
     config: SweepConfig
     features: dict[tuple[str, int | None], torch.Tensor] = dataclasses.field(default_factory=dict)
 
-    def probe_features(self, init: str, state: Mapping[str, torch.Tensor] | None, seed: int) -> torch.Tensor:
+    def probe_features(self, init: str, seed: int) -> torch.Tensor:
         """Features of all images, once per pretrained init (once per seed for random inits)."""
-        key = (init, seed if state is None else None)
+        spec = self.inits[init]
+        key = (init, seed if spec.state is None else None)
         if key not in self.features:
-            encoder = build_encoder(self.encoder_config, state, seed)
+            encoder = build_encoder(spec.source, spec.state, seed)
             self.features[key] = extract_features(encoder, self.labeled.images, self.config.eval_batch_size, self.config.device)
         return self.features[key]
 
 
-def _run_cell(ctx: _Context, init: str, state: Mapping[str, torch.Tensor] | None, protocol: str,
-              fraction: float, seed: int) -> list[dict[str, Any]]:
+def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: int) -> list[dict[str, Any]]:
     """One run: sample the labelled subset, train with ``protocol``, score the test split."""
     labeled, config = ctx.labeled, ctx.config
     train_split, val_idx, test_idx = (labeled.indices(s) for s in ("train", "val", "test"))
-    train_idx = sample_fraction(train_split, labeled.labels, fraction, seed)
+    train_idx = sample_fraction(train_split, labeled.labels, fraction, seed, labeled.tasks)
     if protocol == "linear":
-        features = ctx.probe_features(init, state, seed)
-        result = linear_probe(features, labeled.labels, train_idx, val_idx, test_idx,
-                              config.probe_weight_decays, config.probe_max_iter, standardise_idx=train_split)
+        features = ctx.probe_features(init, seed)
+        result = linear_probe(features, labeled.labels, train_idx, val_idx, test_idx, config.probe_weight_decays,
+                              config.probe_max_iter, standardise_idx=train_split, tasks=labeled.tasks)
     elif protocol == "finetune":
-        encoder = build_encoder(ctx.encoder_config, state, seed)
+        spec = ctx.inits[init]
+        encoder = build_encoder(spec.source, spec.state, seed)
         result = finetune(encoder, encoder.out_dim, labeled.images, labeled.labels, train_idx, val_idx, test_idx,
-                          seed, config.finetune_config())
+                          seed, config.finetune_config(), tasks=labeled.tasks)
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     test_y = labeled.labels[torch.as_tensor(test_idx)]
-    aucs = auc_per_class(test_y, result.test_scores, labeled.label_names)
-    aps = average_precision_per_class(test_y, result.test_scores, labeled.label_names)
     base = {"init": init, "protocol": protocol, "label_fraction": float(fraction), "seed": int(seed)}
-    rows = [{**base, "metric": "auc", "class": name, "value": value} for name, value in aucs.items()]
-    rows += [{**base, "metric": "ap", "class": name, "value": value} for name, value in aps.items()]
-    if len(labeled.label_names) == 1:  # binary task: threshold sigmoid(logit) at 0.5
-        rows.append({**base, "metric": "accuracy", "class": "mean", "value": accuracy(test_y, result.test_scores)})
-        rows.append({**base, "metric": "f1", "class": "mean", "value": f1(test_y, result.test_scores)})
+    rows = [{**base, "metric": m, "class": c, "value": v} for m, c, v in task_metrics(test_y, result.test_scores, labeled.tasks)]
     rows.append({**base, "metric": "val_auc", "class": "mean", "value": result.val_auc})
     rows.append({**base, "metric": "n_train", "class": "all", "value": float(len(train_idx))})
     return rows
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(ctx: _Context, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["ctx"] = ctx
+
+
+def _worker_cell(cell: tuple[str, str, float, int]) -> list[dict[str, Any]]:
+    return _run_cell(_WORKER["ctx"], *cell)
+
+
+def _as_init(name: str, value: InitValue, encoder_config: EncoderSource | None) -> Init:
+    if isinstance(value, Init):
+        return value
+    if encoder_config is None:
+        raise ValueError(f"init '{name}' is a state dict (or None) but no encoder_config was given")
+    return Init(encoder_config, value)
+
+
 def run_sweep(
-    inits: Mapping[str, Mapping[str, torch.Tensor] | None],
-    encoder_config: EncoderSource,
+    inits: Mapping[str, InitValue],
+    encoder_config: EncoderSource | None,
     labeled: LabeledSet,
     out_dir: Path,
     config: SweepConfig = SweepConfig(),
     progress: bool = True,
+    jobs: int = 1,
 ) -> pd.DataFrame:
-    """Run every (init, protocol, label fraction, seed) cell not yet in ``out_dir/results.csv``.
+    """Run every (init, protocol, label fraction, seed) cell not yet done in ``out_dir``.
 
     Parameters
     ----------
     inits
-        Name to ``ResNetEncoder(encoder_config)`` state dict (keys without prefix; see
-        :func:`~.encoders.encoder_state`), or ``None`` for a random init seeded by the run seed.
+        Name to either an :class:`~.encoders.Init` (its own architecture and weights), or a
+        state dict of ``encoder_config``'s encoder (keys without prefix; see
+        :func:`~.encoders.encoder_state`), or ``None`` for a random ``encoder_config`` encoder
+        seeded by the run seed.
     encoder_config
-        Architecture of the image encoder.
+        Architecture of the inits given as state dicts or ``None`` (may be ``None`` when every
+        init is an :class:`Init`).
     labeled
         The labelled set with its train/val/test split. The label fraction applies to the
         train split; validation (model selection) and test always use the full splits.
     out_dir
-        Gets ``results.csv`` (after every cell), ``sweep_meta.json``, and at the end
-        ``report.md`` and ``auc_vs_labels.png``.
+        Gets ``cells/*.csv`` (one per finished cell), ``results.csv`` (after every cell),
+        ``sweep_meta.json``, and at the end ``report.md``, ``summary.csv`` and the plots.
     config
         Grid and training knobs.
     progress
         Show a tqdm bar over the cells.
+    jobs
+        Worker processes (each runs cells on ``config.num_threads or 1`` threads); 1 runs in
+        this process. The results are the same for any ``jobs`` at the same thread count.
 
     Returns
     -------
     pd.DataFrame
         Long format, columns ``init, protocol, label_fraction, seed, metric, class, value``,
-        for the requested cells only (``results.csv`` keeps any others). Metrics: ``auc``
-        (test AUC per class and ``"mean"``), ``ap`` (test average precision per class and
-        ``"mean"``), ``val_auc`` (class ``"mean"``, the model-selection score), ``n_train``
-        (class ``"all"``, the labelled subset size) and, only for a binary task (exactly one
-        label column), ``accuracy`` and ``f1`` (class ``"mean"``, threshold 0.5 on the sigmoid
-        of the test logits).
+        for the requested cells only, in grid order (``results.csv`` keeps any others).
+        Metrics: ``auc`` and ``ap`` (test, per task and ``"mean"``; see
+        :func:`~.tasks.task_metrics` for categorical tasks, which add per-category AUCs and an
+        ``accuracy``), ``val_auc`` (class ``"mean"``, the model-selection score), ``n_train``
+        (class ``"all"``, the labelled subset size) and, only for a single binary task,
+        ``accuracy`` and ``f1`` (class ``"mean"``, threshold 0.5 on the sigmoid).
 
     Raises
     ------
@@ -257,50 +298,90 @@ def run_sweep(
     config.validate()
     if not inits:
         raise ValueError("inits must name at least one initialisation")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     for split in ("train", "val", "test"):
         if len(labeled.indices(split)) == 0:
             raise ValueError(f"the labelled set has no '{split}' rows")
-    for name, state in inits.items():  # fail fast, before hours of runs
-        if state is not None:
+    specs = {name: _as_init(name, value, encoder_config) for name, value in inits.items()}
+    for name, spec in specs.items():  # fail fast, before hours of runs
+        if spec.state is not None:
             try:
-                build_encoder(encoder_config, state, 0)
+                build_encoder(spec.source, spec.state, 0)
             except ValueError as err:
                 raise ValueError(f"init '{name}': {err}") from err
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Plain state-dict inits keep their historical digest (existing sweep folders stay valid).
+    digests = {name: (spec.digest() if isinstance(inits[name], Init) else state_hash(spec.state)) for name, spec in specs.items()}
     _check_meta(out_dir, {
         "settings": config.settings(),
-        "encoder": _jsonable(describe_encoder(encoder_config)),
+        "encoder": _jsonable(describe_encoder(encoder_config)) if encoder_config is not None else None,
         "data": labeled.fingerprint(),
-        "inits": {name: state_hash(state) for name, state in inits.items()},
+        "inits": digests,
     })
     results_path = out_dir / RESULTS_FILE
     results = load_results(results_path)
+    for path in sorted((out_dir / CELLS_DIR).glob("*.csv")):  # finished cells not yet in results.csv
+        cell = load_results(path)
+        if cell.empty:
+            continue
+        key = _cell_key(*next(cell[CELL_COLUMNS].itertuples(index=False)))
+        present = {_cell_key(*row) for row in results[CELL_COLUMNS].drop_duplicates().itertuples(index=False)}
+        if key not in present:
+            results = cell if results.empty else pd.concat([results, cell], ignore_index=True)
     done = {_cell_key(*row) for row in results[CELL_COLUMNS].drop_duplicates().itertuples(index=False)}
 
-    cells = [(i, p, f, s) for i in inits for p in config.protocols for f in config.fractions for s in config.seeds]
+    cells = [(i, p, f, s) for i in specs for p in config.protocols for f in config.fractions for s in config.seeds]
     wanted = {_cell_key(*cell) for cell in cells}
     todo = [cell for cell in cells if _cell_key(*cell) not in done]
     if len(todo) < len(cells):
-        log.info("%s: %d of %d cells already done, running %d", results_path, len(cells) - len(todo), len(cells), len(todo))
+        log.info("%s: %d of %d cells already done, running %d", out_dir, len(cells) - len(todo), len(cells), len(todo))
 
-    ctx = _Context(labeled, encoder_config, config)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads or _available_cores())
-    try:
-        with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="label-efficiency sweep",
-                  unit="run", disable=not progress) as bar:
-            for init, protocol, fraction, seed in todo:
-                bar.set_postfix_str(f"{init}/{protocol}/{fraction:g}/seed {seed}")
-                rows = pd.DataFrame(_run_cell(ctx, init, inits[init], protocol, fraction, seed), columns=RESULT_COLUMNS)
-                results = rows if results.empty else pd.concat([results, rows], ignore_index=True)
-                _write_results(results, results_path)
-                bar.update(1)
-    finally:
-        torch.set_num_threads(previous_threads)
+    ctx = _Context(labeled, specs, config)
+    threads = config.num_threads or (_available_cores() if jobs == 1 else 1)
 
+    def finish(cell: tuple[str, str, float, int], rows: list[dict[str, Any]]) -> None:
+        nonlocal results
+        frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        path = cell_file(out_dir, *cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_results(frame, path)
+        results = frame if results.empty else pd.concat([results, frame], ignore_index=True)
+        _write_results(results, results_path)
+
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="label-efficiency sweep",
+              unit="run", disable=not progress) as bar:
+        if jobs == 1 or len(todo) <= 1:
+            previous_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for cell in todo:
+                    bar.set_postfix_str(f"{cell[0]}/{cell[1]}/{cell[2]:g}/seed {cell[3]}")
+                    finish(cell, _run_cell(ctx, *cell))
+                    bar.update(1)
+            finally:
+                torch.set_num_threads(previous_threads)
+        else:
+            # spawn: a clean interpreter per worker (fork after OpenMP/torch threads can hang).
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(ctx, threads)) as pool:
+                pending: dict[Future[list[dict[str, Any]]], tuple[str, str, float, int]] = {
+                    pool.submit(_worker_cell, cell): cell for cell in todo}
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        cell = pending.pop(future)
+                        finish(cell, future.result())
+                        bar.set_postfix_str(f"{cell[0]}/{cell[1]}/{cell[2]:g}/seed {cell[3]}")
+                        bar.update(1)
+
+    # Grid order, whatever order the cells finished in.
+    order = {key: i for i, key in enumerate(_cell_key(*cell) for cell in cells)}
     keys = [_cell_key(*row) for row in results[CELL_COLUMNS].itertuples(index=False)]
-    frame = results[np.array([k in wanted for k in keys], dtype=bool)].reset_index(drop=True)
+    selected = results[np.array([k in wanted for k in keys], dtype=bool)].copy()
+    selected["__order"] = [order[k] for k, w in zip(keys, [k in wanted for k in keys]) if w]
+    frame = selected.sort_values("__order", kind="stable").drop(columns="__order").reset_index(drop=True)
     write_outputs(frame, out_dir, config.title)
     return frame

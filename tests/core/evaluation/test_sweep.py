@@ -18,9 +18,9 @@ def counted(monkeypatch):
     calls = []
     original = sweep_module._run_cell
 
-    def counting(ctx, init, state, protocol, fraction, seed):
+    def counting(ctx, init, protocol, fraction, seed):
         calls.append((init, protocol, fraction, seed))
-        return original(ctx, init, state, protocol, fraction, seed)
+        return original(ctx, init, protocol, fraction, seed)
 
     monkeypatch.setattr(sweep_module, "_run_cell", counting)
     return calls
