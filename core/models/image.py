@@ -1,6 +1,13 @@
-"""ResNet image encoder built from torchvision's blocks, with configurable depth and width."""
+"""ResNet image encoder built from torchvision's blocks, with configurable depth and width.
+
+The blocks avoid in-place operations (torchvision's ``ReLU(inplace=True)`` and
+``out += identity``): opacus' backward hooks cannot see a module output that is modified in
+place. The results are the same; parameter names are torchvision's.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -8,10 +15,49 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..config import ImageEncoderConfig
 
-__all__ = ["ResNetEncoder", "build_image_encoder", "PIXEL_MEAN", "PIXEL_STD"]
+__all__ = ["ResNetEncoder", "build_image_encoder", "group_norm", "PIXEL_MEAN", "PIXEL_STD"]
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm for ``channels``: the most groups up to 32 with at least 4 channels each.
+
+    Used instead of BatchNorm under differential privacy (run-config ``norm = "group"``):
+    BatchNorm mixes the samples of a batch, so per-sample gradients do not exist.
+    """
+    groups = max(g for g in range(1, min(32, max(1, channels // 4)) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class _BasicBlock(BasicBlock):
+    """torchvision's BasicBlock without in-place operations."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class _Bottleneck(Bottleneck):
+    """torchvision's Bottleneck without in-place operations."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
 
 
 class ResNetEncoder(nn.Module):
@@ -24,17 +70,23 @@ class ResNetEncoder(nn.Module):
     ----------
     config
         Depth (blocks per stage), stage widths, input channels.
+    norm
+        ``"batch"`` (BatchNorm) or ``"group"`` (GroupNorm, needed by DP-SGD). Parameter names
+        are the same, but GroupNorm has no running statistics, so the state dicts differ and
+        every site of a federation must use the same value (run-config key ``norm``).
     """
 
-    def __init__(self, config: ImageEncoderConfig) -> None:
+    def __init__(self, config: ImageEncoderConfig, norm: str = "batch") -> None:
         super().__init__()
-        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[config.block]
+        block = {"basic": _BasicBlock, "bottleneck": _Bottleneck}[config.block]
+        norm_layer: Callable[[int], nn.Module] = {"batch": nn.BatchNorm2d, "group": group_norm}[norm]
+        self.norm = norm
         stem_width = config.widths[0]
         self.config = config
         self.stem = nn.Sequential(
             nn.Conv2d(config.in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(stem_width),
-            nn.ReLU(inplace=True),
+            norm_layer(stem_width),
+            nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
         stages = []
@@ -48,9 +100,9 @@ class ResNetEncoder(nn.Module):
                 if b == 0 and (stride != 1 or in_planes != out_planes):
                     downsample = nn.Sequential(
                         nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False),
-                        nn.BatchNorm2d(out_planes),
+                        norm_layer(out_planes),
                     )
-                blocks.append(block(in_planes, width, stride if b == 0 else 1, downsample))
+                blocks.append(block(in_planes, width, stride if b == 0 else 1, downsample, norm_layer=norm_layer))
                 in_planes = out_planes
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -73,6 +125,7 @@ class ResNetEncoder(nn.Module):
         return self.forward_features(images).mean(dim=(2, 3))
 
 
-def build_image_encoder(config: ImageEncoderConfig) -> ResNetEncoder:
-    """Build the image encoder described by ``config`` with random weights."""
-    return ResNetEncoder(config)
+def build_image_encoder(config: ImageEncoderConfig, norm: str = "batch") -> ResNetEncoder:
+    """Build the image encoder described by ``config`` with random weights (``norm``: see
+    :class:`ResNetEncoder`)."""
+    return ResNetEncoder(config, norm)

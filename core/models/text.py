@@ -14,8 +14,10 @@ __all__ = ["TextEncoder", "build_text_encoder"]
 class TextEncoder(nn.Module):
     """A BERT encoder returning token states; pooling is left to the objectives.
 
-    Position ids are passed explicitly (opacus and ``torch.func`` cannot trace BERT's
-    registered position-id buffer slicing reliably).
+    Position ids and token type ids are passed explicitly, one row per sample (opacus and
+    ``torch.func`` cannot trace BERT's registered buffers, which broadcast one row over the
+    batch). The MLM head is a separate module, not tied to the word embeddings (opacus cannot
+    compute per-sample gradients of a parameter shared by two layers).
     """
 
     def __init__(self, config: TextEncoderConfig, vocab_size: int) -> None:
@@ -38,7 +40,10 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` token ids and mask to ``(B, L, hidden)`` token states."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+        # Token types too: BERT's default is a (1, L) buffer broadcast over the batch, which
+        # gives opacus' per-sample embedding gradients a batch of one.
+        token_types = torch.zeros_like(input_ids)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, token_type_ids=token_types)
         return out.last_hidden_state
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import IMAGE, TEXT, BatchView, Objective
 
-__all__ = ["mask_tokens", "mlm_loss", "MLMObjective", "patch_mask", "masked_l1", "MIMObjective"]
+__all__ = ["mask_tokens", "mlm_loss", "mlm_loss_per_sample", "MLMObjective", "patch_mask", "masked_l1", "MIMObjective"]
 
 IGNORE_INDEX = -100
 
@@ -53,6 +53,17 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def mlm_loss_per_sample(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of each sample's mean cross-entropy over its own targets.
+
+    A sum of per-sample terms (divided by the batch size), as DP-SGD needs: the token-level
+    mean of :func:`mlm_loss` divides by the batch's total target count, which couples samples.
+    """
+    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    targets = (labels != IGNORE_INDEX).sum(dim=1).clamp_min(1)
+    return (per_token.sum(dim=1) / targets).mean()
+
+
 class MLMObjective(Objective):
     """Masked language modelling on reports (BERT's prediction head, untied from embeddings)."""
 
@@ -67,11 +78,22 @@ class MLMObjective(Objective):
         self.register_buffer("special_ids", torch.tensor(sorted(special_ids)), persistent=False)
         self.mask_id, self.vocab_size, self.ratio = mask_id, vocab_size, ratio
 
-    def loss(self, view: BatchView) -> torch.Tensor:
+        # True under sample-level DP (core/privacy.py): one mean per sample, then the batch mean.
+        self.per_sample = False
+
+    def mask(self, view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked token ids and labels (-100 where nothing is predicted) for a batch."""
         ids, mask = view.batch["input_ids"], view.batch["attention_mask"]
-        masked, labels = mask_tokens(ids, mask, self.special_ids, self.mask_id, self.vocab_size, self.ratio)
-        states = view.model.text(masked, mask)
-        return mlm_loss(self.decoder(self.transform(states)), labels)
+        return mask_tokens(ids, mask, self.special_ids, self.mask_id, self.vocab_size, self.ratio)
+
+    def masked_loss(self, model: nn.Module, masked: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of already masked reports (``model.text`` encodes them)."""
+        logits = self.decoder(self.transform(model.text(masked, attention_mask)))
+        return mlm_loss_per_sample(logits, labels) if self.per_sample else mlm_loss(logits, labels)
+
+    def loss(self, view: BatchView) -> torch.Tensor:
+        masked, labels = self.mask(view)
+        return self.masked_loss(view.model, masked, view.batch["attention_mask"], labels)
 
 
 def patch_mask(batch: int, size: int, patch: int, ratio: float, device: torch.device | None = None) -> torch.Tensor:
@@ -108,9 +130,17 @@ class MIMObjective(Objective):
         self.decoder = nn.Sequential(nn.Conv2d(feature_dim, stride * stride * in_chans, 1), nn.PixelShuffle(stride))
         self.patch, self.ratio = patch, ratio
 
-    def loss(self, view: BatchView) -> torch.Tensor:
+    def mask(self, view: BatchView) -> torch.Tensor:
+        """A ``(B, 1, S, S)`` patch mask for the batch's images."""
         images = view.batch[IMAGE]
-        mask = patch_mask(images.shape[0], images.shape[-1], self.patch, self.ratio, images.device)
+        return patch_mask(images.shape[0], images.shape[-1], self.patch, self.ratio, images.device)
+
+    def masked_loss(self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L1 on the masked pixels of ``images``. Every image has the same number of masked
+        pixels, so this is the batch mean of per-image terms (what DP-SGD needs)."""
         corrupted = images.masked_fill(mask, 0.5)
-        prediction = self.decoder(view.model.image.forward_features(corrupted))
+        prediction = self.decoder(model.image.forward_features(corrupted))
         return masked_l1(prediction, images, mask.expand_as(images))
+
+    def loss(self, view: BatchView) -> torch.Tensor:
+        return self.masked_loss(view.model, view.batch[IMAGE], self.mask(view))
