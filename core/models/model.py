@@ -122,7 +122,7 @@ def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, Tex
     if run.image_init == "efficientnet-lite0":
         image: nn.Module = pretrained.build_efficientnet_lite0_encoder(run.image_size)
     else:
-        image = build_image_encoder(config.image)
+        image = build_image_encoder(config.image, run.norm)
     if run.text_init == "minilm":
         text = pretrained.build_minilm_encoder(config.text.max_len)
     else:
