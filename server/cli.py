@@ -154,6 +154,26 @@ def cmd_flwr_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Create the federation's CA and the SuperLink's TLS certificate."""
+    from .operator import make_certificates
+
+    files = make_certificates(Path(args.out), args.server_address or [], days=args.days, overwrite=args.force)
+    print(f"CA certificate (SuperNodes, flwr): {files.ca_cert}")
+    print(f"CA key (keep offline):             {files.ca_key}")
+    print(f"SuperLink certificate and key:     {files.server_cert} {files.server_key}")
+    return 0
+
+
+def cmd_node_keys(args: argparse.Namespace) -> int:
+    """Create one ECDSA key pair per hospital for SuperNode authentication."""
+    from .operator import make_node_keys
+
+    for files in make_node_keys(Path(args.out), args.names, overwrite=args.force):
+        print(f"{files.name}: register {files.public_key}; SuperNode --auth-supernode-private-key {files.private_key}")
+    return 0
+
+
 def cmd_validate_site(args: argparse.Namespace) -> int:
     """Read every row and open every image of a site; print counts and problems."""
     from fedvlp.core.config import load_site
@@ -282,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's address (flower-superlink --port serves every API in Flower 1.41)")
     cfg.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
     cfg.set_defaults(func=cmd_flwr_config)
+
+    certs = sub.add_parser("certs", help="create a CA and the SuperLink's TLS certificate (docs/deployment.md)")
+    certs.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
+    certs.add_argument("--server-address", nargs="*", help="names/IPs hospitals dial (127.0.0.1 and localhost are always in the SAN)")
+    certs.add_argument("--days", type=int, default=365)
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(func=cmd_certs)
+
+    keys = sub.add_parser("node-keys", help="create one ECDSA key pair per hospital for SuperNode authentication")
+    keys.add_argument("--out", required=True, help="folder for <name> (private) and <name>.pub")
+    keys.add_argument("--names", nargs="+", required=True, help="hospital names, e.g. hospital_a hospital_b")
+    keys.add_argument("--force", action="store_true", help="replace existing files")
+    keys.set_defaults(func=cmd_node_keys)
     return parser
 
 
