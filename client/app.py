@@ -59,8 +59,15 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
 def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], server_round: int) -> RecordDict:
     """Load the global weights, train locally, and build the reply content."""
     trainer = _trainer(site, run)
+    private = None
+    if site.epsilon is not None:  # differential privacy (client/privacy.py; imports opacus only here)
+        from .privacy import site_privacy
+
+        private = site_privacy(site, run, trainer)
+        if private.exhausted():
+            return private.exhausted_reply()
     trainer.model.load_state_dict(global_state)
-    result = trainer.train(run.local_steps, seed=run.seed * 100_003 + server_round)
+    result = (private or trainer).train(run.local_steps, seed=run.seed * 100_003 + server_round)
     # Only what this site's data trained: parameters that got a gradient (a frozen layer or
     # a fusion layer that only pairs reach stays home) and the buffers of trained groups.
     parameters = dict(trainer.model.named_parameters())
@@ -69,6 +76,8 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
         for k, v in filter_groups(trainer.model.state_dict(), result.group_counts).items()
         if k not in parameters or k in result.touched
     }
+    if private is not None:  # clipped + noised at client level; losses stay home
+        trained, result.metrics = private.release(global_state, trained, result.metrics, server_round)
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})

@@ -1,0 +1,319 @@
+"""Differential privacy for one site: which kind, DP-SGD with opacus, update clipping + noise,
+and the privacy ledger (opacus' RDP accountant). See docs/privacy.md.
+
+Two levels, decided per site from the objectives its data trains (:func:`plan_privacy`):
+
+* ``sample``: DP-SGD (opacus per-sample gradients, clip to ``dp-max-grad-norm``, Gaussian noise
+  ``dp-noise-multiplier`` x clip, Poisson sampling at rate batch/rows). Only for objectives
+  whose loss is a mean of per-sample terms (MLM, masked patch regeneration) on the ResNet + BERT
+  family.
+* ``client``: the whole local update (local - global) is clipped to L2 norm ``dp-client-clip``
+  and Gaussian noise of std ``dp-client-noise-multiplier`` x clip is added before it is sent
+  (the math of Flower's ``LocalDpMod``: ``compute_clip_model_update`` then
+  ``add_gaussian_noise_inplace``; with the std set from a noise multiplier and accounted with
+  RDP instead of the mod's per-round (epsilon, delta) calibration). For objectives that couple
+  the samples of a batch (InfoNCE, in-batch matching negatives), where per-sample DP does not hold.
+
+This module never imports Flower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import RDPAccountant
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from .config import ConfigError, RunConfig, SiteConfig
+from .data.datasets import collate_samples
+from .objectives import BatchView
+from .objectives.masked import MLMObjective
+from .params import group_of
+from .train import LocalResult, LocalTrainer
+
+__all__ = [
+    "PER_SAMPLE_OBJECTIVES",
+    "Mechanism",
+    "DPPlan",
+    "plan_privacy",
+    "round_mechanisms",
+    "epsilon_spent",
+    "PrivacyLedger",
+    "ledger_path",
+    "clip_and_noise",
+    "DPSGDTrainer",
+    "dp_modules",
+    "secret_generator",
+]
+
+# Objectives whose loss is the batch mean of per-sample terms: per-sample clipping bounds
+# each sample's influence. InfoNCE (softmax over the batch), in-batch matching negatives,
+# study contrastive and the uwox/unit CoMat pairs all couple samples.
+PER_SAMPLE_OBJECTIVES = frozenset({"mlm", "mim"})
+
+Mechanism = tuple[float, float, int]  # (noise multiplier, sample rate, steps), opacus' history entry
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """A site's DP level and why."""
+
+    level: str  # "sample" or "client"
+    reason: str
+    objectives: tuple[str, ...]  # the active objectives of the site
+    sources: tuple[int, ...]  # indices of the sources that train something
+
+
+def _active(trainer: LocalTrainer) -> tuple[list[int], list[str]]:
+    sources, names = [], []
+    for index, dataset in enumerate(trainer.datasets):
+        objectives = trainer.objectives_for(dataset.modalities)
+        if objectives:
+            sources.append(index)
+            names.extend(o.name for o in objectives if o.name not in names)
+    return sources, names
+
+
+def plan_privacy(trainer: LocalTrainer, run: RunConfig) -> DPPlan:
+    """Sample-level DP-SGD when every active objective is a sum of per-sample terms on the
+    ResNet + BERT family, client-level DP otherwise.
+
+    Raises
+    ------
+    ConfigError
+        When sample-level DP would train a BatchNorm image encoder (run-config ``norm``).
+    """
+    sources, names = _active(trainer)
+    coupled = [n for n in names if n not in PER_SAMPLE_OBJECTIVES]
+    if run.spec.family != "cnn":
+        level, reason = "client", f"recipe '{run.recipe}' ({run.spec.family} family) is not validated for opacus per-sample gradients"
+    elif coupled:
+        level, reason = "client", f"objective(s) {', '.join(coupled)} couple the samples of a batch, so per-sample DP does not hold"
+    else:
+        level, reason = "sample", f"objective(s) {', '.join(names)} are means of per-sample terms"
+        trains_image = any("image" in o.groups for i in sources for o in trainer.objectives_for(trainer.datasets[i].modalities))
+        if trains_image and run.norm != "group":
+            raise ConfigError("run_config", "norm", "'group' for sample-level DP on images (BatchNorm mixes samples; set it for the whole federation)", run.norm)
+    return DPPlan(level, reason, tuple(names), tuple(sources))
+
+
+def round_mechanisms(plan: DPPlan, trainer: LocalTrainer, run: RunConfig) -> list[Mechanism]:
+    """What one round releases, as opacus accountant history entries.
+
+    Sample level: per source, ``local-steps`` subsampled Gaussian steps at rate
+    ``min(1, batch / rows)``; the sources are composed (a patient in two sources is counted
+    twice). Client level: one Gaussian release of the clipped update (rate 1).
+    """
+    if plan.level == "client":
+        return [(run.dp_client_noise_multiplier, 1.0, 1)]
+    return [(run.dp_noise_multiplier, sample_rate(len(trainer.datasets[i]), run.batch_size), run.local_steps) for i in plan.sources]
+
+
+def sample_rate(rows: int, batch_size: int) -> float:
+    """Poisson sampling rate whose expected batch is ``batch_size`` (at most 1)."""
+    return min(1.0, batch_size / rows)
+
+
+def epsilon_spent(history: Iterable[Sequence[float]], delta: float) -> float:
+    """Epsilon of the composed mechanisms by opacus' RDP accountant (0 for none)."""
+    accountant = RDPAccountant()
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(accountant.get_epsilon(delta)) if accountant.history else 0.0
+
+
+def ledger_path(site: SiteConfig, run: RunConfig) -> Path:
+    """Where a site records what it released in a run: ``$FEDVLP_DP_LEDGER`` or a
+    ``.dp-ledger`` folder next to the site file; one file per (site, configuration, out-dir)."""
+    folder = Path(os.environ.get("FEDVLP_DP_LEDGER") or site.path.parent / ".dp-ledger")
+    run_key = hashlib.sha256(f"{run.config_hash()}|{run.out_dir}".encode()).hexdigest()[:16]
+    return folder / f"{site.name}-{run_key}.json"
+
+
+@dataclass
+class PrivacyLedger:
+    """Every release of a site in a run, kept on the site's disk so a restarted ClientApp
+    process (Flower starts one per message by default) still knows what was spent."""
+
+    path: Path
+    history: list[Mechanism] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> "PrivacyLedger":
+        """The ledger at ``path`` (empty when the file does not exist)."""
+        if not path.is_file():
+            return cls(path)
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(path, [(float(s), float(q), int(n)) for s, q, n in raw["history"]], [int(r) for r in raw["rounds"]])
+
+    def record(self, server_round: int, mechanisms: Sequence[Mechanism]) -> None:
+        """Append a round's releases and write the file atomically."""
+        self.history.extend(mechanisms)
+        self.rounds.append(server_round)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"history": self.history, "rounds": self.rounds}), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def epsilon(self, delta: float, extra: Sequence[Mechanism] = ()) -> float:
+        """Epsilon spent so far, or after ``extra`` more releases."""
+        return epsilon_spent([*self.history, *extra], delta)
+
+
+def secret_generator() -> torch.Generator:
+    """A generator seeded from the OS. DP noise and Poisson sampling must not derive from the
+    run seed, which the server knows: it could regenerate and subtract the noise."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+# --------------------------------------------------------------------------- client level
+def clip_and_noise(
+    global_state: Mapping[str, torch.Tensor],
+    local_state: Mapping[str, torch.Tensor],
+    clip: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Clip the update ``local - global`` (all keys together) to L2 norm ``clip`` and add
+    ``N(0, (noise_multiplier * clip)^2)`` to every element; return ``global + update``.
+
+    The same steps as Flower's ``LocalDpMod`` (``compute_clip_model_update``, then Gaussian
+    noise on the parameters), on the floating-point tensors of ``local_state``.
+
+    Returns
+    -------
+    (state, norm)
+        The privatised tensors and the update norm before clipping.
+    """
+    generator = generator or secret_generator()
+    keys = [k for k, v in local_state.items() if v.is_floating_point()]
+    updates = {k: local_state[k].detach().double().cpu() - global_state[k].detach().double().cpu() for k in keys}
+    norm = float(torch.sqrt(sum((u * u).sum() for u in updates.values()))) if updates else 0.0
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    std = noise_multiplier * clip
+    out = {}
+    for k in keys:
+        noise = torch.randn(updates[k].shape, generator=generator, dtype=torch.float64) * std
+        out[k] = (global_state[k].detach().double().cpu() + updates[k] * scale + noise).to(local_state[k].dtype)
+    return out, norm
+
+
+# --------------------------------------------------------------------------- sample level
+def dp_modules(model: nn.Module, objectives: Iterable[Any]) -> dict[str, nn.Module]:
+    """The modules whose parameters the objectives train: encoders and heads, by group name."""
+    out: dict[str, nn.Module] = {}
+    for objective in objectives:
+        for group in objective.groups:
+            out[group] = model.head[objective.name] if group.startswith("head.") else getattr(model, group)
+    return out
+
+
+class DPSGDTrainer:
+    """DP-SGD around a :class:`LocalTrainer` (same model, datasets and objectives).
+
+    Per step and per source: a Poisson-sampled batch (rate batch/rows), per-sample gradients
+    from opacus hooks on the modules the source trains, clipping to ``dp-max-grad-norm``,
+    Gaussian noise and AdamW (opacus' ``DPOptimizer``). The DataLoader workers of the wrapped
+    trainer are not used: rows are read in this process.
+
+    Raises
+    ------
+    ConfigError
+        When a module to train is not valid for opacus (``ModuleValidator``), e.g. BatchNorm.
+    """
+
+    def __init__(self, trainer: LocalTrainer, run: RunConfig, sources: Sequence[int], generator: torch.Generator | None = None):
+        self.trainer, self.run, self.sources = trainer, run, list(sources)
+        self.generator = generator or secret_generator()
+        model = trainer.model
+        for objective in model.objectives:
+            if isinstance(objective, MLMObjective):
+                objective.per_sample = True  # a mean of per-sample means, not a token mean
+        self._hooked: dict[str, GradSampleModule] = {}
+        for index in self.sources:
+            for group, module in dp_modules(model, trainer.objectives_for(trainer.datasets[index].modalities)).items():
+                if group in self._hooked:
+                    continue
+                errors = ModuleValidator.validate(module, strict=False)
+                if errors:
+                    raise ConfigError("run_config", "norm" if any("BatchNorm" in str(e) for e in errors) else "recipe", f"modules opacus supports in group '{group}' ({errors[0]})")
+                # Hooks go on the module in place; the model keeps its attribute and key names.
+                self._hooked[group] = GradSampleModule(module, loss_reduction="mean")
+
+    def _batches(self, index: int, steps: int) -> Iterator[dict[str, Any] | None]:
+        dataset = self.trainer.datasets[index]
+        sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate(len(dataset), self.run.batch_size), generator=self.generator, steps=steps)
+        collate = getattr(dataset, "collate_fn", collate_samples)
+        for indices in sampler:
+            yield collate([dataset[i] for i in indices]) if len(indices) else None
+
+    def train(self, steps: int, seed: int = 0) -> LocalResult:
+        """``steps`` DP-SGD steps on every training source; metrics as :meth:`LocalTrainer.train`."""
+        trainer, run = self.trainer, self.run
+        torch.manual_seed(seed)  # masks and dropout (not privacy-relevant)
+        trainer.model.train()
+        named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+        optimizers, batches = {}, {}
+        for index in self.sources:
+            groups = {g for o in trainer.objectives_for(trainer.datasets[index].modalities) for g in o.groups}
+            params = [p for n, p in named if group_of(n) in groups]
+            rows = len(trainer.datasets[index])
+            inner = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
+            optimizers[index] = DPOptimizer(
+                inner, noise_multiplier=run.dp_noise_multiplier, max_grad_norm=run.dp_max_grad_norm,
+                expected_batch_size=sample_rate(rows, run.batch_size) * rows, generator=self.generator,
+            )
+            batches[index] = self._batches(index, steps)
+        touched = {n for n, p in named if any(p is q for o in optimizers.values() for q in o.params)}
+        totals: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
+        started = time.perf_counter()
+        for _ in range(steps):
+            for index in self.sources:
+                optimizer = optimizers[index]
+                optimizer.zero_grad(set_to_none=True)
+                raw = next(batches[index])
+                batch = {}
+                if raw is not None:
+                    trainer._record_skips(raw)
+                    batch = trainer._to_device(raw)
+                if batch:
+                    view = BatchView(trainer.model, batch)
+                    total = None
+                    for objective in trainer.objectives_for(view.modalities):
+                        loss = objective.loss(view)
+                        weighted = trainer.weights[objective.name] * loss.float()
+                        total = weighted if total is None else total + weighted
+                        totals[objective.name] += float(loss.detach())
+                        seen[objective.name] += 1
+                    if total is not None:
+                        with warnings.catch_warnings():  # the stem's input (pixels) needs no gradient
+                            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                            total.backward()
+                size = view.size if batch else 0
+                for p in optimizer.params:  # not reached by this batch: zero per-sample gradients
+                    if getattr(p, "grad_sample", None) is None:
+                        p.grad_sample = torch.zeros((size, *p.shape), device=p.device, dtype=p.dtype)
+                optimizer.step()  # an empty Poisson batch still takes a noise-only step
+        metrics = {f"loss/{name}": totals[name] / seen[name] for name in totals}
+        metrics["loss/total"] = sum(trainer.weights[n] * metrics[f"loss/{n}"] for n in totals)
+        metrics["train-seconds"] = time.perf_counter() - started
+        metrics["steps"] = float(steps)
+        for reason, count in trainer.skipped.items():
+            metrics[f"skipped/{reason}"] = float(count)
+        return LocalResult(trainer.group_counts(), metrics, Counter(trainer.skipped), frozenset(touched))
