@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+
+from fedvlp.core.evaluation.retrieval import label_sets, load_queries, precision_at_k
+from fedvlp.core.evaluation.tasks import Task
+
+
+def test_precision_at_k_on_a_hand_made_similarity_matrix():
+    similarity = np.array([[0.9, 0.8, 0.1, 0.5],
+                           [0.2, 0.3, 0.9, 0.1]])
+    relevant = np.array([[True, False, False, True],
+                         [False, True, False, False]])
+    p = precision_at_k(similarity, relevant, ks=(1, 2, 3, 10))
+    # query 0 ranks 0 (rel), 1, 3 (rel), 2; query 1 ranks 2, 1 (rel), 0, 3
+    assert p[1].tolist() == [1.0, 0.0]
+    assert p[2].tolist() == [0.5, 0.5]
+    assert p[3].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert p[10].tolist() == [0.5, 0.25]  # k clipped to the gallery size 4
+
+
+def test_image_to_image_precision_excludes_the_query_itself():
+    similarity = np.array([[1.0, 0.2, 0.9], [0.2, 1.0, 0.1], [0.9, 0.1, 1.0]])
+    relevant = np.array([[True, False, True], [False, True, False], [True, False, True]])
+    p = precision_at_k(similarity, relevant, ks=(1,), exclude_self=True)
+    assert p[1].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_label_sets_are_positive_labels_and_rows_with_a_blank_are_not_fully_known():
+    tasks = (Task("a"), Task("b"), Task("s", "categorical", ("x", "y")))
+    sets, known = label_sets(torch.tensor([[1, 0, 1], [0, 0, 0], [1, float("nan"), 0]], dtype=torch.float32), tasks)
+    assert sets[0] == frozenset({"a", "s=y"}) and sets[1] == frozenset({"s=x"})
+    assert known.tolist() == [True, True, False]
+
+
+def test_queries_yaml_accepts_texts_and_lists_and_rejects_empty(tmp_path):
+    path = tmp_path / "q.yaml"
+    path.write_text("nodule: a nodule\neffusion: [fluid, blunted angle]\n")
+    assert load_queries(path) == {"nodule": ["a nodule"], "effusion": ["fluid", "blunted angle"]}
+    path.write_text("nodule: ''\n")
+    with pytest.raises(ValueError, match="q.yaml: key 'nodule'"):
+        load_queries(path)
