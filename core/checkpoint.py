@@ -4,6 +4,7 @@ Layout of a checkpoint folder::
 
     round_0003.safetensors   global weights after round 3
     round_0003.json          {"round": 3, "config_hash": ..., "metrics": [...], ...}
+    round_0003.extra.safetensors  optional extra tensors (server optimizer moments), when given
     latest.json              {"round": 3}  (written last: a crash never points at a half file)
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +30,7 @@ class RoundCheckpoint:
     round: int
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -58,11 +60,23 @@ def _atomic_save_tensors(path: Path, weights: Mapping[str, torch.Tensor]) -> Non
         raise
 
 
-def save_round(folder: str | os.PathLike[str], round_: int, weights: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> Path:
-    """Save the global weights and JSON state after ``round_``; returns the weights file."""
+def save_round(
+    folder: str | os.PathLike[str],
+    round_: int,
+    weights: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any],
+    extra: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save the global weights and JSON state after ``round_``; returns the weights file.
+
+    ``extra`` tensors (e.g. a server optimizer's moments) go to ``round_NNNN.extra.safetensors``,
+    written before the JSON state and the ``latest.json`` pointer, so a round is complete or absent.
+    """
     folder = Path(folder)
     weights_path = folder / f"round_{round_:04d}.safetensors"
     _atomic_save_tensors(weights_path, weights)
+    if extra is not None:
+        _atomic_save_tensors(folder / f"round_{round_:04d}.extra.safetensors", extra)
     payload = {"round": round_, **state}
     atomic_write_bytes(folder / f"round_{round_:04d}.json", json.dumps(payload, indent=2, sort_keys=True).encode())
     atomic_write_bytes(folder / "latest.json", json.dumps({"round": round_}).encode())
@@ -78,11 +92,13 @@ def latest_round(folder: str | os.PathLike[str]) -> int | None:
 
 
 def load_round(folder: str | os.PathLike[str], round_: int) -> RoundCheckpoint:
-    """Load the weights and state saved after ``round_``."""
+    """Load the weights, state and extra tensors (empty when none were saved) after ``round_``."""
     folder = Path(folder)
     weights = load_file(str(folder / f"round_{round_:04d}.safetensors"))
     state = json.loads((folder / f"round_{round_:04d}.json").read_text())
-    return RoundCheckpoint(round_, weights, state)
+    extra_path = folder / f"round_{round_:04d}.extra.safetensors"
+    extra = load_file(str(extra_path)) if extra_path.is_file() else {}
+    return RoundCheckpoint(round_, weights, state, extra)
 
 
 def load_latest(folder: str | os.PathLike[str]) -> RoundCheckpoint | None:

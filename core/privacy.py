@@ -55,6 +55,8 @@ __all__ = [
     "epsilon_spent",
     "PrivacyLedger",
     "ledger_path",
+    "clip_update",
+    "gaussian_noise",
     "clip_and_noise",
     "DPSGDTrainer",
     "dp_modules",
@@ -182,6 +184,29 @@ def secret_generator() -> torch.Generator:
 
 
 # --------------------------------------------------------------------------- client level
+def clip_update(
+    global_state: Mapping[str, torch.Tensor], local_state: Mapping[str, torch.Tensor], clip: float
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The update ``local - global`` of the floating-point keys of ``local_state`` (float64),
+    scaled as one vector to L2 norm at most ``clip`` (Flower's ``clip_inputs_inplace``).
+
+    Returns
+    -------
+    (update, norm)
+        The clipped update and its norm before clipping.
+    """
+    keys = [k for k, v in local_state.items() if v.is_floating_point()]
+    update = {k: local_state[k].detach().double().cpu() - global_state[k].detach().double().cpu() for k in keys}
+    norm = float(torch.sqrt(sum((u * u).sum() for u in update.values()))) if update else 0.0
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    return {k: u * scale for k, u in update.items()}, norm
+
+
+def gaussian_noise(update: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``N(0, std^2)`` noise shaped like each tensor of ``update``, drawn in key order."""
+    return {k: torch.randn(u.shape, generator=generator, dtype=torch.float64) * std for k, u in update.items()}
+
+
 def clip_and_noise(
     global_state: Mapping[str, torch.Tensor],
     local_state: Mapping[str, torch.Tensor],
@@ -189,27 +214,21 @@ def clip_and_noise(
     noise_multiplier: float,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """Clip the update ``local - global`` (all keys together) to L2 norm ``clip`` and add
-    ``N(0, (noise_multiplier * clip)^2)`` to every element; return ``global + update``.
+    """Clip the update ``local - global`` (all keys together) to L2 norm ``clip``, add
+    ``N(0, (noise_multiplier * clip)^2)`` to every element, and return ``global + update``.
 
-    The same steps as Flower's ``LocalDpMod`` (``compute_clip_model_update``, then Gaussian
-    noise on the parameters), on the floating-point tensors of ``local_state``.
+    The steps of Flower's ``LocalDpMod`` (``compute_clip_model_update``, then Gaussian noise
+    on the parameters), on the floating-point tensors of ``local_state``; the noise std is
+    ``noise_multiplier * clip`` and is accounted with RDP (:func:`round_mechanisms`).
 
     Returns
     -------
     (state, norm)
-        The privatised tensors and the update norm before clipping.
+        The privatised tensors and the update norm before clipping (stays on the site).
     """
-    generator = generator or secret_generator()
-    keys = [k for k, v in local_state.items() if v.is_floating_point()]
-    updates = {k: local_state[k].detach().double().cpu() - global_state[k].detach().double().cpu() for k in keys}
-    norm = float(torch.sqrt(sum((u * u).sum() for u in updates.values()))) if updates else 0.0
-    scale = min(1.0, clip / norm) if norm > 0 else 1.0
-    std = noise_multiplier * clip
-    out = {}
-    for k in keys:
-        noise = torch.randn(updates[k].shape, generator=generator, dtype=torch.float64) * std
-        out[k] = (global_state[k].detach().double().cpu() + updates[k] * scale + noise).to(local_state[k].dtype)
+    update, norm = clip_update(global_state, local_state, clip)
+    noise = gaussian_noise(update, noise_multiplier * clip, generator or secret_generator())
+    out = {k: (global_state[k].detach().double().cpu() + update[k] + noise[k]).to(local_state[k].dtype) for k in update}
     return out, norm
 
 

@@ -1,4 +1,11 @@
-"""The Flower ServerApp: global model, modality-aware FedAvg, checkpoints and resume."""
+"""The Flower ServerApp: global model, modality-aware aggregation, checkpoints and resume.
+
+Each round: validate every reply (keys, shapes, dtypes, finite values, update norm against the
+round's median), aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
+(FedAvg, FedAdam, FedYogi) and checkpoint weights plus optimizer state. With
+``secure-aggregation = "secagg+"`` the round runs Flower's SecAgg+ workflow instead and the
+server sees only the sum of the replies (``server/secagg.py``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY
 
-from .aggregation import ReplyRejected, SiteUpdate, aggregate, validate_update
+from .aggregation import ReplyRejected, SiteUpdate, aggregate_with, reject_norm_outliers, validate_update
+from .optimizers import ServerOptimizer
 
 __all__ = ["app", "make_server_app", "run_federation", "round_summary", "FederationResult"]
 
@@ -75,6 +83,67 @@ def _parse_reply(reply: Message) -> SiteUpdate:
     return SiteUpdate(node, weights, counts)
 
 
+def _extra(optimizer: ServerOptimizer) -> dict[str, torch.Tensor] | None:
+    """The optimizer's moments for the checkpoint (nothing for plain FedAvg)."""
+    return optimizer.state_tensors() if optimizer.kind != "fedavg" else None
+
+
+def _plain_round(
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer
+) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
+    """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
+    replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
+    updates: list[SiteUpdate] = []
+    sites: list[dict[str, Any]] = []
+    rejected: list[str] = []
+    for reply in replies:
+        if reply.has_error():
+            rejected.append(f"node {reply.metadata.src_node_id}: client error {reply.error.code}: {reply.error.reason}")
+            continue
+        try:
+            update = _parse_reply(reply)
+            validate_update(update, state)
+        except ReplyRejected as err:
+            rejected.append(str(err))
+            continue
+        updates.append(update)
+        metrics = dict(reply.content.metric_records.get(METRICS_KEY, {}))
+        sites.append({"node_id": update.node_id, "counts": update.counts, "metrics": metrics, "bytes": int(reply.content.array_records[ARRAYS_KEY].count_bytes())})
+    updates, outliers = reject_norm_outliers(updates, state, run.update_norm_factor)
+    if outliers:
+        kept = {u.node_id for u in updates}
+        sites = [s for s in sites if s["node_id"] in kept]
+        rejected.extend(outliers)
+    for reason in rejected:
+        log.warning("Round %d: rejected %s", round_, reason)
+    if len(updates) >= run.min_replies:
+        aggregated = aggregate_with(run.aggregation, state, updates, run.trim_fraction)
+        carried = {k for u in updates for k in u.weights}
+        state = optimizer.step(state, aggregated, carried)
+    else:
+        log.warning("Round %d: %d valid replies < min-replies %d; global weights unchanged", round_, len(updates), run.min_replies)
+    return state, len(updates), sites, rejected
+
+
+def _secure_round(
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer
+) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
+    """One SecAgg+ round; the global weights stay when the protocol halts."""
+    from .secagg import secagg_round
+
+    try:
+        result = secagg_round(grid, run, state, nodes, round_)
+    except RuntimeError as err:
+        log.warning("Round %d: %s; global weights unchanged", round_, err)
+        return state, 0, [], [str(err)]
+    for reason in result.failures:
+        log.warning("Round %d: SecAgg+ failure %s", round_, reason)
+    if result.replies < run.min_replies:
+        log.warning("Round %d: %d replies < min-replies %d; global weights unchanged", round_, result.replies, run.min_replies)
+        return state, result.replies, result.sites, result.failures
+    return optimizer.step(state, result.aggregated, result.carried), result.replies, result.sites, result.failures
+
+
 def run_federation(
     grid: Grid,
     run: RunConfig,
@@ -96,6 +165,9 @@ def run_federation(
     checkpoint_dir = out_dir / "checkpoints"
     model = build_model(run)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = ServerOptimizer(
+        run.server_optimizer, frozenset(n for n, _ in model.named_parameters()), run.server_lr, run.server_beta1, run.server_beta2, run.server_tau
+    )
     history: list[dict[str, Any]] = []
     start = 1
     latest = load_latest(checkpoint_dir)
@@ -103,44 +175,28 @@ def run_federation(
         if latest.state.get("config_hash") != run.config_hash():
             raise ConfigError(str(checkpoint_dir), "config_hash", f"the same configuration as the checkpoints there (hash {latest.state.get('config_hash')}); use another out-dir", run.config_hash())
         state = latest.weights
+        optimizer.load_state_tensors(latest.extra)
         history = list(latest.state.get("history", []))
         start = latest.round + 1
         log.info("Resuming from round %d in %s", latest.round, checkpoint_dir)
     else:
-        save_round(checkpoint_dir, 0, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": []})
+        save_round(checkpoint_dir, 0, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": []}, _extra(optimizer))
+    if run.secure_aggregation != "off" and run.update_norm_factor:
+        log.info("secure-aggregation: replies are only seen summed; update-norm-factor does not apply")
 
     for round_ in range(start, run.rounds + 1):
         started = time.perf_counter()
         nodes = _wait_for_nodes(grid, run.min_nodes, run.round_timeout)
-        replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
-        updates: list[SiteUpdate] = []
-        sites: list[dict[str, Any]] = []
-        rejected: list[str] = []
-        for reply in replies:
-            if reply.has_error():
-                rejected.append(f"node {reply.metadata.src_node_id}: client error {reply.error.code}: {reply.error.reason}")
-                continue
-            try:
-                update = _parse_reply(reply)
-                validate_update(update, state)
-            except ReplyRejected as err:
-                rejected.append(str(err))
-                continue
-            updates.append(update)
-            metrics = dict(reply.content.metric_records.get(METRICS_KEY, {}))
-            sites.append({"node_id": update.node_id, "counts": update.counts, "metrics": metrics, "bytes": int(reply.content.array_records[ARRAYS_KEY].count_bytes())})
-        for reason in rejected:
-            log.warning("Round %d: rejected %s", round_, reason)
-        if len(updates) >= run.min_replies:
-            state = aggregate(state, updates)
+        if run.secure_aggregation != "off":
+            state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer)
         else:
-            log.warning("Round %d: %d valid replies < min-replies %d; global weights unchanged", round_, len(updates), run.min_replies)
+            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer)
         wall = time.perf_counter() - started
         compute = max((s["metrics"].get("train-seconds", 0.0) for s in sites), default=0.0)
         record = {
             "round": round_,
             "nodes": len(nodes),
-            "replies": len(updates),
+            "replies": n_replies,
             "rejected": rejected,
             "seconds": wall,
             "client-compute-seconds": compute,
@@ -148,11 +204,11 @@ def run_federation(
             "sites": sites,
         }
         history.append(record)
-        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history})
+        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history}, _extra(optimizer))
         if on_round is not None:
             on_round(record)
         losses = {k: round(v, 4) for s in sites for k, v in s["metrics"].items() if k.startswith("loss/") and k != "loss/total"}
-        log.info("Round %d/%d: %d replies, %.1fs (client compute %.1fs) %s", round_, run.rounds, len(updates), wall, compute, losses)
+        log.info("Round %d/%d: %d replies, %.1fs (client compute %.1fs) %s", round_, run.rounds, n_replies, wall, compute, losses)
     return FederationResult(checkpoint_dir, max(run.rounds, start - 1), history)
 
 

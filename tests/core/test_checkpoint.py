@@ -31,3 +31,14 @@ def test_latest_points_at_the_last_saved_round(tmp_path: Path) -> None:
 def test_no_temporary_files_are_left_behind(tmp_path: Path) -> None:
     save_round(tmp_path, 1, {"text.w": torch.zeros(1)}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "round_0001.json", "round_0001.safetensors"]
+
+
+def test_extra_tensors_are_saved_beside_the_weights(tmp_path: Path) -> None:
+    extra = {"m.image.w": torch.randn(3, dtype=torch.float64), "t.image.w": torch.tensor(4)}
+    save_round(tmp_path, 1, {"image.w": torch.zeros(3)}, {}, extra)
+    loaded = load_latest(tmp_path)
+    assert loaded is not None and loaded.extra.keys() == extra.keys()
+    assert all(torch.equal(loaded.extra[k], extra[k]) for k in extra)
+    assert (tmp_path / "round_0001.extra.safetensors").is_file()
+    save_round(tmp_path, 2, {"image.w": torch.zeros(3)}, {})
+    assert load_round(tmp_path, 2).extra == {}

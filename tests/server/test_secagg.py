@@ -1,0 +1,140 @@
+"""SecAgg+ with modality-aware weighting: encoding, decoding and a real simulated round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedvlp.client.secagg import INTEGER_SCALE as CLIENT_INTEGER_SCALE
+from fedvlp.client.secagg import encode_update
+from fedvlp.core.config import ConfigError, RunConfig
+from fedvlp.server.aggregation import SiteUpdate, aggregate
+from fedvlp.server.secagg import INTEGER_SCALE, decode_sum, error_bound, flower_share_settings
+
+GLOBAL = {
+    "image.w": torch.tensor([[0.5, -1.0], [2.0, 0.0]]),
+    "image.bn.num_batches_tracked": torch.tensor(10),
+    "text.w": torch.tensor([1.0, 2.0, 3.0]),
+    "text.frozen": torch.tensor([7.0]),
+    "head.mlm.w": torch.tensor([0.0]),
+    "head.contrastive.w": torch.tensor([5.0]),
+}
+KEYS = list(GLOBAL)
+MAX_WEIGHT = 1000.0
+
+
+def _replies() -> list[SiteUpdate]:
+    torch.manual_seed(0)
+    step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])  # noqa: E731
+    pairs = SiteUpdate(1, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")}, {"image": 120, "text": 120})
+    images = SiteUpdate(2, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(14)}, {"image": 300})
+    # a text site that trained the MLM head; 'text.frozen' got no gradient so it is not sent
+    reports = SiteUpdate(3, {"text.w": step("text.w"), "head.mlm.w": step("head.mlm.w")}, {"text": 45, "head.mlm": 45})
+    return [pairs, images, reports]
+
+
+def _encoded_sum(replies: list[SiteUpdate], clip: float = 8.0) -> list[np.ndarray]:
+    vectors = [encode_update(KEYS, GLOBAL, r.weights, r.counts, MAX_WEIGHT, clip) for r in replies]
+    return [np.sum(parts, axis=0) for parts in zip(*vectors)]
+
+
+def test_a_site_encodes_weighted_updates_and_per_key_weights() -> None:
+    pairs = _replies()[0]
+    vectors = encode_update(KEYS, GLOBAL, pairs.weights, pairs.counts, MAX_WEIGHT, 8.0)
+    assert len(vectors) == len(KEYS) + 1
+    np.testing.assert_allclose(vectors[0], 0.12 * (pairs.weights["image.w"].double() - GLOBAL["image.w"].double()).numpy())
+    assert vectors[1] == pytest.approx(0.12 * 3 / INTEGER_SCALE)  # 13 - 10 local steps, scaled
+    assert not vectors[3].any() and not vectors[4].any()  # keys it did not send are zeros
+    np.testing.assert_array_equal(vectors[-1], [0.12, 0.12, 0.12, 0.0, 0.0, 0.0])
+
+
+def test_decoded_sum_equals_the_plain_modality_aware_aggregate() -> None:
+    replies = _replies()
+    decoded, carried = decode_sum(KEYS, GLOBAL, _encoded_sum(replies), min_weight=0.5 / MAX_WEIGHT)
+    plain = aggregate(GLOBAL, replies)
+    assert carried == {"image.w", "image.bn.num_batches_tracked", "text.w", "head.mlm.w"}
+    for key in KEYS:
+        assert decoded[key].dtype == plain[key].dtype
+        torch.testing.assert_close(decoded[key], plain[key], rtol=0, atol=1e-6)
+    assert torch.equal(decoded["text.frozen"], GLOBAL["text.frozen"])  # nobody sent it
+    assert decoded["image.bn.num_batches_tracked"].item() == 14  # (120*13 + 300*14) / 420 = 13.71 -> 14
+
+
+def test_quantised_sum_stays_within_the_stated_bound() -> None:
+    """Flower's own stochastic quantiser on each site's vectors, then the exact decode."""
+    from flwr.common.secure_aggregation.quantization import dequantize, quantize
+
+    clip, levels = 8.0, 2**22
+    replies = _replies()
+    vectors = [encode_update(KEYS, GLOBAL, r.weights, r.counts, MAX_WEIGHT, clip) for r in replies]
+    np.random.seed(3)
+    quantised = [dequantize(quantize(v, clip, levels), clip, levels) for v in vectors]
+    summed = [np.sum(parts, axis=0) for parts in zip(*quantised)]
+    decoded, _ = decode_sum(KEYS, GLOBAL, summed, min_weight=0.5 / MAX_WEIGHT)
+    plain = aggregate(GLOBAL, replies)
+    for key, weight in (("image.w", 0.42), ("text.w", 0.165), ("head.mlm.w", 0.045)):
+        mean_update = float((plain[key].double() - GLOBAL[key].double()).abs().max())
+        bound = error_bound(3, clip, levels, weight, mean_update)
+        error = float((decoded[key].double() - plain[key].double()).abs().max())
+        assert error <= bound, (key, error, bound)
+    assert decoded["image.bn.num_batches_tracked"].item() == 14
+
+
+def test_a_weight_beyond_the_clipping_range_is_refused() -> None:
+    pairs = _replies()[0]
+    with pytest.raises(ValueError, match="secagg-max-weight"):
+        encode_update(KEYS, GLOBAL, pairs.weights, {"image": 9000, "text": 1}, MAX_WEIGHT, 8.0)
+
+
+def test_both_sides_scale_integer_buffers_alike() -> None:
+    assert CLIENT_INTEGER_SCALE == INTEGER_SCALE
+
+
+def test_share_settings_follow_flowers_int_or_fraction_convention(tiny_run: RunConfig) -> None:
+    assert flower_share_settings(tiny_run) == (3, 2)
+    assert flower_share_settings(tiny_run.replace(secagg_num_shares=0.6, secagg_reconstruction_threshold=1.0)) == (0.6, 1.0)
+
+
+def test_secagg_with_a_robust_aggregation_is_a_config_error(tiny_run: RunConfig) -> None:
+    with pytest.raises(ConfigError, match="aggregation"):
+        tiny_run.replace(secure_aggregation="secagg+", aggregation="median")
+
+
+@pytest.mark.slow
+def test_a_secagg_round_matches_the_plain_round_within_quantisation_error(demo_env: Path, tiny_run: RunConfig, tmp_path: Path) -> None:
+    """Three simulated sites, one round each way from the same initial weights.
+
+    Local training is deterministic given the global weights and the round, so both runs see
+    the same replies; the plain round aggregates them in the clear, SecAgg+ only their sum.
+    """
+    from fedvlp.core.checkpoint import load_round
+    from fedvlp.server.simulation import simulate
+
+    plain_run = tiny_run.replace(rounds=1, out_dir=str(tmp_path / "plain"), update_norm_factor=0.0)
+    secure_run = plain_run.replace(out_dir=str(tmp_path / "secagg"), secure_aggregation="secagg+")
+    plain_records: list[dict] = []
+    secure_records: list[dict] = []
+    simulate(plain_run, on_round=plain_records.append)
+    simulate(secure_run, on_round=secure_records.append)
+    assert plain_records[0]["replies"] == secure_records[0]["replies"] == 3
+    assert all("counts" not in s for s in secure_records[0]["sites"])  # the server never sees a site's counts
+    start = load_round(Path(plain_run.out_dir) / "checkpoints", 0).weights
+    plain = load_round(Path(plain_run.out_dir) / "checkpoints", 1).weights
+    secure = load_round(Path(secure_run.out_dir) / "checkpoints", 1).weights
+    assert all(torch.equal(start[k], load_round(Path(secure_run.out_dir) / "checkpoints", 0).weights[k]) for k in start)
+    changed_plain = {k for k in start if not torch.equal(start[k], plain[k])}
+    changed_secure = {k for k in start if not torch.equal(start[k], secure[k])}
+    assert changed_plain and changed_secure == changed_plain
+    # smallest possible summed weight of a sent key: one site's smallest group count / max weight
+    smallest = min(n for s in plain_records[0]["sites"] for n in s["counts"].values()) / plain_run.secagg_max_weight
+    for key in changed_plain:
+        if not start[key].is_floating_point():
+            assert abs(int(secure[key]) - int(plain[key])) <= 1
+            continue
+        update = float((plain[key].double() - start[key].double()).abs().max())
+        bound = error_bound(3, plain_run.secagg_clipping_range, plain_run.secagg_quantization_range, smallest, update)
+        error = float((secure[key].double() - plain[key].double()).abs().max())
+        assert error <= bound, (key, error, bound)
