@@ -22,6 +22,8 @@ from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, filter_groups
 from fedvlp.core.train import LocalTrainer, load_site_datasets, resolve_device
 
+from .secagg import is_secagg_train, secagg_mod, secagg_train
+
 __all__ = ["app", "make_client_app", "site_for", "train_round"]
 
 log = logging.getLogger("fedvlp.client")
@@ -86,7 +88,7 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
 
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose run config is ``context.run_config`` updated with ``overrides``."""
-    client_app = ClientApp()
+    client_app = ClientApp(mods=[secagg_mod])  # SecAgg+ protocol messages only (run-config secure-aggregation)
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -94,6 +96,8 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         if "FEDVLP_TORCH_THREADS" in os.environ:  # simulations pin one thread per virtual client
             torch.set_num_threads(max(1, int(os.environ["FEDVLP_TORCH_THREADS"])))
         site = site_for(context.node_config, run)
+        if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
+            return secagg_train(msg, lambda g, r: train_round(site, run, g, r), run.secagg_max_weight, run.secagg_clipping_range)
         state = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
         server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
         return Message(content=train_round(site, run, state, server_round), reply_to=msg)

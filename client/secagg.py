@@ -152,8 +152,9 @@ def secagg_train(
         raise ValueError(f"SecAgg+ fit instructions carry {len(arrays)} arrays for {len(keys)} keys")
     global_state = {k: torch.from_numpy(np.array(a)) for k, a in zip(keys, arrays)}
     content = train(global_state, int(fitins.config["server-round"]))
-    sent = content.array_records[ARRAYS_KEY].to_torch_state_dict()
-    counts = {g: int(n) for g, n in content.metric_records[COUNTS_KEY].items()}  # type: ignore[arg-type]
+    # a site that sends nothing (e.g. its privacy budget is spent) adds zeros to the sum
+    sent = content.array_records[ARRAYS_KEY].to_torch_state_dict() if ARRAYS_KEY in content.array_records else {}
+    counts = {g: int(n) for g, n in content.metric_records.get(COUNTS_KEY, {}).items()}  # type: ignore[arg-type]
     metrics: dict[str, Any] = {k: float(v) for k, v in content.metric_records.get(METRICS_KEY, {}).items()}  # type: ignore[arg-type]
     vectors = encode_update(keys, global_state, sent, counts, max_weight, clipping_range)
     fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(vectors), FLOWER_NUM_EXAMPLES, metrics)
