@@ -476,6 +476,7 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     privacy = raw.get("privacy") or {}
     if not isinstance(privacy, dict):
         raise ConfigError(origin, "privacy", "a mapping with 'epsilon' and 'delta'", privacy)
+    privacy = {k: _yaml_number(v) for k, v in privacy.items()}  # YAML reads 1e-5 (no dot) as a string
     epsilon = privacy.get("epsilon")
     if epsilon is not None and (not isinstance(epsilon, (int, float)) or epsilon <= 0):
         raise ConfigError(origin, "privacy.epsilon", "a positive number or null", epsilon)
@@ -490,6 +491,16 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
         epsilon=None if epsilon is None else float(epsilon),
         delta=float(delta),
     )
+
+
+def _yaml_number(value: Any) -> Any:
+    """A string such as ``"1e-5"`` as a float (YAML 1.1 needs ``1.0e-5``); anything else as is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _load_source(origin: str, index: int, raw: Any, base: Path) -> SourceConfig:
