@@ -160,9 +160,14 @@ def serve(runtime_api_address: str, *, insecure: bool = True, root_certificates_
         retry_invoker=make_simple_http_retry_invoker(),
     )
     stop = threading.Event()
+    busy = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
+        # Between tasks (possibly inside a retry loop towards a SuperNode that is gone) exit
+        # at once; during a task, finish it and report its result first.
+        if not busy.is_set():
+            raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -173,7 +178,11 @@ def serve(runtime_api_address: str, *, insecure: bool = True, root_certificates_
             res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
             if res.HasField("task") and res.token:
                 started = time.perf_counter()
-                ok = run_task(runtime_api_address, res.token, insecure=insecure, root_certificates=certificates)
+                busy.set()
+                try:
+                    ok = run_task(runtime_api_address, res.token, insecure=insecure, root_certificates=certificates)
+                finally:
+                    busy.clear()
                 done += 1
                 log.info("Task %d (run %d) %s in %.1fs", res.task.task_id, res.task.run_id, "done" if ok else "FAILED", time.perf_counter() - started)
                 continue

@@ -255,3 +255,165 @@ def stop_processes(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # unkillable (D state): do not hang the teardown
             pass
+
+
+def kill_tree(root: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``root`` and every descendant at once (a machine that dies).
+
+    Parameters
+    ----------
+    root : int
+        PID of the process whose tree dies (a SuperNode with its SuperExec and ClientApp,
+        a SuperLink with its SuperExec and ServerApp).
+    sig : int, default SIGKILL
+        The signal.
+    """
+    for pid in _tree([root]):
+        _signal(pid, sig)
+
+
+# ------------------------------------------------------------ a whole federation on 127.0.0.1
+class LocalFederation:
+    """A SuperLink and SuperNodes on free localhost ports, started as docs/deployment.md says.
+
+    Every process is started by PID, logged to ``<root>/logs/<name>.log`` and stopped by
+    :meth:`stop` (the fixtures call it whatever happens).
+
+    Parameters
+    ----------
+    root : Path
+        Folder for logs and ``$FLWR_HOME``.
+    ca_cert : Path or None
+        CA certificate of a TLS SuperLink (``--root-certificates`` of the SuperNodes and
+        of the ``local-deployment`` connection); ``None`` runs everything ``--insecure``.
+    extra_env : Mapping[str, str], optional
+        Added to :func:`flwr_env` (e.g. ``FEDVLP_DEMO_DATA``).
+    """
+
+    def __init__(self, root: Path, ca_cert: Path | None = None, extra_env: Mapping[str, str] | None = None) -> None:
+        from fedvlp.server.flwr_config import write_flwr_config
+
+        self.root = root
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.flwr_home = root / "flwr"
+        self.ca_cert = ca_cert
+        self.env = flwr_env(self.flwr_home, {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+        self.link_port = free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.link_port}"
+        write_flwr_config(self.flwr_home, superlink=self.address, root_certificates=ca_cert)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.all_procs: list[subprocess.Popen] = []
+        self.node_ports: dict[str, int] = {}
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        proc = spawn(args, self.logs / f"{name}.log", self.env, self.root)
+        self.procs[name] = proc
+        self.all_procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        """The whole log of process ``name`` ('' when it has none yet)."""
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def logs_tail(self) -> str:
+        """The end of every log, for assertion messages."""
+        return "\n".join(f"--- {log.name}\n{tail(log)}" for log in sorted(self.logs.glob("*.log")))
+
+    def start_superlink(self, *, certs: Mapping[str, Path] | None = None, auth: bool = False) -> subprocess.Popen:
+        """``flower-superlink`` with TLS (``certs``: ca, cert, key) or ``--insecure``, optionally
+        ``--enable-supernode-auth``; returns once it listens."""
+        args = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.link_port)]
+        if certs is None:
+            args.append("--insecure")
+        else:
+            args += ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]), "--ssl-keyfile", str(certs["key"])]
+        if auth:
+            args.append("--enable-supernode-auth")
+        proc = self._start("superlink", args)
+        wait_for_port(self.link_port, proc, self.logs / "superlink.log")
+        return proc
+
+    def start_supernode(self, name: str, site_file: Path, *, key: Path | None = None, worker: bool = True, insecure: bool | None = None, extra: list[str] = ()) -> subprocess.Popen:
+        """``flower-supernode`` for one hospital (and its ClientApp worker with ``worker``).
+
+        With ``worker`` the SuperNode runs ``--isolation process`` and
+        ``python -m fedvlp.client.worker`` executes its ClientApp tasks (the recommended
+        setup of docs/deployment.md); otherwise Flower's default subprocess isolation.
+        The node keeps its runtime port across restarts.
+        """
+        port = self.node_ports.setdefault(name, free_ports(1)[0])
+        tls = self.ca_cert is not None if insecure is None else not insecure
+        args = [str(BIN / "flower-supernode")]
+        args += ["--root-certificates", str(self.ca_cert)] if tls else ["--insecure"]
+        args += ["--superlink", self.address, "--host", "127.0.0.1", "--port", str(port)]
+        if key is not None:
+            args += ["--auth-supernode-private-key", str(key)]
+        if worker:
+            args += ["--isolation", "process"]
+        args += ["--node-config", f"site-config='{Path(site_file).resolve()}'", *extra]
+        proc = self._start(name, args)
+        if worker:
+            wait_for_port(port, proc, self.logs / f"{name}.log")
+            self._start(f"{name}-worker", [sys.executable, "-m", "fedvlp.client.worker", "--runtime-api-address", f"127.0.0.1:{port}"])
+        return proc
+
+    def wait_worker_ready(self, name: str, timeout: float = 120.0) -> None:
+        """Block until ``name``'s ClientApp worker has imported fedvlp and polls for tasks."""
+        deadline = time.monotonic() + timeout
+        while "ClientApp worker ready" not in self.log(f"{name}-worker"):
+            proc = self.procs[f"{name}-worker"]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker of {name} not ready ({proc.poll()})\n{self.logs_tail()}")
+            time.sleep(0.3)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL process ``name`` with all its descendants (and its worker, if any)."""
+        for key in (name, f"{name}-worker"):
+            proc = self.procs.get(key)
+            if proc is not None and proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait(timeout=10)
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command against this federation's ``$FLWR_HOME``."""
+        return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout)
+
+    def node_list(self) -> list[dict]:
+        """``flwr supernode list local-deployment --format json``: the SuperLink's nodes."""
+        import json
+
+        res = self.flwr("supernode", "list", "local-deployment", "--format", "json")
+        assert res.returncode == 0, f"flwr supernode list failed:\n{res.stdout}\n{res.stderr}"
+        return json.loads(res.stdout[res.stdout.index("{"):])["nodes"]
+
+    def run(self, run_config: str, name: str = "flwr-run") -> subprocess.Popen:
+        """``flwr run <project> local-deployment --run-config ... --stream`` in the background."""
+        from fedvlp.core.config import project_root
+
+        return self._start(name, [str(BIN / "flwr"), "run", str(project_root()), "local-deployment", "--run-config", run_config, "--stream"])
+
+    def wait_round(self, checkpoints: Path, round_: int, timeout: float = 300.0, watch: Iterable[str] = ()) -> dict:
+        """Block until ``checkpoints/latest.json`` names ``round_`` (or later); return it.
+
+        ``watch`` names processes that must stay alive meanwhile (fail fast with logs).
+        """
+        import json
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            latest = checkpoints / "latest.json"
+            if latest.is_file():
+                state = json.loads(latest.read_text())
+                if state["round"] >= round_:
+                    return state
+            for name in watch:
+                if self.procs[name].poll() is not None:
+                    raise AssertionError(f"{name} exited ({self.procs[name].returncode}) before round {round_}\n{self.logs_tail()}")
+            time.sleep(0.3)
+        raise AssertionError(f"no round {round_} in {checkpoints} after {timeout:.0f}s\n{self.logs_tail()}")
+
+    def stop(self) -> None:
+        """Stop every process started here (and their descendants)."""
+        stop_processes(self.all_procs)
