@@ -233,6 +233,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0 if result.rows else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Label-efficiency sweep over inits x protocols x label fractions x seeds (docs/evaluation.md)."""
+    from .sweep_cli import run_sweep_command
+
+    return run_sweep_command(args)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Centralised (pooled) or local-only pretraining: the federated run's baselines."""
+    from .sweep_cli import run_pretrain_command
+
+    return run_pretrain_command(args)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Patient-level train/val/test manifests of a labelled manifest."""
+    from .sweep_cli import run_split_command
+
+    return run_split_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
@@ -315,6 +336,51 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--names", nargs="+", required=True, help="hospital names, e.g. hospital_a hospital_b")
     keys.add_argument("--force", action="store_true", help="replace existing files")
     keys.set_defaults(func=cmd_node_keys)
+
+    swp = sub.add_parser("sweep", help="label-efficiency sweep: inits x protocols x label fractions x seeds (docs/evaluation.md)")
+    swp.add_argument("--labeled", required=True, help="labelled manifest (train/val rows)")
+    swp.add_argument("--test", help="separate test manifest (without it, test rows come from --labeled's split)")
+    swp.add_argument("--label-columns", nargs="+", required=True, help="0/1 columns (sigmoid) or categorical columns (softmax); blank = unknown")
+    swp.add_argument("--init", nargs="+", default=["random"], metavar="NAME=SPEC",
+                     help="SPEC: random, general-pretrained, or a checkpoint (folder with latest.json, its run folder, or round_NNNN.safetensors)")
+    swp.add_argument("--protocols", nargs="+", default=["linear", "finetune"], choices=["linear", "finetune"])
+    swp.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    swp.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    swp.add_argument("--out", required=True, help="output folder (re-running resumes it)")
+    swp.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (same results as 1)")
+    swp.add_argument("--threads", type=int, default=1, help="torch threads per cell (results depend on it, not on --jobs)")
+    swp.add_argument("--extras", nargs="*", default=["retrieval", "regeneration"], choices=["retrieval", "regeneration"],
+                     help="zero-shot evaluations of checkpoint inits that support them")
+    swp.add_argument("--queries", help="YAML: class -> text query (or list) for text-to-image retrieval")
+    swp.add_argument("--run-config", nargs="*", help="key=value overrides of the architecture of random/general-pretrained inits")
+    swp.add_argument("--set", nargs="*", help="sweep training knobs, e.g. ft_max_steps=200 probe_max_iter=100")
+    swp.add_argument("--id-column", default="id")
+    swp.add_argument("--image-column", default="image")
+    swp.add_argument("--patient-column", default="patient_id")
+    swp.add_argument("--split-column", default="split")
+    swp.add_argument("--device", default="auto")
+    swp.add_argument("--title", default="Label-efficiency sweep")
+    swp.set_defaults(func=cmd_sweep)
+
+    pre = sub.add_parser("pretrain", help="centralised (pooled) or local-only pretraining with the federated budget")
+    mode = pre.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--central", action="store_true", help="pool the data of all site files of `sites`")
+    mode.add_argument("--local", metavar="SITE", help="one site alone (site file, or name of a site of `sites`)")
+    pre.add_argument("--run-config", nargs="*", help="key=value (TOML values): the federated run's settings")
+    pre.add_argument("--out", help="output folder (checkpoints/ inside; resumed); default runs/central or runs/local-SITE")
+    pre.add_argument("--steps", type=int, help="optimizer steps per round instead of the matched budget")
+    pre.add_argument("--threads", type=int, default=2)
+    pre.set_defaults(func=cmd_pretrain)
+
+    spl = sub.add_parser("split", help="patient-level train/val/test manifests (deterministic)")
+    spl.add_argument("manifest")
+    spl.add_argument("--by", default="patient_id", help="group column; blank ids are derived from image file names")
+    spl.add_argument("--fractions", type=float, nargs="+", default=[0.6, 0.2, 0.2])
+    spl.add_argument("--names", nargs="+", default=["train", "val", "test"])
+    spl.add_argument("--out", required=True)
+    spl.add_argument("--image-column", default="image")
+    spl.add_argument("--id-column", default="id")
+    spl.set_defaults(func=cmd_split)
     return parser
 
 

@@ -33,6 +33,7 @@ _SPLIT_ALIASES = {
     "test": "test", "testing": "test",
 }
 _HASH_SALT = "fedvlp-split"
+_VAL_SALT = "fedvlp-split-val"  # train/val inside a labelled manifest that may itself come from a hash split
 
 # Patient ids hidden in file names of the Kermany pediatric set (and similar layouts), used for
 # rows whose patient column is blank: ``person1019_bacteria_2950`` -> ``person1019``,
@@ -154,14 +155,14 @@ class LabeledSet:
         return f"{len(self)} images ({' '.join(parts)}, split from {self.split_source}); positives {pos}; skipped {skipped}"
 
 
-def _unit_hash(key: str) -> float:
+def _unit_hash(key: str, salt: str = _HASH_SALT) -> float:
     """A deterministic (process- and platform-independent) number in ``[0, 1)`` for ``key``."""
-    digest = hashlib.sha256(f"{_HASH_SALT}:{key}".encode()).digest()
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def patient_split(groups: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                  names: Sequence[str] = SPLITS) -> np.ndarray:
+                  names: Sequence[str] = SPLITS, salt: str = _HASH_SALT) -> np.ndarray:
     """Assign every row to a split by a hash of its group (patient), so no patient spans two splits.
 
     Parameters
@@ -172,6 +173,10 @@ def patient_split(groups: Sequence[str], fractions: Sequence[float] = (0.6, 0.2,
         Target share of *patients* per split; rows follow their patient.
     names
         Split names, one per fraction.
+    salt
+        Hash salt. A second split of rows that came out of a first one (e.g. val out of the
+        train manifest written by :func:`split_manifest`) needs another salt: with the same
+        one every patient would land in the same part again.
 
     Returns
     -------
@@ -185,7 +190,7 @@ def patient_split(groups: Sequence[str], fractions: Sequence[float] = (0.6, 0.2,
     for group in groups:
         key = str(group)
         if key not in cache:
-            cache[key] = names[int(np.searchsorted(edges, _unit_hash(key), side="right"))]
+            cache[key] = names[int(np.searchsorted(edges, _unit_hash(key, salt), side="right"))]
         out.append(cache[key])
     return np.asarray(out, dtype=object)
 
@@ -435,7 +440,7 @@ def _assign_with_test(frame: pd.DataFrame, groups: np.ndarray, split_column: str
         if labeled.any() and (normalised[labeled] == "val").any() and (normalised[labeled] == "train").any():
             split[labeled] = normalised[labeled]
             return split, "column+test manifest"
-    split[labeled] = patient_split(groups[labeled], [1.0 - val_fraction, val_fraction], ["train", "val"])
+    split[labeled] = patient_split(groups[labeled], [1.0 - val_fraction, val_fraction], ["train", "val"], salt=_VAL_SALT)
     return split, "hash+test manifest"
 
 

@@ -12,7 +12,10 @@ import pandas as pd
 from scipy import stats
 
 __all__ = ["summarise", "markdown_report", "format_table", "plot_auc_vs_labels", "write_outputs", "fraction_label",
-           "t_tests", "label_efficiency"]
+           "t_tests", "label_efficiency", "plot_per_class", "plot_retrieval", "EXTRA_PROTOCOLS"]
+
+# Protocols that are scored once per init, without labels (rows use label fraction 0, seed 0).
+EXTRA_PROTOCOLS = ("retrieval", "regeneration")
 
 _KEYS = ["init", "protocol", "label_fraction", "metric", "class"]
 
@@ -262,7 +265,44 @@ def markdown_report(df: pd.DataFrame, title: str) -> str:
                   ("Smallest label fraction at which the mean AUC reaches that of `random` with 100% labels "
                    "(same protocol); labels saved = 1 - that fraction."), "",
                   _markdown_table(*_efficiency_table(efficiency, "random")), ""]
+    lines += _extras_sections(df)
     return "\n".join(lines)
+
+
+def _extra_table(df: pd.DataFrame, protocol: str, metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    rows_of = df[(df["protocol"] == protocol) & (df["class"] == "mean")]
+    present = [m for m in metrics if (rows_of["metric"] == m).any()]
+    rows = []
+    for init in pd.unique(rows_of["init"]):
+        values = rows_of[rows_of["init"] == init].set_index("metric")["value"]
+        rows.append([init, protocol, *(f"{float(values[m]):.3f}" if m in values.index else "-" for m in present)])
+    return ["init", "protocol", *present], rows
+
+
+def _extras_sections(df: pd.DataFrame) -> list[str]:
+    lines: list[str] = []
+    retrieval = df[df["protocol"] == "retrieval"]
+    if len(retrieval):
+        ks = sorted({int(m.split("@")[1]) for m in retrieval["metric"]})
+        metrics = [f"i2i_p@{k}" for k in ks] + [f"t2i_p@{k}" for k in ks]
+        lines += ["## Zero-shot retrieval (test set, precision@k, relevance = identical label set)", "",
+                  "`i2i`: every test image queries the others; `t2i`: one text query per class (mean over classes).", "",
+                  _markdown_table(*_extra_table(df, "retrieval", metrics)), ""]
+        per_class = retrieval[(retrieval["class"] != "mean") & retrieval["metric"].str.startswith("t2i")]
+        if len(per_class):
+            k = ks[min(1, len(ks) - 1)]
+            classes = list(pd.unique(per_class["class"]))
+            rows = []
+            for init in pd.unique(per_class["init"]):
+                sel = per_class[(per_class["init"] == init) & (per_class["metric"] == f"t2i_p@{k}")].set_index("class")["value"]
+                rows.append([init, "retrieval", *(f"{float(sel[c]):.3f}" if c in sel.index else "-" for c in classes)])
+            lines += [f"Text-to-image precision@{k} per class:", "", _markdown_table(["init", "protocol", *classes], rows), ""]
+    if (df["protocol"] == "regeneration").any():
+        lines += ["## Masked image regeneration (test set)", "",
+                  "MSE and PSNR (dB) of the regenerated image against the original, SSIM (Gaussian window, sigma 1.5), "
+                  "MSE over the masked pixels only; grids in `regeneration_<init>.png`.", "",
+                  _markdown_table(*_extra_table(df, "regeneration", ["mse", "mse_masked", "psnr", "ssim"])), ""]
+    return lines
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -324,12 +364,84 @@ def plot_auc_vs_labels(df: pd.DataFrame, path: Path, title: str | None = None) -
     return path
 
 
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _bars(ax, groups: list[str], series: dict[str, tuple[list[float], list[float]]]) -> None:
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (label, (means, stds)) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=np.nan_to_num(stds), label=label,
+               color=f"C{i % 10}", capsize=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def plot_per_class(df: pd.DataFrame, path: Path, fraction: float | None = None) -> Path | None:
+    """Per-class test AUC (mean +- std over seeds) as grouped bars, one bar per init x protocol,
+    at ``fraction`` (default: the smallest). ``None`` when there is nothing to plot."""
+    summary = summarise(df[~df["protocol"].isin(EXTRA_PROTOCOLS)])
+    auc = summary[(summary["metric"] == "auc") & (summary["class"] != "mean")]
+    if auc.empty:
+        return None
+    fraction = _fractions(summary)[0] if fraction is None else fraction
+    auc = auc[np.isclose(auc["label_fraction"].astype(float), fraction)]
+    classes = list(pd.unique(auc["class"]))
+    series = {}
+    for init, protocol in _runs(summary):
+        sel = auc[(auc["init"] == init) & (auc["protocol"] == protocol)].set_index("class")
+        series[f"{init} / {protocol}"] = ([float(sel["mean"].get(c, np.nan)) for c in classes],
+                                          [float(sel["std"].get(c, np.nan)) for c in classes])
+    figure = _figure(max(6.0, 1.2 * len(classes) + 2), 4.0)
+    ax = figure.add_subplot(1, 1, 1)
+    _bars(ax, classes, series)
+    ax.set_ylabel(f"test AUC at {fraction_label(fraction)} labels")
+    ax.set_ylim(0.0, 1.0)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
+def plot_retrieval(df: pd.DataFrame, path: Path) -> Path | None:
+    """Retrieval precision@k bars (i2i and t2i mean), one bar per init; ``None`` without retrieval rows."""
+    rows = df[(df["protocol"] == "retrieval") & (df["class"] == "mean")]
+    if rows.empty:
+        return None
+    metrics = sorted(pd.unique(rows["metric"]), key=lambda m: (m.split("_")[0], int(m.split("@")[1])))
+    series = {}
+    for init in pd.unique(rows["init"]):
+        values = rows[rows["init"] == init].set_index("metric")["value"]
+        series[str(init)] = ([float(values.get(m, np.nan)) for m in metrics], [0.0] * len(metrics))
+    figure = _figure(max(6.0, 0.8 * len(metrics) + 2), 4.0)
+    ax = figure.add_subplot(1, 1, 1)
+    _bars(ax, metrics, series)
+    ax.set_ylabel("precision@k (test set)")
+    ax.set_ylim(0.0, 1.0)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
 def write_outputs(df: pd.DataFrame, out_dir: Path, title: str) -> dict[str, Path]:
-    """Write ``report.md``, ``summary.csv`` and ``auc_vs_labels.png`` into ``out_dir``; return their paths."""
+    """Write ``report.md``, ``summary.csv``, ``auc_vs_labels.png`` and ``auc_per_class.png`` (and
+    ``retrieval.png`` when there are retrieval rows) into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"report": out_dir / "report.md", "summary": out_dir / "summary.csv", "plot": out_dir / "auc_vs_labels.png"}
     paths["report"].write_text(markdown_report(df, title), encoding="utf-8")
     summarise(df).to_csv(paths["summary"], index=False, na_rep="nan")
     plot_auc_vs_labels(df, paths["plot"], title)
+    for key, plot, name in (("per_class", plot_per_class, "auc_per_class.png"), ("retrieval", plot_retrieval, "retrieval.png")):
+        written = plot(df, out_dir / name)
+        if written is not None:
+            paths[key] = written
     return paths
