@@ -107,3 +107,74 @@ def test_sample_fraction_covers_both_values_of_every_class_including_rare_ones()
 def test_sample_fraction_of_one_returns_all_rows():
     labels = np.zeros((10, 1))
     assert np.array_equal(sample_fraction(np.arange(10)[::-1], labels, 1.0, 0), np.arange(10))
+
+
+# --- derived patient ids, categorical labels, test manifests, fedvlp split ----------------------
+from pathlib import Path  # noqa: E402
+
+from fedvlp.core.evaluation import derive_patient_id, split_manifest  # noqa: E402
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("images/kermany_train_pneumonia_person1019_bacteria_2950.png", "person1019"),
+    ("person101_virus_187.jpeg", "person101"),
+    ("kermany_train_normal_IM-0115-0001.png", "IM-0115"),
+    ("IM-0135-0001-0002.jpeg", "IM-0135"),
+    ("kermany_train_normal_NORMAL2-IM-1234-0001.png", "NORMAL2-IM-1234"),
+    ("NORMAL2-IM-0012-0001-0002.jpeg", "NORMAL2-IM-0012"),
+    ("images/0.png", None),
+])
+def test_patient_ids_are_derived_from_kermany_file_names(name, patient):
+    assert derive_patient_id(name) == patient
+
+
+def _kermany_like(root: Path, n_patients: int = 40) -> Path:
+    """Rows whose patient id is blank for the IM-/NORMAL2- files, with 1-3 images per patient."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(n_patients):
+        kind = p % 3
+        for k in range(1 + p % 3):
+            name = [f"person{p}_bacteria_{k}", f"IM-{p:04d}-{k:04d}", f"NORMAL2-IM-{p:04d}-{k:04d}"][kind]
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+            rows.append({"id": name, "image": f"images/{name}.png", "patient_id": f"person{p}" if kind == 0 else "",
+                         "pneumonia": int(kind == 0), "subtype": ["bacteria", "", "virus"][kind] if kind != 1 else ""})
+    path = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_split_manifest_never_puts_a_patient_in_two_splits_including_derived_ids(tmp_path):
+    manifest = _kermany_like(tmp_path / "data")
+    written = split_manifest(manifest, tmp_path / "split", fractions=(0.6, 0.2, 0.2))
+    frames = {name: pd.read_csv(path) for name, path in written.items()}
+    assert sum(len(f) for f in frames.values()) == len(pd.read_csv(manifest))
+    patients = {name: set(f["patient_id"]) for name, f in frames.items()}
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"] and not patients["val"] & patients["test"]
+    assert "IM-0001" in set().union(*patients.values()) and "NORMAL2-IM-0002" in set().union(*patients.values())
+    # images resolve from the new folder, and a second run writes the same files
+    assert all((tmp_path / "split" / p).is_file() for p in frames["test"]["image"])
+    again = split_manifest(manifest, tmp_path / "again")
+    assert all(pd.read_csv(again[n]).equals(frames[n]) for n in frames)
+
+
+def test_categorical_column_gets_a_softmax_task_and_blank_is_unknown(tmp_path):
+    manifest = _kermany_like(tmp_path / "data")
+    split = split_manifest(manifest, tmp_path / "split")
+    labeled = load_labeled(split["train"], ["pneumonia", "subtype"], 32, test_manifest=split["test"])
+    kinds = {t.name: (t.kind, t.classes) for t in labeled.tasks}
+    assert kinds == {"pneumonia": ("binary", ()), "subtype": ("categorical", ("bacteria", "virus"))}
+    subtype = labeled.labels[:, 1].numpy()
+    blank = pd.read_csv(manifest).set_index("id").loc[list(labeled.ids), "subtype"].isna().to_numpy()
+    assert np.isnan(subtype[blank]).all() and not np.isnan(subtype[~blank]).any()
+    assert set(labeled.split[np.isin(labeled.ids, pd.read_csv(split["test"])["id"])]) == {"test"}
+    assert labeled.split_source == "hash+test manifest" and set(labeled.split) == {"train", "val", "test"}
+
+
+def test_a_patient_in_the_labelled_and_the_test_manifest_is_an_error(tmp_path):
+    manifest = _kermany_like(tmp_path / "data")
+    with pytest.raises(ValueError, match="in both the labelled and the test manifest"):
+        load_labeled(manifest, ["pneumonia"], 32, test_manifest=manifest)

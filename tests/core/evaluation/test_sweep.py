@@ -137,3 +137,50 @@ def test_binary_metrics_are_computed_from_the_test_logits(tmp_path, manifest, ti
     assert value["accuracy", "mean"] == pytest.approx(accuracy_score(y, pred))
     assert value["f1", "mean"] == pytest.approx(f1_score(y, pred))
     assert value["ap", "square"] == pytest.approx(average_precision_score(y, logits))
+
+
+def test_a_cell_file_present_is_skipped_and_the_results_are_identical(tmp_path, labeled, tiny_config, counted):
+    config = SweepConfig(**{**FAST, "fractions": (0.5,)})
+    full = run_sweep({"random": None}, tiny_config, labeled, tmp_path / "full", config, progress=False)
+    # a half-finished sweep: one cell file written, results.csv not yet (killed in between)
+    half = tmp_path / "half"
+    run_sweep({"random": None}, tiny_config, labeled, half, SweepConfig(**{**FAST, "fractions": (0.5,), "protocols": ("linear",)}),
+              progress=False)
+    (half / "results.csv").unlink()
+    assert sweep_module.cell_file(half, "random", "linear", 0.5, 0).is_file()
+    counted.clear()
+    resumed = run_sweep({"random": None}, tiny_config, labeled, half, config, progress=False)
+    assert counted == [("random", "finetune", 0.5, 0)]
+    pd.testing.assert_frame_equal(resumed, full, check_dtype=False)
+
+
+def test_a_categorical_task_trains_a_softmax_head_in_both_protocols(tmp_path, tiny_config):
+    import numpy as np
+
+    from fedvlp.core.evaluation import load_labeled
+
+    from .conftest import write_manifest
+
+    manifest = write_manifest(tmp_path / "data", corrupt=False, bad_label=False)
+    frame = pd.read_csv(manifest)
+    frame["shape"] = np.where(frame["square"] == 1, "square", np.where(frame["bar"] == 1, "bar", ""))  # blank: neither
+    frame.to_csv(manifest, index=False)
+    labeled = load_labeled(manifest, ["shape", "bar"], 32)
+    df = run_sweep({"random": None}, tiny_config, labeled, tmp_path / "out", SweepConfig(**{**FAST, "fractions": (1.0,)}),
+                   progress=False)
+    auc = df[df.metric == "auc"]
+    assert {"shape", "shape=bar", "shape=square", "bar", "mean"} <= set(auc["class"])
+    assert set(df.loc[df.metric == "accuracy", "class"]) == {"shape"}
+    assert auc["value"].dropna().between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_same_results_as_one(tmp_path, labeled, tiny_config, pretrained):
+    config = SweepConfig(**{**FAST, "fractions": (0.5,), "num_threads": 1})
+    inits = {"random": None, "pretrained": pretrained}
+    one = run_sweep(inits, tiny_config, labeled, tmp_path / "one", config, progress=False, jobs=1)
+    two = run_sweep(inits, tiny_config, labeled, tmp_path / "two", config, progress=False, jobs=2)
+    pd.testing.assert_frame_equal(one, two)
+    on_disk = [load_results(tmp_path / name / "results.csv").sort_values(RESULT_COLUMNS[:6]).reset_index(drop=True)
+               for name in ("one", "two")]  # results.csv is in completion order
+    pd.testing.assert_frame_equal(*on_disk)
