@@ -40,6 +40,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedvlp.core.models import BackboneFactory, backbone_state, build_model
     from fedvlp.core.runtime import offline_env, state_dir
 
+    from fedvlp.core.data.validate import skipped_in_history
+
     from .app import round_summary
     from .simulation import simulate
 
@@ -86,6 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     history = final.state.get("history", [])
     summary = round_summary(history)
     summary.update({"wall-seconds": time.perf_counter() - started, "pretrain-seconds": pretrain_seconds, "final-round": final.round})
+    summary["skipped"] = skipped_in_history(history)  # rows the sites skipped, by reason
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     print(format_table(results))
@@ -138,6 +141,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_loader(args: argparse.Namespace) -> int:
+    """Print images/s of fedvlp's loading path against plain PIL decode + resize."""
+    from .bench_loader import print_figures
+
+    return print_figures(args)
+
+
 def cmd_flwr_config(args: argparse.Namespace) -> int:
     """Write Flower's connection file ($FLWR_HOME/config.toml) for this project."""
     import os
@@ -180,7 +190,7 @@ def cmd_validate_site(args: argparse.Namespace) -> int:
     from fedvlp.core.data.validate import format_report, validate_site
 
     site = load_site(args.site)
-    reports = validate_site(site)
+    reports = validate_site(site, workers=args.workers)
     print(format_report(site, reports, max_problems=args.max_problems))
     return 0 if any(r.usable for r in reports) else 1
 
@@ -291,7 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate-site", help="check every row and image of a site file")
     val.add_argument("site")
     val.add_argument("--max-problems", type=int, default=20)
+    val.add_argument("--workers", type=int, default=0, help="processes that decode images (0: this one)")
     val.set_defaults(func=cmd_validate_site)
+
+    from .bench_loader import build_parser as bench_loader_parser
+
+    bload = sub.add_parser("bench-loader", help="images/s of the fedvlp loading path against plain PIL decode + resize")
+    bench_loader_parser(bload).set_defaults(func=cmd_bench_loader)
 
     voc = sub.add_parser("build-vocab", help="train a WordPiece vocabulary on the reports of site files")
     voc.add_argument("sites", nargs="+", help="site files whose reports may be shared (e.g. a public corpus)")
