@@ -136,8 +136,10 @@ class ManifestWriter:
 
 def label_column(name: str) -> str:
     """``label_<name>`` with every run of non-alphanumerics as one ``_`` (``No Finding`` ->
-    ``label_No_Finding``), the spelling of the shared site manifests."""
-    return "label_" + re.sub(r"[^0-9A-Za-z]+", "_", name.strip()).strip("_")
+    ``label_No_Finding``), the spelling of the shared site manifests; a name that already
+    starts with ``label_`` is kept."""
+    name = re.sub(r"[^0-9A-Za-z]+", "_", name.strip()).strip("_")
+    return name if name.startswith("label_") else f"label_{name}"  # a CSV's own label_* column keeps its name
 
 
 def label_value(raw: str, uncertain: str = "blank") -> str:

@@ -72,6 +72,7 @@ def test_label_column_spells_like_the_site_manifests() -> None:
     assert label_column("No Finding") == "label_No_Finding"
     assert label_column("Pleural_Thickening") == "label_Pleural_Thickening"
     assert label_column("Pulmonary Atelectasis") == "label_Pulmonary_Atelectasis"
+    assert label_column("label_Pneumonia") == "label_Pneumonia"
 
 
 def test_normalize_split_names() -> None:
