@@ -100,8 +100,9 @@ def test_federation_goes_on_when_a_site_exhausts_its_budget(world: Path, tmp_pat
 
     folder = tmp_path / "sites"
     one_round = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)
+    two_rounds = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 2, 1e-5)
     dp_site(world, folder, "hospital_a", epsilon=1000.0)
-    dp_site(world, folder, "hospital_b", epsilon=one_round * 1.5)  # one round only
+    dp_site(world, folder, "hospital_b", epsilon=(one_round + two_rounds) / 2)  # one round only
     dp_site(world, folder, "hospital_c", epsilon=1000.0)
     run = dp_run.replace(sites=str(folder), rounds=2, dp_client_noise_multiplier=5.0, dp_client_clip=0.1)
     records: list[dict] = []
