@@ -72,8 +72,8 @@ def encode_update(
     Returns
     -------
     list of numpy.ndarray
-        One float64 array per key (``w * update``, zeros for keys not sent), then one vector of
-        the per-key weights ``w``.
+        One flat float64 array per key (``w * update``, zeros for keys not sent), then one
+        vector of the per-key weights ``w``.
 
     Raises
     ------
@@ -87,7 +87,7 @@ def encode_update(
     for index, key in enumerate(keys):
         reference = global_state[key]
         if key not in sent:
-            vectors.append(np.zeros(tuple(reference.shape), dtype=np.float64))
+            vectors.append(np.zeros(reference.numel(), dtype=np.float64))
             continue
         weight = counts[group_of(key)] / max_weight
         if weight > clipping_range:
@@ -99,7 +99,9 @@ def encode_update(
         update = sent[key].to(torch.float64) - reference.to(torch.float64)
         if not reference.is_floating_point():
             update = update / INTEGER_SCALE
-        encoded = (weight * update).numpy()
+        # flat: Flower 1.41's SecAgg+ unmasking skips its offset and 1/N scaling on 0-d arrays
+        # (dequantize returns a scalar there and the in-place fix-up misses it)
+        encoded = (weight * update).numpy().reshape(-1)
         clipped += int((np.abs(encoded) > clipping_range).sum())
         vectors.append(encoded)
     if clipped:

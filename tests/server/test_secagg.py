@@ -45,8 +45,9 @@ def test_a_site_encodes_weighted_updates_and_per_key_weights() -> None:
     pairs = _replies()[0]
     vectors = encode_update(KEYS, GLOBAL, pairs.weights, pairs.counts, MAX_WEIGHT, 8.0)
     assert len(vectors) == len(KEYS) + 1
-    np.testing.assert_allclose(vectors[0], 0.12 * (pairs.weights["image.w"].double() - GLOBAL["image.w"].double()).numpy())
-    assert vectors[1] == pytest.approx(0.12 * 3 / INTEGER_SCALE)  # 13 - 10 local steps, scaled
+    np.testing.assert_allclose(vectors[0], 0.12 * (pairs.weights["image.w"].double() - GLOBAL["image.w"].double()).numpy().reshape(-1))
+    assert vectors[1].shape == (1,)  # flat, never 0-d (Flower's unmasking mishandles 0-d arrays)
+    assert vectors[1][0] == pytest.approx(0.12 * 3 / INTEGER_SCALE)  # 13 - 10 local steps, scaled
     assert not vectors[3].any() and not vectors[4].any()  # keys it did not send are zeros
     np.testing.assert_array_equal(vectors[-1], [0.12, 0.12, 0.12, 0.0, 0.0, 0.0])
 
@@ -127,10 +128,12 @@ def test_a_secagg_round_matches_the_plain_round_within_quantisation_error(demo_e
     assert all(torch.equal(start[k], load_round(Path(secure_run.out_dir) / "checkpoints", 0).weights[k]) for k in start)
     changed_plain = {k for k in start if not torch.equal(start[k], plain[k])}
     changed_secure = {k for k in start if not torch.equal(start[k], secure[k])}
-    assert changed_plain and changed_secure == changed_plain
+    # Not the same sets: a key sent with a (near-)zero update can move by quantisation noise
+    # alone, or not move in float32 where plain mode's tiny update does; the bound covers both.
+    assert len(changed_secure) >= 0.9 * len(changed_plain) > 0
     # smallest possible summed weight of a sent key: one site's smallest group count / max weight
     smallest = min(n for s in plain_records[0]["sites"] for n in s["counts"].values()) / plain_run.secagg_max_weight
-    for key in changed_plain:
+    for key in start:
         if not start[key].is_floating_point():
             assert abs(int(secure[key]) - int(plain[key])) <= 1
             continue
