@@ -336,3 +336,63 @@ class DPSGDTrainer:
         for reason, count in trainer.skipped.items():
             metrics[f"skipped/{reason}"] = float(count)
         return LocalResult(trainer.group_counts(), metrics, Counter(trainer.skipped), frozenset(touched))
+
+
+# ------------------------------------------------------------------------------ figures
+def demo_epsilons(run: RunConfig, rows: Mapping[str, int], rounds: int, delta: float) -> dict[str, float]:
+    """Epsilon after ``rounds`` rounds for the demo sites (``rows`` per site) under ``run``:
+    hospital_a at client level, hospital_b / hospital_c at sample level."""
+    sample = [(run.dp_noise_multiplier, sample_rate(rows["hospital_b"], run.batch_size), run.local_steps)]
+    text = [(run.dp_noise_multiplier, sample_rate(rows["hospital_c"], run.batch_size), run.local_steps)]
+    return {
+        "hospital_a": epsilon_spent([(run.dp_client_noise_multiplier, 1.0, 1)] * rounds, delta),
+        "hospital_b": epsilon_spent(sample * rounds, delta),
+        "hospital_c": epsilon_spent(text * rounds, delta),
+    }
+
+
+def benchmark(world: Path, sizes: Sequence[str] = ("tiny", "small"), steps: int = 10) -> dict[str, float]:
+    """Seconds per local step with and without DP-SGD at the single-modality demo sites of
+    ``world`` (a generated demo world); the non-DP baseline uses the same GroupNorm model."""
+    from .config import list_site_files, load_site
+    from .models import build_model
+    from .train import load_site_datasets
+
+    os.environ["FEDVLP_DEMO_DATA"] = str(world)
+    out: dict[str, float] = {}
+    for size in sizes:
+        run = RunConfig(model_size=size, norm="group", batch_size=32)
+        for site_file in list_site_files("sites/demo"):
+            site = load_site(site_file)
+            if site.name == "hospital_a":
+                continue
+            model = build_model(run)
+            trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
+            trainer.train(2, seed=0)  # warm-up
+            started = time.perf_counter()
+            trainer.train(steps, seed=1)
+            plain = (time.perf_counter() - started) / steps
+            dp = DPSGDTrainer(trainer, run, plan_privacy(trainer, run).sources)
+            dp.train(2, seed=0)
+            started = time.perf_counter()
+            dp.train(steps, seed=1)
+            private = (time.perf_counter() - started) / steps
+            out[f"{size}/{site.name}/step-seconds"] = plain
+            out[f"{size}/{site.name}/dp-step-seconds"] = private
+            out[f"{size}/{site.name}/dp-slowdown"] = private / plain
+    return out
+
+
+if __name__ == "__main__":  # python -m fedvlp.core.privacy WORLD: the figures of docs/privacy.md
+    import sys
+
+    torch.set_num_threads(1)
+    demo = RunConfig()
+    for sigma in (1.0, 1.1, 1.5):
+        figures = demo_epsilons(demo.replace(dp_noise_multiplier=sigma, dp_client_noise_multiplier=sigma), {"hospital_b": 800, "hospital_c": 800}, 5, 1e-5)
+        print(" ".join(f"epsilon/5-rounds/sigma={sigma}/{k}: {v:.3f}" for k, v in figures.items()))
+    for sigma in (5.0, 10.0):
+        print(f"epsilon/5-rounds/client-sigma={sigma}/hospital_a: {epsilon_spent([(sigma, 1.0, 1)] * 5, 1e-5):.3f}")
+    if len(sys.argv) > 1:
+        for name, value in benchmark(Path(sys.argv[1])).items():
+            print(f"{name}: {value:.4f}")
