@@ -457,7 +457,8 @@ def split_manifest(manifest: Path, out_dir: Path, by: str = "patient_id", fracti
     Returns
     -------
     dict[str, Path]
-        Split name to written manifest.
+        Split name to written manifest, plus ``trainval`` (train and val rows together, the
+        ``--labeled`` manifest of a sweep whose ``--test`` is ``test.csv``) when both exist.
     """
     manifest, out_dir = Path(manifest), Path(out_dir)
     if len(fractions) != len(names) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
@@ -478,6 +479,11 @@ def split_manifest(manifest: Path, out_dir: Path, by: str = "patient_id", fracti
         path = out_dir / f"{name}.csv"
         frame[frame["split"] == name].to_csv(path, index=False)
         written[name] = path
+    if "train" in names and "val" in names:
+        # The --labeled manifest of `fedvlp sweep --test test.csv`: its split column gives train and val.
+        path = out_dir / "trainval.csv"
+        frame[frame["split"].isin(["train", "val"])].to_csv(path, index=False)
+        written["trainval"] = path
     return written
 
 

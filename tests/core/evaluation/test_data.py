@@ -150,8 +150,10 @@ def _kermany_like(root: Path, n_patients: int = 40) -> Path:
 def test_split_manifest_never_puts_a_patient_in_two_splits_including_derived_ids(tmp_path):
     manifest = _kermany_like(tmp_path / "data")
     written = split_manifest(manifest, tmp_path / "split", fractions=(0.6, 0.2, 0.2))
+    trainval = pd.read_csv(written.pop("trainval"))
     frames = {name: pd.read_csv(path) for name, path in written.items()}
     assert sum(len(f) for f in frames.values()) == len(pd.read_csv(manifest))
+    assert len(trainval) == len(frames["train"]) + len(frames["val"]) and set(trainval["split"]) == {"train", "val"}
     patients = {name: set(f["patient_id"]) for name, f in frames.items()}
     assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"] and not patients["val"] & patients["test"]
     assert "IM-0001" in set().union(*patients.values()) and "NORMAL2-IM-0002" in set().union(*patients.values())
@@ -159,6 +161,15 @@ def test_split_manifest_never_puts_a_patient_in_two_splits_including_derived_ids
     assert all((tmp_path / "split" / p).is_file() for p in frames["test"]["image"])
     again = split_manifest(manifest, tmp_path / "again")
     assert all(pd.read_csv(again[n]).equals(frames[n]) for n in frames)
+
+
+def test_the_trainval_manifest_of_a_split_gives_its_val_rows_to_the_sweep(tmp_path):
+    manifest = _kermany_like(tmp_path / "data")
+    split = split_manifest(manifest, tmp_path / "split")
+    labeled = load_labeled(split["trainval"], ["pneumonia"], 32, test_manifest=split["test"])
+    val_ids = set(pd.read_csv(split["val"])["id"])
+    assert labeled.split_source == "column+test manifest"
+    assert set(labeled.ids[labeled.split == "val"]) == val_ids
 
 
 def test_categorical_column_gets_a_softmax_task_and_blank_is_unknown(tmp_path):
