@@ -8,14 +8,14 @@ import re
 import torch
 
 __all__ = [
+    "DEID_TOKEN",
     "SECTIONS",
     "TEXT_VIEWS",
-    "DEID_TOKEN",
+    "join_sections",
     "normalize_deid",
     "normalize_report",
     "split_sections",
     "split_sentences",
-    "join_sections",
     "text_view",
 ]
 

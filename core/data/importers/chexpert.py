@@ -7,9 +7,17 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from ...config import ConfigError
-from .common import BASE_COLUMNS, ImportResult, ManifestWriter, image_reference, label_column, label_value, read_csv_rows
+from .common import (
+    BASE_COLUMNS,
+    ImportResult,
+    ManifestWriter,
+    image_reference,
+    label_column,
+    label_value,
+    read_csv_rows,
+)
 
-__all__ = ["import_chexpert", "CHEXPERT_LABELS"]
+__all__ = ["CHEXPERT_LABELS", "import_chexpert"]
 
 CHEXPERT_LABELS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, Self
 
 from ...config import ConfigError
 from ..reports import SECTIONS, join_sections, normalize_report, split_sections
@@ -25,14 +26,14 @@ __all__ = [
     "UNCERTAIN_POLICIES",
     "ImportResult",
     "ManifestWriter",
+    "find_one",
+    "image_reference",
     "label_column",
     "label_value",
     "normalize_split",
-    "report_fields",
     "open_text",
     "read_csv_rows",
-    "find_one",
-    "image_reference",
+    "report_fields",
     "site_yaml",
 ]
 
@@ -113,7 +114,7 @@ class ManifestWriter:
         self._file: IO[str] | None = None
         self._writer: Any = None
 
-    def __enter__(self) -> "ManifestWriter":
+    def __enter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._tmp, "w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=list(self.columns), extrasaction="raise", lineterminator="\n")
@@ -125,7 +126,7 @@ class ManifestWriter:
         self._writer.writerow({c: row.get(c, "") for c in self.columns})
         self.result.rows += 1
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._file is not None
         self._file.close()
         if exc_type is None:

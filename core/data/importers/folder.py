@@ -9,9 +9,15 @@ import re
 from pathlib import Path
 
 from ...config import ConfigError
-from .common import ImportResult, ManifestWriter, image_reference, label_column, normalize_split
+from .common import (
+    ImportResult,
+    ManifestWriter,
+    image_reference,
+    label_column,
+    normalize_split,
+)
 
-__all__ = ["import_folder", "KERMANY_PATTERNS", "patient_matcher"]
+__all__ = ["KERMANY_PATTERNS", "import_folder", "patient_matcher"]
 
 # Kermany et al. 2018 file names: ``person1_bacteria_1.jpeg`` / ``person1_virus_6.jpeg``
 # (pneumonia; patient ``person1``), ``IM-0115-0001.jpeg`` (normal; patient ``IM-0115``) and

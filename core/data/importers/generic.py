@@ -11,9 +11,18 @@ import yaml
 
 from ...config import ConfigError
 from ..reports import SECTIONS
-from .common import ImportResult, ManifestWriter, image_reference, label_column, label_value, normalize_split, read_csv_rows, report_fields
+from .common import (
+    ImportResult,
+    ManifestWriter,
+    image_reference,
+    label_column,
+    label_value,
+    normalize_split,
+    read_csv_rows,
+    report_fields,
+)
 
-__all__ = ["import_generic", "parse_mapping", "MAPPING_KEYS"]
+__all__ = ["MAPPING_KEYS", "import_generic", "parse_mapping"]
 
 MAPPING_KEYS = ("id", "image", "report", *SECTIONS, "study_id", "view", "patient_id", "split")
 

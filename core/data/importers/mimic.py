@@ -7,9 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...config import ConfigError
-from .common import BASE_COLUMNS, ImportResult, ManifestWriter, find_one, image_reference, label_column, label_value, normalize_split, read_csv_rows, report_fields
+from .common import (
+    BASE_COLUMNS,
+    ImportResult,
+    ManifestWriter,
+    find_one,
+    image_reference,
+    label_column,
+    label_value,
+    normalize_split,
+    read_csv_rows,
+    report_fields,
+)
 
-__all__ = ["import_mimic_cxr_jpg", "MIMIC_LABELS"]
+__all__ = ["MIMIC_LABELS", "import_mimic_cxr_jpg"]
 
 # The 14 label columns of mimic-cxr-2.0.0-chexpert.csv and -negbio.csv, after subject_id, study_id.
 MIMIC_LABELS = (

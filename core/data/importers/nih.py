@@ -11,9 +11,17 @@ import re
 from pathlib import Path
 
 from ...config import ConfigError
-from .common import BASE_COLUMNS, ImportResult, ManifestWriter, find_one, image_reference, label_column, read_csv_rows
+from .common import (
+    BASE_COLUMNS,
+    ImportResult,
+    ManifestWriter,
+    find_one,
+    image_reference,
+    label_column,
+    read_csv_rows,
+)
 
-__all__ = ["import_nih", "NIH_LABELS"]
+__all__ = ["NIH_LABELS", "import_nih"]
 
 NIH_LABELS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",

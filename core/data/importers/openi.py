@@ -10,7 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 from ...config import ConfigError
-from .common import BASE_COLUMNS, ImportResult, ManifestWriter, image_reference, label_column, report_fields
+from .common import (
+    BASE_COLUMNS,
+    ImportResult,
+    ManifestWriter,
+    image_reference,
+    label_column,
+    report_fields,
+)
 
 __all__ = ["import_openi"]
 

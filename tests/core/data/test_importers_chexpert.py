@@ -6,12 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.chexpert import CHEXPERT_LABELS
 from fedvlp.server.cli import main
-from tests.core.data.test_importers_common import read_manifest, round_trip, write_csv, write_image
+
+from tests.core.data.test_importers_common import (
+    read_manifest,
+    round_trip,
+    write_csv,
+    write_image,
+)
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
 

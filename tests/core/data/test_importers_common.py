@@ -8,13 +8,19 @@ import csv
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from fedvlp.core.config import ConfigError, load_site
 from fedvlp.core.data.importers import ImportResult, import_layout, site_yaml
-from fedvlp.core.data.importers.common import ManifestWriter, image_reference, label_column, label_value, normalize_split, report_fields
+from fedvlp.core.data.importers.common import (
+    ManifestWriter,
+    image_reference,
+    label_column,
+    label_value,
+    normalize_split,
+    report_fields,
+)
 from fedvlp.core.data.manifest import ManifestRows, load_source_rows
 from fedvlp.core.data.reports import DEID_TOKEN
+from PIL import Image
 
 
 # ------------------------------------------------------------------ helpers for the layout tests
@@ -100,10 +106,9 @@ def test_image_reference_is_relative_to_the_manifest_folder(tmp_path: Path) -> N
 def test_manifest_writer_leaves_nothing_when_the_import_fails(tmp_path: Path) -> None:
     out = tmp_path / "m.csv"
     result = ImportResult("test", out)
-    with pytest.raises(RuntimeError):
-        with ManifestWriter(out, ("id", "image"), result) as writer:
-            writer.write({"id": "a", "image": "a.png"})
-            raise RuntimeError("input broke")
+    with pytest.raises(RuntimeError), ManifestWriter(out, ("id", "image"), result) as writer:
+        writer.write({"id": "a", "image": "a.png"})
+        raise RuntimeError("input broke")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 

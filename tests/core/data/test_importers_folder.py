@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.server.cli import main
+
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_image
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout, parse_mapping
 from fedvlp.core.data.reports import DEID_TOKEN
 from fedvlp.server.cli import main
-from tests.core.data.test_importers_common import read_manifest, round_trip, write_csv, write_image
+
+from tests.core.data.test_importers_common import (
+    read_manifest,
+    round_trip,
+    write_csv,
+    write_image,
+)
 
 HEADER = ["accession", "file", "text", "pid", "Pneumonia", "Effusion", "part"]
 MAP = ["id=accession", "image=file", "report=text", "patient_id=pid", "split=part", "labels=Pneumonia,Effusion"]

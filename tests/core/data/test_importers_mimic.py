@@ -9,12 +9,12 @@ import gzip
 from pathlib import Path
 
 import pytest
-
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.mimic import MIMIC_LABELS
 from fedvlp.core.data.reports import DEID_TOKEN
 from fedvlp.server.cli import main
+
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_image
 
 METADATA = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",

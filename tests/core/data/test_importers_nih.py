@@ -6,12 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.nih import NIH_LABELS
 from fedvlp.server.cli import main
-from tests.core.data.test_importers_common import read_manifest, round_trip, write_csv, write_image
+
+from tests.core.data.test_importers_common import (
+    read_manifest,
+    round_trip,
+    write_csv,
+    write_image,
+)
 
 # The released header: the bracketed names hold commas, so they are 4 CSV columns.
 HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",

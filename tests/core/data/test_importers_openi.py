@@ -6,12 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.reports import DEID_TOKEN
 from fedvlp.server.cli import main
-from tests.core.data.test_importers_common import header_of, read_manifest, round_trip, write_image
+
+from tests.core.data.test_importers_common import (
+    header_of,
+    read_manifest,
+    round_trip,
+    write_image,
+)
 
 
 def _report(uid: str, sections: dict[str, str], major: list[str], images: list[str]) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fedvlp.core.data.reports import (
     DEID_TOKEN,
     join_sections,
