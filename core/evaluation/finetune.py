@@ -37,7 +37,7 @@ class FinetuneConfig:
     eval_every: int | None = None  # steps between validations; None: budget // 10 (at least 5)
     patience: int = 4  # validations without improvement before stopping
     warmup_fraction: float = 0.1  # share of the step budget that trains the head only (encoder frozen)
-    plateau_patience: int = 1  # validations without improvement before the learning rates are halved
+    plateau_patience: int | None = 1  # validations without improvement before the learning rates are halved; None: never
     shift: float = 0.0625  # random translation, as a fraction of the image side
     flip: bool = False  # random horizontal flips (off: chest X-rays are not left-right symmetric)
     eval_batch_size: int = 256
@@ -196,8 +196,8 @@ def finetune(
              {"params": model.head.parameters(), "lr": config.lr_head}],
             weight_decay=config.weight_decay,
         )
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                             patience=config.plateau_patience)
+        plateau = None if config.plateau_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
 
         def validate() -> float:
             logits = predict(model, val_images, config.eval_batch_size, device, config.precision, config.channels_last)
@@ -229,7 +229,8 @@ def finetune(
             step += 1
             if step % eval_every == 0 or step == budget:
                 score = validate()
-                plateau.step(score)
+                if plateau is not None:
+                    plateau.step(score)
                 if score > best_score:
                     best_score, best_step, stale = score, step, 0
                     best_state = copy.deepcopy(model.state_dict())

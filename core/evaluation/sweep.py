@@ -45,6 +45,8 @@ CELL_COLUMNS = ["init", "protocol", "label_fraction", "seed"]
 RESULTS_FILE = "results.csv"
 META_FILE = "sweep_meta.json"
 CELLS_DIR = "cells"
+# Fine-tuning before head warm-up and LR halving existed: results made then ran without them.
+_LEGACY: dict[str, Any] = {"ft_warmup_fraction": 0.0, "ft_plateau_patience": None}
 # Fields that define the grid or the machine, not the meaning of a result: free to change on resume.
 _GRID_FIELDS = {"fractions", "seeds", "protocols", "device", "num_threads", "title"}
 
@@ -76,7 +78,7 @@ class SweepConfig:
     ft_eval_every: int | None = None
     ft_patience: int = 4
     ft_warmup_fraction: float = 0.1
-    ft_plateau_patience: int = 1
+    ft_plateau_patience: int | None = 1  # None: never halve the learning rates
     ft_shift: float = 0.0625
     ft_flip: bool = False
     ft_precision: str = "fp32"
@@ -160,8 +162,9 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     path = out_dir / META_FILE
     if path.is_file() and (out_dir / RESULTS_FILE).is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        # Knobs added to SweepConfig after the old results were made count as their defaults.
-        old["settings"] = {**SweepConfig().settings(), **old.get("settings", {})}
+        # Knobs added to SweepConfig after the old results were made count as the value that
+        # reproduces the old behaviour (_LEGACY), else as their defaults.
+        old["settings"] = {**SweepConfig().settings(), **_LEGACY, **old.get("settings", {})}
         for key in ("settings", "encoder", "data"):
             if old.get(key) != meta[key]:
                 diff = meta[key]

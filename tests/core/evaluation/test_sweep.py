@@ -184,3 +184,18 @@ def test_two_jobs_give_the_same_results_as_one(tmp_path, labeled, tiny_config, p
     on_disk = [load_results(tmp_path / name / "results.csv").sort_values(RESULT_COLUMNS[:6]).reset_index(drop=True)
                for name in ("one", "two")]  # results.csv is in completion order
     pd.testing.assert_frame_equal(*on_disk)
+
+
+def test_results_made_before_head_warm_up_existed_are_not_mixed_with_new_ones(tmp_path, labeled, tiny_config):
+    import json
+
+    config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
+    run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    meta = json.loads((tmp_path / "sweep_meta.json").read_text())
+    del meta["settings"]["ft_warmup_fraction"], meta["settings"]["ft_plateau_patience"]  # an older version's folder
+    (tmp_path / "sweep_meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="ft_warmup_fraction"):
+        run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
+    legacy = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "ft_warmup_fraction": 0.0,
+                            "ft_plateau_patience": None})
+    run_sweep({"random": None}, tiny_config, labeled, tmp_path, legacy, progress=False)  # the old protocol resumes
