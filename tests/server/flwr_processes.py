@@ -321,9 +321,9 @@ class LocalFederation:
         """The end of every log, for assertion messages."""
         return "\n".join(f"--- {log.name}\n{tail(log)}" for log in sorted(self.logs.glob("*.log")))
 
-    def start_superlink(self, *, certs: Mapping[str, Path] | None = None, auth: bool = False) -> subprocess.Popen:
+    def start_superlink(self, *, certs: Mapping[str, Path] | None = None, auth: bool = False, database: Path | None = None) -> subprocess.Popen:
         """``flower-superlink`` with TLS (``certs``: ca, cert, key) or ``--insecure``, optionally
-        ``--enable-supernode-auth``; returns once it listens."""
+        ``--enable-supernode-auth`` and a ``--database`` file; returns once it listens."""
         args = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.link_port)]
         if certs is None:
             args.append("--insecure")
@@ -331,6 +331,8 @@ class LocalFederation:
             args += ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]), "--ssl-keyfile", str(certs["key"])]
         if auth:
             args.append("--enable-supernode-auth")
+        if database is not None:
+            args += ["--database", str(database)]
         proc = self._start("superlink", args)
         wait_for_port(self.link_port, proc, self.logs / "superlink.log")
         return proc
