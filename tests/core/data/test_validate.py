@@ -123,6 +123,17 @@ def test_training_skips_and_counts_the_same_rows(tmp_path: Path, tiny_run: RunCo
     assert sorted(trainer.problems) == sorted(report.problems)
 
 
+def test_the_counts_reach_the_clients_round_metrics(tmp_path: Path, tiny_run: RunConfig) -> None:
+    from fedvlp.client.app import train_round
+    from fedvlp.core.params import METRICS_KEY
+
+    site = load_site(_every_problem_site(tmp_path))
+    run = tiny_run.replace(batch_size=32, local_steps=1)
+    reply = train_round(site, run, build_model(run).state_dict(), server_round=1)
+    metrics = dict(reply.metric_records[METRICS_KEY])
+    assert {k: v for k, v in metrics.items() if k.startswith("skipped/")} == {f"skipped/{k}": float(v) for k, v in EVERY_PROBLEM.items()}
+
+
 def test_run_summary_sums_the_last_counts_of_every_site() -> None:
     history = [
         {"sites": [{"node_id": 1, "metrics": {"skipped/image_rgb": 2.0, "loss/total": 1.0}}, {"node_id": 2, "metrics": {}}]},
