@@ -162,8 +162,8 @@ def _extras(models: dict[str, Any], labeled, out: Path, queries_path: str | None
             if protocol not in wanted:
                 continue
             if not supported:
-                log.info("init %s (recipe %s): no %s head; %s skipped", name, run.recipe,
-                         "contrastive" if protocol == "retrieval" else "masked-patch", protocol)
+                log.info("init %s (recipe %s): no %s; %s skipped", name, run.recipe,
+                         "shared image-text space" if protocol == "retrieval" else "CNN masked-patch head", protocol)
                 continue
             path = cell_file(out, name, protocol, 0.0, 0)
             if not path.is_file():

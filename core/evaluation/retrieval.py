@@ -6,8 +6,9 @@ projection heads, ranked by cosine similarity, and scored by precision@k with re
 positive labels equals the query's; for a text query of class ``c`` an image is relevant
 when its label set is exactly ``{c}``.
 
-Supported: models with a ``head.contrastive`` (ResNet + BERT family: recipes ``mixed`` and
-``convirt``). Other models raise a ``ValueError`` saying so.
+Supported: the ResNet + BERT family (recipes ``mixed``, ``convirt``: the contrastive
+projections; ``timnet``: the matching head's ``v_img`` / ``v_txt`` before the difference
+classifier, a space in which matching pairs are close). Other models raise a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -121,40 +122,61 @@ def label_sets(labels: np.ndarray | torch.Tensor, tasks: Sequence[Task]) -> tupl
     return sets, known
 
 
+def _head(model: torch.nn.Module) -> torch.nn.Module | None:
+    heads = getattr(model, "head", None)
+    if heads is None or not hasattr(model, "text") or not hasattr(getattr(model, "image", None), "forward_features"):
+        return None
+    for name in ("contrastive", "matching"):  # contrastive first: trained for cosine similarity
+        if name in heads and hasattr(heads[name], "image_fc" if name == "matching" else "image_proj"):
+            return heads[name]
+    return None
+
+
 def supports_retrieval(model: torch.nn.Module) -> bool:
-    """Whether ``model`` has image and text projections into a shared space (``head.contrastive``)."""
-    head = getattr(model, "head", None)
-    return head is not None and "contrastive" in head and hasattr(model, "text") and hasattr(model.image, "forward_features")
+    """Whether ``model`` embeds images and texts into a shared space (a cnn-family contrastive or matching head)."""
+    return _head(model) is not None
 
 
-def _check(model: torch.nn.Module) -> None:
-    if not supports_retrieval(model):
-        raise ValueError(f"retrieval needs a model with a contrastive head (ResNet + BERT recipes 'mixed' and 'convirt'); "
-                         f"{type(model).__name__} has none")
+def _check(model: torch.nn.Module) -> torch.nn.Module:
+    head = _head(model)
+    if head is None:
+        raise ValueError(f"retrieval needs a ResNet + BERT model with a contrastive or matching head (recipes mixed, convirt, "
+                         f"timnet); {type(model).__name__} has none")
+    return head
 
 
 @torch.no_grad()
 def embed_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
-    """L2-normalised ``(N, D)`` image embeddings (encoder, average pool, contrastive projection)."""
-    _check(model)
+    """L2-normalised ``(N, D)`` image embeddings (encoder, average pool, the head's image projection)."""
+    head = _check(model)
     model.eval().to(device)
-    head = model.head["contrastive"]
-    out = [head.image_proj(model.image.forward_features(images[i:i + batch_size].to(device)).mean(dim=(2, 3))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    out = []
+    for i in range(0, len(images), batch_size):
+        features = model.image.forward_features(images[i:i + batch_size].to(device))
+        if hasattr(head, "image_proj"):
+            out.append(head.image_proj(features.mean(dim=(2, 3))).float().cpu())
+        else:
+            out.append(head.image_fc(head.image_conv(features).mean(dim=(2, 3))).float().cpu())
     return F.normalize(torch.cat(out), dim=-1)
 
 
 @torch.no_grad()
 def embed_texts(model: torch.nn.Module, tokenizer, texts: Sequence[str], device: str = "cpu") -> torch.Tensor:
-    """L2-normalised ``(M, D)`` text embeddings (BERT, max pool over tokens, contrastive projection)."""
+    """L2-normalised ``(M, D)`` text embeddings (BERT, pooled as the head pools, the head's text projection)."""
     from ..objectives.pooling import masked_max
 
-    _check(model)
+    head = _check(model)
     model.eval().to(device)
     encoded = tokenizer(list(texts), truncation=True, max_length=model.max_text_len, padding=True, return_tensors="pt")
     ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
     states = model.text(ids, mask)
-    return F.normalize(model.head["contrastive"].text_proj(masked_max(states, mask)).float().cpu(), dim=-1)
+    if hasattr(head, "text_proj"):  # ConVIRT: max pool
+        vectors = head.text_proj(masked_max(states, mask))
+    else:  # TIMNet: 1x1 conv, masked average pool, FC
+        m = mask.unsqueeze(1).to(states.dtype)
+        tokens = head.text_conv(states.transpose(1, 2))
+        vectors = head.text_fc((tokens * m).sum(-1) / m.sum(-1).clamp_min(1.0))
+    return F.normalize(vectors.float().cpu(), dim=-1)
 
 
 def _class_key(name: str, label_names: Sequence[str]) -> str | None:

@@ -40,3 +40,29 @@ def test_queries_yaml_accepts_texts_and_lists_and_rejects_empty(tmp_path):
     path.write_text("nodule: ''\n")
     with pytest.raises(ValueError, match="q.yaml: key 'nodule'"):
         load_queries(path)
+
+
+@pytest.mark.parametrize("recipe, supported", [("mixed", True), ("convirt", True), ("timnet", True), ("uwox", False)])
+def test_retrieval_runs_on_the_cnn_family_and_refuses_others_clearly(tiny_run, recipe, supported):
+    from fedvlp.core.data.tokenizer import load_run_tokenizer
+    from fedvlp.core.evaluation.retrieval import retrieval_metrics, supports_retrieval
+    from fedvlp.core.models import build_model
+
+    run = tiny_run.replace(recipe=recipe)
+    model = build_model(run)
+    assert supports_retrieval(model) is supported
+    images = torch.rand(6, 1, 32, 32)
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [1, 0]], dtype=torch.float32)
+    args = (model, load_run_tokenizer(run), images, labels, (Task("a"), Task("b")), {"a": ["fluid"], "b": "a nodule"})
+    if not supported:
+        with pytest.raises(ValueError, match="retrieval needs a ResNet \\+ BERT model"):
+            retrieval_metrics(*args)
+        return
+    rows = {(m, c): v for m, c, v in retrieval_metrics(*args, ks=(1, 50))}
+    assert set(rows) == {("i2i_p@1", "mean"), ("i2i_p@50", "mean"), ("t2i_p@1", "a"), ("t2i_p@1", "b"), ("t2i_p@1", "mean"),
+                         ("t2i_p@50", "a"), ("t2i_p@50", "b"), ("t2i_p@50", "mean")}
+    # k clipped to the gallery (the 5 others for an image query, all 6 for a text query), so
+    # whatever the ranking: image queries find 2 of 5 (label a), 1 of 5 (b) or 0 of 5 (none)
+    assert rows[("i2i_p@50", "mean")] == pytest.approx((3 * 2 / 5 + 2 * 1 / 5 + 0) / 6)
+    assert rows[("t2i_p@50", "a")] == pytest.approx(3 / 6) and rows[("t2i_p@50", "b")] == pytest.approx(2 / 6)
+    assert rows[("t2i_p@50", "mean")] == pytest.approx(5 / 12)
