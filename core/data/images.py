@@ -122,14 +122,14 @@ def check_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
         return img.width, img.height, img.mode
 
 
-def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, draft_size: int | None = None) -> Image.Image:
+def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, size: int | None = None) -> Image.Image:
     """Decode ``path`` into an 8-bit grayscale (mode ``L``) PIL image, applying ``policy``.
 
     Parameters
     ----------
-    draft_size
-        When given, a JPEG is decoded at the smallest DCT scale that is still at least this
-        big (much faster for large files that are resized anyway).
+    size
+        When given, the image is resized (bilinear) to ``size x size``, and a JPEG is decoded
+        at the smallest DCT scale that is still at least this big (much faster for large files).
 
     Raises
     ------
@@ -140,36 +140,45 @@ def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, draft_si
     img = _open_checked(path, policy)
     try:
         with img:
-            mode = img.mode
-            if mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
-                raise ImageDecodeError(path, "image_16bit", f"mode {mode}; add 16bit to the source's accept list to rescale it")
-            if draft_size is not None and img.format == "JPEG":
-                img.draft(mode, (draft_size, draft_size))  # keep the mode: colour must stay visible
-            img.load()
-            if mode == "L":
-                return img.copy()
-            if mode in _HIGH_DEPTH_MODES:
-                array = np.asarray(img, dtype=np.float32)
-                peak = float(array.max()) or 1.0
-                return Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
-            if mode == "1":
-                return img.convert("L")
-            if mode == "LA":
-                return img.getchannel("L")
-            rgb = img.convert("RGB")
-            if policy.accept_rgb:
-                return rgb.convert("L")
-            channels = np.asarray(rgb, dtype=np.int16)
-            spread = max(int(np.abs(channels[..., 0] - channels[..., 1]).max()), int(np.abs(channels[..., 0] - channels[..., 2]).max()))
-            if spread > GREY_TOLERANCE:
-                raise ImageDecodeError(path, "image_rgb", f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to convert it")
-            return rgb.getchannel("R")  # grey saved as colour: any channel is the image
+            grey = _to_gray(path, img, policy, size)
+            if size is not None and grey.size != (size, size):
+                return grey.resize((size, size), Image.BILINEAR)
+            # closing ``img`` frees its pixels: hand out a copy when no conversion made one
+            return grey.copy() if grey is img else grey
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(path, "image_huge", str(err)) from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageDecodeError(path, _error_reason(err), f"cannot decode image ({err})") from err
+
+
+def _to_gray(path: Path, img: Image.Image, policy: ImagePolicy, draft_size: int | None) -> Image.Image:
+    """``img`` itself when it is 8-bit grey, else a grey conversion (or a rejection)."""
+    mode = img.mode
+    if mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
+        raise ImageDecodeError(path, "image_16bit", f"mode {mode}; add 16bit to the source's accept list to rescale it")
+    if draft_size is not None and img.format == "JPEG":
+        img.draft(mode, (draft_size, draft_size))  # keep the mode: colour must stay visible
+    img.load()
+    if mode == "L":
+        return img
+    if mode in _HIGH_DEPTH_MODES:
+        array = np.asarray(img, dtype=np.float32)
+        peak = float(array.max()) or 1.0
+        return Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
+    if mode == "1":
+        return img.convert("L")
+    if mode == "LA":
+        return img.getchannel("L")
+    rgb = img.convert("RGB")
+    if policy.accept_rgb:
+        return rgb.convert("L")
+    channels = np.asarray(rgb, dtype=np.int16)
+    spread = max(int(np.abs(channels[..., 0] - channels[..., 1]).max()), int(np.abs(channels[..., 0] - channels[..., 2]).max()))
+    if spread > GREY_TOLERANCE:
+        raise ImageDecodeError(path, "image_rgb", f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to convert it")
+    return rgb.getchannel("R")  # grey saved as colour: any channel is the image
 
 
 def load_image(path: str | Path, size: int, policy: ImagePolicy = DEFAULT_POLICY) -> torch.Tensor:
@@ -185,8 +194,5 @@ def load_image(path: str | Path, size: int, policy: ImagePolicy = DEFAULT_POLICY
         When the file is missing, corrupt, truncated, too large or rejected by ``policy``;
         ``err.reason`` is the skip reason and the message names the file.
     """
-    img = decode_gray(path, policy, draft_size=size)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).unsqueeze(0).float().div_(255.0)
+    array = np.array(decode_gray(path, policy, size), dtype=np.uint8)  # one copy, writable
+    return torch.from_numpy(array).unsqueeze(0).float().div_(255.0)
