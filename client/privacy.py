@@ -23,7 +23,7 @@ log = logging.getLogger("fedvlp.client")
 
 DP_LEVELS = {"sample": 1.0, "client": 2.0}  # metric dp/level (metrics are numbers)
 
-_PRIVACY: dict[int, "SitePrivacy"] = {}  # per cached LocalTrainer of this process
+_PRIVACY: dict[int, SitePrivacy] = {}  # per cached LocalTrainer of this process
 
 
 class SitePrivacy:

@@ -156,7 +156,7 @@ class PrivacyLedger:
     rounds: list[int] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> "PrivacyLedger":
+    def load(cls, path: Path) -> PrivacyLedger:
         """The ledger at ``path`` (empty when the file does not exist)."""
         if not path.is_file():
             return cls(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,7 @@ from torch import nn
 from fedvlp.core.config import ConfigError, RunConfig, load_site
 from fedvlp.core.models import build_model
 from fedvlp.core.objectives import BatchView
-from fedvlp.core.privacy import (
-    DPSGDTrainer,
-    PrivacyLedger,
-    clip_update,
-    epsilon_spent,
-    gaussian_noise,
-    plan_privacy,
-    round_mechanisms,
-)
+from fedvlp.core.privacy import DPSGDTrainer, PrivacyLedger, clip_update, epsilon_spent, gaussian_noise, plan_privacy, round_mechanisms
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
 # The stem's input (pixels) needs no gradient; torch warns about opacus' backward hooks there.
@@ -64,7 +57,7 @@ def test_group_norm_keeps_parameter_names_and_drops_running_stats(tiny_run: RunC
     assert {k.rsplit(".", 1)[1] for k in batch_keys - group_keys} == {"running_mean", "running_var", "num_batches_tracked"}
 
 
-def _per_sample_check(model: nn.Module, modules: list[nn.Module], loss_of: "callable", size: int) -> None:  # type: ignore[valid-type]
+def _per_sample_check(model: nn.Module, modules: list[nn.Module], loss_of: Callable[[slice], torch.Tensor], size: int) -> None:
     hooked = [GradSampleModule(m, loss_reduction="mean") for m in modules]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     loss_of(slice(None)).backward()
