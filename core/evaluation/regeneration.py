@@ -9,8 +9,9 @@ statistics, mean over the positions whose window lies inside the image; equal to
 ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1)``). ``mse_masked`` is the MSE over masked pixels only.
 
-Supported: the ResNet + BERT family with a ``head.mim`` (recipe ``mixed``). Other models raise a
-``ValueError``.
+Supported: the ResNet + BERT family with a ``head.mim`` (recipe ``mixed``: SimMIM masks of
+grey patches) and the shared transformer (``uwox``, ``unit``: masked patch tokens through the
+multi-scale decoder; the grid shows those patches grey). Other models raise a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -78,10 +79,27 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return 10.0 * torch.log10(data_range**2 / mse(a, b))
 
 
-def supports_regeneration(model: torch.nn.Module) -> bool:
-    """Whether ``model`` has a CNN masked-image head (``head.mim`` with a pixel decoder)."""
+def _kind(model: torch.nn.Module) -> str | None:
     head = getattr(model, "head", None)
-    return head is not None and "mim" in head and hasattr(head["mim"], "decoder") and hasattr(model.image, "forward_features")
+    if head is None or "mim" not in head or not hasattr(head["mim"], "decoder"):
+        return None
+    if hasattr(getattr(model, "image", None), "forward_features"):
+        return "cnn"
+    if hasattr(model, "encode_image") and hasattr(getattr(model, "image", None), "patchify"):
+        return "uwox"
+    return None
+
+
+def supports_regeneration(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a masked-image head (cnn ``mixed``, or ``uwox`` / ``unit``)."""
+    return _kind(model) is not None
+
+
+def _unpatchify(patches: torch.Tensor, patch: int, side: int) -> torch.Tensor:
+    """Inverse of the uwox ``_patchify`` for square images: ``(B, g*g, p*p)`` to ``(B, 1, g*p, g*p)``."""
+    grid = side // patch
+    b = patches.shape[0]
+    return patches.reshape(b, grid, grid, patch, patch).permute(0, 1, 3, 2, 4).reshape(b, 1, grid * patch, grid * patch)
 
 
 @torch.no_grad()
@@ -97,8 +115,9 @@ def regenerate(model: torch.nn.Module, images: torch.Tensor, seed: int = 0, batc
     """
     from ..objectives.masked import patch_mask
 
-    if not supports_regeneration(model):
-        raise ValueError(f"regeneration needs a masked-patch (MIM) head on a CNN encoder (recipe 'mixed'); "
+    kind = _kind(model)
+    if kind is None:
+        raise ValueError(f"regeneration needs a masked-patch (MIM) head (recipes mixed, uwox, unit); "
                          f"{type(model).__name__} has none")
     head = model.head["mim"]
     model.eval().to(device)
@@ -107,9 +126,20 @@ def regenerate(model: torch.nn.Module, images: torch.Tensor, seed: int = 0, batc
         torch.manual_seed(seed)
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].to(device)
-            mask = patch_mask(x.shape[0], x.shape[-1], head.patch, head.ratio, x.device)
-            corrupted = x.masked_fill(mask, 0.5)
-            prediction = head.decoder(model.image.forward_features(corrupted)).float().clamp(0.0, 1.0)
+            side = x.shape[-1]
+            if kind == "cnn":
+                mask = patch_mask(x.shape[0], side, head.patch, head.ratio, x.device)
+                corrupted = x.masked_fill(mask, 0.5)
+                prediction = head.decoder(model.image.forward_features(corrupted)).float().clamp(0.0, 1.0)
+            else:
+                from ..objectives.uwox import random_patch_mask
+
+                tokens = random_patch_mask(x.shape[0], model.config.full_tokens, head.ratio, x.device)
+                encoded = model.encode_image(x, tokens)
+                prediction = _unpatchify(head.decoder(*encoded["levels"]).float(), head.patch, side).clamp(0.0, 1.0)
+                ones = torch.ones(x.shape[0], tokens.shape[1], head.patch * head.patch, device=x.device)
+                mask = _unpatchify(ones * tokens[..., None], head.patch, side) > 0.5
+                corrupted = x.masked_fill(mask, 0.5)
             masked_out.append(corrupted.cpu())
             regen_out.append(torch.where(mask, prediction, x).cpu())
             masks.append(mask.cpu())

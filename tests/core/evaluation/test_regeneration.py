@@ -58,3 +58,34 @@ def test_ssim_equals_a_scipy_gaussian_filter_reference():
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
     assert float(ssim(a, b)[0]) == pytest.approx(s[5:-5, 5:-5].mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize("recipe, supported", [("mixed", True), ("uwox", True), ("convirt", False)])
+def test_regeneration_metrics_for_masked_patch_recipes_and_a_clear_error_otherwise(tiny_run, recipe, supported):
+    from fedvlp.core.evaluation.regeneration import regenerate, regeneration_metrics, supports_regeneration
+    from fedvlp.core.models import build_model
+
+    model = build_model(tiny_run.replace(recipe=recipe))
+    images = torch.rand(3, 1, 32, 32)
+    assert supports_regeneration(model) is supported
+    if not supported:
+        with pytest.raises(ValueError, match="regeneration needs a masked-patch"):
+            regenerate(model, images)
+        return
+    masked, regenerated, mask = regenerate(model, images, seed=0)
+    assert mask.any() and not mask.all()
+    assert torch.equal(regenerated[~mask], images[~mask]) and torch.all(masked[mask] == 0.5)
+    again = regenerate(model, images, seed=0)[2]
+    assert torch.equal(again, mask)  # the seed fixes the masks
+    rows = dict(((m, v) for m, _, v in regeneration_metrics(model, images, seed=0)[0]))
+    expected_mse = float(((regenerated.double() - images.double()) ** 2).mean())
+    assert rows["mse"] == pytest.approx(expected_mse) and rows["mse_masked"] > rows["mse"]
+    assert 0 < rows["ssim"] < 1
+
+
+def test_uwox_patches_are_put_back_where_they_came_from():
+    from fedvlp.core.evaluation.regeneration import _unpatchify
+    from fedvlp.core.models.uwox import _patchify
+
+    images = torch.rand(2, 1, 32, 32)
+    assert torch.equal(_unpatchify(_patchify(images, 8), 8, 32), images)
