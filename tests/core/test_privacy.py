@@ -151,3 +151,22 @@ def test_dpsgd_round_trains_with_noise_and_touches_only_the_site_groups(demo_env
     changed = {k.split(".")[0] if not k.startswith("head.") else ".".join(k.split(".")[:2]) for k in after if not torch.equal(before[k], after[k])}
     assert changed == {"image", "head.mim"}
     assert {n.split(".")[0] for n in result.touched} == {"image", "head"} and "loss/mim" in result.metrics
+
+
+def test_norm_key_is_checked_and_privacy_keys_at_defaults_keep_the_config_hash() -> None:
+    with pytest.raises(ConfigError, match="'norm'"):
+        RunConfig(norm="layer").validate()
+    with pytest.raises(ConfigError, match="'dp-client-clip'"):
+        RunConfig(dp_client_clip=0.0).validate()
+    base = RunConfig()
+    assert RunConfig(norm="batch", dp_noise_multiplier=1.0).config_hash() == base.config_hash()
+    assert RunConfig(norm="group").config_hash() != base.config_hash()
+    assert RunConfig(dp_noise_multiplier=1.5).config_hash() != base.config_hash()
+
+
+def test_site_privacy_accepts_yaml_1e_minus_5(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("id,report\nr1,no finding\n")
+    site = tmp_path / "site.yaml"
+    site.write_text("name: s\nsources:\n  - manifest: m.csv\n    kind: reports\nprivacy: {epsilon: 3, delta: 1e-5}\n")
+    loaded = load_site(site)
+    assert (loaded.epsilon, loaded.delta) == (3.0, 1e-5)
