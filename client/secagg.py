@@ -23,17 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, group_of
 from flwr.app import Context, Message, MessageType, RecordDict
 
-from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, group_of
-
 __all__ = [
+    "FLOWER_NUM_EXAMPLES",
     "INTEGER_SCALE",
     "SECAGG_CONFIGS_KEY",
-    "FLOWER_NUM_EXAMPLES",
     "encode_update",
-    "secagg_mod",
     "is_secagg_train",
+    "secagg_mod",
     "secagg_train",
 ]
 
@@ -121,7 +120,9 @@ def secagg_mod(msg: Message, context: Context, call_next: Callable[[Message, Con
     One ClientApp thus serves both modes; the server's ``secure-aggregation`` decides.
     """
     if msg.metadata.message_type == MessageType.TRAIN and SECAGG_CONFIGS_KEY in msg.content.config_records:
-        from flwr.client.mod import secaggplus_mod  # imported on first use: pulls in cryptography
+        from flwr.client.mod import (
+            secaggplus_mod,  # imported on first use: pulls in cryptography
+        )
 
         return secaggplus_mod(msg, context, call_next)
     return call_next(msg, context)
@@ -145,7 +146,13 @@ def secagg_train(
         The run's ``secagg-max-weight`` and ``secagg-clipping-range``.
     """
     import flwr.compat.common.recorddict_compat as compat
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import (
+        Code,
+        FitRes,
+        Status,
+        ndarrays_to_parameters,
+        parameters_to_ndarrays,
+    )
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     keys = str(fitins.config["keys"]).split("\n")

@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["RoundCheckpoint", "save_round", "load_latest", "load_round", "atomic_write_bytes", "latest_round"]
+__all__ = ["RoundCheckpoint", "atomic_write_bytes", "latest_round", "load_latest", "load_round", "save_round"]
 
 
 @dataclass

@@ -13,21 +13,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-
 from fedvlp.core.config import AGGREGATIONS
 from fedvlp.core.params import group_of
 
 __all__ = [
-    "SiteUpdate",
+    "AGGREGATIONS",
+    "MIN_REPLIES_FOR_NORM_CHECK",
     "ReplyRejected",
-    "validate_update",
+    "SiteUpdate",
     "aggregate",
     "aggregate_robust",
     "aggregate_with",
-    "update_norms",
     "reject_norm_outliers",
-    "AGGREGATIONS",
-    "MIN_REPLIES_FOR_NORM_CHECK",
+    "update_norms",
+    "validate_update",
 ]
 
 MIN_REPLIES_FOR_NORM_CHECK = 3  # a median of fewer norms says nothing about outliers

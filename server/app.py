@@ -17,18 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, ServerApp
-
 from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
+from flwr.serverapp import Grid, ServerApp
 
-from .aggregation import ReplyRejected, SiteUpdate, aggregate_with, reject_norm_outliers, validate_update
+from .aggregation import (
+    ReplyRejected,
+    SiteUpdate,
+    aggregate_with,
+    reject_norm_outliers,
+    validate_update,
+)
 from .optimizers import ServerOptimizer
 
-__all__ = ["app", "make_server_app", "run_federation", "round_summary", "FederationResult"]
+__all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
 log = logging.getLogger("fedvlp.server")
 
@@ -48,7 +60,7 @@ def round_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not history:
         return {}
     steady = history[1:] or history
-    mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+    mean = lambda key: sum(r[key] for r in steady) / len(steady)
     return {
         "rounds": len(history),
         "round-seconds": mean("seconds"),

@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import group_of
 
-__all__ = ["INTEGER_SCALE", "SecAggRound", "decode_sum", "error_bound", "secagg_round", "flower_share_settings"]
+__all__ = ["INTEGER_SCALE", "SecAggRound", "decode_sum", "error_bound", "flower_share_settings", "secagg_round"]
 
 log = logging.getLogger("fedvlp.server")
 
@@ -133,7 +132,11 @@ def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], n
     from flwr.server.compat.legacy_context import LegacyContext
     from flwr.server.strategy import Strategy
     from flwr.server.workflow import SecAggPlusWorkflow
-    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+    from flwr.server.workflow.constant import (
+        MAIN_CONFIGS_RECORD,
+        MAIN_PARAMS_RECORD,
+        Key,
+    )
 
     keys = list(state)
     parameters = ndarrays_to_parameters([state[k].detach().cpu().numpy() for k in keys])

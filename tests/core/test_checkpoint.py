@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from fedvlp.core.checkpoint import latest_round, load_latest, load_round, save_round
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import trim_mean
-
 from fedvlp.server.aggregation import (
     ReplyRejected,
     SiteUpdate,
@@ -17,6 +15,7 @@ from fedvlp.server.aggregation import (
     update_norms,
     validate_update,
 )
+from scipy.stats import trim_mean
 
 CURRENT = {
     "image.w": torch.tensor([0.0, 0.0]),

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fedvlp.core.checkpoint import load_latest, load_round
 from fedvlp.core.config import RunConfig
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.server.optimizers import ServerOptimizer
 
@@ -42,13 +41,10 @@ def test_three_rounds_follow_flowers_update_rule(kind: str) -> None:
         target = {k: v + torch.from_numpy(rng.normal(0, 0.1, v.shape)).float() for k, v in state.items()}
         aggregates.append(target["image.w"].double().numpy())
         state = optimizer.step(state, target, set(target))
-    # Flower's rule with the aggregates seen by the optimizer (each round's relative to its start)
-    x = GLOBAL["image.w"].double().numpy()
+    # Flower's rule, replayed round by round from the float32 global weights each round started at
+    current = GLOBAL["image.w"].double().numpy()
     m = np.zeros(3)
     v = np.zeros(3)
-    # replay with the rounds' own starting points: the rule is applied to aggregate - current
-    current = x
-    expected = None
     for t, aggregate in enumerate(aggregates, start=1):
         delta = aggregate - current
         m = 0.9 * m + 0.1 * delta
@@ -59,7 +55,7 @@ def test_three_rounds_follow_flowers_update_rule(kind: str) -> None:
             v = v - 0.01 * delta**2 * np.sign(v - delta**2)
             eta = 0.05
         expected = current + eta * m / (np.sqrt(v) + 1e-3)
-        current = expected.astype(np.float32).astype(np.float64)  # the global weights are float32
+        current = expected.astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(state["image.w"].numpy(), expected, rtol=1e-6, atol=1e-7)
     assert int(optimizer.state["t.image.w"]) == 3
 

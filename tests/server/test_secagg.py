@@ -7,12 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fedvlp.client.secagg import INTEGER_SCALE as CLIENT_INTEGER_SCALE
 from fedvlp.client.secagg import encode_update
 from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.server.aggregation import SiteUpdate, aggregate
-from fedvlp.server.secagg import INTEGER_SCALE, decode_sum, error_bound, flower_share_settings
+from fedvlp.server.secagg import (
+    INTEGER_SCALE,
+    decode_sum,
+    error_bound,
+    flower_share_settings,
+)
 
 GLOBAL = {
     "image.w": torch.tensor([[0.5, -1.0], [2.0, 0.0]]),
@@ -28,7 +32,7 @@ MAX_WEIGHT = 1000.0
 
 def _replies() -> list[SiteUpdate]:
     torch.manual_seed(0)
-    step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])  # noqa: E731
+    step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
     pairs = SiteUpdate(1, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")}, {"image": 120, "text": 120})
     images = SiteUpdate(2, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(14)}, {"image": 300})
     # a text site that trained the MLM head; 'text.frozen' got no gradient so it is not sent
