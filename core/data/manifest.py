@@ -160,7 +160,16 @@ class _ColumnBuilder:
     def build(self) -> StringColumn:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        buffer = np.concatenate(self.buffers) if self.buffers else np.zeros(0, dtype=np.uint8)
+        # Copy chunk by chunk, dropping each one as it lands: the peak is the column plus one
+        # chunk, not twice the column (np.concatenate would hold every chunk until the end).
+        buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
+        position = 0
+        self.buffers.reverse()
+        while self.buffers:
+            part = self.buffers.pop()
+            buffer[position : position + len(part)] = part
+            position += len(part)
+        self.lengths, self._offsets, self.starts = [], [], [0]
         return StringColumn(buffer, offsets)
 
 
