@@ -49,6 +49,9 @@ def site_for(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
 def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
     key = (str(site.path), run.config_hash())
     if key not in _TRAINERS:
+        # A long-running process (fedvlp.client.worker) serves run after run: one trainer per site.
+        for stale in [k for k in _TRAINERS if k[0] == key[0]]:
+            del _TRAINERS[stale]
         device = resolve_device(site.device if site.device != "auto" else run.device)
         model = build_model(run)
         datasets = load_site_datasets(site, run, model.max_text_len)
