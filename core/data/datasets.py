@@ -111,7 +111,7 @@ class SiteDataset(Dataset[dict[str, Any]]):
             sample["input_ids"] = torch.tensor(encoded["input_ids"], dtype=torch.long)
             sample["paired"] = 0.0
         if self.rows.reports is not None:
-            text = text_view(self.rows.reports[index], self.text_view) if self.text_view != "full" else self.rows.reports[index]
+            text = text_view(self.rows.reports[index], self.text_view)
             encoded = self.tokenizer(text, truncation=True, max_length=self.max_len)
             sample["input_ids"] = torch.tensor(encoded["input_ids"], dtype=torch.long)
         return sample

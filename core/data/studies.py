@@ -162,7 +162,7 @@ class StudyDataset(Dataset[dict[str, Any]]):
             return {"id": study_id, "error": "no_decodable_view", "detail": detail, "skipped_views": skipped}
         assert self.rows.reports is not None
         report = self.rows.reports[members[0]]
-        text = text_view(report, self.text_view) if self.text_view != "full" else report
+        text = text_view(report, self.text_view)
         encoded = self.tokenizer(text, truncation=True, max_length=self.max_len)
         return {
             "id": study_id,

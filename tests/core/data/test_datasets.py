@@ -60,3 +60,15 @@ def test_building_a_400k_row_dataset_opens_no_image(tmp_path: Path, monkeypatch:
     dataset = SiteDataset(load_source_rows(SourceConfig(tmp_path / "big.csv", report_column=None)), 16, augment=False)
     assert len(dataset) == 400_000 and opened == []
     assert round(float(dataset[399_999]["image"].mean()) * 255) == 10 * (1 + 399_999 % 3) and len(opened) == 1
+
+
+def test_the_full_text_view_reaches_the_tokenizer_with_deid_placeholders_normalized(tmp_path: Path) -> None:
+    from fedvlp.core.data.reports import DEID_TOKEN
+    from fedvlp.core.data.tokenizer import load_tokenizer
+
+    (tmp_path / "r.csv").write_text("id,report\na,Heart size XXXX normal.\nb,Heart size ___ normal.\n")
+    tokenizer = load_tokenizer("demo")
+    rows = load_source_rows(SourceConfig(tmp_path / "r.csv", image_column=None))
+    dataset = SiteDataset(rows, 16, tokenizer=tokenizer, augment=False, text_view="full")
+    expected = tokenizer(f"Heart size {DEID_TOKEN} normal.")["input_ids"]
+    assert dataset[0]["input_ids"].tolist() == dataset[1]["input_ids"].tolist() == expected
