@@ -61,6 +61,29 @@ def test_mlm_loss_ignores_unmasked_positions() -> None:
     assert abs(mlm_loss(logits, labels).item() - (-math.log(0.5))) < 1e-6
 
 
+
+def test_mlm_objective_decoding_only_targets_equals_the_loss_over_all_positions() -> None:
+    from torch import nn
+
+    from fedvlp.core.objectives.masked import MLMObjective
+
+    torch.manual_seed(0)
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(20, 8)
+
+        def text(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.embed(ids)
+
+    objective, encoder = MLMObjective(hidden=8, vocab_size=20, special_ids=[0, 1, 2], mask_id=3), Encoder()
+    masked = torch.randint(4, 20, (3, 6))
+    labels = torch.full((3, 6), -100)
+    labels[0, 1], labels[1, 4], labels[1, 5], labels[2, 0] = 7, 9, 11, 5
+    everywhere = mlm_loss(objective.decoder(objective.transform(encoder.text(masked, torch.ones_like(masked)))), labels)
+    assert torch.allclose(objective.masked_loss(encoder, masked, torch.ones_like(masked), labels), everywhere, atol=1e-6)
+
 def test_masked_l1_averages_over_masked_pixels_only() -> None:
     prediction = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])
     target = torch.zeros(1, 1, 2, 2)
