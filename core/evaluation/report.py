@@ -116,8 +116,9 @@ def t_tests(df: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     pd.DataFrame
         Columns ``protocol, label_fraction, best, other, best_mean, other_mean, n_best,
         n_other, t, p_value``. ``n_*`` count the seeds with a finite value; ``t`` and
-        ``p_value`` are NaN when either side has fewer than 2 of them (and whenever scipy
-        gives NaN, e.g. both sides constant and equal). Protocols and inits keep their order of
+        ``p_value`` are NaN when either side has fewer than 2 of them, when both sides are
+        constant over seeds (no spread to test; e.g. a linear probe of a pretrained init on
+        all labels is deterministic), and whenever scipy gives NaN. Protocols and inits keep their order of
         first appearance, fractions are ascending; no rows for a single init.
     """
     columns = ["protocol", "label_fraction", "best", "other", "best_mean", "other_mean", "n_best", "n_other", "t", "p_value"]
@@ -138,7 +139,9 @@ def t_tests(df: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
                     continue
                 a = values[best]
                 t, p = math.nan, math.nan
-                if len(a) >= 2 and len(b) >= 2:
+                # Both sides constant over seeds (e.g. a linear probe of fixed features on all
+                # labels): there is no spread to test against, so no p-value.
+                if len(a) >= 2 and len(b) >= 2 and (np.ptp(a) > 0 or np.ptp(b) > 0):
                     with warnings.catch_warnings():  # near-identical seeds: scipy warns, the p-value is still usable
                         warnings.filterwarnings("ignore", message="Precision loss", category=RuntimeWarning)
                         result = stats.ttest_ind(a, b, equal_var=False)

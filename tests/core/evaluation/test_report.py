@@ -135,3 +135,16 @@ def test_markdown_report_adds_an_ap_table():
     text = markdown_report(pd.concat([df, ap], ignore_index=True), "Demo")
     section = text.split("## Mean average precision over classes")[1]
     assert "| random | linear | 0.510 +- 0.014 | 0.720 +- 0.028 |" in section
+
+
+def test_no_p_value_when_both_inits_are_constant_over_seeds():
+    import math
+
+    import pandas as pd
+
+    from fedvlp.core.evaluation import t_tests
+
+    rows = [{"init": i, "protocol": "linear", "label_fraction": 1.0, "seed": s, "metric": "auc", "class": "mean", "value": v}
+            for i, v in (("a", 0.9), ("b", 0.8)) for s in (0, 1, 2)]
+    tests = t_tests(pd.DataFrame(rows))
+    assert len(tests) == 1 and tests["best"][0] == "a" and math.isnan(tests["p_value"][0])
