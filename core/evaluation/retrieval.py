@@ -31,6 +31,7 @@ __all__ = ["KS", "DEFAULT_QUERIES", "precision_at_k", "load_queries", "label_set
 log = logging.getLogger(__name__)
 
 KS: tuple[int, ...] = (1, 5, 10, 50)
+NONE = "none"  # the query key of images without any positive label (e.g. "no finding", "normal")
 
 # Text queries for the demo world's findings (core.data.synthetic.FINDINGS), in its report style.
 DEFAULT_QUERIES: dict[str, list[str]] = {
@@ -195,7 +196,8 @@ def retrieval_metrics(model: torch.nn.Module, tokenizer, images: torch.Tensor, l
     - ``t2i_p@k`` / class ``c``: the query texts of class ``c`` (their embeddings averaged)
       against all fully labelled images; relevant = label set exactly ``{c}``. Classes
       without such an image, or not among the label columns (``c`` or ``label_c``), are
-      skipped; class ``mean`` averages the classes.
+      skipped; the key ``none`` queries images without any positive label. Class ``mean``
+      averages the classes.
     """
     sets, known = label_sets(labels, tasks)
     index = np.flatnonzero(known)
@@ -210,11 +212,12 @@ def retrieval_metrics(model: torch.nn.Module, tokenizer, images: torch.Tensor, l
     names = [t.name for t in tasks]
     per_class: dict[int, dict[str, float]] = {int(k): {} for k in ks}
     for name, texts in (queries if queries is not None else DEFAULT_QUERIES).items():
-        key = _class_key(name, names)
+        key = NONE if name == NONE else _class_key(name, names)
         if key is None:
             log.info("retrieval query '%s' has no label column; skipped", name)
             continue
-        relevant = np.array([s == frozenset({key}) for s in sets])
+        target = frozenset() if key == NONE else frozenset({key})
+        relevant = np.array([s == target for s in sets])
         if not relevant.any():
             log.info("retrieval query '%s': no test image has exactly this label; skipped", name)
             continue

@@ -53,16 +53,18 @@ def test_retrieval_runs_on_the_cnn_family_and_refuses_others_clearly(tiny_run, r
     assert supports_retrieval(model) is supported
     images = torch.rand(6, 1, 32, 32)
     labels = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [1, 0]], dtype=torch.float32)
-    args = (model, load_run_tokenizer(run), images, labels, (Task("a"), Task("b")), {"a": ["fluid"], "b": "a nodule"})
+    queries = {"a": ["fluid"], "b": "a nodule", "none": "normal"}
+    args = (model, load_run_tokenizer(run), images, labels, (Task("a"), Task("b")), queries)
     if not supported:
         with pytest.raises(ValueError, match="retrieval needs a ResNet \\+ BERT model"):
             retrieval_metrics(*args)
         return
     rows = {(m, c): v for m, c, v in retrieval_metrics(*args, ks=(1, 50))}
-    assert set(rows) == {("i2i_p@1", "mean"), ("i2i_p@50", "mean"), ("t2i_p@1", "a"), ("t2i_p@1", "b"), ("t2i_p@1", "mean"),
-                         ("t2i_p@50", "a"), ("t2i_p@50", "b"), ("t2i_p@50", "mean")}
+    assert set(rows) == {("i2i_p@1", "mean"), ("i2i_p@50", "mean"), ("t2i_p@1", "mean"), ("t2i_p@50", "mean"),
+                         *((f"t2i_p@{k}", c) for k in (1, 50) for c in ("a", "b", "none"))}
     # k clipped to the gallery (the 5 others for an image query, all 6 for a text query), so
     # whatever the ranking: image queries find 2 of 5 (label a), 1 of 5 (b) or 0 of 5 (none)
     assert rows[("i2i_p@50", "mean")] == pytest.approx((3 * 2 / 5 + 2 * 1 / 5 + 0) / 6)
     assert rows[("t2i_p@50", "a")] == pytest.approx(3 / 6) and rows[("t2i_p@50", "b")] == pytest.approx(2 / 6)
-    assert rows[("t2i_p@50", "mean")] == pytest.approx(5 / 12)
+    assert rows[("t2i_p@50", "none")] == pytest.approx(1 / 6)  # the one image without a label
+    assert rows[("t2i_p@50", "mean")] == pytest.approx((3 / 6 + 2 / 6 + 1 / 6) / 3)
