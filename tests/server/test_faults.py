@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from .flwr_processes import LocalFederation, kill_tree
 
@@ -83,15 +85,12 @@ def test_killed_supernode_does_not_stop_the_round_and_rejoins_after_restart(fed:
 
 
 def test_killed_superlink_resumes_from_the_last_completed_round(world: Path, tmp_path: Path) -> None:
-    # The SuperLink keeps its state in a database file (docs/deployment.md), so after the
-    # restart it still knows the SuperNode, which reconnects on its own. One site: a
-    # federation of one hospital aggregates its single reply every round.
+    # One site: a federation of one hospital aggregates its single reply every round.
     fed = LocalFederation(tmp_path, extra_env={"FEDVLP_DEMO_DATA": str(world)})
     try:
-        fed.start_superlink(database=tmp_path / "superlink.db")
+        fed.start_superlink()
         fed.start_supernode("hospital_a", SITES / "hospital_a.yaml")
         fed.wait_worker_ready("hospital_a")
-        node = _node_id(fed, "hospital_a")
         out = tmp_path / "run"
         run_config = f"{TINY} rounds=2 min-nodes=1 round-timeout=60 out-dir={json.dumps(str(out))}"
         checkpoints = out / "checkpoints"
@@ -102,9 +101,20 @@ def test_killed_superlink_resumes_from_the_last_completed_round(world: Path, tmp
         done = {p.name: p.read_bytes() for p in checkpoints.glob("round_000[01].*")}
         assert json.loads((checkpoints / "latest.json").read_text())["round"] == 1, "round 2 finished before the kill"
 
-        fed.start_superlink(database=tmp_path / "superlink.db")  # same port, same state file
+        # The operator's recovery (docs/deployment.md, Faults): SuperLink, then the SuperNode
+        # with its worker (the SuperNode may have exited by itself already), then the same
+        # flwr run command.
+        fed.start_superlink()
+        fed.kill("hospital_a")
+        fed.start_supernode("hospital_a", SITES / "hospital_a.yaml")
+        fed.wait_worker_ready("hospital_a")
+        node = _node_id(fed, "hospital_a")
         fed.run(run_config, name="flwr-run-2")
         fed.wait_round(checkpoints, 2, watch=("superlink", "hospital_a"))
+        # The same run without interruption, for the weights it should have ended with.
+        reference = tmp_path / "reference" / "checkpoints"
+        fed.run(run_config.replace(json.dumps(str(out)), json.dumps(str(reference.parent))), name="flwr-run-reference")
+        fed.wait_round(reference, 2, watch=("superlink", "hospital_a"))
     finally:
         fed.stop()
 
@@ -113,5 +123,9 @@ def test_killed_superlink_resumes_from_the_last_completed_round(world: Path, tmp
     history = _history(checkpoints, 2)
     assert [r["round"] for r in history] == [1, 2]
     assert history[0] == json.loads(done["round_0001.json"])["history"][0]
-    assert [s["node_id"] for s in history[1]["sites"]] == [node]  # the same SuperNode, still running
+    assert [s["node_id"] for s in history[1]["sites"]] == [node]
     assert "Resuming from round 1" in fed.log("flwr-run-2")
+    # Bit-identical to the uninterrupted run (every random draw derives from seed and round).
+    resumed, uninterrupted = load_file(str(checkpoints / "round_0002.safetensors")), load_file(str(reference / "round_0002.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    assert [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])] == [], "resumed weights differ from an uninterrupted run"
