@@ -45,6 +45,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .app import round_summary
     from .simulation import simulate
 
+    if args.sites:
+        from .pipeline import run_study
+
+        run_study(args.sites, args.out, baselines=args.baselines, quick=args.quick, jobs=args.jobs, seeds=args.seeds,
+                  fractions=tuple(args.fractions) if args.fractions else None, protocols=tuple(args.protocols) if args.protocols else None,
+                  gpus_per_client=args.gpus_per_client)
+        return 0
     started = time.perf_counter()
     offline_env(threads_per_client=1)
     out = Path(args.out).resolve()
@@ -82,7 +89,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fractions = tuple(args.fractions) if args.fractions else ((0.1, 1.0) if args.quick else (0.01, 0.1, 1.0))
     title = f"fedvlp demo ({run.recipe}): random vs federated pretraining (synthetic world)"
-    sweep = SweepConfig(seeds=tuple(range(args.seeds)), fractions=fractions, protocols=tuple(args.protocols), device=device, title=title)
+    sweep = SweepConfig(seeds=tuple(range(3 if args.seeds is None else args.seeds)), fractions=fractions,
+                        protocols=tuple(args.protocols or ("linear", "finetune")), device=device, title=title)
     results = run_sweep(inits, BackboneFactory(run), labeled, out, sweep, progress=True)
 
     history = final.state.get("history", [])
@@ -277,9 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int)
     demo.add_argument("--local-steps", type=int)
     demo.add_argument("--recipe")
-    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--seeds", type=int, help="seeds of the sweep (default 3)")
     demo.add_argument("--fractions", type=float, nargs="+", help="label fractions of the sweep (default 0.01 0.1 1)")
-    demo.add_argument("--protocols", nargs="+", default=["linear", "finetune"], choices=["linear", "finetune"])
+    demo.add_argument("--protocols", nargs="+", choices=["linear", "finetune"], help="default: linear finetune")
+    demo.add_argument("--sites", help="a real federation instead of the synthetic world: a folder of site files with a "
+                      "federation.toml (e.g. sites/cxr); runs its whole study, see server/pipeline.py")
+    demo.add_argument("--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining")
+    demo.add_argument("--jobs", type=int, default=1, help="sweep cells in this many processes")
     demo.add_argument("--gpus-per-client", type=float, default=0.0)
     demo.set_defaults(func=cmd_demo)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 __all__ = ["InitSpec", "parse_init", "resolve_inits", "run_sweep_command", "run_pretrain_command", "run_split_command",
-           "GENERAL_PRETRAINED", "run_overrides"]
+           "GENERAL_PRETRAINED", "run_overrides", "sweep_and_report", "output_names"]
 
 log = logging.getLogger("fedvlp.sweep")
 
@@ -195,41 +195,65 @@ def sweep_settings(items: list[str] | None) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
+def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label_columns: list[str], config: Any, *,
+                     overrides: dict[str, Any] | None = None, test_path: Path | None = None, id_column: str = "id",
+                     image_column: str = "image", patient_column: str = "patient_id", split_column: str = "split",
+                     jobs: int = 1, queries: str | None = None, extras: tuple[str, ...] = ("retrieval", "regeneration")) -> pd.DataFrame:
+    """Resolve the inits, load the labelled and test sets, run (or resume) the grid and write every output.
+
+    Returns
+    -------
+    pandas.DataFrame
+        All result rows (long format), those of finished cells read back from ``out``.
+    """
+    from fedvlp.core.evaluation import load_labeled, load_results, run_sweep
+    from fedvlp.core.evaluation.report import write_outputs
+    from fedvlp.core.evaluation.sweep import RESULTS_FILE, _write_results
+
+    inits, base, models = resolve_inits(specs, overrides or {})
+    labeled = load_labeled(Path(labeled_path), label_columns, base.image_size, id_column=id_column, image_column=image_column,
+                           patient_column=patient_column, split_column=split_column,
+                           test_manifest=Path(test_path) if test_path else None)
+    print(f"labelled set: {labeled.summary()}")
+    print(f"sweep: {len(inits)} init(s) x {len(config.protocols)} protocol(s) x {len(config.fractions)} fraction(s) x "
+          f"{len(config.seeds)} seed(s), {jobs} job(s) -> {out}")
+    results = run_sweep(inits, None, labeled, out, config, progress=True, jobs=jobs)
+    extra_rows = _extras(models, labeled, out, queries, set(extras))
+    if not extra_rows.empty:
+        everything = load_results(out / RESULTS_FILE)
+        keys = ["init", "protocol", "label_fraction", "seed", "metric", "class"]
+        merged = pd.concat([everything, extra_rows], ignore_index=True).drop_duplicates(subset=keys, keep="last")
+        _write_results(merged, out / RESULTS_FILE)
+        results = pd.concat([results, extra_rows], ignore_index=True)
+        write_outputs(results, out, config.title)
+    return results
+
+
+def output_names(results: pd.DataFrame) -> str:
+    """The files a sweep wrote, for the closing line of a command."""
+    protocols = set(results["protocol"])
+    return ("results.csv, report.md, auc_vs_labels.png, auc_per_class.png" + (", retrieval.png" if "retrieval" in protocols else "")
+            + (", regeneration_<init>.png" if "regeneration" in protocols else ""))
+
+
 @_clear_errors
 def run_sweep_command(args: argparse.Namespace) -> int:
     """``fedvlp sweep``: resolve inits, load the labelled and test sets, run the grid, write the outputs."""
-    from fedvlp.core.evaluation import SweepConfig, format_table, load_labeled, load_results, run_sweep
-    from fedvlp.core.evaluation.report import write_outputs
-    from fedvlp.core.evaluation.sweep import RESULTS_FILE, _write_results
+    from fedvlp.core.evaluation import SweepConfig, format_table
     from fedvlp.core.runtime import offline_env
 
     offline_env()
     out = Path(args.out).resolve()
-    specs = [parse_init(text) for text in args.init]
-    inits, base, models = resolve_inits(specs, run_overrides(args.run_config))
-    labeled = load_labeled(Path(args.labeled), args.label_columns, base.image_size, id_column=args.id_column,
-                           image_column=args.image_column, patient_column=args.patient_column,
-                           split_column=args.split_column, test_manifest=Path(args.test) if args.test else None)
-    print(f"labelled set: {labeled.summary()}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     config = SweepConfig(fractions=tuple(args.fractions), seeds=tuple(range(args.seeds)), protocols=tuple(args.protocols),
                          device=device, num_threads=args.threads, title=args.title, **sweep_settings(args.set))
-    print(f"sweep: {len(inits)} init(s) x {len(config.protocols)} protocol(s) x {len(config.fractions)} fraction(s) x "
-          f"{len(config.seeds)} seed(s), {args.jobs} job(s) -> {out}")
-    results = run_sweep(inits, None, labeled, out, config, progress=True, jobs=args.jobs)
-    extras = _extras(models, labeled, out, args.queries, set(args.extras))
-    if not extras.empty:
-        everything = load_results(out / RESULTS_FILE)
-        keys = ["init", "protocol", "label_fraction", "seed", "metric", "class"]
-        merged = pd.concat([everything, extras], ignore_index=True).drop_duplicates(subset=keys, keep="last")
-        _write_results(merged, out / RESULTS_FILE)
-        results = pd.concat([results, extras], ignore_index=True)
-        write_outputs(results, out, config.title)
+    results = sweep_and_report([parse_init(text) for text in args.init], out, Path(args.labeled), args.label_columns, config,
+                               overrides=run_overrides(args.run_config), test_path=Path(args.test) if args.test else None,
+                               id_column=args.id_column, image_column=args.image_column, patient_column=args.patient_column,
+                               split_column=args.split_column, jobs=args.jobs, queries=args.queries, extras=tuple(args.extras))
     print()
     print(format_table(results))
-    print(f"\noutputs: {out}/results.csv, report.md, auc_vs_labels.png, auc_per_class.png"
-          + (", retrieval.png" if (extras["protocol"] == "retrieval").any() else "")
-          + (", regeneration_<init>.png" if (extras["protocol"] == "regeneration").any() else ""))
+    print(f"\noutputs: {out}/{output_names(results)}")
     return 0
 
 

