@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sites", help="a real federation instead of the synthetic world: a folder of site files with a "
                       "federation.toml (e.g. sites/cxr); runs its whole study, see server/pipeline.py")
     demo.add_argument("--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining")
-    demo.add_argument("--jobs", type=int, default=1, help="sweep cells in this many processes")
+    demo.add_argument("--jobs", type=int, default=2, help="with --sites: sweep cells in this many processes (results do not depend on it)")
     demo.add_argument("--gpus-per-client", type=float, default=0.0)
     demo.set_defaults(func=cmd_demo)
 
