@@ -162,12 +162,17 @@ def serve(runtime_api_address: str, *, insecure: bool = True, root_certificates_
     stop = threading.Event()
     busy = threading.Event()
 
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+    def _stop(signum: int, _frame: FrameType | None) -> None:
         # Between tasks (possibly inside a retry loop towards a SuperNode that is gone) exit
-        # at once; during a task, finish it and report its result first.
+        # at once.
         if not busy.is_set():
             raise SystemExit(0)
+        # During a task, SIGINT is how Flower's HTTP retry policy ends a one-shot
+        # flwr-clientapp whose task token was revoked (401, e.g. its SuperNode restarted):
+        # here it only ends that task, which then fails and is reported. SIGTERM stops the
+        # worker after the current task.
+        if signum == signal.SIGTERM:
+            stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -202,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root-certificates", help="CA of the runtime API's certificate (omit for plain HTTP on 127.0.0.1)")
     parser.add_argument("--poll-seconds", type=float, default=0.2)
     args = parser.parse_args(argv)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack (diagnosing a stuck worker)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if "FEDVLP_TORCH_THREADS" in os.environ:
