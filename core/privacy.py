@@ -48,18 +48,18 @@ from .train import LocalResult, LocalTrainer
 
 __all__ = [
     "PER_SAMPLE_OBJECTIVES",
-    "Mechanism",
     "DPPlan",
+    "DPSGDTrainer",
+    "Mechanism",
+    "PrivacyLedger",
+    "clip_and_noise",
+    "clip_update",
+    "dp_modules",
+    "epsilon_spent",
+    "gaussian_noise",
+    "ledger_path",
     "plan_privacy",
     "round_mechanisms",
-    "epsilon_spent",
-    "PrivacyLedger",
-    "ledger_path",
-    "clip_update",
-    "gaussian_noise",
-    "clip_and_noise",
-    "DPSGDTrainer",
-    "dp_modules",
     "secret_generator",
 ]
 
@@ -329,13 +329,7 @@ class DPSGDTrainer:
                     if getattr(p, "grad_sample", None) is None:
                         p.grad_sample = torch.zeros((size, *p.shape), device=p.device, dtype=p.dtype)
                 optimizer.step()  # an empty Poisson batch still takes a noise-only step
-        metrics = {f"loss/{name}": totals[name] / seen[name] for name in totals}
-        metrics["loss/total"] = sum(trainer.weights[n] * metrics[f"loss/{n}"] for n in totals)
-        metrics["train-seconds"] = time.perf_counter() - started
-        metrics["steps"] = float(steps)
-        for reason, count in trainer.skipped.items():
-            metrics[f"skipped/{reason}"] = float(count)
-        return LocalResult(trainer.group_counts(), metrics, Counter(trainer.skipped), frozenset(touched))
+        return trainer.result(totals, seen, started, steps, set(touched))
 
 
 # ------------------------------------------------------------------------------ figures

@@ -19,7 +19,7 @@ from .data.tokenizer import load_run_tokenizer
 from .models.model import FedVLPModel
 from .objectives import BatchView
 
-__all__ = ["LocalResult", "LocalTrainer", "resolve_device", "load_site_datasets"]
+__all__ = ["LocalResult", "LocalTrainer", "load_site_datasets", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -193,6 +193,10 @@ class LocalTrainer:
             if self.run.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.run.grad_clip)
             optimizer.step()
+        return self.result(totals, seen, started, steps, touched)
+
+    def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:
+        """A round's :class:`LocalResult`: mean loss per objective, their weighted total, time, steps, skips."""
         metrics = {f"loss/{name}": totals[name] / seen[name] for name in totals}
         metrics["loss/total"] = sum(self.weights[n] * metrics[f"loss/{n}"] for n in totals)
         metrics["train-seconds"] = time.perf_counter() - started
