@@ -12,7 +12,7 @@ from torch import nn
 from ..config import ModelConfig, RunConfig
 from ..data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
 from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, MLMObjective, Objective
-from .image import ResNetEncoder, build_image_encoder
+from .image import build_image_encoder
 from .text import TextEncoder, build_text_encoder
 
 __all__ = ["FedVLPModel", "build_model", "model_config_for", "freeze_text_half", "BackboneFactory", "backbone_state"]
