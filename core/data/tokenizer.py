@@ -79,8 +79,17 @@ def build_vocab(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 800
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    texts = list(texts)
     trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS))
+    # The trainer numbers the "##x" pieces in hash-map order, which differs from process to
+    # process, and breaks ties between merges by those numbers: the same texts gave different
+    # vocabularies (huggingface/tokenizers#1794). Declaring every "##x" up front, sorted, fixes
+    # their ids and so the whole vocabulary. Only lookups use the file, so the extra pieces of
+    # characters never seen inside a word cost a few rows and nothing else.
+    normalizer, pre_tokenizer = trainer._tokenizer.normalizer, trainer._tokenizer.pre_tokenizer
+    characters = {c for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)) for c in word}
+    pieces = [f"##{c}" for c in sorted(characters)]
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*SPECIAL_TOKENS, *pieces])
     tokens = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
     path = out / "vocab.txt"
     path.write_text("".join(f"{token}\n" for token, _ in tokens), encoding="utf-8")
