@@ -50,7 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         run_study(args.sites, args.out, baselines=args.baselines, quick=args.quick, jobs=args.jobs, seeds=args.seeds,
                   fractions=tuple(args.fractions) if args.fractions else None, protocols=tuple(args.protocols) if args.protocols else None,
-                  gpus_per_client=args.gpus_per_client)
+                  gpus_per_client=args.gpus_per_client, early_sweep=args.early_sweep)
         return 0
     started = time.perf_counter()
     offline_env(threads_per_client=1)
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "federation.toml (e.g. sites/cxr); runs its whole study, see server/pipeline.py")
     demo.add_argument("--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining")
     demo.add_argument("--jobs", type=int, default=2, help="with --sites: sweep cells in this many processes (results do not depend on it)")
+    demo.add_argument("--no-early-sweep", dest="early_sweep", action="store_false",
+                      help="with --sites: do not run the random/general-pretrained sweep cells at low priority during pretraining")
     demo.add_argument("--gpus-per-client", type=float, default=0.0)
     demo.set_defaults(func=cmd_demo)
 

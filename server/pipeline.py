@@ -16,12 +16,21 @@
 
 Every step writes under ``--out`` and is skipped or resumed when its output is there, so a
 killed study restarts where it stopped.
+
+The sweep cells that need no pretraining (``random`` and ``general-pretrained``) start in a
+background process at the lowest CPU priority while the federation pretrains: a round waits for
+its slowest site, so the other cores idle for much of it (on 2 cores, half of every round of the
+``sites/cxr`` general-pretrained run). When pretraining ends the process is stopped; the cells it
+finished are kept and the full sweep skips them, with results identical to a sequential sweep.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import multiprocessing
+import os
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +39,8 @@ from typing import Any
 
 from fedvlp.core.config import ConfigError, RunConfig, list_site_files, load_site, resolve_path
 
-__all__ = ["Federation", "load_federation", "pretraining_runs", "pretrained_installed", "build_vocab_once", "pretrain", "run_study", "FEDERATION_FILE"]
+__all__ = ["Federation", "load_federation", "pretraining_runs", "pretrained_installed", "build_vocab_once", "pretrain",
+           "sweep_in_background", "run_study", "FEDERATION_FILE"]
 
 log = logging.getLogger("fedvlp.pipeline")
 
@@ -151,9 +161,31 @@ def pretrain(name: str, run: RunConfig, on_round: Callable[[dict[str, Any]], Non
         simulate(run, on_round=on_round, gpus_per_client=gpus_per_client)
 
 
+def _sweep_niced(log_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Body of the background sweep process: lowest priority, output to its own log."""
+    from .sweep_cli import sweep_and_report
+
+    os.nice(19)
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        sys.stdout = sys.stderr = log_file
+        sweep_and_report(*args, **kwargs)
+
+
+def sweep_in_background(log_path: Path, *args: Any, **kwargs: Any) -> multiprocessing.process.BaseProcess:
+    """Start :func:`~fedvlp.server.sweep_cli.sweep_and_report` in a spawned process at nice 19.
+
+    It only uses CPU time that nothing else wants. Stopping it (``terminate``) loses at most the
+    cell in progress: every finished cell is already in its own file in the sweep folder, which
+    the next sweep over that folder reuses.
+    """
+    process = multiprocessing.get_context("spawn").Process(target=_sweep_niced, args=(log_path, args, kwargs), daemon=True)
+    process.start()
+    return process
+
+
 def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, quick: bool = False, jobs: int = 1,
               seeds: int | None = None, fractions: tuple[float, ...] | None = None, protocols: tuple[str, ...] | None = None,
-              gpus_per_client: float = 0.0) -> dict[str, Any]:
+              gpus_per_client: float = 0.0, early_sweep: bool = True) -> dict[str, Any]:
     """A federation's whole study: vocabulary, pretraining runs, patient split, label-efficiency sweep.
 
     Parameters
@@ -167,6 +199,9 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     quick
         Tiny models, 2 rounds x 5 steps, one seed of linear probes at 10% and 100% labels:
         the same path in a few minutes.
+    early_sweep
+        Run the cells of inits that need no pretraining in a low-priority background process
+        during pretraining (see the module docstring); results do not depend on it.
 
     Returns
     -------
@@ -181,6 +216,7 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.evaluation import SweepConfig, format_table
     from fedvlp.core.evaluation.data import split_manifest
+    from fedvlp.core.evaluation.sweep import CELLS_DIR
     from fedvlp.core.runtime import offline_env
 
     from .app import round_summary
@@ -208,18 +244,6 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     if vocab is not None:
         print(f"[{step}/{total}] shared vocabulary from {', '.join(p.name for p in federation.vocab_sites)}: {vocab}")
         step += 1
-    summary: dict[str, Any] = {"federation": str(federation.folder), "runs": {}}
-    for name, run in runs.items():
-        print(f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
-              f"local-steps={run.local_steps} text-init={run.text_init or 'random'} image-init={run.image_init or 'random'} -> {run.out_dir}")
-        step += 1
-        run_started = time.perf_counter()
-        pretrain(name, run, on_round=lambda r, n=name: print(f"      {n} round {r['round']}/{runs[n].rounds}: {r['seconds']:.1f}s", flush=True),
-                 gpus_per_client=gpus_per_client)
-        final = load_latest(Path(run.out_dir) / "checkpoints")
-        history = final.state.get("history", []) if final else []
-        record = round_summary(history) if history and "client-compute-seconds" in history[0] else {"rounds": len(history)}
-        summary["runs"][name] = {**record, "seconds-this-call": time.perf_counter() - run_started}
 
     labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
     split_dir = out / "split"
@@ -228,11 +252,6 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     if not (split_dir / "test.csv").is_file():
         split_manifest(labeled, split_dir, by=evaluation.get("patient-column", "patient_id"), fractions=tuple(evaluation.get("split", (0.6, 0.2, 0.2))),
                        image_column=evaluation.get("image-column", "image"), id_column=evaluation.get("id-column", "id"))
-
-    specs = [InitSpec("random", "random")]
-    if "general-pretrained+federated" in runs:
-        specs.append(InitSpec(GENERAL_PRETRAINED, GENERAL_PRETRAINED))
-    specs += [InitSpec(name, run.out_dir) for name, run in runs.items()]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = SweepConfig(
         fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
@@ -240,11 +259,47 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
         protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
         device=device, num_threads=1, title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
     )
+    fixed = [InitSpec("random", "random")]  # inits that need no pretraining
+    if "general-pretrained+federated" in runs:
+        fixed.append(InitSpec(GENERAL_PRETRAINED, GENERAL_PRETRAINED))
+    specs = fixed + [InitSpec(name, run.out_dir) for name, run in runs.items()]
+    sweep_args = (out / "sweep", split_dir / "trainval.csv", list(evaluation["label-columns"]), config)
+    sweep_kwargs = dict(test_path=split_dir / "test.csv", id_column=evaluation.get("id-column", "id"),
+                        image_column=evaluation.get("image-column", "image"),
+                        patient_column=evaluation.get("patient-column", "patient_id"))
+
+    summary: dict[str, Any] = {"federation": str(federation.folder), "runs": {}}
+    background = None
+    cells = out / "sweep" / CELLS_DIR
+    cells_before = len(list(cells.glob("*.csv")))
+    if early_sweep and runs:
+        (out / "sweep").mkdir(parents=True, exist_ok=True)
+        # The full sweep takes the architecture of random / general-pretrained from the first
+        # checkpoint's run config: the background, with no checkpoint yet, from that run's config.
+        first_run = next(iter(runs.values())).to_flat()
+        background = sweep_in_background(out / "sweep" / "early-cells.log", fixed, *sweep_args, **sweep_kwargs,
+                                         overrides=first_run, extras=())
+    try:
+        for name, run in runs.items():
+            print(f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
+                  f"local-steps={run.local_steps} text-init={run.text_init or 'random'} image-init={run.image_init or 'random'} -> {run.out_dir}")
+            step += 1
+            run_started = time.perf_counter()
+            pretrain(name, run, on_round=lambda r, n=name: print(f"      {n} round {r['round']}/{runs[n].rounds}: {r['seconds']:.1f}s", flush=True),
+                     gpus_per_client=gpus_per_client)
+            final = load_latest(Path(run.out_dir) / "checkpoints")
+            history = final.state.get("history", []) if final else []
+            record = round_summary(history) if history and "client-compute-seconds" in history[0] else {"rounds": len(history)}
+            summary["runs"][name] = {**record, "seconds-this-call": time.perf_counter() - run_started}
+    finally:
+        if background is not None:
+            background.terminate()  # finished cells are on disk; the full sweep skips them
+            background.join()
+    if background is not None:
+        summary["cells-done-during-pretraining"] = len(list(cells.glob("*.csv"))) - cells_before
+
     print(f"[{step}/{total}] label-efficiency sweep: inits {', '.join(s.name for s in specs)}")
-    results = sweep_and_report(specs, out / "sweep", split_dir / "trainval.csv", list(evaluation["label-columns"]), config,
-                               test_path=split_dir / "test.csv", id_column=evaluation.get("id-column", "id"),
-                               image_column=evaluation.get("image-column", "image"),
-                               patient_column=evaluation.get("patient-column", "patient_id"), jobs=jobs)
+    results = sweep_and_report(specs, *sweep_args, **sweep_kwargs, jobs=jobs)
     summary["wall-seconds"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()

@@ -177,7 +177,10 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
                 raise ValueError(f"{out_dir}: init '{name}' has different weights than in the existing results; "
                                  "give it a new name or use a new output folder")
         meta = {**meta, "inits": {**old.get("inits", {}), **meta["inits"]}}
-    path.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    # Atomic: a sweep stopped mid-write (fedvlp demo --sites stops its background cells) leaves the old file.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 InitValue = Union[Mapping[str, torch.Tensor], Init, None]

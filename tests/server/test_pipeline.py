@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from fedvlp.core.config import ConfigError
-from fedvlp.server.pipeline import FEDERATION_FILE, load_federation, pretraining_runs, run_study
+from fedvlp.core.evaluation import SweepConfig
+from fedvlp.server.pipeline import FEDERATION_FILE, load_federation, pretraining_runs, run_study, sweep_in_background
+from fedvlp.server.sweep_cli import InitSpec, sweep_and_report
 from tests.conftest import DEMO_SITES
 
 EVALUATION = """
@@ -75,6 +77,7 @@ def test_a_quick_study_pretrains_splits_by_patient_and_sweeps(tmp_path: Path, wo
     out = tmp_path / "study"
     summary = run_study(folder, out, quick=True)
     assert summary["runs"]["federated"]["rounds"] == 2
+    assert "Traceback" not in (out / "sweep" / "early-cells.log").read_text()
     assert (out / "vocab" / "vocab.txt").is_file()
     splits = {name: pd.read_csv(out / "split" / f"{name}.csv") for name in ("train", "val", "test")}
     patients = [set(frame["patient_id"]) for frame in splits.values()]
@@ -84,3 +87,25 @@ def test_a_quick_study_pretrains_splits_by_patient_and_sweeps(tmp_path: Path, wo
     assert sorted(set(auc["init"])) == ["federated", "random"]
     assert sorted(set(auc["label_fraction"])) == [0.1, 1.0]
     assert auc["value"].between(0.0, 1.0).all()
+
+
+@pytest.mark.slow
+def test_cells_of_the_background_sweep_are_reused_and_equal_a_sequential_sweep(tmp_path: Path, world: Path) -> None:
+    labeled = world / "labeled" / "manifest.csv"
+    columns = ["label_cardiomegaly", "label_pleural_effusion"]
+    config = SweepConfig(fractions=(0.5, 1.0), seeds=(0,), protocols=("linear",), num_threads=1)
+    random_init = [InitSpec("random", "random")]
+    early = sweep_in_background(tmp_path / "early.log", random_init, tmp_path / "early", labeled, columns, config,
+                                patient_column="patient_id", extras=())
+    early.join(timeout=600)
+    assert early.exitcode == 0, (tmp_path / "early.log").read_text()
+    assert "label-efficiency sweep" in (tmp_path / "early.log").read_text()  # its progress went to its own log
+    cells = sorted((tmp_path / "early" / "cells").glob("*.csv"))
+    assert len(cells) == 2
+    written = {path: path.stat().st_mtime_ns for path in cells}
+
+    reused = sweep_and_report(random_init, tmp_path / "early", labeled, columns, config, patient_column="patient_id", extras=())
+    fresh = sweep_and_report(random_init, tmp_path / "fresh", labeled, columns, config, patient_column="patient_id", extras=())
+
+    assert {path: path.stat().st_mtime_ns for path in cells} == written  # not run again
+    pd.testing.assert_frame_equal(reused, fresh)
