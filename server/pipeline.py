@@ -264,9 +264,9 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
         fixed.append(InitSpec(GENERAL_PRETRAINED, GENERAL_PRETRAINED))
     specs = fixed + [InitSpec(name, run.out_dir) for name, run in runs.items()]
     sweep_args = (out / "sweep", split_dir / "trainval.csv", list(evaluation["label-columns"]), config)
-    sweep_kwargs = dict(test_path=split_dir / "test.csv", id_column=evaluation.get("id-column", "id"),
-                        image_column=evaluation.get("image-column", "image"),
-                        patient_column=evaluation.get("patient-column", "patient_id"))
+    sweep_kwargs = {"test_path": split_dir / "test.csv", "id_column": evaluation.get("id-column", "id"),
+                    "image_column": evaluation.get("image-column", "image"),
+                    "patient_column": evaluation.get("patient-column", "patient_id")}
 
     summary: dict[str, Any] = {"federation": str(federation.folder), "runs": {}}
     background = None

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import atomic_write_bytes
 from .data import LabeledSet, sample_fraction
 from .encoders import EncoderSource, Init, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune
@@ -178,9 +179,7 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
                                  "give it a new name or use a new output folder")
         meta = {**meta, "inits": {**old.get("inits", {}), **meta["inits"]}}
     # Atomic: a sweep stopped mid-write (fedvlp demo --sites stops its background cells) leaves the old file.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
 
 
 InitValue = Union[Mapping[str, torch.Tensor], Init, None]
