@@ -20,11 +20,11 @@ from flwr.clientapp import ClientApp
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, filter_groups
-from fedvlp.core.train import LocalTrainer, load_site_datasets, resolve_device
+from fedvlp.core.train import LocalTrainer, load_site_data, resolve_device
 
 from .secagg import is_secagg_train, secagg_mod, secagg_train
 
-__all__ = ["app", "make_client_app", "site_for", "train_round"]
+__all__ = ["app", "make_client_app", "site_for", "train_round", "trained_state"]
 
 log = logging.getLogger("fedvlp.client")
 
@@ -54,10 +54,10 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
             del _TRAINERS[stale]
         device = resolve_device(site.device if site.device != "auto" else run.device)
         model = build_model(run)
-        datasets = load_site_datasets(site, run, model.max_text_len)
+        data = load_site_data(site, run, model.max_text_len)
         workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
-        _TRAINERS[key] = LocalTrainer(model, datasets, run, device, num_workers=workers)
-        log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in datasets))
+        _TRAINERS[key] = LocalTrainer(model, data, run, device, num_workers=workers)
+        log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in data.datasets))
     return _TRAINERS[key]
 
 
@@ -73,20 +73,32 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
             return private.exhausted_reply()
     trainer.model.load_state_dict(global_state)
     result = (private or trainer).train(run.local_steps, seed=run.seed * 100_003 + server_round)
-    # Only what this site's data trained: parameters that got a gradient (a frozen layer or
-    # a fusion layer that only pairs reach stays home) and the buffers of trained groups.
-    parameters = dict(trainer.model.named_parameters())
-    trained = {
-        k: v
-        for k, v in filter_groups(trainer.model.state_dict(), result.group_counts).items()
-        if k not in parameters or k in result.touched
-    }
+    trained = trained_state(trainer.model, global_state, result.group_counts, result.touched)
     if private is not None:  # clipped + noised at client level; losses stay home
         trained, result.metrics = private.release(global_state, trained, result.metrics, server_round)
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})
     return RecordDict({ARRAYS_KEY: arrays, COUNTS_KEY: counts, METRICS_KEY: metrics})
+
+
+def trained_state(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], group_counts: Mapping[str, int],
+                  touched: frozenset[str]) -> dict[str, torch.Tensor]:
+    """What a site uploads: only what its data trained in the groups it reports.
+
+    Parameters that got a gradient (a locked layer, or a fusion layer that only pairs reach,
+    stays home) and buffers that changed (BatchNorm statistics of layers that trained in train
+    mode; a locked stage or ``image-bn = "frozen"`` keeps them, so they stay home too).
+    """
+    parameters = dict(model.named_parameters())
+    out = {}
+    for key, value in filter_groups(model.state_dict(), group_counts).items():
+        if key in parameters:
+            if key in touched:
+                out[key] = value
+        elif key not in global_state or not torch.equal(value.detach().cpu(), global_state[key].cpu()):
+            out[key] = value
+    return out
 
 
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:

@@ -43,12 +43,11 @@ from .checkpoint import load_latest, save_round
 from .config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from .data.datasets import SiteDataset
 from .data.manifest import ManifestRows, load_source_rows
-from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
 from .models import build_model
-from .train import LocalTrainer, load_site_datasets, resolve_device
+from .train import LocalTrainer, SiteData, add_source, load_site_data, resolve_device
 
-__all__ = ["PretrainResult", "pool_rows", "pooled_datasets", "steps_per_round", "pretrain_central", "pretrain_local", "MODES"]
+__all__ = ["PretrainResult", "pool_rows", "pooled_datasets", "pooled_data", "steps_per_round", "pretrain_central", "pretrain_local", "MODES"]
 
 log = logging.getLogger("fedvlp.central")
 
@@ -95,6 +94,11 @@ def pool_rows(parts: Sequence[tuple[str, ManifestRows]]) -> ManifestRows:
 
 
 def pooled_datasets(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
+    """The training datasets of :func:`pooled_data`."""
+    return pooled_data(sites, run, max_len, augment).datasets
+
+
+def pooled_data(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augment: bool = True) -> SiteData:
     """The datasets of the centralised baseline: every site's sources, pooled by kind.
 
     Groups keep the order in which their kind first appears (site files in partition order,
@@ -107,7 +111,6 @@ def pooled_datasets(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, a
     """
     tokenizer = load_run_tokenizer(run)
     spec = run.spec
-    options = {"profile": spec.augment, "text_view": spec.text_view}
     groups: dict[tuple[Any, ...], list[tuple[str, ManifestRows]]] = {}
     for site in sites:
         for index, source in enumerate(site.sources):
@@ -118,17 +121,12 @@ def pooled_datasets(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, a
             if spec.family == "vit":
                 key = (*key, site.name, index)  # studies are per manifest: no pooling
             groups.setdefault(key, []).append((site.name, rows))
-    datasets: list[SiteDataset] = []
+    data = SiteData([])
     for parts in groups.values():
-        rows = pool_rows(parts) if len(parts) > 1 else parts[0][1]
-        text_tokenizer = tokenizer if "text" in rows.source.modalities else None
-        if spec.family == "vit" and rows.images is not None and rows.reports is not None:
-            datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))  # type: ignore[arg-type]
-        else:
-            datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, **options))
-    if not datasets:
+        add_source(data, pool_rows(parts) if len(parts) > 1 else parts[0][1], run, tokenizer, max_len, augment)
+    if not data.datasets:
         raise ConfigError(str(run.sites), "sites", "at least one manifest row that can train (all rows were skipped)")
-    return datasets
+    return data
 
 
 def steps_per_round(run: RunConfig, sites: Sequence[SiteConfig], pooled_groups: int) -> int:
@@ -192,10 +190,11 @@ def pretrain_central(run: RunConfig, out_dir: str | Path, on_round: Callable[[di
     files = list_site_files(run.sites)
     sites = [load_site(f) for f in files]
     model = build_model(run)
-    datasets = pooled_datasets(sites, run, model.max_text_len)
+    data = pooled_data(sites, run, model.max_text_len)
+    datasets = data.datasets
     per_round = steps or steps_per_round(run, sites, len(datasets))
     device = resolve_device(run.device)
-    trainer = LocalTrainer(model, datasets, run, device)
+    trainer = LocalTrainer(model, data, run, device)
     log.info("central: %d sites pooled into %d datasets (%s), %d steps per round",
              len(sites), len(datasets), ", ".join(f"{len(d)} rows {sorted(d.modalities)}" for d in datasets), per_round)
     return _run_rounds(model, trainer, run, Path(out_dir), "central", [s.name for s in sites], per_round, on_round)
@@ -212,9 +211,9 @@ def pretrain_local(run: RunConfig, site: str | Path, out_dir: str | Path,
     config = load_site(site_path)
     run = replace(run, sites=str(site_path))
     model = build_model(run)
-    datasets = load_site_datasets(config, run, model.max_text_len)
+    data = load_site_data(config, run, model.max_text_len)
     device = resolve_device(config.device if config.device != "auto" else run.device)
-    trainer = LocalTrainer(model, datasets, run, device)
+    trainer = LocalTrainer(model, data, run, device)
     per_round = steps or run.local_steps
     return _run_rounds(model, trainer, run, Path(out_dir), "local", [config.name], per_round, on_round)
 

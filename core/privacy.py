@@ -106,6 +106,10 @@ def plan_privacy(trainer: LocalTrainer, run: RunConfig) -> DPPlan:
         level, reason = "client", f"recipe '{run.recipe}' ({run.spec.family} family) is not validated for opacus per-sample gradients"
     elif coupled:
         level, reason = "client", f"objective(s) {', '.join(coupled)} couple the samples of a batch, so per-sample DP does not hold"
+    elif run.weight_anchor > 0 or run.prox_mu > 0:
+        level, reason = "client", "weight-anchor / prox-mu pull towards the global model outside opacus' per-sample gradients"
+    elif run.mlm_decoder == "tied" and "mlm" in names:
+        level, reason = "client", "mlm-decoder 'tied' shares the word embeddings between two layers, which opacus cannot split per sample"
     else:
         level, reason = "sample", f"objective(s) {', '.join(names)} are means of per-sample terms"
         trains_image = any("image" in o.groups for i in sources for o in trainer.objectives_for(trainer.datasets[i].modalities))

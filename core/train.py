@@ -11,15 +11,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from .alignment import alignment_metrics
 from .config import RunConfig, SiteConfig
 from .data.datasets import SiteDataset, collate_samples
+from .data.holdout import holdout_split
 from .data.loader import site_rows
+from .data.manifest import ManifestRows
 from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
 from .models.model import FedVLPModel
 from .objectives import BatchView
+from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
+from .objectives.pooling import masked_mean
+from .optim import build_optimizer, warmup_factor
 
-__all__ = ["LocalResult", "LocalTrainer", "load_site_datasets", "resolve_device"]
+__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,8 +45,19 @@ class LocalResult:
     touched: frozenset[str] = frozenset()  # parameters that received a gradient this round
 
 
-def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
-    """One dataset per source of a site, with manifest-level problems already skipped.
+@dataclass
+class SiteData:
+    """A site's training datasets (one per source) and its held-out pairs (alignment metrics)."""
+
+    datasets: list[SiteDataset]
+    holdout: list[SiteDataset] = field(default_factory=list)
+
+
+def load_site_data(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> SiteData:
+    """One training dataset per source of a site, with manifest-level problems already skipped,
+    and, for pair sources, the pairs held out for alignment metrics (run-config ``align-holdout``).
+
+    Sources get a second augmented view of every image when self-distillation is on.
 
     Raises
     ------
@@ -48,18 +65,38 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
         When the site is left with no usable row at all.
     """
     tokenizer = load_run_tokenizer(run)  # MiniLM's vocabulary under text-init = "minilm"
-    datasets = []
+    data = SiteData([])
     for rows in site_rows(site):  # raises ConfigError naming the site file when nothing is usable
         if len(rows):
-            text_tokenizer = tokenizer if "text" in rows.source.modalities else None
-            spec = run.spec
-            options = {"profile": spec.augment, "text_view": spec.text_view}
-            if spec.family == "vit" and rows.images is not None and rows.reports is not None:
-                # REFERS trains on studies: up to 3 views of one study with its report.
-                datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))
-            else:
-                datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, **options))
-    return datasets
+            add_source(data, rows, run, tokenizer, max_len, augment)
+    return data
+
+
+def add_source(data: SiteData, rows: ManifestRows, run: RunConfig, tokenizer: Any, max_len: int, augment: bool = True) -> None:
+    """Append the training dataset of one source's ``rows`` to ``data`` (and its held-out pairs).
+
+    REFERS (``vit`` family) pair sources become study datasets; other sources get a second
+    augmented view of every image when self-distillation is on, and pair sources keep
+    ``align-holdout`` of their pairs apart for the alignment metrics.
+    """
+    text_tokenizer = tokenizer if "text" in rows.source.modalities else None
+    spec = run.spec
+    options: dict[str, Any] = {"profile": spec.augment, "text_view": spec.text_view}
+    if spec.family == "vit" and rows.images is not None and rows.reports is not None:
+        # REFERS trains on studies: up to 3 views of one study with its report.
+        data.datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))
+        return
+    views = 2 if run.objective_weights().get("distill", 0.0) > 0 else 1
+    train, held = holdout_split(rows, run.align_holdout) if "pair" in rows.source.modalities else (None, ())
+    if len(held):
+        data.holdout.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, False, indices=held, **options))
+    data.datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, views=views,
+                                     indices=train if len(held) else None, **options))
+
+
+def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
+    """The training datasets of :func:`load_site_data` (without the held-out pairs)."""
+    return load_site_data(site, run, max_len, augment).datasets
 
 
 class LocalTrainer:
@@ -79,13 +116,19 @@ class LocalTrainer:
         DataLoader worker processes that decode images.
     """
 
-    def __init__(self, model: FedVLPModel, datasets: Sequence[SiteDataset], run: RunConfig, device: torch.device, num_workers: int = 0):
+    def __init__(self, model: FedVLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
+                 num_workers: int = 0):
         self.model = model.to(device)
-        self.datasets = list(datasets)
+        data = datasets if isinstance(datasets, SiteData) else SiteData(list(datasets))
+        self.datasets = list(data.datasets)
+        self.holdout = list(data.holdout)
         self.run = run
         self.device = device
         self.weights = run.objective_weights()
         self.num_workers = num_workers
+        self._optimizer: torch.optim.Optimizer | None = None  # kept across rounds with persistent-optimizer
+        self._optimizer_steps = 0
+        self._teacher: GlobalTeacher | None = None
         self._iterators: list[Iterator[dict[str, Any]] | None] = [None] * len(self.datasets)
         self._loaders = [self._loader(d, i) for i, d in enumerate(self.datasets)]
         self.skipped: Counter[str] = Counter()
@@ -140,16 +183,60 @@ class LocalTrainer:
                 self.problems.append(detail or f"{sample_id}: {reason}")
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        keys = ("image", "views", "view_mask", "input_ids", "attention_mask", "paired")
+        keys = ("image", "image2", "views", "view_mask", "input_ids", "attention_mask", "paired")
         return {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
 
+    def _needs_teacher(self) -> bool:
+        return self.weights.get("distill", 0.0) > 0 or self.run.weight_anchor > 0
+
+    def _round_teacher(self) -> GlobalTeacher | None:
+        """The round's global model (the weights the model holds now) as a frozen teacher."""
+        if not self._needs_teacher():
+            return None
+        if self._teacher is None:
+            self._teacher = GlobalTeacher(self.model, text=self.run.weight_anchor > 0).to(self.device)
+        else:
+            self._teacher.refresh(self.model)
+        return self._teacher
+
+    def _round_optimizer(self) -> torch.optim.Optimizer | None:
+        """A fresh AdamW, or the site's previous one under ``persistent-optimizer``."""
+        if self.run.persistent_optimizer and self._optimizer is not None:
+            return self._optimizer
+        self._optimizer = build_optimizer(self.model, self.run)
+        self._optimizer_steps = 0
+        if self._optimizer is not None:
+            for group in self._optimizer.param_groups:
+                group["base_lr"] = group["lr"]
+        return self._optimizer
+
+    def _anchor(self, view: BatchView) -> torch.Tensor | None:
+        """``1 - cos`` between the local and the global model's features of this batch (image and text)."""
+        teacher = view.teacher
+        assert teacher is not None
+        terms = []
+        if "image" in view.batch:
+            terms.append(anchor_loss(view.image_vector(), view.teacher_image_vector()))
+        if teacher.text is not None and "input_ids" in view.batch:
+            mask = view.batch["attention_mask"]
+            with torch.no_grad():
+                target = masked_mean(teacher.text(view.batch["input_ids"], mask), mask)
+            terms.append(anchor_loss(masked_mean(view.text_states, mask), target))
+        return torch.stack(terms).mean() if terms else None
+
     def train(self, steps: int, seed: int = 0) -> LocalResult:
-        """Run ``steps`` optimizer steps; a fresh AdamW each call (state is not federated).
+        """Run ``steps`` optimizer steps from the weights the model holds (the round's global model).
+
+        AdamW with the learning rates of :func:`~fedvlp.core.optim.param_groups` and a linear
+        warmup, fresh every call unless ``persistent-optimizer`` (optimizer state is never
+        federated). Self-distillation and the anchor use the weights at the start of the call
+        as teacher; ``prox-mu`` pulls towards them in parameter space.
 
         Returns
         -------
         LocalResult
-            Per-group sample counts and mean losses (``loss/<objective>``, ``loss/total``).
+            Per-group sample counts and mean losses (``loss/<objective>``, ``loss/total``, and
+            ``loss/anchor`` / ``loss/prox`` when on), alignment on held-out pairs (``align/...``).
         """
         # Everything random in a round derives from ``seed``, so a restarted process repeats
         # a round bit for bit: the global RNG (masks, dropout, augmentation) and the shuffles.
@@ -162,13 +249,16 @@ class LocalTrainer:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         touched: set[str] = set()
-        optimizer = torch.optim.AdamW(params, lr=self.run.lr, weight_decay=self.run.weight_decay)
+        optimizer = self._round_optimizer()
+        teacher = self._round_teacher()
+        reference = {n: p.detach().clone() for n, p in named} if self.run.prox_mu > 0 else {}
         totals: Counter[str] = Counter()
         seen: Counter[str] = Counter()
         use_amp = self.device.type == "cuda"
         started = time.perf_counter()
         for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
             total = None
             for index, dataset in enumerate(self.datasets):
                 raw = self._next_batch(index)
@@ -176,29 +266,62 @@ class LocalTrainer:
                 batch = self._to_device(raw)
                 if not batch:
                     continue
-                view = BatchView(self.model, batch)
-                for objective in self.objectives_for(view.modalities):
-                    if objective.modalities == {"image", "text"} and view.size < 2:
-                        continue  # in-batch negatives need two pairs
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss = objective.loss(view)
-                    weighted = self.weights[objective.name] * loss.float()
+                view = BatchView(self.model, batch, teacher)
+                losses: list[tuple[str, float, torch.Tensor]] = []
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    for objective in self.objectives_for(view.modalities):
+                        if objective.modalities == {"image", "text"} and view.size < 2:
+                            continue  # in-batch negatives need two pairs
+                        losses.append((objective.name, self.weights[objective.name], objective.loss(view)))
+                    if self.run.weight_anchor > 0 and losses:
+                        anchor = self._anchor(view)
+                        if anchor is not None:
+                            losses.append(("anchor", self.run.weight_anchor, anchor))
+                for name, weight, loss in losses:
+                    weighted = weight * loss.float()
                     total = weighted if total is None else total + weighted
-                    totals[objective.name] += float(loss.detach())
-                    seen[objective.name] += 1
-            if total is None:
+                    totals[name] += float(loss.detach())
+                    seen[name] += 1
+            if total is None or optimizer is None:
                 continue
+            if reference:
+                prox = proximal_term(named, reference)
+                total = total + self.run.prox_mu * prox
+                totals["prox"] += float(prox.detach())
+                seen["prox"] += 1
             total.backward()
             touched.update(n for n, p in named if p.grad is not None and n not in touched)
             if self.run.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.run.grad_clip)
+            factor = warmup_factor(self._optimizer_steps, self.run.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
             optimizer.step()
-        return self.result(totals, seen, started, steps, touched)
+            self._optimizer_steps += 1
+            if teacher is not None:
+                teacher.ema_update(self.model, self.run.distill_ema)
+        result = self.result(totals, seen, started, steps, touched)
+        result.metrics.update(self.alignment())
+        return result
+
+    def alignment(self) -> dict[str, float]:
+        """Alignment metrics (:func:`~fedvlp.core.alignment.alignment_metrics`) on the held-out pairs."""
+        metrics: dict[str, float] = {}
+        for dataset in self.holdout:
+            samples = [dataset[i] for i in range(len(dataset))]
+            batch = collate_samples(samples)
+            if "input_ids" not in batch or len(batch["ids"]) < 2:
+                continue
+            rows = dataset.rows
+            study = {rows.ids[i]: (rows.study_ids[i] if rows.study_ids is not None else "") or rows.ids[i] for i in dataset.indices}
+            metrics.update(alignment_metrics(self.model, self._to_device(batch), [study[i] for i in batch["ids"]]))
+        return metrics
 
     def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:
         """A round's :class:`LocalResult`: mean loss per objective, their weighted total, time, steps, skips."""
         metrics = {f"loss/{name}": totals[name] / seen[name] for name in totals}
-        metrics["loss/total"] = sum(self.weights[n] * metrics[f"loss/{n}"] for n in totals)
+        term_weights = {**self.weights, "anchor": self.run.weight_anchor, "prox": self.run.prox_mu}
+        metrics["loss/total"] = sum(term_weights[n] * metrics[f"loss/{n}"] for n in totals)
         metrics["train-seconds"] = time.perf_counter() - started
         metrics["steps"] = float(steps)
         for reason, count in self.skipped.items():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -70,8 +72,15 @@ class SiteDataset(Dataset[dict[str, Any]]):
         *,
         profile: str = "light",
         text_view: str = "full",
+        views: int = 1,
+        indices: Sequence[int] | None = None,
     ):
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views}")
         self.rows = rows
+        self.views = views if rows.images is not None and augment else 1
+        # The rows this dataset serves (a hold-out split of a source keeps its rows apart).
+        self.indices = np.arange(len(rows)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.image_size = image_size
         self.tokenizer = tokenizer
         self.max_len = max_len
@@ -89,14 +98,16 @@ class SiteDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"{rows.source.manifest}: reports need a tokenizer")
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.indices)
 
     @property
     def modalities(self) -> frozenset[str]:
-        """What every sample carries."""
-        return self.rows.source.modalities
+        """What every sample carries (``two-views`` when it holds a second augmented image)."""
+        modalities = self.rows.source.modalities
+        return modalities | {"two-views"} if self.views == 2 else modalities
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = int(self.indices[position])
         sample: dict[str, Any] = {"id": self.rows.ids[index]}
         if self.rows.images is not None:
             try:
@@ -104,6 +115,9 @@ class SiteDataset(Dataset[dict[str, Any]]):
             except ImageDecodeError as err:
                 return {"id": sample["id"], "error": err.reason, "detail": self.rows.image_problem(index, err)}
             sample["image"] = self.transform(image) if self.transform is not None else image
+            if self.views == 2:
+                assert self.transform is not None
+                sample["image2"] = self.transform(image)  # an independent second augmentation
         if self.pool is not None:
             # An unpaired tuple: this image with a random report of the public pool.
             report = self.pool[int(torch.randint(len(self.pool), (1,)).item())]
@@ -130,6 +144,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if good and "image" in good[0]:
         batch["image"] = torch.stack([s["image"] for s in good])
+    if good and "image2" in good[0]:
+        batch["image2"] = torch.stack([s["image2"] for s in good])
     if good and "input_ids" in good[0]:
         length = max(len(s["input_ids"]) for s in good)
         ids = torch.zeros(len(good), length, dtype=torch.long)

@@ -112,17 +112,32 @@ class ResNetEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` images in ``[0, 1]`` to a ``(B, out_dim, H/stride, W/stride)`` map.
+    def stage_modules(self) -> list[nn.Module]:
+        """The stem, then each resolution stage (:class:`~fedvlp.core.models.stages.StagedEncoder`)."""
+        return [self.stem, *self.stages]
 
-        Normalisation lives here, not in the data pipeline, so every caller (pretraining,
-        sweeps, exported weights) feeds the same ``[0, 1]`` pixels.
-        """
-        return self.stages(self.stem((images - PIXEL_MEAN) / PIXEL_STD))
+    def forward_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run stages ``start`` to ``stop - 1``; stage 0 (the stem) takes ``[0, 1]`` images."""
+        modules = self.stage_modules()
+        for index in range(start, stop):
+            if index == 0:
+                # Normalisation lives here, not in the data pipeline, so every caller
+                # (pretraining, sweeps, exported weights) feeds the same [0, 1] pixels.
+                x = (x - PIXEL_MEAN) / PIXEL_STD
+            x = modules[index](x)
+        return x
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Global average pooling of a feature map."""
+        return features.mean(dim=(2, 3))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` images in ``[0, 1]`` to a ``(B, out_dim, H/stride, W/stride)`` map."""
+        return self.forward_stages(images, 0, len(self.stages) + 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images to ``(B, out_dim)`` globally average-pooled features."""
-        return self.forward_features(images).mean(dim=(2, 3))
+        return self.pool(self.forward_features(images))
 
 
 def build_image_encoder(config: ImageEncoderConfig, norm: str = "batch") -> ResNetEncoder:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig, RunConfig
+from ..config import OPT_IN_OBJECTIVES, ModelConfig, RunConfig
 from ..data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
-from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, MLMObjective, Objective
+from ..objectives import ContrastiveObjective, DistillObjective, MatchingObjective, MIMObjective, MLMObjective, Objective
 from .image import build_image_encoder
+from .stages import lock_stages, locked_modules
 from .text import TextEncoder, build_text_encoder
 
-__all__ = ["FedVLPModel", "build_model", "model_config_for", "freeze_text_half", "BackboneFactory", "backbone_state"]
+__all__ = ["FedVLPModel", "build_model", "model_config_for", "freeze_text_half", "freeze_text_layers", "BackboneFactory", "backbone_state"]
 
 
 class FedVLPModel(nn.Module):
@@ -25,13 +26,32 @@ class FedVLPModel(nn.Module):
     read ``image.…``, ``text.…`` and ``head.<objective>.…``.
     """
 
-    def __init__(self, config: ModelConfig, objectives: dict[str, Objective], image: nn.Module, text: TextEncoder):
+    def __init__(self, config: ModelConfig, objectives: dict[str, Objective], image: nn.Module, text: TextEncoder,
+                 locked_image_stages: int = 0, image_bn: str = "train"):
         super().__init__()
         self.config = config
         self.image = image
         self.text = text
         self.head = nn.ModuleDict(objectives)
         self.max_text_len = config.text.max_len
+        # Lower image stages that never train (run-config freeze-image-stages): their
+        # parameters have requires_grad False and train() keeps them in eval mode.
+        self.locked_image_stages = lock_stages(image, locked_image_stages) if locked_image_stages else 0
+        self.image_bn = image_bn
+
+    def train(self, mode: bool = True) -> "FedVLPModel":
+        """``nn.Module.train``, except that locked image stages stay in eval mode and, under
+        ``image-bn = "frozen"``, so does every BatchNorm of the image encoder (its running
+        statistics are those of the start, e.g. ImageNet's, not of a site's small batches)."""
+        super().train(mode)
+        if mode:
+            for module in locked_modules(self.image, self.locked_image_stages) if self.locked_image_stages else []:
+                module.eval()
+            if self.image_bn == "frozen":
+                for module in self.image.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
 
     def image_backbone(self) -> nn.Module:
         """The module the fine-tuning sweep trains: images in ``[0, 1]`` to pooled features."""
@@ -103,16 +123,23 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
     image, text = _build_encoders(run, config)
     weights = run.objective_weights()
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-    candidates: dict[str, Objective] = {  # heads of the cnn family
-        "contrastive": ContrastiveObjective(image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda),
-        "matching": MatchingObjective(image.out_dim, text.out_dim, config.embed_dim),
-        "mlm": MLMObjective(text.out_dim, config.vocab_size, special_ids, tokenizer.mask_token_id, run.mask_ratio),
-        "mim": MIMObjective(image.out_dim, image.stride, config.image.in_chans, run.mim_patch, run.mask_ratio),
+    candidates: dict[str, Callable[[], Objective]] = {  # heads of the cnn family
+        "contrastive": lambda: ContrastiveObjective(image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda),
+        "matching": lambda: MatchingObjective(image.out_dim, text.out_dim, config.embed_dim),
+        "mlm": lambda: MLMObjective(text.out_dim, config.vocab_size, special_ids, tokenizer.mask_token_id, run.mask_ratio,
+                                    tied=run.mlm_decoder == "tied"),
+        "mim": lambda: MIMObjective(image.out_dim, image.stride, config.image.in_chans, run.mim_patch, run.mask_ratio),
+        "distill": lambda: DistillObjective(image.out_dim, config.embed_dim),
     }
-    objectives = {name: objective for name, objective in candidates.items() if weights.get(name, 0.0) > 0}
+    # The four original heads are always built, in this order, so that every recipe draws the
+    # same random initialisation as before; opt-in heads only when their objective is on.
+    built = {name: build() for name, build in candidates.items() if name not in OPT_IN_OBJECTIVES or weights.get(name, 0.0) > 0}
+    objectives = {name: objective for name, objective in built.items() if weights.get(name, 0.0) > 0}
     if run.spec.freeze_text == "half":
         freeze_text_half(text)
-    return FedVLPModel(config, objectives, image, text)
+    if run.freeze_text_layers:
+        freeze_text_layers(text, run.freeze_text_layers)
+    return FedVLPModel(config, objectives, image, text, locked_image_stages=run.freeze_image_stages, image_bn=run.image_bn)
 
 
 def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, TextEncoder]:
@@ -130,14 +157,24 @@ def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, Tex
     return image, text
 
 
-def freeze_text_half(text: TextEncoder) -> None:
-    """ConVIRT: freeze the word embeddings and the first half of the BERT layers."""
+def freeze_text_layers(text: TextEncoder, count: int) -> int:
+    """Lock the word/position embeddings and the ``count`` lowest BERT layers (-1: all layers).
+
+    Returns the number of layers locked.
+    """
+    layers = text.bert.encoder.layer
+    locked = len(layers) if count < 0 else min(count, len(layers))
     for parameter in text.bert.embeddings.parameters():
         parameter.requires_grad_(False)
-    layers = text.bert.encoder.layer
-    for layer in layers[: len(layers) // 2]:
+    for layer in layers[:locked]:
         for parameter in layer.parameters():
             parameter.requires_grad_(False)
+    return locked
+
+
+def freeze_text_half(text: TextEncoder) -> None:
+    """ConVIRT: freeze the word embeddings and the first half of the BERT layers."""
+    freeze_text_layers(text, len(text.bert.encoder.layer) // 2)
 
 
 @dataclass(frozen=True)

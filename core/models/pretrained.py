@@ -223,15 +223,56 @@ class EfficientNetLiteEncoder(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def _block_stages(self) -> list[list[int]]:
+        """Indices of the MBConv blocks of each resolution stage (consecutive blocks of one width)."""
+        groups: list[list[int]] = []
+        for index, block in enumerate(self.net._blocks):
+            width = block._block_args.output_filters
+            if groups and self.net._blocks[groups[-1][0]]._block_args.output_filters == width:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
+
+    def stage_modules(self) -> list[nn.Module]:
+        """Stem, the 7 MBConv stages, the 1x1 head conv (:class:`~fedvlp.core.models.stages.StagedEncoder`)."""
+        net = self.net
+        stem = nn.ModuleList([net._conv_stem, net._bn0])
+        blocks = [nn.ModuleList([net._blocks[i] for i in group]) for group in self._block_stages()]
+        return [stem, *blocks, nn.ModuleList([net._conv_head, net._bn1])]
+
+    def forward_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run stages ``start`` to ``stop - 1``; stage 0 takes grey or RGB images in ``[0, 1]``."""
+        net = self.net
+        groups = self._block_stages()
+        last = len(groups) + 1
+        for index in range(start, stop):
+            if index == 0:
+                if x.shape[1] == 1:
+                    x = x.expand(-1, 3, -1, -1)
+                x = (x - self.pixel_mean) / self.pixel_std
+                x = net._swish(net._bn0(net._conv_stem(x)))
+            elif index < last:
+                for block_index in groups[index - 1]:
+                    # The package's drop-connect schedule: the rate grows with the block's depth.
+                    rate = net._global_params.drop_connect_rate
+                    rate = rate * float(block_index) / len(net._blocks) if rate else rate
+                    x = net._blocks[block_index](x, drop_connect_rate=rate)
+            else:
+                x = net._swish(net._bn1(net._conv_head(x)))
+        return x
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Global average pooling of a feature map."""
+        return features.mean(dim=(2, 3))
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1 or 3, H, W)`` images in ``[0, 1]`` to a ``(B, 1280, H/32, W/32)`` feature map."""
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return self.net.extract_features((images - self.pixel_mean) / self.pixel_std)
+        return self.forward_stages(images, 0, len(self._block_stages()) + 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images to ``(B, 1280)`` globally average-pooled features."""
-        return self.forward_features(images).mean(dim=(2, 3))
+        return self.pool(self.forward_features(images))
 
 
 def build_efficientnet_lite0_encoder(image_size: int) -> EfficientNetLiteEncoder:

@@ -93,6 +93,16 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class _Embedding(nn.Module):
+    """A view of a ViT's embedding parameters as one stage (not registered in the ViT itself)."""
+
+    def __init__(self, vit: "ViTEncoder") -> None:
+        super().__init__()
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.pos_embed = vit.pos_embed
+
+
 class ViTEncoder(nn.Module):
     """Patch embedding, class token, learned positions, pre-norm blocks, final LayerNorm.
 
@@ -127,19 +137,40 @@ class ViTEncoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def stage_modules(self) -> list[nn.Module]:
+        """Embedding (patches, class token, positions), each block, the final norm
+        (:class:`~fedvlp.core.models.stages.StagedEncoder`)."""
+        embed = _Embedding(self)
+        return [embed, *self.blocks, self.norm]
+
+    def forward_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run stages ``start`` to ``stop - 1``; stage 0 takes images, the others ``(B, 1 + N, dim)`` tokens."""
+        depth = len(self.blocks)
+        for index in range(start, stop):
+            if index == 0:
+                size = self.config.image_size
+                if x.dim() != 4 or x.shape[-2:] != (size, size):
+                    raise ValueError(f"ViTEncoder expects (B, {self.config.in_chans}, {size}, {size}) images, got {tuple(x.shape)}")
+                x = self.patch_embed((x - PIXEL_MEAN) / PIXEL_STD).flatten(2).transpose(1, 2)
+                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+                x = self.pos_drop(x + self.pos_embed)
+            elif index <= depth:
+                x = self.blocks[index - 1](x)
+            else:
+                x = self.norm(x)
+        return x
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """The class token."""
+        return features[:, 0]
+
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` images in ``[0, 1]`` to ``(B, 1 + N, dim)`` tokens (class token first)."""
-        size = self.config.image_size
-        if images.dim() != 4 or images.shape[-2:] != (size, size):
-            raise ValueError(f"ViTEncoder expects (B, {self.config.in_chans}, {size}, {size}) images, got {tuple(images.shape)}")
-        x = self.patch_embed((images - PIXEL_MEAN) / PIXEL_STD).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.blocks(self.pos_drop(x + self.pos_embed))
-        return self.norm(x)
+        return self.forward_stages(images, 0, len(self.blocks) + 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` images to ``(B, dim)`` class-token features."""
-        return self.forward_tokens(images)[:, 0]
+        return self.pool(self.forward_tokens(images))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens as a ``(B, dim, S/patch, S/patch)`` map (the ResNet encoder's interface)."""

@@ -11,14 +11,17 @@ from torch import nn
 
 if TYPE_CHECKING:
     from ..models.model import FedVLPModel
+    from .teacher import GlobalTeacher
 
-__all__ = ["Objective", "BatchView", "IMAGE", "TEXT", "PAIR"]
+__all__ = ["Objective", "BatchView", "IMAGE", "TEXT", "PAIR", "TWO_VIEWS"]
 
 IMAGE = "image"
 TEXT = "text"
 # Image and text rows that truly belong together. A batch whose images were coupled with
 # random reports from a public pool (``batch["paired"]`` = 0) has image and text, not pairs.
 PAIR = "pair"
+# A second augmented view of every image (``batch["image2"]``), for self-distillation.
+TWO_VIEWS = "two-views"
 
 
 class BatchView:
@@ -28,9 +31,10 @@ class BatchView:
     states; computing them once per batch keeps the trainer as fast as a bare loop.
     """
 
-    def __init__(self, model: "FedVLPModel", batch: dict[str, torch.Tensor]) -> None:
+    def __init__(self, model: "FedVLPModel", batch: dict[str, torch.Tensor], teacher: "GlobalTeacher | None" = None) -> None:
         self.model = model
         self.batch = batch
+        self.teacher = teacher  # the round's global model, for self-distillation and anchors
         self._cache: dict[str, Any] = {}
 
     def cached(self, name: str, compute: Callable[[], Any]) -> Any:
@@ -49,6 +53,8 @@ class BatchView:
             present.add(TEXT)
         if {IMAGE, TEXT} <= present and "paired" not in self.batch:
             present.add(PAIR)
+        if "image2" in self.batch:
+            present.add(TWO_VIEWS)
         return frozenset(present)
 
     @property
@@ -57,10 +63,55 @@ class BatchView:
         tensor = self.batch[IMAGE] if IMAGE in self.batch else self.batch["input_ids"]
         return int(tensor.shape[0])
 
-    @cached_property
+    @property
+    def locked_stages(self) -> int:
+        """Lower image-encoder stages that do not train (run-config ``freeze-image-stages``)."""
+        return int(getattr(self.model, "locked_image_stages", 0))
+
+    def image_lower(self, key: str = IMAGE) -> torch.Tensor:
+        """Output of the locked lower stages for ``batch[key]`` (the images when none is locked).
+
+        Shared by the local model and the teacher, whose locked stages are the same weights.
+        """
+        def compute() -> torch.Tensor:
+            if not self.locked_stages:
+                return self.batch[key]
+            with torch.no_grad():
+                return self.model.image.forward_stages(self.batch[key], 0, self.locked_stages)
+
+        return self.cached(f"lower:{key}", compute)
+
+    def image_map_of(self, key: str = IMAGE) -> torch.Tensor:
+        """``(B, C, h, w)`` feature map of ``batch[key]`` by the local image encoder."""
+        def compute() -> torch.Tensor:
+            image = self.model.image
+            if not self.locked_stages:
+                return image.forward_features(self.batch[key])
+            return image.forward_stages(self.image_lower(key), self.locked_stages, len(image.stage_modules()))
+
+        return self.cached(f"map:{key}", compute)
+
+    def image_vector(self, key: str = IMAGE) -> torch.Tensor:
+        """``(B, C)`` pooled features of ``batch[key]`` by the local image encoder."""
+        return self.cached(f"vector:{key}", lambda: self.model.image.pool(self.image_map_of(key)))
+
+    def teacher_image_vector(self, key: str = IMAGE) -> torch.Tensor:
+        """``(B, C)`` pooled features of ``batch[key]`` by the teacher's image encoder (no gradient)."""
+        if self.teacher is None:
+            raise RuntimeError("this batch has no teacher (the round's global model)")
+        teacher = self.teacher.image
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                stop = len(teacher.stage_modules())
+                return teacher.pool(teacher.forward_stages(self.image_lower(key), self.locked_stages, stop))
+
+        return self.cached(f"teacher-vector:{key}", compute)
+
+    @property
     def image_map(self) -> torch.Tensor:
         """``(B, C, h, w)`` image feature map of the clean images."""
-        return self.model.image.forward_features(self.batch[IMAGE])
+        return self.image_map_of(IMAGE)
 
     @cached_property
     def text_states(self) -> torch.Tensor:

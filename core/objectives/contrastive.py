@@ -48,7 +48,7 @@ class ContrastiveObjective(Objective):
 
     def embed(self, view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and text embeddings in the shared space (used by retrieval too)."""
-        image = self.image_proj(view.image_map.mean(dim=(2, 3)))
+        image = self.image_proj(view.image_vector())
         text = self.text_proj(masked_max(view.text_states, view.batch["attention_mask"]))
         return image, text
 

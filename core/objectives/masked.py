@@ -65,21 +65,42 @@ def mlm_loss_per_sample(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 class MLMObjective(Objective):
-    """Masked language modelling on reports (BERT's prediction head, untied from embeddings)."""
+    """Masked language modelling on reports with BERT's prediction head.
+
+    ``tied=False`` (run-config ``mlm-decoder = "untied"``): the head has its own
+    vocabulary-sized decoder matrix (opacus needs this under sample-level DP).
+    ``tied=True`` (``"tied"``): the logits are the transformed states times the text encoder's
+    word embeddings plus a bias, as in BERT. The head then has no vocabulary-sized matrix of its
+    own: with MiniLM's 30,522 words that is 11.7 M parameters fewer to update, optimise and
+    upload every step, and none at all to train when the embeddings are locked
+    (``freeze-text-layers``).
+    """
 
     name: ClassVar[str] = "mlm"
     modalities: ClassVar[frozenset[str]] = frozenset({TEXT})
     encoder_groups: ClassVar[tuple[str, ...]] = ("text",)
 
-    def __init__(self, hidden: int, vocab_size: int, special_ids: list[int], mask_id: int, ratio: float = 0.15) -> None:
+    def __init__(self, hidden: int, vocab_size: int, special_ids: list[int], mask_id: int, ratio: float = 0.15,
+                 tied: bool = False) -> None:
         super().__init__()
         self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
-        self.decoder = nn.Linear(hidden, vocab_size)
+        self.tied = tied
+        if tied:
+            self.bias = nn.Parameter(torch.zeros(vocab_size))
+        else:
+            self.decoder = nn.Linear(hidden, vocab_size)
         self.register_buffer("special_ids", torch.tensor(sorted(special_ids)), persistent=False)
         self.mask_id, self.vocab_size, self.ratio = mask_id, vocab_size, ratio
 
         # True under sample-level DP (core/privacy.py): one mean per sample, then the batch mean.
         self.per_sample = False
+
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of token states ``hidden`` (``model.text``'s embeddings when tied)."""
+        states = self.transform(hidden)
+        if self.tied:
+            return F.linear(states, model.text.bert.embeddings.word_embeddings.weight, self.bias)
+        return self.decoder(states)
 
     def mask(self, view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked token ids and labels (-100 where nothing is predicted) for a batch."""
@@ -91,11 +112,11 @@ class MLMObjective(Objective):
         hidden = model.text(masked, attention_mask)
         if self.per_sample:
             # opacus needs the batch dimension first in every layer: decode all positions.
-            return mlm_loss_per_sample(self.decoder(self.transform(hidden)), labels)
+            return mlm_loss_per_sample(self.logits(model, hidden), labels)
         # Decode only the ~15% target positions: with a 30k vocabulary (MiniLM) the decoder
         # over every position costs more than the encoder. Same mean as mlm_loss over all.
         targets = labels != IGNORE_INDEX
-        return F.cross_entropy(self.decoder(self.transform(hidden[targets])), labels[targets])
+        return F.cross_entropy(self.logits(model, hidden[targets]), labels[targets])
 
     def loss(self, view: BatchView) -> torch.Tensor:
         masked, labels = self.mask(view)

@@ -48,9 +48,32 @@ def test_config_hash_ignores_rounds_but_not_the_model() -> None:
 
 
 def test_recipes_switch_objectives() -> None:
-    assert RunConfig(recipe="convirt").objective_weights() == {"contrastive": 1.0, "matching": 0.0, "mlm": 0.0, "mim": 0.0, "generation": 0.0}
+    assert RunConfig(recipe="convirt").objective_weights() == {"contrastive": 1.0, "matching": 0.0, "mlm": 0.0, "mim": 0.0, "generation": 0.0,
+                                                               "distill": 0.0}
     assert RunConfig(recipe="refers").objective_weights()["generation"] == 1.0
     assert RunConfig(recipe="mixed").objective_weights()["mim"] == 1.0
+    assert RunConfig(recipe="mixed").objective_weights()["distill"] == 0.0  # opt-in
+    assert RunConfig(recipe="mixed", weight_distill=0.5).objective_weights()["distill"] == 0.5
+
+
+def test_knobs_a_recipe_ignores_are_errors_not_silently_dropped() -> None:
+    with pytest.raises(ConfigError, match="weight-distill"):
+        RunConfig(recipe="convirt", weight_distill=1.0).validate()
+    with pytest.raises(ConfigError, match="freeze-image-stages"):
+        RunConfig(recipe="uwox", freeze_image_stages=2).validate()
+    with pytest.raises(ConfigError, match="freeze-text-layers"):
+        RunConfig(recipe="unit", freeze_text_layers=1).validate()
+    with pytest.raises(ConfigError, match="layer-decay"):
+        RunConfig(layer_decay=0.0).validate()
+    with pytest.raises(ConfigError, match="image-bn"):
+        RunConfig(image_bn="sometimes").validate()
+
+
+def test_training_knobs_at_their_defaults_keep_the_config_hash() -> None:
+    base = RunConfig()
+    assert RunConfig(image_bn="train", warmup_steps=0, align_holdout=0.1).config_hash() == base.config_hash()
+    assert RunConfig(image_bn="frozen").config_hash() != base.config_hash()
+    assert RunConfig(weight_distill=1.0).config_hash() != base.config_hash()
 
 
 def _site(tmp_path: Path, text: str) -> Path:
