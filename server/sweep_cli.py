@@ -41,6 +41,27 @@ def _clear_errors(function):
     return wrapper
 
 GENERAL_PRETRAINED = "general-pretrained"
+# ImageNet's resolution: the general-pretrained encoder is evaluated at the size it was trained at
+# (``general-pretrained@SIZE`` evaluates it at another one).
+GENERAL_PRETRAINED_SIZE = 224
+
+
+def general_pretrained_size(spec: str) -> int | None:
+    """The image size of a ``general-pretrained[@SIZE]`` spec, ``None`` for any other spec.
+
+    Raises
+    ------
+    ValueError
+        When ``@SIZE`` is not a positive multiple of 32.
+    """
+    name, sep, size = spec.partition("@")
+    if name != GENERAL_PRETRAINED:
+        return None
+    if not sep:
+        return GENERAL_PRETRAINED_SIZE
+    if not size.isdigit() or int(size) <= 0 or int(size) % 32:
+        raise ValueError(f"--init {spec!r}: expected {GENERAL_PRETRAINED}@SIZE with SIZE a positive multiple of 32")
+    return int(size)
 
 
 @dataclass
@@ -56,7 +77,7 @@ def parse_init(text: str) -> InitSpec:
     name, sep, spec = text.partition("=")
     if not sep:
         spec = name
-        name = spec if spec in ("random", GENERAL_PRETRAINED) else Path(spec).resolve().name
+        name = spec if spec == "random" or general_pretrained_size(spec) else Path(spec).resolve().name
         if name == "checkpoints":
             name = Path(spec).resolve().parent.name
     if not name.strip() or not spec.strip():
@@ -96,9 +117,11 @@ def _checkpoint(spec: str):
 def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Build the sweep's :class:`~fedvlp.core.evaluation.Init` objects.
 
-    The architecture of ``random`` and ``general-pretrained`` (and the image size of the
-    labelled set) comes from the first checkpoint init's run config, else from the
-    defaults; ``overrides`` (``--run-config``) apply on top. Checkpoint inits keep their own.
+    The architecture of ``random`` (and the image size of the labelled set) comes from the
+    first checkpoint init's run config, else from the defaults; ``overrides``
+    (``--run-config``) apply on top. Checkpoint inits keep their own architecture and are
+    evaluated at their own image size; ``general-pretrained`` is evaluated at ImageNet's
+    224 px (``general-pretrained@SIZE``: at SIZE).
 
     Returns
     -------
@@ -116,7 +139,7 @@ def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dic
         raise ValueError(f"--init names must be unique, got {duplicates} more than once")
     loaded = {}
     for spec in specs:
-        if spec.spec not in ("random", GENERAL_PRETRAINED):
+        if spec.spec != "random" and general_pretrained_size(spec.spec) is None:
             checkpoint, folder = _checkpoint(spec.spec)
             if "run_config" not in checkpoint.state:
                 raise ConfigError(str(folder), "run_config", "a checkpoint state JSON with the run's configuration")
@@ -127,21 +150,21 @@ def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dic
     inits: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for spec in specs:
+        size = general_pretrained_size(spec.spec)
         if spec.spec == "random":
-            inits[spec.name] = Init(BackboneFactory(base.replace(image_init="")), None, "random")
-        elif spec.spec == GENERAL_PRETRAINED:
-            run = base.replace(image_init="efficientnet-lite0")  # ImageNet EfficientNet-Lite0 (fedvlp[pretrained])
+            inits[spec.name] = Init(BackboneFactory(base.replace(image_init="", freeze_image_stages=0, image_bn="train")), None, "random")
+        elif size is not None:
+            # ImageNet EfficientNet-Lite0 (fedvlp[pretrained]) at its own resolution.
+            run = base.replace(image_init="efficientnet-lite0", image_size=size, freeze_image_stages=0, image_bn="train")
             factory = BackboneFactory(run)
-            inits[spec.name] = Init(factory, factory().state_dict(), GENERAL_PRETRAINED)
+            inits[spec.name] = Init(factory, factory().state_dict(), spec.spec, image_size=size if size != base.image_size else None)
         else:
             run, checkpoint, folder = loaded[spec.name]
-            if run.image_size != base.image_size:
-                raise ConfigError(str(folder), "image-size", f"the sweep's image size {base.image_size} (all inits share one labelled set)",
-                                  run.image_size)
             model = build_model(run)
             model.load_state_dict(checkpoint.weights)
             state = {k: v.detach().clone() for k, v in model.image_backbone().state_dict().items()}
-            inits[spec.name] = Init(BackboneFactory(run), state, f"{folder} round {checkpoint.round}")
+            own = run.image_size if run.image_size != base.image_size else None
+            inits[spec.name] = Init(BackboneFactory(run), state, f"{folder} round {checkpoint.round}", image_size=own)
             models[spec.name] = (run, model)
     return inits, base, models
 
@@ -211,13 +234,15 @@ def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label
     from fedvlp.core.evaluation.sweep import RESULTS_FILE, _write_results
 
     inits, base, models = resolve_inits(specs, overrides or {})
-    labeled = load_labeled(Path(labeled_path), label_columns, base.image_size, id_column=id_column, image_column=image_column,
-                           patient_column=patient_column, split_column=split_column,
-                           test_manifest=Path(test_path) if test_path else None)
-    print(f"labelled set: {labeled.summary()}")
+    sizes = [base.image_size] + sorted({i.image_size for i in inits.values() if i.image_size is not None} - {base.image_size})
+    sets = {size: load_labeled(Path(labeled_path), label_columns, size, id_column=id_column, image_column=image_column,
+                               patient_column=patient_column, split_column=split_column,
+                               test_manifest=Path(test_path) if test_path else None) for size in sizes}
+    labeled = sets[base.image_size]
+    print(f"labelled set: {labeled.summary()}" + (f" (decoded at {', '.join(f'{s} px' for s in sizes)})" if len(sizes) > 1 else ""))
     print(f"sweep: {len(inits)} init(s) x {len(config.protocols)} protocol(s) x {len(config.fractions)} fraction(s) x "
           f"{len(config.seeds)} seed(s), {jobs} job(s) -> {out}")
-    results = run_sweep(inits, None, labeled, out, config, progress=True, jobs=jobs)
+    results = run_sweep(inits, None, sets, out, config, progress=True, jobs=jobs)
     extra_rows = _extras(models, labeled, out, queries, set(extras))
     if not extra_rows.empty:
         everything = load_results(out / RESULTS_FILE)

@@ -28,11 +28,13 @@ class Init:
     source: EncoderSource
     state: Mapping[str, torch.Tensor] | None = None
     origin: str = ""
+    image_size: int | None = None  # the images it is evaluated on (None: the sweep's labelled set)
 
     def digest(self) -> str:
         """What identifies the init's weights and architecture in ``sweep_meta.json``."""
         arch = hashlib.sha256(repr(describe_encoder(self.source)).encode()).hexdigest()[:8]
-        return f"{state_hash(self.state)}:{arch}"
+        size = "" if self.image_size is None else f"@{self.image_size}"
+        return f"{state_hash(self.state)}:{arch}{size}"
 
 
 def build_encoder(source: EncoderSource, state: Mapping[str, torch.Tensor] | None, seed: int) -> nn.Module:

@@ -26,10 +26,12 @@ from typing import Any, Mapping, Union
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_bytes
 from .data import LabeledSet, sample_fraction
+from ..models.stages import UpperStages, is_staged, lock_stages, num_stages
 from .encoders import EncoderSource, Init, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune
 from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
@@ -84,6 +86,7 @@ class SweepConfig:
     ft_flip: bool = False
     ft_precision: str = "fp32"
     ft_channels_last: bool = True
+    ft_trainable_stages: int = 0  # 0: fine-tune the whole encoder; N: only its top N stages, on cached lower features
     title: str = "Label-efficiency sweep"
 
     def validate(self) -> None:
@@ -98,6 +101,8 @@ class SweepConfig:
             raise ValueError("batch_size must be >= 2 and eval_batch_size >= 1")
         if self.ft_precision not in PRECISIONS:
             raise ValueError(f"ft_precision must be one of {PRECISIONS}, got {self.ft_precision!r}")
+        if self.ft_trainable_stages < 0:
+            raise ValueError(f"ft_trainable_stages must be >= 0 (0: the whole encoder), got {self.ft_trainable_stages}")
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`FinetuneConfig` of these settings."""
@@ -108,7 +113,7 @@ class SweepConfig:
             patience=self.ft_patience, warmup_fraction=self.ft_warmup_fraction,
             plateau_patience=self.ft_plateau_patience, shift=self.ft_shift, flip=self.ft_flip,
             eval_batch_size=self.eval_batch_size, device=self.device, precision=self.ft_precision,
-            channels_last=self.ft_channels_last,
+            channels_last=self.ft_channels_last, trainable_stages=self.ft_trainable_stages,
         )
 
     def settings(self) -> dict[str, Any]:
@@ -185,14 +190,23 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
 InitValue = Union[Mapping[str, torch.Tensor], Init, None]
 
 
+Labeled = Union[LabeledSet, Mapping[int, LabeledSet]]
+
+
 @dataclass
 class _Context:
-    """What every cell needs, plus the linear-probe feature cache."""
+    """What every cell needs, plus the linear-probe and lower-stage feature caches."""
 
-    labeled: LabeledSet
+    labeled: dict[int, LabeledSet]  # by image size; every set has the same rows and splits
     inits: dict[str, Init]
     config: SweepConfig
+    default_size: int
     features: dict[tuple[str, int | None], torch.Tensor] = dataclasses.field(default_factory=dict)
+    lower: dict[tuple[str, int | None], tuple[torch.Tensor, int]] = dataclasses.field(default_factory=dict)
+
+    def labeled_for(self, init: str) -> LabeledSet:
+        """The labelled set at the image size ``init`` is evaluated at."""
+        return self.labeled[self.inits[init].image_size or self.default_size]
 
     def probe_features(self, init: str, seed: int) -> torch.Tensor:
         """Features of all images, once per pretrained init (once per seed for random inits)."""
@@ -200,13 +214,37 @@ class _Context:
         key = (init, seed if spec.state is None else None)
         if key not in self.features:
             encoder = build_encoder(spec.source, spec.state, seed)
-            self.features[key] = extract_features(encoder, self.labeled.images, self.config.eval_batch_size, self.config.device)
+            self.features[key] = extract_features(encoder, self.labeled_for(init).images, self.config.eval_batch_size, self.config.device)
         return self.features[key]
+
+    def finetune_inputs(self, init: str, seed: int) -> tuple[nn.Module, torch.Tensor, bool]:
+        """The module to fine-tune and its inputs: the whole encoder on images, or (with
+        ``ft_trainable_stages``) its top stages on the cached output of the frozen lower ones."""
+        spec = self.inits[init]
+        encoder = build_encoder(spec.source, spec.state, seed)
+        images = self.labeled_for(init).images
+        trainable = self.config.ft_trainable_stages
+        if not trainable:
+            return encoder, images, False
+        if not is_staged(encoder):
+            log.warning("init %s: %s has no stages; fine-tuning the whole encoder", init, type(encoder).__name__)
+            return encoder, images, False
+        start = max(0, num_stages(encoder) - trainable)
+        lock_stages(encoder, start)
+        upper = UpperStages(encoder, start)
+        key = (init, seed if spec.state is None else None)
+        if key not in self.lower:
+            encoder.eval()
+            with torch.no_grad():
+                chunks = [upper.lower(images[i:i + self.config.eval_batch_size].to(self.config.device)).cpu()
+                          for i in range(0, len(images), self.config.eval_batch_size)]
+            self.lower[key] = (torch.cat(chunks), start)
+        return upper, self.lower[key][0], True
 
 
 def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: int) -> list[dict[str, Any]]:
     """One run: sample the labelled subset, train with ``protocol``, score the test split."""
-    labeled, config = ctx.labeled, ctx.config
+    labeled, config = ctx.labeled_for(init), ctx.config
     train_split, val_idx, test_idx = (labeled.indices(s) for s in ("train", "val", "test"))
     train_idx = sample_fraction(train_split, labeled.labels, fraction, seed, labeled.tasks)
     if protocol == "linear":
@@ -214,10 +252,9 @@ def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: in
         result = linear_probe(features, labeled.labels, train_idx, val_idx, test_idx, config.probe_weight_decays,
                               config.probe_max_iter, standardise_idx=train_split, tasks=labeled.tasks)
     elif protocol == "finetune":
-        spec = ctx.inits[init]
-        encoder = build_encoder(spec.source, spec.state, seed)
-        result = finetune(encoder, encoder.out_dim, labeled.images, labeled.labels, train_idx, val_idx, test_idx,
-                          seed, config.finetune_config(), tasks=labeled.tasks)
+        module, inputs, cached = ctx.finetune_inputs(init, seed)
+        result = finetune(module, module.out_dim, inputs, labeled.labels, train_idx, val_idx, test_idx,
+                          seed, config.finetune_config(), tasks=labeled.tasks, cached=cached)
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     test_y = labeled.labels[torch.as_tensor(test_idx)]
@@ -248,10 +285,29 @@ def _as_init(name: str, value: InitValue, encoder_config: EncoderSource | None) 
     return Init(encoder_config, value)
 
 
+def _labeled_sets(labeled: Labeled, specs: Mapping[str, Init]) -> tuple[dict[int, LabeledSet], int]:
+    """The labelled sets by image size and the size of inits without their own; every size an
+    init asks for must be there, with the same rows and splits."""
+    sets = {labeled.image_size: labeled} if isinstance(labeled, LabeledSet) else {int(k): v for k, v in labeled.items()}
+    if not sets:
+        raise ValueError("no labelled set given")
+    default = next(iter(sets))
+    first = sets[default]
+    for size, other in sets.items():
+        if other.image_size != size:
+            raise ValueError(f"the labelled set given for image size {size} has {other.image_size} px images")
+        if list(other.ids) != list(first.ids) or list(other.split) != list(first.split):
+            raise ValueError(f"the labelled sets at {default} and {size} px differ in rows or splits")
+    for name, spec in specs.items():
+        if spec.image_size is not None and spec.image_size not in sets:
+            raise ValueError(f"init '{name}' is evaluated at {spec.image_size} px but no labelled set of that size was given")
+    return sets, default
+
+
 def run_sweep(
     inits: Mapping[str, InitValue],
     encoder_config: EncoderSource | None,
-    labeled: LabeledSet,
+    labeled: Labeled,
     out_dir: Path,
     config: SweepConfig = SweepConfig(),
     progress: bool = True,
@@ -270,8 +326,10 @@ def run_sweep(
         Architecture of the inits given as state dicts or ``None`` (may be ``None`` when every
         init is an :class:`Init`).
     labeled
-        The labelled set with its train/val/test split. The label fraction applies to the
-        train split; validation (model selection) and test always use the full splits.
+        The labelled set with its train/val/test split, or one such set per image size (the
+        same rows decoded at each size; an init with an ``image_size`` uses that one, the
+        others the first). The label fraction applies to the train split; validation (model
+        selection) and test always use the full splits.
     out_dir
         Gets ``cells/*.csv`` (one per finished cell), ``results.csv`` (after every cell),
         ``sweep_meta.json``, and at the end ``report.md``, ``summary.csv`` and the plots.
@@ -305,10 +363,12 @@ def run_sweep(
         raise ValueError("inits must name at least one initialisation")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    for split in ("train", "val", "test"):
-        if len(labeled.indices(split)) == 0:
-            raise ValueError(f"the labelled set has no '{split}' rows")
     specs = {name: _as_init(name, value, encoder_config) for name, value in inits.items()}
+    sets, default_size = _labeled_sets(labeled, specs)
+    first = sets[default_size]
+    for split in ("train", "val", "test"):
+        if len(first.indices(split)) == 0:
+            raise ValueError(f"the labelled set has no '{split}' rows")
     for name, spec in specs.items():  # fail fast, before hours of runs
         if spec.state is not None:
             try:
@@ -323,7 +383,8 @@ def run_sweep(
     _check_meta(out_dir, {
         "settings": config.settings(),
         "encoder": _jsonable(describe_encoder(encoder_config)) if encoder_config is not None else None,
-        "data": labeled.fingerprint(),
+        # One labelled set keeps its historical fingerprint; several sizes list theirs.
+        "data": first.fingerprint() if len(sets) == 1 else {str(k): v.fingerprint() for k, v in sorted(sets.items())},
         "inits": digests,
     })
     results_path = out_dir / RESULTS_FILE
@@ -344,7 +405,7 @@ def run_sweep(
     if len(todo) < len(cells):
         log.info("%s: %d of %d cells already done, running %d", out_dir, len(cells) - len(todo), len(cells), len(todo))
 
-    ctx = _Context(labeled, specs, config)
+    ctx = _Context(sets, specs, config, default_size)
     threads = config.num_threads or (_available_cores() if jobs == 1 else 1)
 
     def finish(cell: tuple[str, str, float, int], rows: list[dict[str, Any]]) -> None:

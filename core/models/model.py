@@ -196,7 +196,11 @@ class BackboneFactory:
         return described
 
     def __call__(self) -> nn.Module:
-        return build_model(self.run, seed=torch.initial_seed()).image_backbone()
+        backbone = build_model(self.run, seed=torch.initial_seed()).image_backbone()
+        # Locks are a pretraining setting (freeze-image-stages): the sweep decides what trains.
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(True)
+        return backbone
 
 
 def backbone_state(run: RunConfig, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

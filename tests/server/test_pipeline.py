@@ -69,6 +69,54 @@ def test_runs_share_the_vocabulary_and_baselines_cover_every_site_with_images(tm
     assert runs["local-hospital_a"].out_dir == str(tmp_path / "out" / "local-hospital_a")
 
 
+def test_study_runs_pick_the_pretraining_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fedvlp.server.pipeline.pretrained_installed", lambda: True)
+    folder = _federation(tmp_path, '[general-pretrained]\nimage-init = "efficientnet-lite0"\nfreeze-image-stages = 5\n'
+                         '[study]\nruns = ["general-pretrained+federated"]\n')
+    runs = pretraining_runs(load_federation(folder), tmp_path / "out")
+    assert list(runs) == ["general-pretrained+federated"]
+    assert runs["general-pretrained+federated"].freeze_image_stages == 5
+
+
+def test_without_the_pretrained_weights_the_study_falls_back_to_the_run_from_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fedvlp.server.pipeline.pretrained_installed", lambda: False)
+    folder = _federation(tmp_path, '[general-pretrained]\nimage-init = "efficientnet-lite0"\n[study]\nruns = ["general-pretrained+federated"]\n')
+    assert list(pretraining_runs(load_federation(folder), tmp_path / "out")) == ["federated"]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[study]\nruns = ["central"]\n', "study.runs"),
+    ('[study]\nrunz = []\n', "study.runz"),
+    ('[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\njoin-federation = "test"\n', "evaluation.join-federation"),
+    ('[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\nfinetune-stages = -1\n', "evaluation.finetune-stages"),
+])
+def test_bad_study_keys_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        load_federation(_federation(tmp_path, text))
+
+
+def test_the_labelled_hospital_joins_with_its_train_images_only(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedvlp.core.config import list_site_files, load_site
+    from fedvlp.core.data.manifest import load_source_rows
+    from fedvlp.core.evaluation.data import split_manifest
+    from fedvlp.server.pipeline import joined_sites
+
+    monkeypatch.setenv("FEDVLP_DEMO_DATA", str(world))
+    labeled = world / "labeled" / "manifest.csv"
+    federation = load_federation(_federation(tmp_path, EVALUATION.format(labeled=labeled)))
+    split = split_manifest(labeled, tmp_path / "split", by="patient_id", fractions=(0.6, 0.2, 0.2))
+    folder = joined_sites(federation, tmp_path / "split", tmp_path / "out")
+    monkeypatch.delenv("FEDVLP_DEMO_DATA")  # the joined folder holds absolute paths
+    names = [path.name for path in list_site_files(folder)]
+    assert names == sorted([path.name for path in list_site_files(federation.folder)] + ["labeled_train.yaml"])
+    hospital = load_site(folder / "labeled_train.yaml")
+    assert hospital.modalities == {"image"}
+    rows = load_source_rows(hospital.sources[0])
+    train = pd.read_csv(split["train"])
+    assert sorted(rows.ids) == sorted(train["id"].astype(str))
+    assert len(load_source_rows(load_site(folder / "hospital_a.yaml").sources[0]).ids) > 0
+
+
 @pytest.mark.slow
 def test_a_quick_study_pretrains_splits_by_patient_and_sweeps(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDVLP_DEMO_DATA", str(world))

@@ -75,3 +75,22 @@ def test_general_pretrained_init_is_imagenet_efficientnet(world, tmp_path):
 
     meta = json.loads((tmp_path / "sweep" / "sweep_meta.json").read_text())
     assert meta["inits"]["general-pretrained"] != "random"  # weights recorded, not a random init
+
+
+@pytest.mark.parametrize(("spec", "size"), [("general-pretrained", 224), ("general-pretrained@128", 128), ("random", None), ("runs/x", None)])
+def test_general_pretrained_is_evaluated_at_imagenet_size_unless_told(spec, size):
+    from fedvlp.server.sweep_cli import general_pretrained_size
+
+    assert general_pretrained_size(spec) == size
+
+
+@pytest.mark.parametrize("spec", ["general-pretrained@100", "general-pretrained@", "general-pretrained@x"])
+def test_a_general_pretrained_size_must_be_a_multiple_of_32(spec):
+    from fedvlp.server.sweep_cli import general_pretrained_size
+
+    with pytest.raises(ValueError, match="multiple of 32"):
+        general_pretrained_size(spec)
+
+
+def test_a_bare_general_pretrained_spec_keeps_its_size_in_the_name():
+    assert parse_init("general-pretrained@128").name == "general-pretrained@128"

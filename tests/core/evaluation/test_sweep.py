@@ -1,3 +1,4 @@
+import torch
 import pandas as pd
 import pytest
 
@@ -199,3 +200,28 @@ def test_results_made_before_head_warm_up_existed_are_not_mixed_with_new_ones(tm
     legacy = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "ft_warmup_fraction": 0.0,
                             "ft_plateau_patience": None})
     run_sweep({"random": None}, tiny_config, labeled, tmp_path, legacy, progress=False)  # the old protocol resumes
+
+
+def test_fine_tuning_the_top_stage_runs_on_cached_lower_stage_outputs(tmp_path, labeled, tiny_config, pretrained):
+    from fedvlp.core.evaluation import Init
+    from fedvlp.core.models.stages import num_stages
+
+    config = SweepConfig(**{**FAST, "fractions": (1.0,), "protocols": ("finetune",)}, ft_trainable_stages=1)
+    ctx = sweep_module._Context({labeled.image_size: labeled}, {"pre": Init(tiny_config, pretrained)}, config, labeled.image_size)
+    upper, inputs, cached = ctx.finetune_inputs("pre", 0)
+    encoder = build_encoder(tiny_config, pretrained, 0).eval()
+    assert cached and upper.start == num_stages(encoder) - 1
+    upper.eval()
+    assert torch.allclose(upper(inputs[:4]), encoder(labeled.images[:4]), atol=1e-5)  # same features, cheaper input
+    rows = run_sweep({"pre": pretrained}, tiny_config, labeled, tmp_path, config, progress=False)
+    auc = rows[(rows.metric == "auc") & (rows["class"] == "mean")]
+    assert len(auc) == 1 and 0.0 <= float(auc["value"].iloc[0]) <= 1.0
+    trainable = {n for n, p in upper.named_parameters() if p.requires_grad}
+    assert trainable and trainable < {n for n, _ in upper.named_parameters()}  # only the top stage trains
+
+
+def test_an_init_at_another_image_size_needs_a_labelled_set_of_that_size(tmp_path, labeled, tiny_config, pretrained):
+    from fedvlp.core.evaluation import Init
+
+    with pytest.raises(ValueError, match="evaluated at 64 px but no labelled set of that size"):
+        run_sweep({"big": Init(tiny_config, pretrained, image_size=64)}, tiny_config, labeled, tmp_path, SweepConfig(**FAST), progress=False)
