@@ -47,8 +47,10 @@ def holdout_split(rows: ManifestRows, share: float) -> tuple[np.ndarray, np.ndar
     scores = np.array([_unit(k) for k in keys])
     held = scores < share
     if held.sum() > HOLDOUT_MAX_ROWS:
-        # Keep whole groups: the lowest-scoring groups up to the cap.
-        cutoff = np.sort(scores[held])[HOLDOUT_MAX_ROWS - 1]
+        # Keep whole groups: the lowest-scoring groups whose rows fit under the cap together.
+        group_scores, sizes = np.unique(scores[held], return_counts=True)
+        fits = np.cumsum(sizes) <= HOLDOUT_MAX_ROWS
+        cutoff = group_scores[fits][-1] if fits.any() else -1.0
         held &= scores <= cutoff
     if held.sum() < HOLDOUT_MIN_ROWS or held.all():
         return everything, everything[:0]
