@@ -24,7 +24,7 @@ from fedvlp.core.params import group_of
 from fedvlp.core.runtime import offline_env, state_dir
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
-__all__ = ["run_bench", "tree_rss_bytes"]
+__all__ = ["run_bench", "site_step_seconds", "tree_rss_bytes"]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -139,6 +139,51 @@ def _simulation_figures(run: RunConfig) -> dict[str, Any]:
         **{key: round(summary[key], 3) for key in ("round-seconds", "round-client-compute-seconds", "round-other-seconds")},
         "simulation-peak-rss-mb": round(peak[0] / 2**20, 1),
     }
+
+
+# What the study's keep-the-pretrained-start settings replace: every knob at its default
+# (the whole network trains, BatchNorm re-estimates, a dense MLM decoder, masked regeneration).
+_BEFORE = {"freeze-image-stages": 0, "freeze-text-layers": 0, "image-bn": "train", "mlm-decoder": "untied",
+           "weight-distill": 0.0, "weight-mim": 1.0, "image-lr-scale": 1.0, "text-lr-scale": 1.0, "warmup-steps": 0}
+
+
+def site_step_seconds(folder: str | Path, steps: int = 3) -> dict[str, Any]:
+    """Seconds per local step of every site kind of a study, before and after its settings.
+
+    ``folder`` holds site files and a ``federation.toml`` (:mod:`~fedvlp.server.pipeline`);
+    "after" is its general-pretrained run configuration (``[run]`` + ``[general-pretrained]``,
+    at the study's image size), "before" the same starting weights with :data:`_BEFORE`. One
+    thread, one warm-up step, then ``steps`` timed steps per site and setting.
+
+    Returns
+    -------
+    dict
+        ``site-step-seconds/<site>/before`` and ``.../after`` and their ratio per site.
+    """
+    from .pipeline import load_federation, pretrained_installed
+
+    offline_env(threads_per_client=1)
+    torch.set_num_threads(1)
+    federation = load_federation(folder)
+    after = RunConfig.from_flat({**federation.run, **(federation.general if pretrained_installed() else {}), "sites": str(federation.folder)})
+    if after.text_init == "minilm":
+        after = after.replace(tokenizer="minilm")
+    before = RunConfig.from_flat({**after.to_flat(), **_BEFORE})
+    figures: dict[str, Any] = {"image-size": after.image_size, "batch-size": after.batch_size, "torch-threads": 1,
+                               "text-init": after.text_init or "random", "image-init": after.image_init or "random"}
+    for site_file in list_site_files(federation.folder):
+        site = load_site(site_file)
+        seconds = {}
+        for name, run in (("before", before), ("after", after)):
+            model = build_model(run)
+            trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
+            trainer.train(1)  # warm-up: first decode, allocator
+            started = time.perf_counter()
+            trainer.train(steps)
+            seconds[name] = (time.perf_counter() - started) / steps
+            figures[f"site-step-seconds/{site_file.stem}/{name}"] = round(seconds[name], 3)
+        figures[f"site-step-ratio/{site_file.stem}"] = round(seconds["after"] / seconds["before"], 3)
+    return figures
 
 
 def run_bench(quick: bool = False) -> dict[str, Any]:

@@ -142,9 +142,10 @@ def _parse_value(raw: str) -> Any:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Print speed, size and memory figures, one ``name: value`` per line."""
-    from .bench import run_bench
+    from .bench import run_bench, site_step_seconds
 
-    for name, value in run_bench(quick=args.quick).items():
+    figures = site_step_seconds(args.site_steps, args.steps) if args.site_steps else run_bench(quick=args.quick)
+    for name, value in figures.items():
         print(f"{name}: {value}")
     return 0
 
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="print speed, upload size and memory figures")
     bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--site-steps", metavar="FOLDER", help="instead: seconds per local step of every site of a study "
+                       "folder (e.g. sites/cxr), before and after its federation.toml settings, at its image size")
+    bench.add_argument("--steps", type=int, default=3, help="timed steps per site and setting with --site-steps")
     bench.set_defaults(func=cmd_bench)
 
     val = sub.add_parser("validate-site", help="check every row and image of a site file")
