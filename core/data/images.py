@@ -17,6 +17,10 @@ image_rgb      a colour image whose channels differ, unless accepted
 
 A colour-mode file (RGB, RGBA, LA, P, CMYK...) whose channels are equal (a grey radiograph saved
 as RGB, common in JPEG exports) is grey and accepted.
+
+DICOM files (``.dcm``, or the ``DICM`` marker in a file without an image suffix) are read by
+:mod:`.dicom` with their own display transform and reasons; accepted 16-bit images get the
+percentile window of :mod:`.display`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from .display import percentile_window, unit_to_gray
 
 __all__ = ["ImageDecodeError", "ImagePolicy", "DEFAULT_POLICY", "load_image", "check_header", "decode_gray", "MAX_PIXELS", "IMAGE_REASONS"]
 
@@ -60,8 +66,9 @@ class ImagePolicy:
     Parameters
     ----------
     accept_16bit
-        Rescale high-bit-depth images to 8 bits (by the image's own maximum) instead of
-        skipping them as ``image_16bit``.
+        Rescale high-bit-depth images to 8 bits (by the percentile window of
+        :func:`~fedvlp.core.data.display.percentile_window`) instead of skipping them as
+        ``image_16bit``. DICOM files carry their own window and need no acceptance.
     accept_rgb
         Convert colour images to luminance instead of skipping them as ``image_rgb``.
     max_pixels
@@ -115,6 +122,10 @@ def check_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
         With the reason code.
     """
     path = Path(path)
+    from .dicom import dicom_header, is_dicom  # here: dicom.py imports this module
+
+    if is_dicom(path):
+        return dicom_header(path, policy)
     img = _open_checked(path, policy)
     with img:
         if img.mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
@@ -137,6 +148,10 @@ def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, size: in
         With the reason code (see the module docstring).
     """
     path = Path(path)
+    from .dicom import decode_dicom, is_dicom  # here: dicom.py imports this module
+
+    if is_dicom(path):
+        return decode_dicom(path, policy, size)
     img = _open_checked(path, policy)
     try:
         with img:
@@ -164,9 +179,7 @@ def _to_gray(path: Path, img: Image.Image, policy: ImagePolicy, draft_size: int 
     if mode == "L":
         return img
     if mode in _HIGH_DEPTH_MODES:
-        array = np.asarray(img, dtype=np.float32)
-        peak = float(array.max()) or 1.0
-        return Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
+        return unit_to_gray(percentile_window(np.asarray(img, dtype=np.float32)))
     if mode == "1":
         return img.convert("L")
     if mode == "LA":
