@@ -228,7 +228,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from fedvlp.core.data.importers import import_layout, parse_mapping, site_yaml
 
     options: dict[str, Any] = {}
-    for name in ("uncertain", "reports", "images", "labeler", "patient_pattern", "min_label_count"):
+    for name in ("uncertain", "reports", "images", "labeler", "patient_pattern", "min_label_count",
+                 "report_key", "report_key_column", "report_column", "salt_file", "modalities"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     for name in ("no_reports", "absolute_paths"):
@@ -334,13 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     voc.set_defaults(func=cmd_build_vocab)
 
     imp = sub.add_parser("import", help="public dataset layout (or CSV + mapping) -> site manifest (docs/importing.md)")
-    imp.add_argument("layout", choices=["mimic-cxr-jpg", "openi", "chexpert", "nih", "folder", "generic"])
-    imp.add_argument("src", help="the dataset folder (the CSV file for 'generic')")
+    imp.add_argument("layout", choices=["mimic-cxr-jpg", "openi", "chexpert", "nih", "folder", "generic", "dicom"])
+    imp.add_argument("src", help="the dataset folder (the CSV file for 'generic', a folder of DICOM files for 'dicom')")
     imp.add_argument("--out", required=True, help="manifest CSV to write; image paths in it are relative to its folder")
     imp.add_argument("--site-out", help="also write a site YAML for the manifest here (default: print it)")
     imp.add_argument("--site-name", help="name in the site YAML (default: the manifest's folder name)")
     imp.add_argument("--uncertain", choices=["blank", "zero", "one"], help="CheXpert-style -1 labels become unknown (default), 0 or 1")
-    imp.add_argument("--reports", help="mimic-cxr-jpg: folder with MIMIC-CXR's files/pXX/pSUBJECT/sSTUDY.txt (default: SRC)")
+    imp.add_argument("--reports", help="mimic-cxr-jpg: folder with MIMIC-CXR's files/pXX/pSUBJECT/sSTUDY.txt (default: SRC); "
+                     "dicom: a CSV of reports to join")
+    imp.add_argument("--report-key", choices=["accession", "study"], help="dicom: join --reports on AccessionNumber (default) or StudyInstanceUID")
+    imp.add_argument("--report-key-column", help="dicom: the --reports column holding the key (default AccessionNumber / StudyInstanceUID)")
+    imp.add_argument("--report-column", nargs="+", metavar="[SECTION=]COLUMN", help="dicom: the report text column (default report) and/or findings=COL impression=COL ...")
+    imp.add_argument("--salt-file", help="dicom: the site's secret salt for hashed ids (default $FEDVLP_HOME/dicom-salt, created on first use)")
+    imp.add_argument("--modalities", nargs="+", help="dicom: Modality values to import (default CR DX; 'any' for all)")
     imp.add_argument("--no-reports", action="store_true", help="mimic-cxr-jpg: images and labels only")
     imp.add_argument("--labeler", choices=["chexpert", "negbio"], help="mimic-cxr-jpg: label file (default chexpert)")
     imp.add_argument("--images", help="openi, nih, generic: the image folder when not the default")

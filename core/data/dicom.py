@@ -155,9 +155,11 @@ def header_refusal(ds: Dataset) -> tuple[str, str] | None:
     except (TypeError, ValueError) as err:
         return "dicom_bad_header", f"Rows/Columns/NumberOfFrames/SamplesPerPixel not integers ({err})"
     if not rows or not columns:
-        if not ds.get("SOPClassUID"):
+        meta = getattr(ds, "file_meta", None)
+        sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+        if not sop_class:
             return "image_corrupt", "no SOPClassUID, Rows or Columns: not a DICOM object, or cut short"
-        return "dicom_not_image", f"no Rows/Columns (SOP class {ds.SOPClassUID}): not an image"
+        return "dicom_not_image", f"no Rows/Columns (SOP class {sop_class}): not an image"
     if frames is not None and frames > 1:
         return "dicom_multiframe", f"{frames} frames; fedvlp reads single-frame radiographs"
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()

@@ -1,4 +1,4 @@
-"""Importers: public chest X-ray layouts (and any CSV) -> one site manifest.
+"""Importers: public chest X-ray layouts, any CSV, or a folder of DICOM files -> one site manifest.
 
 ``fedvlp import LAYOUT SRC --out MANIFEST`` calls :func:`import_layout`. Every importer streams
 its input, never opens an image (it only checks that the file exists), counts every row it
@@ -16,6 +16,7 @@ from typing import Any
 from ...config import ConfigError
 from .chexpert import import_chexpert
 from .common import UNCERTAIN_POLICIES, ImportResult, site_yaml
+from .dicom import import_dicom
 from .folder import import_folder
 from .generic import import_generic, parse_mapping
 from .mimic import import_mimic_cxr_jpg
@@ -31,6 +32,7 @@ LAYOUTS: dict[str, Callable[..., ImportResult]] = {
     "nih": import_nih,
     "folder": import_folder,
     "generic": import_generic,
+    "dicom": import_dicom,
 }
 
 
@@ -48,7 +50,7 @@ def import_layout(layout: str, src: str | Path, out: str | Path, **options: Any)
     layout
         One of :data:`LAYOUTS`.
     src
-        The dataset folder (the CSV file for ``generic``).
+        The dataset folder (the CSV file for ``generic``, the folder of DICOM files for ``dicom``).
     out
         The manifest CSV to write (its folder is created).
     **options
