@@ -19,7 +19,7 @@ C.11.2:
    is spread by the bits its entries actually use.
 4. **MONOCHROME1** (low values white) is inverted into MONOCHROME2.
 
-The result, in ``[0, 1]``, is resized (bilinear) and rounded to 8 bits like any other image.
+The result, in ``[0, 1]``, is rounded to 8 bits and resized (bilinear) like any other image.
 
 Refused, with their reason codes (counted like the other ``image_*`` reasons):
 
@@ -174,12 +174,23 @@ def stored_values(raw: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray
     """The ``bits_stored`` low bits of every pixel as integers (two's complement when ``signed``).
 
     Bits above ``bits_stored`` (overlays in old files, or junk) are ignored; the result is
-    ``int32`` (``int64`` for more than 31 bits).
+    ``int32`` (``int64`` for 32-bit pixels).
     """
-    wide = raw.astype(np.int64) & ((1 << bits_stored) - 1)
+    width = 8 * raw.dtype.itemsize
+    if bits_stored > width:
+        raise ValueError(f"BitsStored {bits_stored} in {width}-bit pixels")
+    # in the pixels' own width (fast), then one widening copy
+    unsigned = raw.view(f"u{raw.dtype.itemsize}")
+    if bits_stored < width:
+        unsigned = unsigned & unsigned.dtype.type((1 << bits_stored) - 1)
     if signed:
-        wide = np.where(wide >= 1 << (bits_stored - 1), wide - (1 << bits_stored), wide)
-    return wide.astype(np.int32) if bits_stored <= 31 else wide
+        values = unsigned.view(f"i{raw.dtype.itemsize}")
+        if bits_stored < width:
+            shift = values.dtype.type(width - bits_stored)
+            values = (values << shift) >> shift  # arithmetic shift: sign extension from bit bits_stored - 1
+    else:
+        values = unsigned
+    return values.astype(np.int32 if width < 32 else np.int64)
 
 
 def _first(value: Any) -> float:

@@ -67,7 +67,7 @@ def test_large_images_use_a_regular_subsample() -> None:
     assert percentile_bounds(values) == (10.0, 2036.0)
 
 
-def test_unit_to_gray_resizes_before_rounding() -> None:
+def test_unit_to_gray_rounds_to_8_bits_then_resizes() -> None:
     unit = np.array([[0.0, 1.0], [0.0, 1.0]], dtype=np.float32)
     gray = unit_to_gray(unit, 1)
     assert gray.mode == "L" and gray.size == (1, 1) and np.asarray(gray)[0, 0] in (127, 128)
