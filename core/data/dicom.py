@@ -46,6 +46,7 @@ LUT modules, ``NumberOfFrames`` and ``BurnedInAnnotation``, and returns pixels o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence as CollectionSequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,7 +196,7 @@ def stored_values(raw: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray
 
 def _first(value: Any) -> float:
     """The first of a multi-valued DS (several windows: the first is the default one)."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, CollectionSequence) and not isinstance(value, str):
         value = value[0]
     return float(value)
 
@@ -231,7 +232,7 @@ def display_unit(values: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     if ds.get("VOILUTSequence"):
         unit = _voi_lut(values, ds)
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None and str(ds.WindowWidth) != "":
+    elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
         unit = value_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), str(ds.get("VOILUTFunction", "") or "LINEAR"))
     else:
         unit = percentile_window(values)

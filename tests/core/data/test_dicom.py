@@ -155,6 +155,16 @@ def test_without_a_window_the_percentile_window_applies(tmp_path: Path) -> None:
     assert unit[12, 20] == pytest.approx((1500 - lo) / (hi - lo), abs=1e-6)
 
 
+def test_an_empty_window_falls_back_to_the_percentile_window(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "e.dcm", np.array([[0, 4095]], dtype=np.uint16), WindowCenter="", WindowWidth="")
+    assert dicom_unit(path).tolist() == [[0.0, 1.0]]
+
+
+def test_a_voi_lut_of_9_bits_is_a_bad_header(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "v.dcm", np.array([[10, 11]], dtype=np.uint16), VOILUTSequence=_voi_lut([2, 10, 9], [0, 511]))
+    assert _reason(path) == "dicom_bad_header"
+
+
 def test_load_image_gives_the_8_bit_display_values(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "w.dcm", TWELVE_BIT, WindowCenter=2048, WindowWidth=4096)
     image = load_image(path, 2)
