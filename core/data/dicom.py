@@ -289,7 +289,8 @@ def dicom_unit(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> np.nda
         raise ImageDecodeError(path, "dicom_bad_header", f"BitsStored {bits} with BitsAllocated {allocated}; expected 1 <= BitsStored <= BitsAllocated <= 32")
     _codec_check(ds, path)
     try:
-        raw = pixel_array(ds, raw=True)
+        # the unused high bits are dropped by stored_values below, not by pydicom (one rule, tested here)
+        raw = pixel_array(ds, raw=True, correct_unused_bits=False)
     except (EOFError, ValueError) as err:
         text = str(err).lower()
         reason = "image_truncated" if ("less than expected" in text or "truncat" in text or "end of" in text or isinstance(err, EOFError)) else "image_corrupt"
