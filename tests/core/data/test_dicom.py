@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, MPEG2MPML, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, MPEG2MPML, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from fedvlp.core.data.dicom import dicom_unit, header_refusal, is_dicom, stored_values
 from fedvlp.core.data.images import ImageDecodeError, ImagePolicy, check_header, load_image
@@ -53,6 +54,49 @@ def write_dicom(path: Path, pixels: np.ndarray, *, bits_stored: int = 12, signed
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def jpeg_lossless_sv1(image: np.ndarray, precision: int) -> bytes:
+    """``image`` as a lossless JPEG (ITU-T T.81 process 14, selection value 1, one component):
+    the usual lossless PACS export, for which pydicom has no encoder.
+
+    Predictions (T.81 H.1.2.1): ``2^(P-1)`` for the first sample, the left neighbour along the
+    first row and for every other sample (SV1), the one above down the first column. The
+    differences modulo 2^16 are coded as their category SSSS (one Huffman table, every symbol
+    0..16 a 5-bit code) plus SSSS raw bits (none for SSSS 16).
+    """
+    x = image.astype(np.int64)
+    prediction = np.empty_like(x)
+    prediction[0, 0] = 1 << (precision - 1)
+    prediction[0, 1:] = x[0, :-1]
+    prediction[1:, 0] = x[:-1, 0]
+    prediction[1:, 1:] = x[1:, :-1]
+    diff = (x - prediction) % 65536
+    codes: list[tuple[int, int]] = []
+    for d in np.where(diff >= 32768, diff - 65536, diff).ravel().tolist():
+        d = 32768 if d == -32768 else d
+        ssss = abs(d).bit_length()
+        codes.append((ssss, 5))  # the canonical code of symbol k is k itself
+        if 0 < ssss < 16:
+            codes.append(((d if d > 0 else d - 1) & ((1 << ssss) - 1), ssss))
+    data, acc, held = bytearray(), 0, 0
+    for value, length in codes + [((1 << 7) - 1, 7)]:  # 1-bits pad the last byte
+        acc, held = (acc << length) | value, held + length
+        while held >= 8:
+            held -= 8
+            data.append((acc >> held) & 0xFF)
+            if data[-1] == 0xFF:
+                data.append(0x00)  # byte stuffing
+        acc &= (1 << held) - 1
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload
+
+    rows, columns = image.shape
+    frame = struct.pack(">BHHB", precision, rows, columns, 1) + bytes([1, 0x11, 0])
+    table = bytes([0x00]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
+    scan = bytes([1, 1, 0x00, 1, 0, 0])  # component 1, table 0, predictor 1, point transform 0
+    return b"\xff\xd8" + segment(0xC3, frame) + segment(0xC4, table) + segment(0xDA, scan) + bytes(data) + b"\xff\xd9"
 
 
 def _reason(path: Path, policy: ImagePolicy = ImagePolicy()) -> str:
@@ -196,6 +240,24 @@ def test_jpeg_ls_lossless_decodes_like_its_uncompressed_original() -> None:
     # pydicom's own test files: one 64x64 16-bit signed MR image, stored plain and as JPEG-LS
     plain, jpeg_ls = get_testdata_file("MR_small.dcm"), get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
     np.testing.assert_array_equal(dicom_unit(jpeg_ls), dicom_unit(plain))
+
+
+@pytest.mark.skipif(not get_decoder(JPEGLosslessSV1).is_available, reason="no JPEG Lossless decoder (fedvlp[dicom-codecs])")
+@pytest.mark.parametrize("bits", [12, 16])
+def test_jpeg_lossless_sv1_decodes_to_the_stored_values(tmp_path: Path, bits: int) -> None:
+    from pydicom import dcmread
+
+    top = (1 << bits) - 1
+    pixels = np.array([[0, top, 0, 1 << (bits - 1)], [top, 0, 1, top - 1]], dtype=np.uint16)  # every difference category
+    path = write_dicom(tmp_path / "jll.dcm", pixels, bits_stored=bits, WindowCenter=(top + 1) / 2, WindowWidth=top + 1,
+                       VOILUTFunction="LINEAR_EXACT")
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([jpeg_lossless_sv1(pixels, bits)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    # LINEAR_EXACT with c = 2^(b-1), w = 2^b: y = x / 2^b
+    np.testing.assert_allclose(dicom_unit(path), pixels / (top + 1), atol=1e-7)
 
 
 def test_a_syntax_without_decoder_is_a_codec_skip(tmp_path: Path) -> None:
