@@ -26,7 +26,7 @@ from ..images import ImageDecodeError
 from ..reports import SECTIONS
 from .common import BASE_COLUMNS, ImportResult, ManifestWriter, image_reference, read_csv_rows, report_fields
 
-__all__ = ["DEFAULT_MODALITIES", "READ_TAGS", "REPORT_KEYS", "import_dicom", "load_salt", "pseudonym"]
+__all__ = ["DEFAULT_MODALITIES", "READ_TAGS", "REPORT_KEYS", "import_dicom", "load_salt", "parse_report_columns", "pseudonym"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from fedvlp.core.config import ConfigError, RunConfig
-from fedvlp.core.data.importers import import_layout, site_yaml
+from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.dicom import load_salt, pseudonym
 from fedvlp.server.cli import main
 
