@@ -184,7 +184,7 @@ def import_dicom(
     out: Path,
     *,
     reports: str | Path | None = None,
-    report_key: str = "accession",
+    report_key: str | None = None,
     report_key_column: str | None = None,
     report_column: Sequence[str] | None = None,
     salt_file: str | Path | None = None,
@@ -202,7 +202,8 @@ def import_dicom(
     reports
         A CSV (or ``.csv.gz``) of reports to join; without it the manifest is images only.
     report_key
-        ``accession`` (join the CSV on ``AccessionNumber``) or ``study`` (on ``StudyInstanceUID``).
+        ``accession`` (join the CSV on ``AccessionNumber``, the default) or ``study`` (on
+        ``StudyInstanceUID``). This and the two options below need ``reports``.
     report_key_column
         The CSV column holding the key (default: ``AccessionNumber`` / ``StudyInstanceUID``).
     report_column
@@ -228,10 +229,14 @@ def import_dicom(
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise ConfigError(str(src), "(folder)", "a folder of DICOM files")
+    report_path = Path(reports) if reports is not None else None
+    given = [flag for flag, value in (("--report-key", report_key), ("--report-key-column", report_key_column), ("--report-column", report_column)) if value]
+    if report_path is None and given:
+        raise ConfigError("command line", given[0], "to come with --reports CSV (it says how to join that CSV)")
+    report_key = report_key or "accession"
     if report_key not in REPORT_KEYS:
         raise ConfigError("command line", "--report-key", f"one of {list(REPORT_KEYS)}", report_key)
     columns = parse_report_columns(report_column)
-    report_path = Path(reports) if reports is not None else None
     if report_path is not None and not report_path.is_file():
         raise ConfigError(str(report_path), "(file)", "a CSV of reports (--reports)")
     if modalities is None:

@@ -134,6 +134,11 @@ def test_a_missing_report_column_names_the_csv(export: Path, tmp_path: Path, sal
         import_layout("dicom", export, tmp_path / "m.csv", salt_file=salt_file, reports=csv)
 
 
+def test_report_options_without_reports_are_an_error(export: Path, tmp_path: Path, salt_file: Path) -> None:
+    with pytest.raises(ConfigError, match="--report-key': expected to come with --reports"):
+        import_layout("dicom", export, tmp_path / "m.csv", salt_file=salt_file, report_key="study")
+
+
 def test_modalities_any_imports_the_ct_image_too(export: Path, tmp_path: Path, salt_file: Path) -> None:
     result = import_layout("dicom", export, tmp_path / "m.csv", salt_file=salt_file, modalities=["any"])
     assert result.rows == 5 and "dicom_modality" not in result.skipped
@@ -161,7 +166,9 @@ def test_cli_imports_and_rejects_a_bad_report_column(export: Path, tmp_path: Pat
                  "--reports", str(_reports_csv(tmp_path / "r.csv")), "--report-column", "report"]) == 0
     printed = capsys.readouterr().out
     assert "wrote" in printed and "3 rows (pairs, layout dicom)" in printed and "skipped missing_report: 1" in printed
-    assert main(["import", "dicom", str(export), "--out", str(out), "--salt-file", str(salt_file), "--report-column", "summary=x"]) == 2
+    assert main(["import", "dicom", str(export), "--out", str(out), "--salt-file", str(salt_file),
+                 "--reports", str(tmp_path / "r.csv"), "--report-column", "summary=x"]) == 2
+    assert "key '--report-column': expected COLUMN and/or SECTION=COLUMN" in capsys.readouterr().err
 
 
 def test_the_imported_site_loads_like_any_other(export: Path, tmp_path: Path, salt_file: Path) -> None:
