@@ -45,7 +45,9 @@ LUT modules, ``NumberOfFrames`` and ``BurnedInAnnotation``, and returns pixels o
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Sequence as CollectionSequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +96,19 @@ _CODEC_PACKAGES = {
 }
 
 
+def _quiet_pydicom() -> None:
+    """pydicom logs every failed decode attempt with a traceback at ERROR; fedvlp turns the
+    failure into a reason code and a one-line detail instead. A pydicom logger at another level
+    than pydicom's own default (WARNING) was set by the user and is left alone."""
+    logger = logging.getLogger("pydicom")
+    if logger.level in (logging.NOTSET, logging.WARNING):
+        logger.setLevel(logging.CRITICAL)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def is_dicom(path: str | Path) -> bool:
     """Whether ``path`` is read as DICOM: a DICOM suffix, or no image suffix and the ``DICM``
     marker at byte 128 (a missing or unreadable file is not DICOM: PIL reports it)."""
@@ -122,10 +137,15 @@ def read_dicom(path: str | Path, stop_before_pixels: bool = False, specific_tags
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _quiet_pydicom()
     path = Path(path)
     try:
-        return pydicom.dcmread(path, defer_size=None if stop_before_pixels else _DEFER_SIZE, stop_before_pixels=stop_before_pixels,
-                               force=path.suffix.lower() in DICOM_SUFFIXES, specific_tags=specific_tags)
+        with warnings.catch_warnings():
+            # pydicom warns about every non-conforming value (a lower-case code string, a long
+            # UID ...): nothing a site can act on per image, and the outcome has its reason code
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, defer_size=None if stop_before_pixels else _DEFER_SIZE, stop_before_pixels=stop_before_pixels,
+                                   force=path.suffix.lower() in DICOM_SUFFIXES, specific_tags=specific_tags)
     except FileNotFoundError as err:
         raise ImageDecodeError(path, "image_missing", "file not found") from err
     except IsADirectoryError as err:
@@ -133,7 +153,7 @@ def read_dicom(path: str | Path, stop_before_pixels: bool = False, specific_tags
     except EOFError as err:
         raise ImageDecodeError(path, "image_truncated", f"DICOM file ends early ({err})") from err
     except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
-        raise ImageDecodeError(path, "image_corrupt", f"not a readable DICOM file ({type(err).__name__}: {err})") from err
+        raise ImageDecodeError(path, "image_corrupt", f"not a readable DICOM file ({type(err).__name__}: {_one_line(err)})") from err
 
 
 def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
@@ -275,9 +295,14 @@ def dicom_unit(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> np.nda
     ImageDecodeError
         With the reason code (module docstring); the message names the file.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in read_dicom: values are parsed when first used
+        return _dicom_unit(Path(path), policy)
+
+
+def _dicom_unit(path: Path, policy: ImagePolicy) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, pixel_array
 
-    path = Path(path)
     ds = read_dicom(path)
     _check(ds, path, policy, pixels=True)
     try:
@@ -294,11 +319,11 @@ def dicom_unit(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> np.nda
     except (EOFError, ValueError) as err:
         text = str(err).lower()
         reason = "image_truncated" if ("less than expected" in text or "truncat" in text or "end of" in text or isinstance(err, EOFError)) else "image_corrupt"
-        raise ImageDecodeError(path, reason, f"cannot decode the pixel data ({err})") from err
+        raise ImageDecodeError(path, reason, f"cannot decode the pixel data ({_one_line(err)})") from err
     except (RuntimeError, NotImplementedError) as err:
-        raise ImageDecodeError(path, "dicom_codec", f"cannot decode the pixel data ({err})") from err
+        raise ImageDecodeError(path, "dicom_codec", f"cannot decode the pixel data ({_one_line(err)})") from err
     except (OSError, KeyError, TypeError, AttributeError) as err:
-        raise ImageDecodeError(path, "image_corrupt", f"cannot decode the pixel data ({err})") from err
+        raise ImageDecodeError(path, "image_corrupt", f"cannot decode the pixel data ({_one_line(err)})") from err
     if raw.ndim != 2:
         raise ImageDecodeError(path, "dicom_bad_header", f"pixel array of shape {raw.shape}; expected Rows x Columns")
     try:

@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import secrets
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,7 +250,9 @@ def import_dicom(
     log.info("pseudonyms keyed by the salt in %s%s", salt_path, " (created now: keep it secret, and keep it for later imports)" if created else "")
 
     result = ImportResult("dicom", out, has_reports=report_path is not None)
-    images = _walk(src, result, allowed, REPORT_KEYS[report_key][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's warnings on non-conforming values: see read_dicom
+        images = _walk(src, result, allowed, REPORT_KEYS[report_key][0])
     found: dict[str, dict[str, str]] = {}
     if report_path is not None:
         key_column = report_key_column or REPORT_KEYS[report_key][1]

@@ -273,6 +273,15 @@ def test_a_syntax_without_decoder_is_a_codec_skip(tmp_path: Path) -> None:
     assert info.value.reason == "dicom_codec"
 
 
+def test_a_failed_decode_is_one_line_and_pydicom_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # pydicom's sample of a 12-bit JPEG Extended file that neither Pillow nor libjpeg decodes
+    path = Path(get_testdata_file("JPEG-lossy.dcm"))
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(path, 16)
+    assert info.value.reason == "dicom_codec" and "\n" not in str(info.value)
+    assert [r for r in caplog.records if r.name.startswith("pydicom")] == []
+
+
 # ------------------------------------------------------------------------------ refusals
 def test_multiframe_is_refused(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "mf.dcm", np.zeros((2, 4, 4), dtype=np.uint16))
