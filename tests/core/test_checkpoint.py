@@ -1,11 +1,16 @@
-"""Checkpoints: safetensors + JSON per round, atomic, with a latest pointer."""
+"""Checkpoints: safetensors + JSON per round, atomic, checksummed, resumed from the newest intact round."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import struct
 from pathlib import Path
 
+import pytest
 import torch
-from fedvlp.core.checkpoint import latest_round, load_latest, load_round, save_round
+from fedvlp.core.checkpoint import CheckpointError, latest_round, load_latest, load_round, save_round
 
 
 def test_round_trip_keeps_weights_and_state(tmp_path: Path) -> None:
@@ -44,14 +49,6 @@ def test_extra_tensors_are_saved_beside_the_weights(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ damage and fallback
-import json
-import logging
-import struct
-
-import pytest
-from fedvlp.core.checkpoint import CheckpointError
-
-
 def four_rounds(folder: Path) -> None:
     """Rounds 0-3 whose weight 'image.w' is [r, r, r, r] and whose extra 'm' is [10 r]."""
     for r in range(4):
@@ -142,8 +139,6 @@ def test_a_folder_with_no_intact_round_is_a_one_line_error(tmp_path: Path) -> No
 
 
 def test_the_json_records_the_sha256_of_each_tensor_file(tmp_path: Path) -> None:
-    import hashlib
-
     four_rounds(tmp_path)
     recorded = json.loads((tmp_path / "round_0002.json").read_text())["sha256"]
     assert recorded == {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("round_0002.safetensors", "round_0002.extra.safetensors")}
