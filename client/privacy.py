@@ -14,7 +14,9 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY
-from fedvlp.core.privacy import DPPlan, DPSGDTrainer, PrivacyLedger, clip_and_noise, ledger_path, plan_privacy, round_mechanisms, run_key, source_key
+from fedvlp.core.privacy import (
+    DPPlan, DPSGDTrainer, PrivacyLedger, clip_and_noise, ledger_path, plan_privacy, round_mechanisms, run_key, source_epsilon, source_key,
+)
 from fedvlp.core.train import LocalResult, LocalTrainer
 
 __all__ = ["SitePrivacy", "check_pins", "site_privacy", "DP_LEVELS"]
@@ -98,10 +100,17 @@ class SitePrivacy:
         return self.ledger().epsilon(self.delta)
 
     def exhausted(self) -> bool:
-        """Whether one more round would exceed the run budget or the lifetime budget."""
+        """Whether one more round would exceed the run budget or the lifetime budget, of the
+        site or of one of its data sources (over every site ledger of the state folder)."""
         ledger = self.ledger()
-        return (ledger.epsilon(self.delta, self.mechanisms, run=self.run_key) > self.budget
-                or ledger.epsilon(self.delta, self.mechanisms) > self.lifetime_budget)
+        if (ledger.epsilon(self.delta, self.mechanisms, run=self.run_key) > self.budget
+                or ledger.epsilon(self.delta, self.mechanisms) > self.lifetime_budget):
+            return True
+        for key in {k for keys in self.mechanism_sources for k in keys}:
+            extra = [m for m, keys in zip(self.mechanisms, self.mechanism_sources) if key in keys]
+            if source_epsilon(self.ledger_path.parent, key, self.delta, extra) > self.lifetime_budget:
+                return True
+        return False
 
     def _metrics(self, spent: float, exhausted: bool) -> dict[str, float]:
         return {

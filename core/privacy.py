@@ -64,6 +64,7 @@ __all__ = [
     "plan_privacy",
     "round_mechanisms",
     "secret_generator",
+    "source_epsilon",
 ]
 
 # Objectives whose loss is the batch mean of per-sample terms: per-sample clipping bounds
@@ -243,6 +244,26 @@ class PrivacyLedger:
         ``run`` and/or touching ``source`` when given (default: the lifetime total)."""
         kept = [m for m, r, s in zip(self.history, self.runs, self.sources) if (run is None or r == run) and (source is None or source in s)]
         return epsilon_spent([*kept, *extra], delta)
+
+
+def source_epsilon(folder: Path, source: str, delta: float, extra: Sequence[Mechanism] = ()) -> float:
+    """Epsilon spent on one data source by every site ledger in ``folder`` (plus ``extra``).
+
+    A manifest's budget follows the data, not the site file: a site file renamed, or a second
+    file over the same manifest, keeps drawing on what the data already released.
+
+    Raises
+    ------
+    ConfigError
+        When a ledger in ``folder`` does not parse.
+    """
+    mechanisms: list[Mechanism] = []
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            if not _LEGACY_LEDGER.match(path.name):  # per-run files of earlier versions carry no sources
+                ledger = PrivacyLedger.load(path)
+                mechanisms += [m for m, s in zip(ledger.history, ledger.sources) if source in s]
+    return epsilon_spent([*mechanisms, *extra], delta)
 
 
 def secret_generator() -> torch.Generator:

@@ -182,3 +182,19 @@ def test_pins_at_the_runs_values_or_of_the_other_level_let_it_train(world: Path,
     path = pinned_site(world, tmp_path / "sites", "hospital_c", "{epsilon: 50.0, min_noise_multiplier: 1.1, max_grad_norm: 1.0, max_client_clip: 0.01}")
     content = train_round(load_site(path), dp_run, build_model(dp_run).state_dict(), server_round=1)
     assert len(content.array_records[ARRAYS_KEY]) > 0
+
+
+def test_a_renamed_site_file_over_the_same_manifest_keeps_the_datas_lifetime_spend(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
+    one = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)
+    two = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 2, 1e-5)
+    privacy = f"{{epsilon: 50.0, lifetime_epsilon: {(one + two) / 2!r}}}"
+    path = pinned_site(world, tmp_path / "sites", "hospital_c", privacy)
+    state = build_model(dp_run).state_dict()
+    first = train_round(load_site(path), dp_run, state, server_round=1)
+    renamed = path.with_name("renamed.yaml")
+    renamed.write_text(path.read_text().replace("name: hospital_c", "name: hospital_c_renamed"))
+    second = train_round(load_site(renamed), dp_run.replace(out_dir=str(tmp_path / "other")), state, server_round=1)
+    assert len(first.array_records[ARRAYS_KEY]) > 0
+    metrics = dict(second.metric_records[METRICS_KEY])
+    assert len(second.array_records[ARRAYS_KEY]) == 0 and metrics["dp/budget-exhausted"] == 1.0
+    assert metrics["dp/lifetime-epsilon"] == 0.0  # the renamed site's own ledger is empty: the source's spend refused it

@@ -234,3 +234,15 @@ def test_site_privacy_keys_lifetime_budget_state_dir_and_pins(tmp_path: Path) ->
 def test_bad_site_privacy_keys_are_refused_by_name(tmp_path: Path, privacy: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"h\.yaml: key '{key}'"):
         load_site(_site(tmp_path, privacy))
+
+
+def test_a_sources_spend_composes_every_site_ledger_of_the_folder(tmp_path: Path) -> None:
+    from fedvlp.core.privacy import source_epsilon
+
+    a, b, c = (1.0, 0.125, 3), (5.0, 1.0, 1), (2.0, 1.0, 4)
+    PrivacyLedger(tmp_path / "h.json").record(1, [a, b], run="r1", sources=[["/s1"], ["/s2"]])
+    PrivacyLedger(tmp_path / "h-renamed.json").record(1, [b], run="r2", sources=[["/s1", "/s3"]])
+    PrivacyLedger(tmp_path / "h-0123456789abcdef.json").record(1, [c])  # an earlier version's per-run file: no sources
+    assert source_epsilon(tmp_path, "/s1", 1e-5) == pytest.approx(epsilon_spent([a, b], 1e-5), rel=1e-12)
+    assert source_epsilon(tmp_path, "/s2", 1e-5, [a]) == pytest.approx(epsilon_spent([b, a], 1e-5), rel=1e-12)
+    assert source_epsilon(tmp_path / "none", "/s1", 1e-5) == 0.0
