@@ -26,6 +26,7 @@ __all__ = [
     "RunConfig",
     "SourceConfig",
     "SiteConfig",
+    "PrivacyPins",
     "load_site",
     "list_site_files",
     "project_root",
@@ -476,6 +477,51 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyPins:
+    """Site-side floors on noise and ceilings on clipping a run config may not go past."""
+
+    min_noise_multiplier: float | None = None  # run-config dp-noise-multiplier must be >= (sample level)
+    max_grad_norm: float | None = None  # run-config dp-max-grad-norm must be <= (sample level)
+    min_client_noise_multiplier: float | None = None  # dp-client-noise-multiplier must be >= (client level)
+    max_client_clip: float | None = None  # dp-client-clip must be <= (client level)
+
+
+_PRIVACY_KEYS = {"epsilon", "delta", "lifetime_epsilon", "state_dir", *(f.name for f in dataclasses.fields(PrivacyPins))}
+
+
+def _load_privacy(origin: str, raw: Any, base: Path) -> dict[str, Any]:
+    """The ``privacy`` mapping of a site file as :class:`SiteConfig` keyword arguments."""
+    privacy = raw or {}
+    if not isinstance(privacy, dict):
+        raise ConfigError(origin, "privacy", "a mapping with 'epsilon' and 'delta'", privacy)
+    unknown = set(privacy) - _PRIVACY_KEYS
+    if unknown:
+        raise ConfigError(origin, f"privacy.{sorted(unknown)[0]}", f"one of {sorted(_PRIVACY_KEYS)}")
+    privacy = {k: _yaml_number(v) for k, v in privacy.items()}  # YAML reads 1e-5 (no dot) as a string
+    numbers: dict[str, float | None] = {}
+    for key in ("epsilon", "lifetime_epsilon", *(f.name for f in dataclasses.fields(PrivacyPins))):
+        value = privacy.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf")):
+            raise ConfigError(origin, f"privacy.{key}", "a positive number or null", value)
+        numbers[key] = None if value is None else float(value)
+    delta = privacy.get("delta", 1e-5)
+    if not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise ConfigError(origin, "privacy.delta", "a number in (0, 1)", delta)
+    state_dir = privacy.get("state_dir")
+    if state_dir is not None and (not isinstance(state_dir, str) or not state_dir.strip()):
+        raise ConfigError(origin, "privacy.state_dir", "a folder path (relative to the site file)", state_dir)
+    epsilon, lifetime = numbers.pop("epsilon"), numbers.pop("lifetime_epsilon")
+    return {
+        # A lifetime budget alone turns DP on with a run budget of the same size.
+        "epsilon": epsilon if epsilon is not None else lifetime,
+        "delta": float(delta),
+        "lifetime_epsilon": lifetime,
+        "state_dir": None if state_dir is None else (base / expand_vars(state_dir)).resolve(),
+        "pins": PrivacyPins(**numbers),
+    }
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """A hospital: its name, data sources, device and privacy budget."""
 
@@ -486,6 +532,10 @@ class SiteConfig:
     epsilon: float | None = None
     delta: float = 1e-5
     extra: dict[str, Any] = field(default_factory=dict)
+    # Site-side privacy state and limits (docs/privacy.md): none of them comes from the server.
+    lifetime_epsilon: float | None = None  # budget over every run on this site's data; default: epsilon
+    state_dir: Path | None = None  # where the lifetime ledger lives; None: $FEDVLP_DP_LEDGER or .dp-ledger/ by the file
+    pins: PrivacyPins = field(default_factory=lambda: PrivacyPins())
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -541,23 +591,13 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     device = raw.get("device", "auto")
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
-    privacy = raw.get("privacy") or {}
-    if not isinstance(privacy, dict):
-        raise ConfigError(origin, "privacy", "a mapping with 'epsilon' and 'delta'", privacy)
-    privacy = {k: _yaml_number(v) for k, v in privacy.items()}  # YAML reads 1e-5 (no dot) as a string
-    epsilon = privacy.get("epsilon")
-    if epsilon is not None and (not isinstance(epsilon, (int, float)) or epsilon <= 0):
-        raise ConfigError(origin, "privacy.epsilon", "a positive number or null", epsilon)
-    delta = privacy.get("delta", 1e-5)
-    if not isinstance(delta, (int, float)) or not 0 < delta < 1:
-        raise ConfigError(origin, "privacy.delta", "a number in (0, 1)", delta)
+    privacy = _load_privacy(origin, raw.get("privacy"), path.parent)
     return SiteConfig(
         name=name.strip(),
         path=path.resolve(),
         sources=sources,
         device=device,
-        epsilon=None if epsilon is None else float(epsilon),
-        delta=float(delta),
+        **privacy,
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 import warnings
@@ -58,9 +59,12 @@ __all__ = [
     "epsilon_spent",
     "gaussian_noise",
     "ledger_path",
+    "run_key",
+    "source_key",
     "plan_privacy",
     "round_mechanisms",
     "secret_generator",
+    "source_epsilon",
 ]
 
 # Objectives whose loss is the batch mean of per-sample terms: per-sample clipping bounds
@@ -142,43 +146,124 @@ def epsilon_spent(history: Iterable[Sequence[float]], delta: float) -> float:
     return float(accountant.get_epsilon(delta)) if accountant.history else 0.0
 
 
-def ledger_path(site: SiteConfig, run: RunConfig) -> Path:
-    """Where a site records what it released in a run: ``$FEDVLP_DP_LEDGER`` or a
-    ``.dp-ledger`` folder next to the site file; one file per (site, configuration, out-dir)."""
-    folder = Path(os.environ.get("FEDVLP_DP_LEDGER") or site.path.parent / ".dp-ledger")
-    run_key = hashlib.sha256(f"{run.config_hash()}|{run.out_dir}".encode()).hexdigest()[:16]
-    return folder / f"{site.name}-{run_key}.json"
+def ledger_path(site: SiteConfig) -> Path:
+    """The site's lifetime ledger: ``<state_dir>/<site name>.json``.
+
+    ``state_dir`` is the site file's ``privacy.state_dir``, else ``$FEDVLP_DP_LEDGER``, else a
+    ``.dp-ledger`` folder next to the site file. Nothing the server sends (out-dir, seed,
+    configuration) enters the path, so no run can start the site on a fresh ledger.
+    """
+    folder = site.state_dir or Path(os.environ.get("FEDVLP_DP_LEDGER") or site.path.parent / ".dp-ledger")
+    return folder / f"{site.name}.json"
+
+
+def run_key(run: RunConfig) -> str:
+    """A run's key in the ledger (configuration hash + out-dir): for its per-run budget only."""
+    return hashlib.sha256(f"{run.config_hash()}|{run.out_dir}".encode()).hexdigest()[:16]
+
+
+def source_key(site: SiteConfig, index: int) -> str:
+    """The ledger's name of a site's data source: its manifest's resolved path."""
+    return str(Path(site.sources[index].manifest).resolve())
+
+
+_LEGACY_LEDGER = re.compile(r"^(?P<site>.+)-(?P<run>[0-9a-f]{16})\.json$")
 
 
 @dataclass
 class PrivacyLedger:
-    """Every release of a site in a run, kept on the site's disk so a restarted ClientApp
-    process (Flower starts one per message by default) still knows what was spent."""
+    """Every release of a site, over all runs, kept on the site's disk so neither a restarted
+    ClientApp process (Flower starts one per message by default) nor a new run forgets it.
+
+    ``history[i]`` is one mechanism; ``runs[i]`` the run it belonged to and ``sources[i]`` the
+    data sources (manifest paths) it touched, so spends can be read per run, per source or
+    in total. ``rounds`` lists the recorded server rounds.
+    """
 
     path: Path
     history: list[Mechanism] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    sources: list[list[str]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> PrivacyLedger:
-        """The ledger at ``path`` (empty when the file does not exist)."""
-        if not path.is_file():
-            return cls(path)
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(path, [(float(s), float(q), int(n)) for s, q, n in raw["history"]], [int(r) for r in raw["rounds"]])
+    def load(cls, path: Path, adopt_legacy: str | None = None) -> PrivacyLedger:
+        """The ledger at ``path`` (empty when the file does not exist).
 
-    def record(self, server_round: int, mechanisms: Sequence[Mechanism]) -> None:
-        """Append a round's releases and write the file atomically."""
+        With ``adopt_legacy`` (a site name) and no file yet, the per-run ledgers of that site
+        written by earlier versions (``<site>-<16 hex>.json`` in the same folder) are taken in,
+        so their spend still counts.
+
+        Raises
+        ------
+        ConfigError
+            When the file is not a ledger (a damaged ledger must stop training, not reset it).
+        """
+        if not path.is_file():
+            ledger = cls(path)
+            if adopt_legacy is not None and path.parent.is_dir():
+                for legacy in sorted(path.parent.glob(f"{adopt_legacy}-*.json")):
+                    match = _LEGACY_LEDGER.match(legacy.name)
+                    if match and match["site"] == adopt_legacy:
+                        old = cls.load(legacy)
+                        ledger.history += old.history
+                        ledger.rounds += old.rounds
+                        ledger.runs += [match["run"]] * len(old.history)
+                        ledger.sources += [[] for _ in old.history]
+            return ledger
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            history = [(float(s), float(q), int(n)) for s, q, n in raw["history"]]
+            rounds = [int(r) for r in raw["rounds"]]
+            runs = [str(r) for r in raw.get("runs", [""] * len(history))]
+            sources = [[str(x) for x in s] for s in raw.get("sources", [[] for _ in history])]
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ConfigError(str(path), "(file)", f"a privacy ledger ({type(err).__name__}: {err}); restore it from a backup, never delete it") from err
+        if not len(runs) == len(sources) == len(history):
+            raise ConfigError(str(path), "history", f"as many 'runs' and 'sources' entries as mechanisms ({len(history)})")
+        return cls(path, history, rounds, runs, sources)
+
+    def record(self, server_round: int, mechanisms: Sequence[Mechanism], run: str = "", sources: Sequence[Sequence[str]] | None = None) -> None:
+        """Append a round's releases (of ``run``, touching ``sources[i]`` for mechanism i) and
+        write the file atomically (fsynced before the rename)."""
         self.history.extend(mechanisms)
         self.rounds.append(server_round)
+        self.runs.extend([run] * len(mechanisms))
+        self.sources.extend([list(s) for s in sources] if sources is not None else [[] for _ in mechanisms])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"history": self.history, "rounds": self.rounds}), encoding="utf-8")
+        payload = {"history": self.history, "rounds": self.rounds, "runs": self.runs, "sources": self.sources}
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(payload))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, self.path)
 
-    def epsilon(self, delta: float, extra: Sequence[Mechanism] = ()) -> float:
-        """Epsilon spent so far, or after ``extra`` more releases."""
-        return epsilon_spent([*self.history, *extra], delta)
+    def epsilon(self, delta: float, extra: Sequence[Mechanism] = (), run: str | None = None, source: str | None = None) -> float:
+        """Epsilon spent so far, or after ``extra`` more releases; only the mechanisms of
+        ``run`` and/or touching ``source`` when given (default: the lifetime total)."""
+        kept = [m for m, r, s in zip(self.history, self.runs, self.sources) if (run is None or r == run) and (source is None or source in s)]
+        return epsilon_spent([*kept, *extra], delta)
+
+
+def source_epsilon(folder: Path, source: str, delta: float, extra: Sequence[Mechanism] = ()) -> float:
+    """Epsilon spent on one data source by every site ledger in ``folder`` (plus ``extra``).
+
+    A manifest's budget follows the data, not the site file: a site file renamed, or a second
+    file over the same manifest, keeps drawing on what the data already released.
+
+    Raises
+    ------
+    ConfigError
+        When a ledger in ``folder`` does not parse.
+    """
+    mechanisms: list[Mechanism] = []
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            if not _LEGACY_LEDGER.match(path.name):  # per-run files of earlier versions carry no sources
+                ledger = PrivacyLedger.load(path)
+                mechanisms += [m for m, s in zip(ledger.history, ledger.sources) if source in s]
+    return epsilon_spent([*mechanisms, *extra], delta)
 
 
 def secret_generator() -> torch.Generator:

@@ -177,7 +177,12 @@ def cmd_certs(args: argparse.Namespace) -> int:
     """Create the federation's CA and the SuperLink's TLS certificate."""
     from .operator import make_certificates
 
-    files = make_certificates(Path(args.out), args.server_address or [], days=args.days, overwrite=args.force)
+    try:
+        files = make_certificates(Path(args.out), args.server_address or [], days=args.days, overwrite=args.force,
+                                  ca_key_dir=Path(args.ca_key_out) if args.ca_key_out else None)
+    except (ValueError, OSError) as err:  # an existing file, a symlink, a bad address: one line, no traceback
+        print(f"fedvlp certs: {err}", file=sys.stderr)
+        return 2
     print(f"CA certificate (SuperNodes, flwr): {files.ca_cert}")
     print(f"CA key (keep offline):             {files.ca_key}")
     print(f"SuperLink certificate and key:     {files.server_cert} {files.server_key}")
@@ -188,7 +193,12 @@ def cmd_node_keys(args: argparse.Namespace) -> int:
     """Create one ECDSA key pair per hospital for SuperNode authentication."""
     from .operator import make_node_keys
 
-    for files in make_node_keys(Path(args.out), args.names, overwrite=args.force):
+    try:
+        made = make_node_keys(Path(args.out), args.names, overwrite=args.force)
+    except (ValueError, OSError) as err:  # an existing file, a symlink, a bad name: one line, no traceback
+        print(f"fedvlp node-keys: {err}", file=sys.stderr)
+        return 2
+    for files in made:
         print(f"{files.name}: register {files.public_key}; SuperNode --auth-supernode-private-key {files.private_key}")
     return 0
 
@@ -366,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(func=cmd_flwr_config)
 
     certs = sub.add_parser("certs", help="create a CA and the SuperLink's TLS certificate (docs/deployment.md)")
-    certs.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
+    certs.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key (and ca-private/ca.key)")
+    certs.add_argument("--ca-key-out", help="folder for ca.key (created 0700); default OUT/ca-private")
     certs.add_argument("--server-address", nargs="*", help="names/IPs hospitals dial (127.0.0.1 and localhost are always in the SAN)")
     certs.add_argument("--days", type=int, default=365)
     certs.add_argument("--force", action="store_true", help="replace existing files")

@@ -26,6 +26,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateFiles", "NodeKeyFiles", "make_certificates", "make_node_keys", "subject_alt_names"]
+__all__ = ["CertificateFiles", "CredentialError", "NodeKeyFiles", "make_certificates", "make_node_keys", "subject_alt_names"]
 
 # A node name becomes a file name; keep it to what every file system and shell accepts.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -51,7 +52,9 @@ class CertificateFiles:
         The CA certificate: ``--ssl-ca-certfile`` of the SuperLink, ``--root-certificates``
         of SuperNodes and of ``flwr``.
     ca_key : Path
-        The CA's private key (keep offline; only needed to issue new server certificates).
+        The CA's private key, in its own owner-only folder (``ca-private/`` by default) so the
+        SuperLink's folder can be copied to the SuperLink machine without it; keep it offline
+        (only needed to issue new server certificates).
     server_cert, server_key : Path
         ``--ssl-certfile`` / ``--ssl-keyfile`` of the SuperLink.
     """
@@ -120,28 +123,60 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+class CredentialError(ValueError):
+    """A key or certificate file that must not be written (exists, symlink, bad name); one line."""
+
+
 def _write(path: Path, data: bytes, private: bool) -> None:
-    """Write atomically; private keys are created 0600 so no other user ever reads them."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    """Write ``path`` atomically with its final mode from creation (0600 private, 0644 public).
+
+    The bytes go to a fresh, unpredictable temporary name in the target folder, created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW``, so a file or symlink planted there beforehand is never
+    opened; they are fsynced and ``os.replace``d onto ``path``. A rename replaces a link itself,
+    never its target, and ``path`` gets a new inode: a pre-created 0644 file does not keep its mode.
+    """
+    mode = 0o600 if private else 0o644
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, flags, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits away; the mode is exact, never wider
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse a symlink at any target (even with ``overwrite``) and, without it, an existing file."""
+    links = [str(p) for p in paths if p.is_symlink()]
+    if links:
+        raise CredentialError(f"refusing to write {', '.join(links)}: a symbolic link (remove it; keys are never written through links)")
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True / --force)")
 
 
-def make_certificates(out: Path, server_addresses: Sequence[str] = (), *, days: int = 365, overwrite: bool = False) -> CertificateFiles:
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` owner-only (0700); an existing one must not be a symlink."""
+    if folder.is_symlink():
+        raise CredentialError(f"refusing to write into {folder}: a symbolic link")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def make_certificates(
+    out: Path, server_addresses: Sequence[str] = (), *, days: int = 365, overwrite: bool = False, ca_key_dir: Path | None = None
+) -> CertificateFiles:
     """Create a CA and a SuperLink certificate signed by it (ECDSA P-384, SHA-384).
 
     Parameters
     ----------
     out : Path
-        Folder for ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` (created).
+        Folder for ``ca.crt``, ``server.pem`` and ``server.key`` (created).
     server_addresses : Sequence[str], default ()
         Names / IPs the SuperLink is reached at; ``127.0.0.1`` and ``localhost`` are always
         added (the SuperLink's own SuperExec dials 127.0.0.1).
@@ -149,7 +184,11 @@ def make_certificates(out: Path, server_addresses: Sequence[str] = (), *, days: 
         Validity of both certificates.
     overwrite : bool, default False
         Replace existing files; otherwise an existing file is an error (a new CA would
-        invalidate the one every hospital already trusts).
+        invalidate the one every hospital already trusts). A symlink at any target is refused
+        even then.
+    ca_key_dir : Path, optional
+        Folder for ``ca.key`` (created 0700); default ``out / "ca-private"``. Give a folder on
+        another disk to keep the CA key off the SuperLink machine from the start.
 
     Returns
     -------
@@ -159,7 +198,7 @@ def make_certificates(out: Path, server_addresses: Sequence[str] = (), *, days: 
     Raises
     ------
     ValueError
-        A bad address or ``days`` < 1.
+        A bad address or ``days`` < 1; :class:`CredentialError` for a symlink at a target.
     FileExistsError
         A file exists and ``overwrite`` is False.
     """
@@ -167,9 +206,11 @@ def make_certificates(out: Path, server_addresses: Sequence[str] = (), *, days: 
         raise ValueError(f"days: expected >= 1, got {days}")
     sans = subject_alt_names(server_addresses)
     out = Path(out)
-    files = CertificateFiles(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key")
+    ca_dir = Path(ca_key_dir) if ca_key_dir is not None else out / "ca-private"
+    files = CertificateFiles(out / "ca.crt", ca_dir / "ca.key", out / "server.pem", out / "server.key")
     _refuse_overwrite([files.ca_cert, files.ca_key, files.server_cert, files.server_key], overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    _private_folder(ca_dir)
 
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)  # tolerate small clock skew
     until = now + dt.timedelta(days=days)
@@ -236,17 +277,18 @@ def make_node_keys(out: Path, names: Sequence[str], *, overwrite: bool = False) 
     Raises
     ------
     ValueError
-        No names, a duplicate, or a name that is not a plain file name.
+        (:class:`CredentialError`) No names, a duplicate, a name that is not a plain file name,
+        or a symlink at a target (refused even with ``overwrite``).
     FileExistsError
         A key file exists and ``overwrite`` is False.
     """
     if not names:
-        raise ValueError("names: expected at least one hospital name")
+        raise CredentialError("names: expected at least one hospital name")
     for name in names:
         if not _NAME.match(name):
-            raise ValueError(f"names: expected letters, digits, '_', '-' or '.', got {name!r}")
+            raise CredentialError(f"names: expected letters, digits, '_', '-' or '.', got {name!r}")
     if len(set(names)) != len(names):
-        raise ValueError(f"names: expected distinct names, got {list(names)}")
+        raise CredentialError(f"names: expected distinct names, got {list(names)}")
     out = Path(out)
     result = [NodeKeyFiles(name, out / name, out / f"{name}.pub") for name in names]
     _refuse_overwrite([p for r in result for p in (r.private_key, r.public_key)], overwrite)

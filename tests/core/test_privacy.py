@@ -170,3 +170,79 @@ def test_site_privacy_accepts_yaml_1e_minus_5(tmp_path: Path) -> None:
     site.write_text("name: s\nsources:\n  - manifest: m.csv\n    kind: reports\nprivacy: {epsilon: 3, delta: 1e-5}\n")
     loaded = load_site(site)
     assert (loaded.epsilon, loaded.delta) == (3.0, 1e-5)
+
+
+# ------------------------------------------------------------------ the site's own lifetime ledger
+def _site(tmp_path: Path, privacy: str) -> Path:
+    (tmp_path / "sites").mkdir(exist_ok=True)
+    path = tmp_path / "sites" / "h.yaml"
+    path.write_text(f"name: h\nsources:\n  - manifest: {tmp_path / 'm.csv'}\n    kind: reports\nprivacy: {privacy}\n")
+    (tmp_path / "m.csv").write_text("id,report\n1,clear lungs\n")
+    return path
+
+
+def test_the_ledger_path_depends_on_the_site_only_never_on_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedvlp.core.privacy import ledger_path
+
+    monkeypatch.delenv("FEDVLP_DP_LEDGER", raising=False)
+    site = load_site(_site(tmp_path, "{epsilon: 4.0}"))
+    assert ledger_path(site) == tmp_path / "sites" / ".dp-ledger" / "h.json"
+    monkeypatch.setenv("FEDVLP_DP_LEDGER", str(tmp_path / "env"))
+    assert ledger_path(site) == tmp_path / "env" / "h.json"
+    pinned = load_site(_site(tmp_path, "{epsilon: 4.0, state_dir: ../state}"))
+    assert ledger_path(pinned) == tmp_path / "state" / "h.json"  # the site file's folder wins over the variable
+
+
+def test_the_ledger_reads_spend_per_run_per_source_and_in_total(tmp_path: Path) -> None:
+    a, b = (1.0, 0.125, 3), (5.0, 1.0, 1)
+    ledger = PrivacyLedger(tmp_path / "h.json")
+    ledger.record(1, [a, a], run="run1", sources=[["/s1"], ["/s2"]])
+    ledger.record(1, [b], run="run2", sources=[["/s1", "/s2"]])
+    ledger = PrivacyLedger.load(tmp_path / "h.json")
+    assert ledger.epsilon(1e-5) == pytest.approx(epsilon_spent([a, a, b], 1e-5), rel=1e-12)
+    assert ledger.epsilon(1e-5, run="run1") == pytest.approx(epsilon_spent([a, a], 1e-5), rel=1e-12)
+    assert ledger.epsilon(1e-5, source="/s1") == pytest.approx(epsilon_spent([a, b], 1e-5), rel=1e-12)
+    assert ledger.epsilon(1e-5, run="run2", source="/s2") == pytest.approx(epsilon_spent([b], 1e-5), rel=1e-12)
+
+
+def test_per_run_ledgers_of_earlier_versions_count_in_the_lifetime_total(tmp_path: Path) -> None:
+    old = PrivacyLedger(tmp_path / "h-0123456789abcdef.json")
+    old.record(1, [(1.0, 0.125, 3)])
+    PrivacyLedger(tmp_path / "h-b-0123456789abcdef.json").record(1, [(1.0, 1.0, 9)])  # another site's
+    ledger = PrivacyLedger.load(tmp_path / "h.json", adopt_legacy="h")
+    assert ledger.history == [(1.0, 0.125, 3)] and ledger.runs == ["0123456789abcdef"]
+
+
+def test_a_damaged_ledger_stops_the_site_instead_of_resetting_its_budget(tmp_path: Path) -> None:
+    (tmp_path / "h.json").write_text("")
+    with pytest.raises(ConfigError, match=r"h\.json: key '\(file\)': expected a privacy ledger .*never delete it"):
+        PrivacyLedger.load(tmp_path / "h.json")
+
+
+def test_site_privacy_keys_lifetime_budget_state_dir_and_pins(tmp_path: Path) -> None:
+    site = load_site(_site(tmp_path, "{lifetime_epsilon: 6, state_dir: state, min_noise_multiplier: 1.1, max_client_clip: 0.5}"))
+    assert site.epsilon == 6.0 and site.lifetime_epsilon == 6.0  # a lifetime budget alone turns DP on
+    assert site.state_dir == tmp_path / "sites" / "state"
+    assert site.pins.min_noise_multiplier == 1.1 and site.pins.max_client_clip == 0.5 and site.pins.max_grad_norm is None
+
+
+@pytest.mark.parametrize(
+    ("privacy", "key"),
+    [("{epsilon: 4.0, lifetime_epsilon: -1}", "privacy.lifetime_epsilon"), ("{epsilon: 4.0, min_noise_multipler: 1.0}", "privacy.min_noise_multipler"),
+     ("{epsilon: 4.0, max_client_clip: .inf}", "privacy.max_client_clip"), ("{epsilon: 4.0, state_dir: 3}", "privacy.state_dir")],
+)
+def test_bad_site_privacy_keys_are_refused_by_name(tmp_path: Path, privacy: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"h\.yaml: key '{key}'"):
+        load_site(_site(tmp_path, privacy))
+
+
+def test_a_sources_spend_composes_every_site_ledger_of_the_folder(tmp_path: Path) -> None:
+    from fedvlp.core.privacy import source_epsilon
+
+    a, b, c = (1.0, 0.125, 3), (5.0, 1.0, 1), (2.0, 1.0, 4)
+    PrivacyLedger(tmp_path / "h.json").record(1, [a, b], run="r1", sources=[["/s1"], ["/s2"]])
+    PrivacyLedger(tmp_path / "h-renamed.json").record(1, [b], run="r2", sources=[["/s1", "/s3"]])
+    PrivacyLedger(tmp_path / "h-0123456789abcdef.json").record(1, [c])  # an earlier version's per-run file: no sources
+    assert source_epsilon(tmp_path, "/s1", 1e-5) == pytest.approx(epsilon_spent([a, b], 1e-5), rel=1e-12)
+    assert source_epsilon(tmp_path, "/s2", 1e-5, [a]) == pytest.approx(epsilon_spent([b, a], 1e-5), rel=1e-12)
+    assert source_epsilon(tmp_path / "none", "/s1", 1e-5) == 0.0
