@@ -273,3 +273,13 @@ def test_uwox_exports_the_shared_encoder_and_says_why_not_bert(tmp_path: Path) -
     assert not any(k.startswith("head.") for k in state) and any(k.startswith("joint.encoder.layer.0.") for k in state)
     card = (tmp_path / "out" / "README.md").read_text()
     assert "No Hugging Face BERT folder: the text embedding is LayerNorm(word) + LayerNorm(position)" in card
+
+
+def test_refers_exports_a_timm_vit_and_its_bert(tmp_path: Path) -> None:
+    _, run_folder = _checkpoint(tmp_path, recipe="refers")
+    result = export_checkpoint(run_folder, tmp_path / "out")
+    assert result.meta["image"]["library"] == "timm"
+    assert result.meta["image"]["vit"] == {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 4.0, "dropout": 0.0}
+    state = load_file(str(tmp_path / "out" / "image_encoder.safetensors"))
+    assert state["patch_embed.proj.weight"].shape == (32, 3, 8, 8) and "blocks.1.mlp.fc2.weight" in state
+    assert (tmp_path / "out" / "text_encoder" / "config.json").is_file()
