@@ -422,6 +422,15 @@ def _shared_encoder_export(model: nn.Module, out: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- the card
+def _training(state: Mapping[str, Any], run: RunConfig) -> dict[str, Any]:
+    """How the checkpoint was trained: federated, or ``fedvlp pretrain --central/--local``
+    (which record their mode, pooled sites and steps per round in the round's state)."""
+    mode = str(state.get("mode", "federated"))
+    steps = state.get("steps_per_round", run.local_steps)
+    unit = "local steps per site" if mode == "federated" else "optimizer steps"
+    return {"mode": mode, "steps_per_round": steps, "steps_unit": unit, "pooled_sites": state.get("sites")}
+
+
 def _sites(run: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Site files of the run config and who replied in each round."""
     try:
@@ -461,8 +470,9 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
         f"Exported by `fedvlp export` from `{meta['source']['checkpoint']}` (config hash `{meta['source']['config_hash']}`) "
         f"on {meta['exported_at']}. Machine-readable: `{META_FILE}`.", "",
         "## Training", "",
-        f"- recipe `{run['recipe']}`, model size `{run['model-size']}`, image size {run['image-size']} px, "
-        f"{meta['rounds']} completed round(s) of {run['local-steps']} local steps",
+        f"- {meta['training']['mode']} pretraining: recipe `{run['recipe']}`, model size `{run['model-size']}`, image size "
+        f"{run['image-size']} px, {meta['rounds']} completed round(s) of {meta['training']['steps_per_round']} "
+        f"{meta['training']['steps_unit']}",
         f"- sites: {', '.join(meta['sites']['files']) or '(site files not found)'} (folder `{meta['sites']['folder']}`)",
     ]
     if meta["sites"]["replied"]:
@@ -584,6 +594,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = Fal
         "source": {"checkpoint": str(weights_file), "round": found.round, "config_hash": found.state.get("config_hash")},
         "rounds": found.round,
         "run_config": run.to_flat(),
+        "training": _training(found.state, run),
         "sites": _sites(run, history),
     }
     if run.spec.family in ("uwox", "unit"):

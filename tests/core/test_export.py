@@ -256,12 +256,14 @@ def test_card_and_meta_describe_the_run_and_sweep(tmp_path: Path) -> None:
     result = export_checkpoint(run_folder, tmp_path / "out")
     meta = json.loads((tmp_path / "out" / "fedvlp.json").read_text())
     assert meta["rounds"] == 2 and meta["run_config"]["model-size"] == "tiny"
+    assert meta["training"] == {"mode": "federated", "steps_per_round": 50, "steps_unit": "local steps per site", "pooled_sites": None}
     assert meta["sites"]["files"] == ["hospital_a", "hospital_b", "hospital_c"]
     assert meta["sites"]["replied"] == ["11", "12"] and meta["sites"]["replies_by_round"] == {"1": 2, "2": 1}
     assert meta["image"]["mean"] == [0.5] * 3 and meta["image"]["std"] == [0.25] * 3 and meta["image"]["model"] is None
     card = (tmp_path / "out" / "README.md").read_text()
     assert "federated  linear    0.750 +- 0.071" in card  # mean and sample std of 0.7 and 0.8
     assert "no torchvision constructor has widths (8, 16, 32, 64)" in card
+    assert "- federated pretraining: recipe `mixed`, model size `tiny`, image size 32 px, 2 completed round(s) of 50 local steps per site" in card
     assert result.files == ("README.md", "fedvlp.json", "image_encoder.pt", "image_encoder.safetensors", "load_image_encoder.py", "text_encoder")
 
 
