@@ -104,12 +104,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         "tiny": _resnet("basic", (1, 1, 1, 1), (8, 16, 32, 64)),
         "tiny-group": _resnet("basic", (1, 1, 1, 1), (8, 16, 32, 64), norm="group"),
     }
-    try:
-        from fedvlp.core.models.pretrained import build_efficientnet_lite0_encoder
+    try:  # the package's model code only: random weights, no ImageNet file needed
+        from fedvlp.core.models.pretrained import EfficientNetLiteEncoder
 
-        encoders["efficientnet"] = build_efficientnet_lite0_encoder(32).eval()
+        torch.manual_seed(0)
+        encoders["efficientnet"] = _with_statistics(EfficientNetLiteEncoder(32), 2)
     except ConfigError:
-        pass  # fedvlp[pretrained] not installed: its test skips
+        pass  # efficientnet-lite-pytorch (fedvlp[pretrained]) not installed: its test skips
     torch.manual_seed(0)
     vit = ViTEncoder(ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2)).eval()
     encoders["vit"] = vit
