@@ -160,11 +160,13 @@ def timm_vit_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _save_state(out: Path, state: Mapping[str, torch.Tensor]) -> list[str]:
+def _save_state(out: Path, state: Mapping[str, torch.Tensor], mean: list[float], std: list[float]) -> list[str]:
     from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in state.items()}
-    save_file(tensors, str(out / IMAGE_FILE), metadata={"format": "pt"})
+    # The normalisation travels with the file: image-init reads it back (pretrained.file_normalisation).
+    metadata = {"format": "pt", "input_mean": json.dumps(mean), "input_std": json.dumps(std)}
+    save_file(tensors, str(out / IMAGE_FILE), metadata=metadata)
     torch.save(tensors, out / IMAGE_PT_FILE)
     return [IMAGE_FILE, IMAGE_PT_FILE]
 
@@ -317,7 +319,7 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
                             "stem": "fedvlp's 1-channel stem weights repeated over 3 channels and divided by 3"}
     if isinstance(encoder, ResNetEncoder):
         arch = torchvision_arch(encoder)
-        files = _save_state(out, torchvision_resnet_state(encoder))
+        files = _save_state(out, torchvision_resnet_state(encoder), grey["mean"], grey["std"])
         norm_arg = ", norm_layer=group_norm" if encoder.norm == "group" else ""
         params = {"arch": arch, "dim": encoder.out_dim, "norm_arg": norm_arg, "block": encoder.config.block,
                   "layers": tuple(encoder.config.layers), "widths": tuple(encoder.config.widths)}
@@ -333,14 +335,14 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
         if encoder.norm == "group":
             meta["norm_note"] = "GroupNorm: pass norm_layer=group_norm (see load_image_encoder.py); there are no running statistics"
     elif isinstance(encoder, EfficientNetLiteEncoder):
-        files = _save_state(out, {k: v.detach().clone() for k, v in encoder.net.state_dict().items()})
-        body = _LOADER_EFFICIENTNET.format(size=image_size)
         grey = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        files = _save_state(out, {k: v.detach().clone() for k, v in encoder.net.state_dict().items()}, grey["mean"], grey["std"])
+        body = _LOADER_EFFICIENTNET.format(size=image_size)
         meta.update(grey, library="efficientnet-lite-pytorch", model="efficientnet_lite_pytorch.EfficientNet('efficientnet-lite0')",
                     stem="3-channel ImageNet stem (fedvlp repeats grey images to RGB before it)",
                     features="global average pool after the 1x1 head conv (_fc = nn.Identity())")
     elif isinstance(encoder, ViTEncoder):
-        files = _save_state(out, timm_vit_state(encoder))
+        files = _save_state(out, timm_vit_state(encoder), grey["mean"], grey["std"])
         cfg = encoder.config
         body = _LOADER_TIMM.format(size=cfg.image_size, patch=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
         meta.update(grey, library="timm", model="timm.models.vision_transformer.VisionTransformer",

@@ -15,8 +15,9 @@ Both keys also take a local path (:func:`is_local_init`), the weights a user alr
 - ``image-init = "PATH"``: a torchvision ResNet state dict (``.pth``/``.pt``/``.bin`` or
   ``.safetensors``; ``resnet18``/``resnet50`` or any layout of torchvision's blocks, including a
   ``fedvlp export``), wrapped checkpoints (``{"state_dict": ...}``) accepted. The encoder takes
-  the file's depths and widths; the 3-channel stem is summed to 1 channel (exact for a grey image
-  repeated to RGB, and the inverse of the export's repeat-and-divide).
+  the file's depths and widths; the 3-channel stem becomes a 1-channel stem for fedvlp's input
+  normalisation (:func:`local_resnet_state`: ImageNet's mean/std assumed, a ``fedvlp export``'s
+  own read from its ``fedvlp.json``).
 - ``text-init = "FOLDER"``: a Hugging Face folder of a BERT-family model (``model_type`` bert:
   BERT, ClinicalBERT, PubMedBERT, MiniLM ...) with ``config.json``, ``model.safetensors`` or
   ``pytorch_model.bin`` and ``vocab.txt``; the run's ``tokenizer`` must name the same folder.
@@ -66,6 +67,7 @@ __all__ = [
     "is_local_init",
     "local_resnet_config",
     "local_resnet_state",
+    "file_normalisation",
     "build_local_resnet_encoder",
     "local_text_dir",
     "local_text_config",
@@ -406,9 +408,51 @@ def local_resnet_config(value: str, image_size: int) -> ImageEncoderConfig:
     return ImageEncoderConfig(block=block, layers=tuple(layers), widths=tuple(widths), in_chans=1, image_size=image_size)
 
 
+def file_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel input mean and std a ResNet state dict file expects.
+
+    A ``fedvlp export`` writes them into the safetensors metadata (``input_mean``/``input_std``)
+    and into ``fedvlp.json`` next to the file; any other file is taken to follow torchvision's
+    convention, ImageNet's mean and std.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+        if "input_mean" in metadata and "input_std" in metadata:
+            return tuple(json.loads(metadata["input_mean"])), tuple(json.loads(metadata["input_std"]))
+    meta = path.parent / "fedvlp.json"
+    if meta.is_file():
+        image = json.loads(meta.read_text(encoding="utf-8")).get("image") or {}
+        if image.get("mean") and image.get("std"):
+            return tuple(image["mean"]), tuple(image["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _normalisation_change(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, d)`` as ``(1, 3, 1, 1)`` tensors: the file's per-channel input is ``a_c z + d_c`` of
+    fedvlp's ``z = (x - 0.5) / 0.25`` (see :func:`local_resnet_state`)."""
+    from .image import PIXEL_MEAN, PIXEL_STD
+
+    mean, std = file_normalisation(path)
+    scale = torch.tensor([PIXEL_STD / s for s in std]).view(1, 3, 1, 1)
+    shift = torch.tensor([(PIXEL_MEAN - m) / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+    return scale, shift
+
+
 def local_resnet_state(value: str) -> dict[str, torch.Tensor]:
     """A torchvision ResNet state dict file as a :class:`ResNetEncoder` state dict: fedvlp's key
-    names, no classifier (``fc.*``), the 3-channel stem summed to the 1-channel one."""
+    names, no classifier (``fc.*``), and a 1-channel stem for fedvlp's normalisation.
+
+    fedvlp feeds the stem ``z = (x - 0.5) / 0.25`` of a grey image ``x``; the file's stem expects
+    ``z_c = (x - m_c) / s_c`` on each of 3 channels (:func:`file_normalisation`), that is
+    ``a_c z + d_c`` with ``a_c = 0.25 / s_c`` and ``d_c = (0.5 - m_c) / s_c``. So the 1-channel
+    weight is ``sum_c a_c W_c`` and the constant ``b = sum_{c,k} d_c W_c`` moves into the first
+    BatchNorm's running mean. Both are exact away from the zero padding of the 7x7 stem (its
+    3-pixel border), and for a ``fedvlp export`` (``a_c = 1``, ``d_c = 0``) the stem is the
+    plain sum, the inverse of the export's repeat-and-divide.
+    """
     path = _image_file(value)
     state = _cached_tensors(str(path), path.stat().st_mtime)
     out = {}
@@ -416,8 +460,13 @@ def local_resnet_state(value: str) -> dict[str, torch.Tensor]:
         ours = from_torchvision_key(key)
         if ours is not None:
             out[ours] = tensor.clone()
-    # Grey input repeated to RGB gives sum_c W_c * x, so the sum is the exact 1-channel stem.
-    out["stem.0.weight"] = out["stem.0.weight"].sum(dim=1, keepdim=True)
+    weight = out["stem.0.weight"]
+    if weight.shape[1] != 3:
+        return out  # a 1-channel file is taken as it is
+    scale, shift = _normalisation_change(path)
+    out["stem.0.weight"] = (weight * scale).sum(dim=1, keepdim=True)
+    if "stem.1.running_mean" in out:
+        out["stem.1.running_mean"] = out["stem.1.running_mean"] - (weight * shift).sum(dim=(1, 2, 3))
     return out
 
 
@@ -580,7 +629,10 @@ def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
     """Load a timm ``VisionTransformer`` state dict file into refers' :class:`~fedvlp.core.models.vit.ViTEncoder`.
 
     timm's names differ only in ``patch_embed.proj`` and ``mlp.fc1``/``mlp.fc2``; the classifier
-    (``head.*``) is dropped, the 3-channel patch embedding summed to 1 channel, and the position
+    (``head.*``) is dropped, the 3-channel patch embedding becomes a 1-channel one for fedvlp's
+    normalisation (exactly: weights scaled and summed, the constant moved into its bias; the file's
+    mean/std as in :func:`file_normalisation`, ImageNet's unless a ``fedvlp export`` says
+    otherwise; the heads count is the preset's, a state dict does not hold it), and the position
     table resampled (bicubic over the patch grid, class token kept) when the file was trained at
     another image size.
 
@@ -602,8 +654,12 @@ def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
         if key.startswith("head."):
             continue
         out[key.replace("patch_embed.proj.", "patch_embed.").replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.3.")] = tensor
-    if "patch_embed.weight" in out and out["patch_embed.weight"].dim() == 4 and out["patch_embed.weight"].shape[1] == 3:
-        out["patch_embed.weight"] = out["patch_embed.weight"].sum(dim=1, keepdim=True)
+    weight = out.get("patch_embed.weight")
+    if weight is not None and weight.dim() == 4 and weight.shape[1] == 3 and "patch_embed.bias" in out:
+        # As local_resnet_state, exact here: the patch embedding has a bias and no padding.
+        scale, shift = _normalisation_change(path)
+        out["patch_embed.weight"] = (weight * scale).sum(dim=1, keepdim=True)
+        out["patch_embed.bias"] = out["patch_embed.bias"] + (weight * shift).sum(dim=(1, 2, 3))
     ours = encoder.state_dict()
     position = out.get("pos_embed")
     if position is not None and position.dim() == 3 and position.shape[2] == cfg.dim and position.shape[1] != ours["pos_embed"].shape[1]:

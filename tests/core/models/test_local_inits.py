@@ -47,9 +47,27 @@ def test_torchvision_resnet18_file_lands_in_the_image_encoder(tmp_path: Path) ->
     assert model.image.config == ImageEncoderConfig("basic", (2, 2, 2, 2), (64, 128, 256, 512), 1, 32)
     assert torch.equal(model.image.stages[3][1].conv2.weight, resnet.layer4[1].conv2.weight)
     assert torch.equal(model.image.stages[1][0].downsample[1].running_var, resnet.layer2[0].downsample[1].running_var)
-    # grey x repeated to RGB: sum_c W_c * x, so the 1-channel stem is the sum over channels
-    assert torch.equal(model.image.stem[0].weight, resnet.conv1.weight.sum(dim=1, keepdim=True))
     assert model.head["contrastive"].image_proj[0].in_features == 512  # heads follow the loaded width
+
+
+def test_imagenet_stem_becomes_a_grey_stem_for_fedvlp_normalisation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    resnet.bn1.running_mean.normal_(0, 0.5)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    model = build_model(_run(image_init=str(tmp_path / "resnet18.pth"))).eval()
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    # z_c = (x - m_c) / s_c = (0.25 / s_c) z + (0.5 - m_c) / s_c with fedvlp's z = (x - 0.5) / 0.25
+    weight = resnet.conv1.weight.detach()
+    assert torch.allclose(model.image.stem[0].weight, (weight * 0.25 / std).sum(dim=1, keepdim=True))
+    assert torch.allclose(model.image.stem[1].running_mean, resnet.bn1.running_mean - (weight * (0.5 - mean) / std).sum(dim=(1, 2, 3)), atol=1e-6)
+    grey = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model.image.stem[1](model.image.stem[0]((grey - 0.5) / 0.25))
+        theirs = resnet.bn1(resnet.conv1((grey.expand(-1, 3, -1, -1) - mean) / std))
+    # equal away from the 7x7 stem's zero padding (2 output pixels at stride 2)
+    assert torch.allclose(ours[..., 2:-2, 2:-2], theirs[..., 2:-2, 2:-2], atol=1e-5)
+    assert not torch.allclose(ours[..., 0, :], theirs[..., 0, :], atol=1e-3)  # the border is where they differ
 
 
 def test_torchvision_resnet50_safetensors_gives_convirt_a_bottleneck_encoder(tmp_path: Path) -> None:
@@ -189,7 +207,7 @@ def _timm_vit_file(path: Path, image_size: int, **changes: object) -> torch.nn.M
     vit = ViTEncoder(replace(ViTConfig.preset("tiny", image_size), **changes))
     state = timm_vit_state(vit)
     state["head.weight"], state["head.bias"] = torch.zeros(10, vit.config.dim), torch.zeros(10)  # an ImageNet-style classifier
-    save_file(state, str(path))
+    save_file(state, str(path), metadata={"input_mean": "[0.5, 0.5, 0.5]", "input_std": "[0.25, 0.25, 0.25]"})  # as fedvlp export writes
     return vit
 
 
@@ -213,3 +231,20 @@ def test_timm_vit_of_another_width_names_what_the_preset_needs(tmp_path: Path) -
     _timm_vit_file(tmp_path / "vit.safetensors", 32, dim=64)
     with pytest.raises(ConfigError, match=r"vit\.safetensors: key 'image-init': expected a timm VisionTransformer with class token, width 32, depth 2, patch 8 \(refers model-size 'tiny'\), got .*other shape"):
         build_model(_run(recipe="refers", image_init=str(tmp_path / "vit.safetensors")))
+
+
+def test_imagenet_vit_gives_the_features_of_imagenet_normalised_rgb(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fedvlp.core.export import timm_vit_state
+    from fedvlp.core.models.vit import ViTConfig, ViTEncoder
+
+    torch.manual_seed(0)
+    rgb = ViTEncoder(replace(ViTConfig.preset("tiny", 32), in_chans=3)).eval()
+    save_file(timm_vit_state(rgb), str(tmp_path / "vit.safetensors"))  # no metadata: ImageNet's mean/std assumed
+    model = build_model(_run(recipe="refers", image_init=str(tmp_path / "vit.safetensors"))).eval()
+    grey = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    imagenet = (grey.expand(-1, 3, -1, -1) - mean) / std
+    with torch.no_grad():  # rgb normalises (x - 0.5) / 0.25 inside: feed it x' whose normalisation is `imagenet`
+        assert torch.allclose(model.image(grey), rgb(imagenet * 0.25 + 0.5), atol=1e-5)
