@@ -17,11 +17,10 @@ Both keys also take a local path (:func:`is_local_init`), the weights a user alr
   ``fedvlp export``), wrapped checkpoints (``{"state_dict": ...}``) accepted. The encoder takes
   the file's depths and widths; the 3-channel stem becomes a 1-channel stem for fedvlp's input
   normalisation (:func:`local_resnet_state`: ImageNet's mean/std assumed, a ``fedvlp export``'s
-  own read from its ``fedvlp.json``).
+  own read from its metadata, :func:`file_normalisation`).
 - ``text-init = "FOLDER"``: a Hugging Face folder of a BERT-family model (``model_type`` bert:
   BERT, ClinicalBERT, PubMedBERT, MiniLM ...) with ``config.json``, ``model.safetensors`` or
   ``pytorch_model.bin`` and ``vocab.txt``; the run's ``tokenizer`` must name the same folder.
-
 - ``image-init = "PATH"`` with recipe ``refers``: a timm ``VisionTransformer`` state dict (class
   token, learned positions, pre-norm blocks) of the size preset's width, depth and patch size;
   positions are resampled (bicubic) to the run's image size.
