@@ -279,10 +279,12 @@ class RunConfig:
             raise ConfigError(origin, "recipe", f"one of {RECIPES}", self.recipe)
         if self.model_size not in MODEL_SIZES:
             raise ConfigError(origin, "model-size", f"one of {MODEL_SIZES}", self.model_size)
-        if self.text_init not in TEXT_INITS:
-            raise ConfigError(origin, "text-init", f"one of {TEXT_INITS}", self.text_init)
-        if self.image_init not in IMAGE_INITS:
-            raise ConfigError(origin, "image-init", f"one of {IMAGE_INITS}", self.image_init)
+        # Besides the packaged names: a local Hugging Face folder / a torchvision state dict file
+        # (core/models/pretrained.py checks what is inside when the model is built).
+        if self.text_init not in TEXT_INITS and not resolve_path(self.text_init).is_dir():
+            raise ConfigError(origin, "text-init", f"one of {TEXT_INITS} or a local Hugging Face BERT folder", self.text_init)
+        if self.image_init not in IMAGE_INITS and not resolve_path(self.image_init).is_file():
+            raise ConfigError(origin, "image-init", f"one of {IMAGE_INITS} or a torchvision ResNet state dict file", self.image_init)
         if self.loader_workers < 0:
             raise ConfigError(origin, "loader-workers", "an integer >= 0", self.loader_workers)
         if self.norm not in NORMS:

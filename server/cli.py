@@ -284,6 +284,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     return run_split_command(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A checkpoint's encoders in torchvision / timm / Hugging Face formats with a model card."""
+    from fedvlp.core.export import export_checkpoint
+    from fedvlp.core.runtime import offline_env
+
+    offline_env()
+    result = export_checkpoint(args.checkpoint, args.out, force=args.force)
+    print(f"exported round {result.meta['source']['round']} of {result.meta['source']['checkpoint']} to {result.out}: {', '.join(result.files)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
@@ -433,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     spl.add_argument("--image-column", default="image")
     spl.add_argument("--id-column", default="id")
     spl.set_defaults(func=cmd_split)
+
+    exp = sub.add_parser("export", help="a checkpoint's encoders for torchvision / timm / transformers, with a model card")
+    exp.add_argument("checkpoint", help="run folder, checkpoints folder, or round_NNNN.safetensors")
+    exp.add_argument("--out", required=True, help="export folder (new or empty)")
+    exp.add_argument("--force", action="store_true", help="replace the files of an earlier export in --out")
+    exp.set_defaults(func=cmd_export)
     return parser
 
 

