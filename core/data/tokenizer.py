@@ -59,9 +59,14 @@ def load_tokenizer(name: str = "demo") -> BertTokenizerFast:
 
 
 def tokenizer_name(run: RunConfig) -> str:
-    """The tokenizer a run really uses: MiniLM's vocabulary under ``text-init = "minilm"``
-    (its embeddings only make sense with it), otherwise the run-config key ``tokenizer``."""
-    return "minilm" if run.text_init == "minilm" else run.tokenizer
+    """The tokenizer a run really uses: MiniLM's vocabulary under ``text-init = "minilm"``, the
+    folder's own under ``text-init = FOLDER`` when ``tokenizer`` is left at its default (the
+    embeddings only make sense with their vocabulary), otherwise the run-config key ``tokenizer``."""
+    if run.text_init == "minilm":
+        return "minilm"
+    if run.text_init and run.tokenizer == "demo":
+        return run.text_init  # a local Hugging Face folder (validated by models.pretrained)
+    return run.tokenizer
 
 
 def load_run_tokenizer(run: RunConfig) -> BertTokenizerFast:

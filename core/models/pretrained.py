@@ -118,7 +118,7 @@ def check_inits(run: RunConfig) -> None:
             )
     if is_local_init(run.text_init, TEXT_INITS):
         folder = local_text_dir(run.text_init)
-        chosen = resolve_path(run.tokenizer)
+        chosen = folder if run.tokenizer == "demo" else resolve_path(run.tokenizer)  # "demo": replaced
         if chosen not in (folder, folder / "vocab.txt"):
             raise ConfigError("run_config", "tokenizer", f"the text-init folder {str(folder)!r} (its vocab.txt fits its embeddings)", run.tokenizer)
     if run.text_init == "minilm" and run.tokenizer not in ("demo", "minilm"):

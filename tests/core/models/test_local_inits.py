@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
 
 from fedvlp.core.config import ConfigError, ImageEncoderConfig, RunConfig, project_root
+from fedvlp.core.data.tokenizer import load_tokenizer as load_tokenizer_of
 from fedvlp.core.data.tokenizer import vocab_path
 from fedvlp.core.models import build_model
 from fedvlp.core.models.image import ResNetEncoder
@@ -148,10 +149,20 @@ def test_plain_bert_model_folder_loads_too(tmp_path: Path) -> None:
     assert torch.equal(model.text.bert.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
 
 
-def test_text_init_folder_needs_its_own_vocabulary_as_tokenizer(tmp_path: Path) -> None:
+def test_text_init_folder_refuses_another_vocabulary_as_tokenizer(tmp_path: Path) -> None:
     _bert_folder(tmp_path / "bert")
-    with pytest.raises(ConfigError, match=r"key 'tokenizer': expected the text-init folder '.*bert' \(its vocab\.txt fits its embeddings\), got 'demo'"):
-        build_model(_run(text_init=str(tmp_path / "bert")))
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match=r"key 'tokenizer': expected the text-init folder '.*bert' \(its vocab\.txt fits its embeddings\), got '.*other'"):
+        build_model(_run(text_init=str(tmp_path / "bert"), tokenizer=str(tmp_path / "other")))
+
+
+def test_text_init_folder_brings_its_vocabulary_when_tokenizer_is_left_at_its_default(tmp_path: Path) -> None:
+    from fedvlp.core.data.tokenizer import load_run_tokenizer
+
+    _bert_folder(tmp_path / "bert")
+    run = _run(text_init=str(tmp_path / "bert"))
+    build_model(run)
+    assert load_run_tokenizer(run).vocab == load_tokenizer_of(tmp_path / "bert").vocab
 
 
 def test_non_bert_model_type_is_refused_naming_config_json(tmp_path: Path) -> None:
