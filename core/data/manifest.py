@@ -269,17 +269,49 @@ class _Lines:
         return text
 
 
-def _csv_records(path: Path) -> Iterator[tuple[list[str], str]]:
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp")
+
+
+def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | None, image_index: int | None) -> int | None:
+    """The number of a line inside a multi-line record that reads as a row of its own, if any.
+
+    A quote left open in one row and closed by a stray quote at the end of a later row (``5"``
+    for inches) glues the rows in between into one report with the right number of fields,
+    which no CSV parser can tell from a report with line breaks. Such a line reads alone as a
+    full row whose id is one token (prose has spaces) and whose image cell names an image file.
+    """
+    if id_index is None:
+        return None
+    for number, text in lines[1:]:
+        try:
+            fields = next(csv.reader([text], strict=True), [])
+        except csv.Error:
+            continue
+        if len(fields) != width:
+            continue
+        ident = fields[id_index].strip()
+        if not ident or any(ch.isspace() for ch in ident):
+            continue
+        if image_index is not None and not fields[image_index].strip().lower().endswith(_IMAGE_SUFFIXES):
+            continue
+        return number
+    return None
+
+
+def _csv_records(path: Path, id_column: str | None = None, image_column: str | None = None) -> Iterator[tuple[list[str], str]]:
     """``(fields, problem)`` of every record of a CSV file, the header first.
 
     ``problem`` is ``""`` or ``"<reason> (<detail>)"`` with reason ``csv_fields`` or
     ``csv_quote`` (then ``fields`` is empty). The file is read as UTF-8 (a BOM is dropped);
-    other bytes come through as lone surrogates (``surrogateescape``).
+    other bytes come through as lone surrogates (``surrogateescape``). With ``id_column``
+    (and ``image_column``), a multi-line record one of whose lines reads as a row of its own
+    is a ``csv_quote`` problem too (see :func:`_swallowed_row`).
     """
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         lines = _Lines(handle)
         reader = csv.reader(lines, strict=True)
         width: int | None = None
+        id_index = image_index = None
         while True:
             lines.taken = []
             try:
@@ -294,13 +326,19 @@ def _csv_records(path: Path) -> Iterator[tuple[list[str], str]]:
                     continue  # a blank line is not a row
                 if width is None:
                     width = len(fields)
+                    id_index = fields.index(id_column) if id_column in fields else None
+                    image_index = fields.index(image_column) if image_column in fields else None
                     yield fields, ""
                     continue
-                if len(fields) == width:
+                swallowed = _swallowed_row(lines.taken, width, id_index, image_index) if len(lines.taken) > 1 else None
+                if len(fields) == width and swallowed is None:
                     yield fields, ""
                     continue
-                span = f"lines {lines.taken[0][0]}-{lines.taken[-1][0]}" if len(lines.taken) > 1 else f"line {lines.taken[0][0]}"
-                problem = f"csv_fields ({span}: {len(fields)} fields, the header has {width})"
+                if swallowed is not None:
+                    problem = f"csv_quote (line {lines.taken[0][0]}: a quote left open swallows line {swallowed}, which reads as a row of its own)"
+                else:
+                    span = f"lines {lines.taken[0][0]}-{lines.taken[-1][0]}" if len(lines.taken) > 1 else f"line {lines.taken[0][0]}"
+                    problem = f"csv_fields ({span}: {len(fields)} fields, the header has {width})"
                 fields = []
             if width is None:
                 raise ConfigError(str(path), "(header)", f"a readable CSV header ({problem})")
@@ -326,9 +364,9 @@ def _parquet_columns(path: Path) -> list[str]:
     return list(pq.ParquetFile(path).schema_arrow.names)
 
 
-def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: int, row_shape: tuple[str | None, str | None]) -> Iterator[pd.DataFrame]:
     positions = [header.index(c) for c in wanted]
-    records = _csv_records(path)
+    records = _csv_records(path, *row_shape)
     next(records)  # the header
     columns: list[list[str]] = [[] for _ in wanted]
     problems: list[str] = []
@@ -344,7 +382,7 @@ def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: in
 
 
 def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS,
-                         problems: bool = False) -> Iterator[pd.DataFrame]:
+                         problems: bool = False, row_shape: tuple[str | None, str | None] = (None, None)) -> Iterator[pd.DataFrame]:
     """Yield ``columns`` (plus those of ``optional`` the file has) as object-dtype strings, in chunks.
 
     Blank cells are ``""``. Bytes that are not UTF-8 reach the caller as lone surrogates
@@ -356,6 +394,9 @@ def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str]
         Yield CSV rows that cannot be parsed (``csv_fields``, ``csv_quote``) as rows of blank
         cells with their reason in column :data:`PROBLEM_COLUMN` (``""`` for good rows), so the
         caller can skip and count them; without it the first such row raises.
+    row_shape
+        The id and image columns, which let a CSV row swallowed by a quote left open in an
+        earlier row be told apart from a report with line breaks.
 
     Raises
     ------
@@ -374,7 +415,7 @@ def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str]
         wanted = list(dict.fromkeys(list(columns) + [c for c in optional if c in header]))
         if is_csv:
             offset = 0
-            for chunk in _csv_chunks(path, header, wanted, chunk_rows):
+            for chunk in _csv_chunks(path, header, wanted, chunk_rows, row_shape):
                 bad = np.flatnonzero(chunk[PROBLEM_COLUMN].to_numpy(object) != "")
                 if len(bad) and not problems:
                     row = offset + int(bad[0]) + 2
@@ -464,7 +505,8 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
     has_study = False
     offset = 0
     roots = _image_roots(source)
-    for chunk in iter_manifest_chunks(source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows, problems=True):
+    shape = (source.id_column, source.image_column)
+    for chunk in iter_manifest_chunks(source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows, problems=True, row_shape=shape):
         csv_problem = chunk.pop(PROBLEM_COLUMN).to_numpy(object)
         parsed = csv_problem == ""
         n = len(chunk)
