@@ -366,19 +366,24 @@ def _parquet_columns(path: Path) -> list[str]:
 
 def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: int, row_shape: tuple[str | None, str | None]) -> Iterator[pd.DataFrame]:
     positions = [header.index(c) for c in wanted]
+    blank = [""] * len(header)  # the cells of a row that could not be parsed
     records = _csv_records(path, *row_shape)
     next(records)  # the header
-    columns: list[list[str]] = [[] for _ in wanted]
+    rows: list[list[str]] = []
     problems: list[str] = []
+
+    def frame() -> pd.DataFrame:
+        columns = [[row[p] for row in rows] for p in positions]
+        return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(wanted, columns)} | {PROBLEM_COLUMN: pd.Series(problems, dtype=object)})
+
     for fields, problem in records:
         problems.append(problem)
-        for values, position in zip(columns, positions):
-            values.append(fields[position] if fields else "")
-        if len(problems) == chunk_rows:
-            yield pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(wanted, columns)} | {PROBLEM_COLUMN: pd.Series(problems, dtype=object)})
-            columns, problems = [[] for _ in wanted], []
-    if problems:
-        yield pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(wanted, columns)} | {PROBLEM_COLUMN: pd.Series(problems, dtype=object)})
+        rows.append(fields or blank)
+        if len(rows) == chunk_rows:
+            yield frame()
+            rows, problems = [], []
+    if rows:
+        yield frame()
 
 
 def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS,
@@ -479,7 +484,10 @@ def _outside_roots(base: Path, images: np.ndarray, roots: list[str], check: np.n
     prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
     outside = np.zeros(len(images), dtype=bool)
     for k in np.flatnonzero(check):
-        target = os.path.normpath(os.path.join(folder, str(images[k])))
+        image = str(images[k])
+        if ".." not in image and not os.path.isabs(image):
+            continue  # stays under the manifest's folder, which is a root: no need to normalise
+        target = os.path.normpath(os.path.join(folder, image))
         outside[k] = not (target + os.sep).startswith(prefixes)
     return outside
 
