@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -31,11 +32,13 @@ def test_a_typo_in_one_site_file_names_the_file_and_the_key(tmp_path: Path) -> N
 
 def test_simulate_stops_with_one_line_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _sites_with_typo(tmp_path)
+    environment = dict(os.environ)
     code = main(["simulate", "--run-config", f"sites='{folder}'", "rounds=1"])
     err = capsys.readouterr().err
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1
     assert str(folder / "hospital_c.yaml") in lines[0] and "'sources[0].report_colum'" in lines[0]
+    assert dict(os.environ) == environment  # stopped before the run's environment was set up
     if "ray" in sys.modules:  # imported by flwr.simulation, but never initialised
         assert not sys.modules["ray"].is_initialized()
