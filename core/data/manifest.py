@@ -272,13 +272,20 @@ class _Lines:
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp")
 
 
-def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | None, image_index: int | None) -> int | None:
+def _id_shape(value: str) -> str:
+    """``p10_s5`` -> ``a0_a0``: ids of one manifest share a shape, prose rarely has it."""
+    return re.sub(r"[0-9]+", "0", re.sub(r"[^\W\d_]+", "a", value.strip()))
+
+
+def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | None, image_index: int | None, record_id: str = "") -> int | None:
     """The number of a line inside a multi-line record that reads as a row of its own, if any.
 
     A quote left open in one row and closed by a stray quote at the end of a later row (``5"``
     for inches) glues the rows in between into one report with the right number of fields,
     which no CSV parser can tell from a report with line breaks. Such a line reads alone as a
-    full row whose id is one token (prose has spaces) and whose image cell names an image file.
+    full row whose id is one token (prose has spaces) and whose image cell names an image file;
+    without an image column, whose id has the shape of the record's own id (``4711`` like
+    ``4710``, where a report line such as ``Unchanged,stable`` does not).
     """
     if id_index is None:
         return None
@@ -293,6 +300,8 @@ def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | Non
         if not ident or any(ch.isspace() for ch in ident):
             continue
         if image_index is not None and not fields[image_index].strip().lower().endswith(_IMAGE_SUFFIXES):
+            continue
+        if image_index is None and _id_shape(ident) != _id_shape(record_id):
             continue
         return number
     return None
@@ -330,7 +339,8 @@ def _csv_records(path: Path, id_column: str | None = None, image_column: str | N
                     image_index = fields.index(image_column) if image_column in fields else None
                     yield fields, ""
                     continue
-                swallowed = _swallowed_row(lines.taken, width, id_index, image_index) if len(lines.taken) > 1 else None
+                record_id = fields[id_index] if id_index is not None and id_index < len(fields) else ""
+                swallowed = _swallowed_row(lines.taken, width, id_index, image_index, record_id) if len(lines.taken) > 1 else None
                 if len(fields) == width and swallowed is None:
                     yield fields, ""
                     continue

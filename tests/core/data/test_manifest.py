@@ -164,3 +164,18 @@ def test_images_may_live_under_the_manifest_folder_or_an_image_root(tmp_path: Pa
     rooted = load_source_rows(_source(path, image_roots=(extra,)))
     assert list(rooted.ids) == ["1", "2", "3", "6"] and rooted.skipped == {"image_outside_roots": 2}
     assert f"{path}:5: image_outside_roots (image '../other/d.png' is outside" in rooted.problems[0]
+
+
+def test_a_report_line_that_looks_like_a_row_is_kept_without_an_image_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('id,report\n101,"FINDINGS: clear.\nUnchanged,stable"\n102,fine\n')
+    rows = load_source_rows(_source(path, image_column=None))
+    assert list(rows.ids) == ["101", "102"] and list(rows.reports or []) == ["FINDINGS: clear.\nUnchanged,stable", "fine"]
+
+
+def test_a_row_swallowed_by_an_open_quote_is_told_by_its_id_without_an_image_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('id,report\n101,"no effusion\n102,5 mm nodule"\n103,fine\n')
+    rows = load_source_rows(_source(path, image_column=None))
+    assert list(rows.ids) == ["102", "103"] and list(rows.reports or []) == ['5 mm nodule"', "fine"]
+    assert rows.skipped == {"csv_quote": 1}
