@@ -28,7 +28,7 @@ import threading
 import time
 from types import FrameType
 
-__all__ = ["serve", "run_task", "CLIENTAPP_REF"]
+__all__ = ["serve", "run_task", "check_site", "CLIENTAPP_REF"]
 
 log = logging.getLogger("fedvlp.worker")
 
@@ -197,6 +197,24 @@ def serve(runtime_api_address: str, *, insecure: bool = True, root_certificates_
     return done
 
 
+def check_site(site_config: str) -> bool:
+    """Load the site file as the ClientApp will; print a one-line error and return False if it is bad.
+
+    Why at start: a bad site file would otherwise fail every task of this SuperNode, and the
+    federation would go on without the hospital.
+    """
+    import sys
+
+    from fedvlp.core.config import ConfigError, load_site, resolve_path
+
+    try:
+        load_site(resolve_path(site_config))
+    except ConfigError as err:
+        print(f"fedvlp.client.worker: bad site file: {err}", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m fedvlp.client.worker --runtime-api-address 127.0.0.1:9094``."""
     import argparse
@@ -206,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-api-address", default="127.0.0.1:9094", help="the SuperNode's --host:--port")
     parser.add_argument("--root-certificates", help="CA of the runtime API's certificate (omit for plain HTTP on 127.0.0.1)")
     parser.add_argument("--poll-seconds", type=float, default=0.2)
+    parser.add_argument("--site-config", help="this SuperNode's site YAML (the node config's site-config): checked before serving")
     args = parser.parse_args(argv)
+    if args.site_config is not None and not check_site(args.site_config):
+        return 2
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack (diagnosing a stuck worker)

@@ -461,6 +461,9 @@ class SourceConfig:
     # converted to 8-bit grey, "uncertain_labels" allows -1 in label columns (CheXpert style).
     accept: frozenset[str] = frozenset()
     max_image_pixels: int = 8192 * 8192  # bigger images are skipped (image_huge) from their header
+    # Folders besides the manifest's own where its images may live (the site file's image_roots);
+    # a path leaving all of them is skipped as image_outside_roots.
+    image_roots: tuple[Path, ...] = ()
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -548,7 +551,7 @@ class SiteConfig:
         return frozenset(out)
 
 
-_SITE_KEYS = {"name", "sources", "device", "privacy", "description"}
+_SITE_KEYS = {"name", "sources", "device", "privacy", "description", "image_roots"}
 _SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column", "accept", "max_image_pixels"}
 SOURCE_ACCEPT = ("16bit", "rgb", "uncertain_labels")  # values of a source's ``accept`` list
 
@@ -589,7 +592,8 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     sources_raw = raw.get("sources")
     if not isinstance(sources_raw, list) or not sources_raw:
         raise ConfigError(origin, "sources", "a non-empty list of data sources", sources_raw)
-    sources = tuple(_load_source(origin, i, item, path.parent) for i, item in enumerate(sources_raw))
+    roots = _image_roots(origin, raw.get("image_roots", []), path.parent)
+    sources = tuple(dataclasses.replace(_load_source(origin, i, item, path.parent), image_roots=roots) for i, item in enumerate(sources_raw))
     device = raw.get("device", "auto")
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
@@ -601,6 +605,20 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
         device=device,
         **privacy,
     )
+
+
+def _image_roots(origin: str, value: Any, base: Path) -> tuple[Path, ...]:
+    """The site file's ``image_roots``: folders (relative to the site file) that may hold images
+    besides each manifest's own folder."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(origin, "image_roots", "a list of folders where images may live besides the manifest's folder", value)
+    roots = []
+    for index, item in enumerate(value):
+        root = resolve_path(item, base)
+        if not root.is_dir():
+            raise ConfigError(origin, f"image_roots[{index}]", "an existing folder", item)
+        roots.append(root)
+    return tuple(roots)
 
 
 def _yaml_number(value: Any) -> Any:

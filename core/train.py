@@ -99,6 +99,23 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
     return load_site_data(site, run, max_len, augment).datasets
 
 
+class _TagSource:
+    """A dataset's collate function that also marks the batch with the dataset's position in the
+    trainer (``batch["source"]``), so skipped samples are charged to the source they belong to.
+
+    A top-level class, so DataLoader workers can unpickle it.
+    """
+
+    def __init__(self, collate: Any, index: int):
+        self.collate = collate.collate if isinstance(collate, _TagSource) else collate
+        self.index = index
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(samples)
+        batch["source"] = self.index
+        return batch
+
+
 class LocalTrainer:
     """Trains a :class:`FedVLPModel` on one site's datasets.
 
@@ -130,6 +147,13 @@ class LocalTrainer:
         self._optimizer_steps = 0
         self._teacher: GlobalTeacher | None = None
         self._iterators: list[Iterator[dict[str, Any]] | None] = [None] * len(self.datasets)
+        for index, dataset in enumerate(self.datasets):
+            dataset.collate_fn = _TagSource(getattr(dataset, "collate_fn", collate_samples), index)  # type: ignore[union-attr]
+        # Samples of each source found unusable (image rejected in a worker): they never train,
+        # so they leave the counts sent to the server.
+        self._unusable: list[set[str]] = [set() for _ in self.datasets]
+        # Sources whose batches entered a loss in the last round of train() (None: not tracked)
+        self._trained_sources: set[int] | None = None
         self._loaders = [self._loader(d, i) for i, d in enumerate(self.datasets)]
         self.skipped: Counter[str] = Counter()
         self._skipped_ids: set[str] = set()
@@ -156,13 +180,31 @@ class LocalTrainer:
         """Active objectives (weight > 0) that a batch with ``modalities`` can train."""
         return [o for o in self.model.objectives if self.weights[o.name] > 0 and o.applies_to(modalities)]
 
+    def usable_samples(self, index: int) -> int:
+        """Samples of source ``index`` that can train: its size less the samples found unusable.
+
+        Rows skipped while reading the manifest are not in the dataset at all; images are
+        decoded lazily, so an unreadable image leaves the count from the round in which a
+        batch first draws it (after one pass over the source, the count is exact).
+        """
+        return len(self.datasets[index]) - len(self._unusable[index])
+
     def group_counts(self) -> dict[str, int]:
-        """For each group this site trains, the number of its samples that train it."""
+        """For each group this site trains, the number of its samples that train it.
+
+        A source counts with its usable samples (:meth:`usable_samples`), and only when its
+        batches entered a loss in the last :meth:`train` (a source whose batches were all
+        unusable trained nothing).
+        """
         counts: Counter[str] = Counter()
-        for dataset in self.datasets:
+        for index, dataset in enumerate(self.datasets):
+            if self._trained_sources is not None and index not in self._trained_sources:
+                continue
             groups = {g for o in self.objectives_for(dataset.modalities) for g in o.groups}
+            usable = self.usable_samples(index)
             for group in groups:
-                counts[group] += len(dataset)
+                if usable > 0:
+                    counts[group] += usable
         return dict(counts)
 
     def _next_batch(self, index: int) -> dict[str, Any]:
@@ -176,7 +218,12 @@ class LocalTrainer:
         raise RuntimeError(f"{self.datasets[index].rows.source.manifest}: the data loader yields no batch")
 
     def _record_skips(self, batch: dict[str, Any]) -> None:
+        source = batch.get("source")
+        studies = source is not None and isinstance(self.datasets[source], StudyDataset)
         for sample_id, reason, detail in batch["skipped"]:
+            if source is not None and (not studies or sample_id.startswith("study:")):
+                # a study that lost one view still trains; only a whole lost sample is unusable
+                self._unusable[source].add(sample_id)
             if sample_id not in self._skipped_ids:
                 self._skipped_ids.add(sample_id)
                 self.skipped[reason] += 1
@@ -235,7 +282,7 @@ class LocalTrainer:
         Returns
         -------
         LocalResult
-            Per-group sample counts and mean losses (``loss/<objective>``, ``loss/total``, and
+            Per-group counts of the samples that trained (:meth:`group_counts`) and mean losses (``loss/<objective>``, ``loss/total``, and
             ``loss/anchor`` / ``loss/prox`` when on), alignment on held-out pairs (``align/...``).
         """
         # Everything random in a round derives from ``seed``, so a restarted process repeats
@@ -255,6 +302,7 @@ class LocalTrainer:
         totals: Counter[str] = Counter()
         seen: Counter[str] = Counter()
         use_amp = self.device.type == "cuda"
+        trained_sources: set[int] = set()
         started = time.perf_counter()
         for _ in range(steps):
             if optimizer is not None:
@@ -277,6 +325,8 @@ class LocalTrainer:
                         anchor = self._anchor(view)
                         if anchor is not None:
                             losses.append(("anchor", self.run.weight_anchor, anchor))
+                if losses:
+                    trained_sources.add(index)
                 for name, weight, loss in losses:
                     weighted = weight * loss.float()
                     total = weighted if total is None else total + weighted
@@ -300,6 +350,7 @@ class LocalTrainer:
             self._optimizer_steps += 1
             if teacher is not None:
                 teacher.ema_update(self.model, self.run.distill_ema)
+        self._trained_sources = trained_sources
         result = self.result(totals, seen, started, steps, touched)
         result.metrics.update(self.alignment())
         return result

@@ -122,14 +122,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedvlp.core.config import RunConfig
     from fedvlp.core.runtime import offline_env
 
-    from .simulation import simulate
+    from .simulation import simulate, validate_sites
 
-    offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
     values: dict[str, Any] = {}
     for item in args.run_config or []:
         key, _, raw = item.partition("=")
         values[key.strip()] = _parse_value(raw.strip())
     run = RunConfig.from_flat(values, origin="--run-config")
+    validate_sites(run)  # a bad site file: one line and exit 2, before anything is set up
+    offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
     simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=lambda r: print(f"round {r['round']}: {r['replies']} replies, {r['seconds']:.1f}s"))
     return 0
 

@@ -129,8 +129,9 @@ def joined_sites(federation: Federation, split_dir: Path, out: Path, split: str 
     The hospital that holds the labelled set also holds its images before anyone labels them:
     it joins the federation as an images-only site with the images of ``split`` (the training
     rows of the label-efficiency sweep; never the test rows, and validation rows only with
-    ``trainval``). The copied site files get absolute manifest paths, so the folder works from
-    anywhere. Returns ``out/sites``.
+    ``trainval``). The copied site files get absolute manifest paths (and image roots), so the
+    folder works from anywhere; the labelled hospital's file lists the labelled set's folder in
+    ``image_roots``, since its split CSV sits in the run folder. Returns ``out/sites``.
     """
     import yaml
 
@@ -143,12 +144,16 @@ def joined_sites(federation: Federation, split_dir: Path, out: Path, split: str 
             source["manifest"] = str(loaded.manifest)
             if loaded.unpaired_text_pool is not None:
                 source["unpaired_text_pool"] = str(loaded.unpaired_text_pool)
+        if "image_roots" in raw:
+            raw["image_roots"] = [str(root) for root in site.sources[0].image_roots]
         (target / site_file.name).write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     evaluation = federation.evaluation
     labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
     hospital = {
         "name": f"{labeled.parent.name}_{split}_images",
         "description": f"the labelled hospital's {split} images (no labels), from {labeled}",
+        # the split CSV lives in the run folder; its image paths lead back to the labelled set's folder
+        "image_roots": [str(labeled.parent.resolve())],
         "sources": [{"manifest": str((split_dir / f"{split}.csv").resolve()), "kind": "images",
                      "id_column": evaluation.get("id-column", "id"), "image_column": evaluation.get("image-column", "image")}],
     }

@@ -10,12 +10,12 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
-from fedvlp.core.config import RunConfig, list_site_files
+from fedvlp.core.config import RunConfig, list_site_files, load_site
 from fedvlp.core.runtime import offline_env
 
 from .app import make_server_app
 
-__all__ = ["simulate", "CLIENT_APP_FACTORY"]
+__all__ = ["simulate", "validate_sites", "CLIENT_APP_FACTORY"]
 
 # The ServerApp never imports the ClientApp module; like Flower itself, it loads the
 # ClientApp by reference, so `server -> core` stays the only arrow out of this package.
@@ -25,6 +25,23 @@ CLIENT_APP_FACTORY = "fedvlp.client.app:make_client_app"
 def _load(reference: str) -> Any:
     module, _, attribute = reference.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def validate_sites(run: RunConfig) -> int:
+    """Load every site file of ``run.sites``; the number of sites.
+
+    Why up front: inside the simulation a bad site file only fails that site's ClientApp, and
+    the run would go on without the hospital (every round one reply short).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first bad site file and its key.
+    """
+    files = list_site_files(run.sites)
+    for site_file in files:
+        load_site(site_file)
+    return len(files)
 
 
 def simulate(
@@ -45,9 +62,14 @@ def simulate(
         Ray resources of each virtual client; ``gpus_per_client=0.5`` packs two clients per GPU.
     on_round
         Called by the server after every completed round with its record.
+
+    Raises
+    ------
+    ConfigError
+        When a site file is invalid (see :func:`validate_sites`); nothing has started then.
     """
+    num_sites = validate_sites(run)  # a bad site file stops here, before Ray starts
     offline_env(threads_per_client=max(1, int(cpus_per_client)))
-    num_sites = len(list_site_files(run.sites))
     overrides = run.to_flat()
     server_app = make_server_app(overrides, on_round=on_round)
     client_app = _load(CLIENT_APP_FACTORY)(overrides)

@@ -8,10 +8,14 @@ what the skip counters (``skipped/<reason>`` in a client's round metrics) are ke
 reason         when
 ============== ==============================================================================
 image_missing  the file does not exist
+image_not_file the path is not a regular file (a folder, FIFO, socket or device): never opened,
+               so a FIFO cannot hang a reader
 image_corrupt  not an image PIL can identify, or its data stream is broken
 image_truncated the header is fine but the file ends early
 image_huge     more pixels than the limit (checked from the header, before any decoding)
-image_16bit    a high-bit-depth file (16-bit PNG/TIFF, 32-bit int or float), unless accepted
+image_16bit    a high-bit-depth file (16-bit PNG/TIFF, 32-bit int or float, signed 8-bit TIFF),
+               unless accepted
+image_nonfinite an accepted float image holds NaN or infinite pixels (no range to scale them by)
 image_rgb      a colour image whose channels differ, unless accepted
 ============== ==============================================================================
 
@@ -19,12 +23,22 @@ A colour-mode file (RGB, RGBA, LA, P, CMYK...) whose channels are equal (a grey 
 as RGB, common in JPEG exports) is grey and accepted.
 
 DICOM files (``.dcm``, or the ``DICM`` marker in a file without an image suffix) are read by
-:mod:`.dicom` with their own display transform and reasons; accepted 16-bit images get the
-percentile window of :mod:`.display`.
+:mod:`.dicom` with their own display transform and reasons.
+
+High-bit-depth images (accepted with ``16bit``) are read with their real sample type (a TIFF's
+SampleFormat tag: signed, unsigned or float; PIL reads a signed 8-bit TIFF as unsigned and an
+unsigned 32-bit one as signed, both are reinterpreted) and carry no window, so they get the
+percentile window of :func:`~fedvlp.core.data.display.percentile_window` (the 0.5th..99.5th
+percentile onto 0..255; signed data such as Hounsfield units -1000..1000 keeps its order,
+nothing wraps around). A constant image becomes all black. NaN or infinite pixels: the file is
+skipped as ``image_nonfinite`` (a NaN has no place on the scale, and replacing it would invent
+pixels).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +58,7 @@ MAX_PIXELS = 8192 * 8192
 # JPEG's YCbCr round trip can leave +-1 differences between the channels of a grey image.
 GREY_TOLERANCE = 2
 
-IMAGE_REASONS = ("image_missing", "image_corrupt", "image_truncated", "image_huge", "image_16bit", "image_rgb")
+IMAGE_REASONS = ("image_missing", "image_not_file", "image_corrupt", "image_truncated", "image_huge", "image_16bit", "image_nonfinite", "image_rgb")
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
@@ -67,8 +81,9 @@ class ImagePolicy:
     ----------
     accept_16bit
         Rescale high-bit-depth images to 8 bits (by the percentile window of
-        :func:`~fedvlp.core.data.display.percentile_window`) instead of skipping them as
-        ``image_16bit``. DICOM files carry their own window and need no acceptance.
+        :func:`~fedvlp.core.data.display.percentile_window`, see the module docstring) instead
+        of skipping them as ``image_16bit``. DICOM files carry their own window and need no
+        acceptance.
     accept_rgb
         Convert colour images to luminance instead of skipping them as ``image_rgb``.
     max_pixels
@@ -83,8 +98,29 @@ class ImagePolicy:
 DEFAULT_POLICY = ImagePolicy()
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_regular(path: Path) -> None:
+    """Stat ``path`` before anything opens it: opening a FIFO blocks until a writer comes."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError) as err:
+        raise ImageDecodeError(path, "image_missing", "file not found") from err
+    except OSError as err:
+        raise ImageDecodeError(path, "image_missing", f"cannot stat ({err.strerror})") from err
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError(path, "image_not_file", f"{_file_kind(mode)}, not a regular file")
+
+
 def _open_checked(path: Path, policy: ImagePolicy) -> Image.Image:
     """Open ``path`` (header only) and apply the size check; the caller closes the image."""
+    _check_regular(path)
     try:
         with warnings.catch_warnings():
             # Our own limit decides; PIL's warning threshold would only add noise.
@@ -92,8 +128,8 @@ def _open_checked(path: Path, policy: ImagePolicy) -> Image.Image:
             img = Image.open(path)
     except FileNotFoundError as err:
         raise ImageDecodeError(path, "image_missing", "file not found") from err
-    except IsADirectoryError as err:
-        raise ImageDecodeError(path, "image_missing", "is a folder, not a file") from err
+    except IsADirectoryError as err:  # replaced between the stat and the open
+        raise ImageDecodeError(path, "image_not_file", "a folder, not a regular file") from err
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(path, "image_huge", str(err)) from err
     except (OSError, ValueError, SyntaxError) as err:
@@ -103,6 +139,37 @@ def _open_checked(path: Path, policy: ImagePolicy) -> Image.Image:
         img.close()
         raise ImageDecodeError(path, "image_huge", f"{img.width}x{img.height} exceeds {policy.max_pixels} pixels")
     return img
+
+
+def _tiff_sample(img: Image.Image) -> tuple[int, int] | None:
+    """``(SampleFormat, BitsPerSample)`` of a TIFF (1 unsigned, 2 signed, 3 float), else None."""
+    if img.format != "TIFF":
+        return None
+    tags = getattr(img, "tag_v2", {})
+    fmt, bits = tags.get(339, 1), tags.get(258, 8)
+    first = lambda v: int(v[0] if isinstance(v, tuple) else v)  # noqa: E731 - one value per channel
+    return first(fmt), first(bits)
+
+
+def _is_high_depth(img: Image.Image) -> bool:
+    """16/32-bit and float modes, and a signed 8-bit TIFF (which PIL reads as plain ``L``)."""
+    return img.mode in _HIGH_DEPTH_MODES or (img.mode == "L" and _tiff_sample(img) == (2, 8))
+
+
+def _high_depth_to_gray(path: Path, img: Image.Image) -> Image.Image:
+    """An 8-bit grey image of ``img`` read with its real sample type, by the percentile window."""
+    array = np.asarray(img)
+    sample = _tiff_sample(img)
+    if sample == (2, 8) and array.dtype == np.uint8:
+        array = array.view(np.int8)
+    elif sample == (1, 32) and array.dtype == np.int32:
+        array = array.view(np.uint32)
+    values = array.astype(np.float32)  # exact for 16-bit data; half the memory of float64
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(values.size - np.count_nonzero(finite))
+        raise ImageDecodeError(path, "image_nonfinite", f"{bad} of {values.size} pixels are NaN or infinite")
+    return unit_to_gray(percentile_window(values))
 
 
 def _error_reason(err: BaseException) -> str:
@@ -128,7 +195,7 @@ def check_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
         return dicom_header(path, policy)
     img = _open_checked(path, policy)
     with img:
-        if img.mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
+        if _is_high_depth(img) and not policy.accept_16bit:
             raise ImageDecodeError(path, "image_16bit", f"mode {img.mode}; add 16bit to the source's accept list to rescale it")
         return img.width, img.height, img.mode
 
@@ -171,15 +238,16 @@ def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, size: in
 def _to_gray(path: Path, img: Image.Image, policy: ImagePolicy, draft_size: int | None) -> Image.Image:
     """``img`` itself when it is 8-bit grey, else a grey conversion (or a rejection)."""
     mode = img.mode
-    if mode in _HIGH_DEPTH_MODES and not policy.accept_16bit:
+    high_depth = _is_high_depth(img)
+    if high_depth and not policy.accept_16bit:
         raise ImageDecodeError(path, "image_16bit", f"mode {mode}; add 16bit to the source's accept list to rescale it")
     if draft_size is not None and img.format == "JPEG":
         img.draft(mode, (draft_size, draft_size))  # keep the mode: colour must stay visible
     img.load()
+    if high_depth:
+        return _high_depth_to_gray(path, img)
     if mode == "L":
         return img
-    if mode in _HIGH_DEPTH_MODES:
-        return unit_to_gray(percentile_window(np.asarray(img, dtype=np.float32)))
     if mode == "1":
         return img.convert("L")
     if mode == "LA":

@@ -10,20 +10,32 @@ Row checks, each skipped and counted under its reason code (the first that appli
 ============== =============================================================================
 reason         when
 ============== =============================================================================
+csv_fields     a CSV row has more or fewer fields than the header (an unquoted comma in a
+               report, a cut row)
+csv_quote      a CSV row's quoting is broken (an unterminated quote, text after a closing quote)
 non_utf8       a used column of the row holds bytes that are not UTF-8 (other rows still load)
 empty_id       the id is blank
 empty_image_path the image column is blank
 empty_report   the report column is blank
 bad_label      a label column holds something other than 0, 1 or blank (-1 too when the source
                accepts ``uncertain_labels``); ``1.0``-style numbers count as 0/1
+image_outside_roots the image path leaves the site's image roots (``../other_site/x.png``, an
+               absolute path elsewhere): the manifest's folder plus the site file's ``image_roots``
 duplicate_id   an earlier usable row has the same id (the first one wins)
 ============== =============================================================================
+
+CSV manifests are read with the standard library's ``csv`` module in strict mode, record by
+record, so a broken row never changes another row: a bad record that spans several lines (a
+quote that opened in its first line and swallowed the next ones) costs only its first line;
+the lines after it are read again as rows of their own. Blank lines are not rows.
 
 Problems name the manifest and the row number as a spreadsheet shows it (the header is row 1).
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -51,7 +63,9 @@ __all__ = [
 
 CHUNK_ROWS = 50_000
 MAX_STORED_PROBLEMS = 10_000  # per source; counts stay exact beyond it
-ROW_REASONS = ("non_utf8", "empty_id", "empty_image_path", "empty_report", "bad_label", "duplicate_id")
+ROW_REASONS = ("csv_fields", "csv_quote", "non_utf8", "empty_id", "empty_image_path", "empty_report", "bad_label",
+               "image_outside_roots", "duplicate_id")
+PROBLEM_COLUMN = "__csv_problem"  # with ``problems=True``: "" or "<reason> (<what is wrong>)" per row
 OPTIONAL_COLUMNS = ("study_id", "view")  # read when present: studies (refers) and view counts
 # Bytes that are not UTF-8 come through ``surrogateescape`` as lone surrogates U+DC80-U+DCFF.
 _SURROGATES = "[\udc80-\udcff]"
@@ -232,8 +246,126 @@ def image_policy(source: SourceConfig) -> ImagePolicy:
     return ImagePolicy(accept_16bit="16bit" in source.accept, accept_rgb="rgb" in source.accept, max_pixels=source.max_image_pixels)
 
 
+class _Lines:
+    """The physical lines of a text file, with the ones a record took and a way to put some back."""
+
+    def __init__(self, handle: Iterator[str]):
+        self.handle = handle
+        self.pending: list[tuple[int, str]] = []  # (line number, text) put back, read first
+        self.taken: list[tuple[int, str]] = []  # lines of the record being parsed
+        self.line = 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            number, text = self.pending.pop(0)
+        else:
+            text = next(self.handle)
+            self.line += 1
+            number = self.line
+        self.taken.append((number, text))
+        return text
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp")
+
+
+def _id_shape(value: str) -> str:
+    """``p10_s5`` -> ``a0_a0``: ids of one manifest share a shape, prose rarely has it."""
+    return re.sub(r"[0-9]+", "0", re.sub(r"[^\W\d_]+", "a", value.strip()))
+
+
+def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | None, image_index: int | None, record_id: str = "") -> int | None:
+    """The number of a line inside a multi-line record that reads as a row of its own, if any.
+
+    A quote left open in one row and closed by a stray quote at the end of a later row (``5"``
+    for inches) glues the rows in between into one report with the right number of fields,
+    which no CSV parser can tell from a report with line breaks. Such a line reads alone as a
+    full row whose id is one token (prose has spaces) and whose image cell names an image file;
+    without an image column, whose id has the shape of the record's own id (``4711`` like
+    ``4710``, where a report line such as ``Unchanged,stable`` does not).
+    """
+    if id_index is None:
+        return None
+    for number, text in lines[1:]:
+        try:
+            fields = next(csv.reader([text], strict=True), [])
+        except csv.Error:
+            continue
+        if len(fields) != width:
+            continue
+        ident = fields[id_index].strip()
+        if not ident or any(ch.isspace() for ch in ident):
+            continue
+        if image_index is not None and not fields[image_index].strip().lower().endswith(_IMAGE_SUFFIXES):
+            continue
+        if image_index is None and _id_shape(ident) != _id_shape(record_id):
+            continue
+        return number
+    return None
+
+
+def _csv_records(path: Path, id_column: str | None = None, image_column: str | None = None) -> Iterator[tuple[list[str], str]]:
+    """``(fields, problem)`` of every record of a CSV file, the header first.
+
+    ``problem`` is ``""`` or ``"<reason> (<detail>)"`` with reason ``csv_fields`` or
+    ``csv_quote`` (then ``fields`` is empty). The file is read as UTF-8 (a BOM is dropped);
+    other bytes come through as lone surrogates (``surrogateescape``). With ``id_column``
+    (and ``image_column``), a multi-line record one of whose lines reads as a row of its own
+    is a ``csv_quote`` problem too (see :func:`_swallowed_row`).
+    """
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        lines = _Lines(handle)
+        reader = csv.reader(lines, strict=True)
+        width: int | None = None
+        id_index = image_index = None
+        while True:
+            lines.taken = []
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                problem = f"csv_quote (line {lines.taken[0][0] if lines.taken else lines.line}: {err})"
+                fields = []
+            else:
+                if not fields:
+                    continue  # a blank line is not a row
+                if width is None:
+                    width = len(fields)
+                    id_index = fields.index(id_column) if id_column in fields else None
+                    image_index = fields.index(image_column) if image_column in fields else None
+                    yield fields, ""
+                    continue
+                record_id = fields[id_index] if id_index is not None and id_index < len(fields) else ""
+                swallowed = _swallowed_row(lines.taken, width, id_index, image_index, record_id) if len(lines.taken) > 1 else None
+                if len(fields) == width and swallowed is None:
+                    yield fields, ""
+                    continue
+                if swallowed is not None:
+                    problem = f"csv_quote (line {lines.taken[0][0]}: a quote left open swallows line {swallowed}, which reads as a row of its own)"
+                else:
+                    span = f"lines {lines.taken[0][0]}-{lines.taken[-1][0]}" if len(lines.taken) > 1 else f"line {lines.taken[0][0]}"
+                    problem = f"csv_fields ({span}: {len(fields)} fields, the header has {width})"
+                fields = []
+            if width is None:
+                raise ConfigError(str(path), "(header)", f"a readable CSV header ({problem})")
+            if len(lines.taken) > 1:
+                # A quote opened in the first line may have swallowed the lines after it:
+                # only that line is the bad row; the others are read again as rows of their own.
+                first = lines.taken[0][0]
+                problem = problem.replace(f"lines {first}-{lines.taken[-1][0]}", f"line {first}")
+                lines.pending = lines.taken[1:] + lines.pending
+            reader = csv.reader(lines, strict=True)  # a fresh parser state after an error
+            yield fields, problem
+
+
 def _csv_header(path: Path) -> list[str]:
-    return list(pd.read_csv(path, nrows=0, encoding="utf-8-sig", encoding_errors="surrogateescape").columns)
+    for fields, _ in _csv_records(path):
+        return fields
+    return []
 
 
 def _parquet_columns(path: Path) -> list[str]:
@@ -242,16 +374,50 @@ def _parquet_columns(path: Path) -> list[str]:
     return list(pq.ParquetFile(path).schema_arrow.names)
 
 
-def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: int, row_shape: tuple[str | None, str | None]) -> Iterator[pd.DataFrame]:
+    positions = [header.index(c) for c in wanted]
+    blank = [""] * len(header)  # the cells of a row that could not be parsed
+    records = _csv_records(path, *row_shape)
+    next(records)  # the header
+    rows: list[list[str]] = []
+    problems: list[str] = []
+
+    def frame() -> pd.DataFrame:
+        columns = [[row[p] for row in rows] for p in positions]
+        return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(wanted, columns)} | {PROBLEM_COLUMN: pd.Series(problems, dtype=object)})
+
+    for fields, problem in records:
+        problems.append(problem)
+        rows.append(fields or blank)
+        if len(rows) == chunk_rows:
+            yield frame()
+            rows, problems = [], []
+    if rows:
+        yield frame()
+
+
+def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS,
+                         problems: bool = False, row_shape: tuple[str | None, str | None] = (None, None)) -> Iterator[pd.DataFrame]:
     """Yield ``columns`` (plus those of ``optional`` the file has) as object-dtype strings, in chunks.
 
     Blank cells are ``""``. Bytes that are not UTF-8 reach the caller as lone surrogates
     (``surrogateescape``), so that one bad row does not fail the file.
 
+    Parameters
+    ----------
+    problems
+        Yield CSV rows that cannot be parsed (``csv_fields``, ``csv_quote``) as rows of blank
+        cells with their reason in column :data:`PROBLEM_COLUMN` (``""`` for good rows), so the
+        caller can skip and count them; without it the first such row raises.
+    row_shape
+        The id and image columns, which let a CSV row swallowed by a quote left open in an
+        earlier row be told apart from a report with line breaks.
+
     Raises
     ------
     ConfigError
-        When the file is missing, unreadable, or lacks one of ``columns``.
+        When the file is missing, unreadable, lacks one of ``columns``, or (without
+        ``problems``) has a row that cannot be parsed (naming the row).
     """
     if not path.is_file():
         raise ConfigError(str(path), "(manifest)", "an existing CSV or Parquet file")
@@ -263,22 +429,26 @@ def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str]
             raise ConfigError(str(path), missing[0], f"a column of the manifest (has {[_printable(h) for h in header]})")
         wanted = list(dict.fromkeys(list(columns) + [c for c in optional if c in header]))
         if is_csv:
-            reader = pd.read_csv(
-                path, usecols=wanted, dtype=object, keep_default_na=False, encoding="utf-8-sig",
-                encoding_errors="surrogateescape", chunksize=chunk_rows,
-            )
-            with reader:
-                for chunk in reader:
-                    yield chunk[wanted].fillna("")
+            offset = 0
+            for chunk in _csv_chunks(path, header, wanted, chunk_rows, row_shape):
+                bad = np.flatnonzero(chunk[PROBLEM_COLUMN].to_numpy(object) != "")
+                if len(bad) and not problems:
+                    row = offset + int(bad[0]) + 2
+                    raise ConfigError(str(path), f"(row {row})", f"a well-formed CSV row: {chunk[PROBLEM_COLUMN].iloc[int(bad[0])]}")
+                offset += len(chunk)
+                yield chunk if problems else chunk[wanted]
         else:
             import pyarrow.parquet as pq
 
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=wanted):
                 frame = batch.to_pandas()
-                yield pd.DataFrame({c: frame[c].astype("string").fillna("").astype(object) for c in wanted})
+                chunk = pd.DataFrame({c: frame[c].astype("string").fillna("").astype(object) for c in wanted})
+                if problems:
+                    chunk[PROBLEM_COLUMN] = ""
+                yield chunk
     except ConfigError:
         raise
-    except (pd.errors.ParserError, ValueError, OSError) as err:
+    except (pd.errors.ParserError, ValueError, OSError, csv.Error) as err:
         raise ConfigError(str(path), "(file)", f"a readable manifest ({err})") from err
 
 
@@ -298,6 +468,38 @@ def read_manifest(path: Path, columns: list[str]) -> pd.DataFrame:
             row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
             raise ConfigError(str(path), "(encoding)", f"UTF-8 text (row {row}, column '{column}' has other bytes)")
     return frame
+
+
+def _image_roots(source: SourceConfig) -> list[str]:
+    """The folders a source's images may live in: its manifest's folder and ``image_roots``.
+
+    Each as written and with symbolic links resolved, so a root reached through a link
+    matches either way.
+    """
+    roots: list[str] = []
+    for root in (source.manifest.parent, *source.image_roots):
+        for form in (os.path.abspath(root), os.path.realpath(root)):
+            if form not in roots:
+                roots.append(os.path.normpath(form))
+    return roots
+
+
+def _outside_roots(base: Path, images: np.ndarray, roots: list[str], check: np.ndarray) -> np.ndarray:
+    """Which of ``images`` (relative to ``base`` or absolute) leave every root, lexically.
+
+    Lexically (``..`` collapsed, links not followed): what the manifest says is what is
+    confined; a link inside a root is the site's own choice.
+    """
+    folder = os.path.abspath(base)
+    prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
+    outside = np.zeros(len(images), dtype=bool)
+    for k in np.flatnonzero(check):
+        image = str(images[k])
+        if ".." not in image and not os.path.isabs(image):
+            continue  # stays under the manifest's folder, which is a root: no need to normalise
+        target = os.path.normpath(os.path.join(folder, image))
+        outside[k] = not (target + os.sep).startswith(prefixes)
+    return outside
 
 
 def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> ManifestRows:
@@ -320,7 +522,11 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
     seen_index = np.zeros(0, dtype=np.int64)  # their positions in ``ids``
     has_study = False
     offset = 0
-    for chunk in iter_manifest_chunks(source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows):
+    roots = _image_roots(source)
+    shape = (source.id_column, source.image_column)
+    for chunk in iter_manifest_chunks(source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows, problems=True, row_shape=shape):
+        csv_problem = chunk.pop(PROBLEM_COLUMN).to_numpy(object)
+        parsed = csv_problem == ""
         n = len(chunk)
         numbers = np.arange(offset + 2, offset + 2 + n, dtype=np.int64)
         offset += n
@@ -332,6 +538,10 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
             reason[selected] = code
             detail[selected] = why[selected] if isinstance(why, np.ndarray) else why
 
+        if not parsed.all():
+            codes = np.array([p.split(" ", 1)[0] for p in csv_problem], dtype=object)
+            for code in ("csv_fields", "csv_quote"):
+                mark(codes == code, code, np.array([" " + p.split(" ", 1)[1] if " " in p else "" for p in csv_problem], dtype=object))
         for column in chunk.columns:
             if column in columns or column == "study_id":
                 mark(chunk[column].str.contains(_SURROGATES, regex=True).to_numpy(bool), "non_utf8", f" (bytes that are not UTF-8 in column '{column}')")
@@ -342,16 +552,24 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
         if source.report_column:
             mark((stripped[source.report_column] == "").to_numpy(bool), "empty_report")
         for column in source.label_columns:
-            values = chunk[column].str.strip()
+            values = chunk[column].str.strip()[parsed]  # an unparsed row has no values to count
             numeric = pd.to_numeric(values, errors="coerce")
             bad = ~((values == "") | numeric.isin(allowed_labels)).to_numpy(bool)
             if bad.any():
                 why = np.array([f" (column '{column}' = {_printable(v)!r}, expected {label_text})" for v in values], dtype=object)
-                mark(bad, "bad_label", why)
+                full_bad, full_why = np.zeros(n, dtype=bool), np.full(n, "", dtype=object)
+                full_bad[parsed], full_why[parsed] = bad, why
+                mark(full_bad, "bad_label", full_why)
             counts = values.where(values != "", "(blank)").value_counts()
             rows.labels[column].update({_printable(str(k)): int(v) for k, v in counts.items()})
+        if source.image_column:
+            outside = _outside_roots(source.manifest.parent, stripped[source.image_column].to_numpy(object), roots, reason == "")
+            if outside.any():
+                mark(outside, "image_outside_roots", np.array(
+                    [f" (image {_printable(str(v))!r} is outside {[str(r) for r in roots]}; list other folders in the site file's image_roots)"
+                     for v in stripped[source.image_column]], dtype=object))
         if "view" in chunk.columns:
-            views = chunk["view"].str.strip()
+            views = chunk["view"].str.strip()[parsed]
             rows.views.update({_printable(str(k)): int(v) for k, v in views.where(views != "", "(blank)").value_counts().items()})
         has_study = "study_id" in chunk.columns
 

@@ -73,8 +73,10 @@ def image_failures(rows: ManifestRows, decode_size: int = 32, workers: int = 0) 
 def validate_site(site: SiteConfig, decode_size: int = 32, workers: int = 0) -> list[SourceReport]:
     """Check every row of every source of ``site`` the way training reads them.
 
-    Row problems (non-UTF-8 bytes, empty ids, bad label values, duplicate ids, empty reports,
-    empty image paths) and image problems (missing, corrupt, truncated, huge, 16-bit, colour)
+    Row problems (CSV rows with the wrong number of fields or broken quoting, non-UTF-8 bytes,
+    empty ids, bad label values, image paths outside the site's image roots, duplicate ids, empty
+    reports, empty image paths) and image problems (missing, not a regular file, corrupt,
+    truncated, huge, 16-bit, NaN/Inf pixels, colour)
     are counted per reason and listed with their manifest row. Manifests are read in chunks,
     so memory stays bounded by the compact per-row columns.
     """

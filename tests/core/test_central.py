@@ -16,7 +16,10 @@ from fedvlp.core.train import LocalTrainer, load_site_datasets
 
 
 def _pairs_sites(world: Path, root: Path) -> tuple[Path, Path]:
-    """Two pair sites holding the two halves of the world's pairs, and one site with all of them."""
+    """Two pair sites holding the two halves of the world's pairs, and one site with all of them.
+
+    The manifests name the world's images by absolute path, so that folder is an image root.
+    """
     frame = pd.read_csv(world / "hospital_a" / "manifest.csv")
     frame["image"] = [str(world / "hospital_a" / p) for p in frame["image"]]
     half = len(frame) // 2
@@ -24,10 +27,10 @@ def _pairs_sites(world: Path, root: Path) -> tuple[Path, Path]:
     sites.mkdir(parents=True)
     for name, part in (("s1", frame.iloc[:half]), ("s2", frame.iloc[half:])):
         part.to_csv(root / f"{name}.csv", index=False)
-        (sites / f"{name}.yaml").write_text(f"name: {name}\nsources:\n  - manifest: {root / name}.csv\n    kind: pairs\n")
+        (sites / f"{name}.yaml").write_text(f"name: {name}\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / name}.csv\n    kind: pairs\n")
     frame.to_csv(root / "all.csv", index=False)
     whole = root / "whole.yaml"
-    whole.write_text(f"name: whole\nsources:\n  - manifest: {root / 'all.csv'}\n    kind: pairs\n")
+    whole.write_text(f"name: whole\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / 'all.csv'}\n    kind: pairs\n")
     return sites, whole
 
 

@@ -123,3 +123,11 @@ def test_expand_vars_supports_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert expand_vars("${FEDVLP_X:-a/b}/c") == "a/b/c"
     monkeypatch.setenv("FEDVLP_X", "/z")
     assert expand_vars("${FEDVLP_X:-a/b}/c") == "/z/c"
+
+
+def test_image_roots_are_relative_to_the_site_file_and_apply_to_every_source(tmp_path: Path) -> None:
+    (tmp_path / "pacs").mkdir()
+    site = tmp_path / "s.yaml"
+    site.write_text("name: t\nimage_roots: [pacs]\nsources:\n  - manifest: a.csv\n  - manifest: b.csv\n    kind: images\n")
+    loaded = load_site(site)
+    assert [s.image_roots for s in loaded.sources] == [((tmp_path / "pacs").resolve(),)] * 2

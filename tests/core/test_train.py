@@ -75,7 +75,8 @@ def _broken_site(tmp_path: Path, world: Path) -> Path:
     rows.loc[3, "id"] = rows.loc[4, "id"]
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     site = tmp_path / "site.yaml"
-    site.write_text("name: broken\nsources:\n  - manifest: manifest.csv\n    kind: pairs\n")
+    # the rows name the world's images by absolute path: that folder is an image root of the site
+    site.write_text(f"name: broken\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: manifest.csv\n    kind: pairs\n")
     return site
 
 
@@ -194,3 +195,27 @@ def test_bert_init_starts_the_uwox_shared_encoder_from_bert(tmp_path: Path, tiny
 def test_a_missing_bert_init_is_a_clear_error(tmp_path: Path, tiny_run: RunConfig) -> None:
     with pytest.raises(ConfigError, match="bert-init"):
         build_model(tiny_run.replace(recipe="uwox", bert_init=str(tmp_path / "nothing")))
+
+
+def _site_with_unreadable_images(tmp_path: Path, world: Path) -> Path:
+    """50 image rows of the world's hospital_b; 11 of them point at real unreadable files."""
+    rows = pd.read_csv(world / "hospital_b" / "manifest.csv").head(50).copy()
+    rows["image"] = [str(world / "hospital_b" / p) for p in rows["image"]]
+    good = (world / "hospital_b" / rows.loc[0, "image"]).read_bytes()
+    for k in range(11):
+        bad = tmp_path / f"bad{k}.png"
+        # garbage, a PNG cut after its header, an empty file: corrupt or truncated, never decodable
+        bad.write_bytes([b"not an image at all", good[:60], b""][k % 3])
+        rows.loc[4 * k + 1, "image"] = str(bad)
+    rows.to_csv(tmp_path / "manifest.csv", index=False)
+    site = tmp_path / "site.yaml"
+    site.write_text(f"name: unreadable\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n")
+    return site
+
+
+def test_counts_sent_are_the_samples_that_trained(tmp_path: Path, world: Path, tiny_run: RunConfig) -> None:
+    trainer = _trainer(_site_with_unreadable_images(tmp_path, world), tiny_run.replace(batch_size=50))
+    result = trainer.train(steps=1)  # one batch of 50: every row is drawn once
+    assert sum(result.skipped.values()) == 11
+    assert result.group_counts == {"image": 39, "head.mim": 39}
+

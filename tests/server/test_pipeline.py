@@ -111,7 +111,9 @@ def test_the_labelled_hospital_joins_with_its_train_images_only(tmp_path: Path, 
     assert names == sorted([path.name for path in list_site_files(federation.folder)] + ["labeled_train.yaml"])
     hospital = load_site(folder / "labeled_train.yaml")
     assert hospital.modalities == {"image"}
+    assert hospital.sources[0].image_roots == (labeled.parent.resolve(),)  # the split CSV's images live there
     rows = load_source_rows(hospital.sources[0])
+    assert not rows.skipped
     train = pd.read_csv(split["train"])
     assert sorted(rows.ids) == sorted(train["id"].astype(str))
     assert len(load_source_rows(load_site(folder / "hospital_a.yaml").sources[0]).ids) > 0

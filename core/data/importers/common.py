@@ -262,11 +262,30 @@ def image_reference(path: Path, manifest_dir: Path, absolute: bool = False) -> s
         return str(path)
 
 
+def image_roots_of(manifest: Path) -> list[Path]:
+    """The folder the manifest's images live in when some leave the manifest's own folder
+    (the common folder of those images), for the site file's ``image_roots``; else ``[]``."""
+    from ..manifest import iter_manifest_chunks  # the manifest reader needs the image module
+
+    if not manifest.is_file():
+        return []
+    folder = os.path.abspath(manifest.parent)
+    outside: set[str] = set()
+    for chunk in iter_manifest_chunks(manifest, ["image"]):
+        for cell in chunk["image"]:
+            if cell.strip():
+                target = os.path.dirname(os.path.normpath(os.path.join(folder, cell.strip())))
+                if not (target + os.sep).startswith(folder.rstrip(os.sep) + os.sep):
+                    outside.add(target)
+    return [Path(os.path.commonpath(sorted(outside)))] if outside else []
+
+
 def site_yaml(result: ImportResult, name: str, site_path: Path | None = None) -> str:
     """A site file for the imported manifest.
 
     With ``site_path`` the manifest path is relative to the site file's folder (as
-    ``load_site`` resolves it), otherwise absolute.
+    ``load_site`` resolves it), otherwise absolute. When the images live outside the
+    manifest's folder, their folder is listed (absolute) in ``image_roots``.
     """
     manifest = Path(os.path.abspath(result.manifest))
     if site_path is not None:
@@ -277,6 +296,12 @@ def site_yaml(result: ImportResult, name: str, site_path: Path | None = None) ->
     lines = [
         f"# Written by `fedvlp import {result.layout}`: {result.rows} rows.",
         f"name: {json.dumps(name)}",
+    ]
+    if result.has_images:
+        roots = image_roots_of(Path(os.path.abspath(result.manifest)))
+        if roots:
+            lines.append(f"image_roots: [{', '.join(json.dumps(r.as_posix()) for r in roots)}]  # where the images live")
+    lines += [
         "sources:",
         f"  - manifest: {json.dumps(manifest.as_posix())}",
         f"    kind: {result.kind}",

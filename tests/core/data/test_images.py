@@ -87,7 +87,7 @@ def test_a_16bit_png_is_skipped_by_default(tmp_path: Path) -> None:
         check_header(path)  # the header alone tells
 
 
-def test_an_accepted_16bit_png_is_rescaled_by_its_maximum(tmp_path: Path) -> None:
+def test_an_accepted_16bit_png_spans_black_to_white(tmp_path: Path) -> None:
     image = load_image(png16(tmp_path / "16.png"), 40, ImagePolicy(accept_16bit=True))
     assert image.shape == (1, 40, 40)
     assert float(image[0, 0, 0]) == 0.0 and float(image[0, 0, 39]) == 1.0

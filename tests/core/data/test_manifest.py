@@ -119,3 +119,63 @@ def test_a_400k_row_manifest_is_kept_as_compact_columns(tmp_path: Path) -> None:
     # 7-byte ids, 12-byte paths, 8-byte offsets each and an int64 row number: 43 bytes a row
     assert rows.nbytes == 400_000 * (7 + 12 + 8 + 8 + 8) + 2 * 8
     assert rows.ids[399_999] == "r399999" and rows.images[4] == tmp_path / "images" / "b.png"
+
+
+# ------------------------------------------------------------------ CSV strictness and image roots
+def test_a_report_with_line_breaks_is_one_row(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('id,image,report\n1,a.png,"FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged."\n2,b.png,fine\n')
+    rows = load_source_rows(_source(path))
+    assert list(rows.reports or []) == ["FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged.", "fine"]
+    assert not rows.skipped and list(rows.row_numbers) == [2, 3]
+
+
+def test_an_extra_field_names_its_line_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("id,image,report\n1,a.png,clear\n2,b.png,no effusion, no edema\n3,c.png,fine\n")
+    rows = load_source_rows(_source(path))
+    assert list(rows.ids) == ["1", "3"] and list(rows.row_numbers) == [2, 4]
+    assert rows.problems == [f"{path}:3: csv_fields (line 3: 4 fields, the header has 3)"]
+
+
+def test_lines_swallowed_by_an_open_quote_come_back_as_their_rows(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('id,image,report\n1,a.png,"no effusion\n2,b.png,clear\n3,c.png,"heart normal"\n')
+    rows = load_source_rows(_source(path))
+    assert list(rows.ids) == ["2", "3"] and list(rows.reports or []) == ["clear", "heart normal"]
+    assert rows.skipped == {"csv_quote": 1}
+    assert rows.problems == [f"{path}:2: csv_quote (line 2: ',' expected after '\"')"]
+
+
+def test_read_manifest_refuses_a_broken_row_with_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "pool.csv"
+    path.write_text("report\nfine\ntoo,many\n")
+    with pytest.raises(ConfigError, match=r"pool.csv: key '\(row 3\)': expected a well-formed CSV row: csv_fields \(line 3: 2 fields, the header has 1\)"):
+        read_manifest(path, ["report"])
+
+
+def test_images_may_live_under_the_manifest_folder_or_an_image_root(tmp_path: Path) -> None:
+    extra = tmp_path / "pacs"
+    path = tmp_path / "site" / "m.csv"
+    path.parent.mkdir()
+    path.write_text(f"id,image,report\n1,img/a.png,r\n2,{extra}/b.png,r\n3,../pacs/c.png,r\n4,../other/d.png,r\n5,/etc/passwd,r\n6,img/../../pacs/../site/e.png,r\n")
+    confined = load_source_rows(_source(path))
+    assert list(confined.ids) == ["1", "6"] and confined.skipped == {"image_outside_roots": 4}
+    rooted = load_source_rows(_source(path, image_roots=(extra,)))
+    assert list(rooted.ids) == ["1", "2", "3", "6"] and rooted.skipped == {"image_outside_roots": 2}
+    assert f"{path}:5: image_outside_roots (image '../other/d.png' is outside" in rooted.problems[0]
+
+
+def test_a_report_line_that_looks_like_a_row_is_kept_without_an_image_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('id,report\n101,"FINDINGS: clear.\nUnchanged,stable"\n102,fine\n')
+    rows = load_source_rows(_source(path, image_column=None))
+    assert list(rows.ids) == ["101", "102"] and list(rows.reports or []) == ["FINDINGS: clear.\nUnchanged,stable", "fine"]
+
+
+def test_a_row_swallowed_by_an_open_quote_is_told_by_its_id_without_an_image_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('id,report\n101,"no effusion\n102,5 mm nodule"\n103,fine\n')
+    rows = load_source_rows(_source(path, image_column=None))
+    assert list(rows.ids) == ["102", "103"] and list(rows.reports or []) == ['5 mm nodule"', "fine"]
+    assert rows.skipped == {"csv_quote": 1}
