@@ -144,7 +144,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Print speed, size and memory figures, one ``name: value`` per line."""
     from .bench import run_bench, site_step_seconds
 
-    figures = site_step_seconds(args.site_steps, args.steps) if args.site_steps else run_bench(quick=args.quick)
+    if args.sites:
+        from .bench_sites import sites_bench
+
+        figures = sites_bench(args.sites, fraction_train=args.fraction_train, rounds=args.rounds)
+    else:
+        figures = site_step_seconds(args.site_steps, args.steps) if args.site_steps else run_bench(quick=args.quick)
     for name, value in figures.items():
         print(f"{name}: {value}")
     return 0
@@ -328,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--site-steps", metavar="FOLDER", help="instead: seconds per local step of every site of a study "
                        "folder (e.g. sites/cxr), before and after its federation.toml settings, at its image size")
     bench.add_argument("--steps", type=int, default=3, help="timed steps per site and setting with --site-steps")
+    bench.add_argument("--sites", type=int, help="instead: peak memory and seconds per round of an N-site simulation (tiny, 32 px) "
+                       "partitioned from a generated world (server/bench_sites.py)")
+    bench.add_argument("--fraction-train", type=float, default=0.1, help="with --sites: share of the sites that train each round")
+    bench.add_argument("--rounds", type=int, default=3, help="with --sites: rounds simulated")
     bench.set_defaults(func=cmd_bench)
 
     val = sub.add_parser("validate-site", help="check every row and image of a site file")
@@ -439,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--images-only-share", type=float, default=0.0, help="share of sites whose report is dropped")
     part.add_argument("--reports-only-share", type=float, default=0.0, help="share of sites whose image is dropped")
     part.add_argument("--seed", type=int, default=0)
-    part.add_argument("--min-rows", type=int, default=1, help="redraw until every site has at least this many rows")
+    part.add_argument("--min-rows", type=int, default=2, help="redraw until every site has at least this many rows "
+                      "(default 2: BatchNorm cannot train on a single image)")
     part.add_argument("--id-column", default="id")
     part.add_argument("--image-column", default="image")
     part.add_argument("--report-column", default="report")

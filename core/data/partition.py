@@ -19,7 +19,8 @@
 The draw is a pure function of the seed: all class proportions first
 (``default_rng(seed).dirichlet([alpha] * sites, size=classes)``, classes in sorted order), then
 one permutation of each class's groups. A draw that leaves a site with fewer than
-``min_rows`` rows is redrawn from the same generator (at most ``MAX_DRAWS`` times).
+``min_rows`` rows (default 2: a site with a single image cannot train BatchNorm in train
+mode) is redrawn from the same generator (at most ``MAX_DRAWS`` times).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class PartitionSpec:
     images_only_share: float = 0.0
     reports_only_share: float = 0.0
     seed: int = 0
-    min_rows: int = 1
+    min_rows: int = 2  # a site with one image cannot train BatchNorm in train mode
     id_column: str = "id"
     image_column: str = "image"
     report_column: str = "report"
@@ -105,7 +106,7 @@ def site_kinds(sites: int, pairs_share: float, images_only_share: float, reports
 
 
 def dirichlet_assign(classes: Sequence[str], sizes: Sequence[int], sites: int, alpha: float, seed: int,
-                     min_rows: int = 1) -> tuple[np.ndarray, int]:
+                     min_rows: int = 2) -> tuple[np.ndarray, int]:
     """A site for each group: per class, ``Dirichlet(alpha)`` shares of its shuffled groups.
 
     Parameters

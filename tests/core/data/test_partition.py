@@ -113,8 +113,8 @@ def test_a_missing_column_is_named(tmp_path: Path) -> None:
 
 
 def test_more_sites_than_patients_is_refused_with_the_reason(tmp_path: Path) -> None:
-    rows = [(f"r{i}", f"p{i}", "A") for i in range(3)]
-    with pytest.raises(ConfigError, match=r"each of 5 sites >= 1 rows"):
+    rows = [(f"r{i}", f"p{i}", "A") for i in range(9)]
+    with pytest.raises(ConfigError, match=r"each of 5 sites >= 2 rows"):
         partition_manifest(_manifest(tmp_path, rows), tmp_path / "sites", PartitionSpec(sites=5, by="label", alpha=1.0))
 
 
