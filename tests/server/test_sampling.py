@@ -79,15 +79,26 @@ def test_a_group_no_sampled_site_trained_keeps_its_weights() -> None:
 
 
 @pytest.mark.slow
-def test_simulation_trains_the_same_sampled_site_each_round_on_two_runs(demo_env: Path, tiny_run: RunConfig, tmp_path: Path) -> None:
+def test_a_resumed_simulation_trains_the_same_sampled_sites_as_an_uninterrupted_one(demo_env: Path, tiny_run: RunConfig,
+                                                                                     tmp_path: Path) -> None:
+    from fedvlp.core.checkpoint import load_latest
     from fedvlp.server.simulation import simulate
 
+    base = tiny_run.replace(local_steps=2, fraction_train=0.34)
+    straight = base.replace(out_dir=str(tmp_path / "straight"))
+    simulate(straight)
+    resumed = base.replace(out_dir=str(tmp_path / "resumed"))
+    simulate(resumed.replace(rounds=1))
+    simulate(resumed)  # a new simulation: new node ids, resumes from round 1
     uploads = {"hospital_b": frozenset({"image", "head.mim"}), "hospital_c": frozenset({"text", "head.mlm"})}
-    for name in ("first", "second"):
-        run = tiny_run.replace(local_steps=2, fraction_train=0.34, out_dir=str(tmp_path / name))
-        records: list[dict] = []
-        simulate(run, on_round=records.append)
-        assert [(r["connected"], r["nodes"], r["replies"]) for r in records] == [(3, 1, 1), (3, 1, 1)]
-        assert [r["sampled-sites"] for r in records] == [["hospital_b"], ["hospital_c"]]
-        # what actually trained is the drawn site: an image-only, then a report-only upload
-        assert [frozenset(r["sites"][0]["counts"]) for r in records] == [uploads["hospital_b"], uploads["hospital_c"]]
+    finals = []
+    for run in (straight, resumed):
+        final = load_latest(Path(run.out_dir) / "checkpoints")
+        assert final is not None and final.round == 2
+        history = final.state["history"]
+        assert [(r["connected"], r["nodes"], r["replies"]) for r in history] == [(3, 1, 1), (3, 1, 1)]
+        assert [r["sampled-sites"] for r in history] == [["hospital_b"], ["hospital_c"]]
+        # what trained is the drawn site: an image-only upload, then a report-only one
+        assert [frozenset(r["sites"][0]["counts"]) for r in history] == [uploads["hospital_b"], uploads["hospital_c"]]
+        finals.append(final.weights)
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
