@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, filter_groups
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, SITE_NAME_KEY, filter_groups
 from fedvlp.core.train import LocalTrainer, load_site_data, resolve_device
 
 from .secagg import is_secagg_train, secagg_mod, secagg_train
@@ -29,8 +30,26 @@ __all__ = ["app", "make_client_app", "site_for", "train_round", "trained_state"]
 log = logging.getLogger("fedvlp.client")
 
 # One trainer per (site file, configuration) and process: simulation actors and long-running
-# ClientApp processes keep their datasets and loader workers between rounds.
-_TRAINERS: dict[tuple[str, str], LocalTrainer] = {}
+# ClientApp processes keep their datasets and loader workers between rounds. An actor that
+# serves many sites keeps only the `trainer-cache-size` it used last (least recently used out),
+# so its memory stays flat however many sites the simulation has.
+_TRAINERS: OrderedDict[tuple[str, str], LocalTrainer] = OrderedDict()
+
+
+def _cache_get(key: tuple[str, str], build: Any, max_entries: int) -> Any:
+    """The cached trainer of ``key`` (now the most recently used), or ``build()``'s, evicting the
+    least recently used entries beyond ``max_entries``. A site's entries of other configurations
+    go first: a long-running process (fedvlp.client.worker) serves run after run."""
+    if key in _TRAINERS:
+        _TRAINERS.move_to_end(key)
+        return _TRAINERS[key]
+    for stale in [k for k in _TRAINERS if k[0] == key[0]]:
+        del _TRAINERS[stale]
+    while len(_TRAINERS) >= max_entries:
+        evicted, _ = _TRAINERS.popitem(last=False)
+        log.info("Trainer cache: evicted %s (trainer-cache-size %d)", evicted[0], max_entries)
+    _TRAINERS[key] = build()
+    return _TRAINERS[key]
 
 
 def site_for(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
@@ -47,18 +66,16 @@ def site_for(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
 
 
 def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
-    key = (str(site.path), run.config_hash())
-    if key not in _TRAINERS:
-        # A long-running process (fedvlp.client.worker) serves run after run: one trainer per site.
-        for stale in [k for k in _TRAINERS if k[0] == key[0]]:
-            del _TRAINERS[stale]
+    def build() -> LocalTrainer:
         device = resolve_device(site.device if site.device != "auto" else run.device)
         model = build_model(run)
         data = load_site_data(site, run, model.max_text_len)
         workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
-        _TRAINERS[key] = LocalTrainer(model, data, run, device, num_workers=workers)
+        trainer = LocalTrainer(model, data, run, device, num_workers=workers)
         log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in data.datasets))
-    return _TRAINERS[key]
+        return trainer
+
+    return _cache_get((str(site.path), run.config_hash()), build, run.trainer_cache_size)
 
 
 def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], server_round: int) -> RecordDict:
@@ -116,6 +133,13 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         state = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
         server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
         return Message(content=train_round(site, run, state, server_round), reply_to=msg)
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """The site's name, which the server's client sampling draws on (it outlives node ids)."""
+        run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
+        name = site_for(context.node_config, run).name
+        return Message(content=RecordDict({CONFIG_KEY: ConfigRecord({SITE_NAME_KEY: name})}), reply_to=msg)
 
     return client_app
 

@@ -214,6 +214,9 @@ class RunConfig:
     mim_patch: int = 8
     min_nodes: int = 1
     min_replies: int = 1
+    fraction_train: float = 1.0  # share of connected nodes that train each round (Flower's convention; server/sampling.py)
+    min_train_nodes: int = 1  # at least this many train each round, whatever fraction-train says
+    trainer_cache_size: int = 4  # sites whose trainer (model, data, optimizer) a ClientApp process keeps (LRU)
     round_timeout: float = 3600.0
     sites: str = "sites/demo"
     out_dir: str = "runs/flwr"
@@ -294,10 +297,13 @@ class RunConfig:
         for name in ("dp_noise_multiplier", "dp_max_grad_norm", "dp_client_clip", "dp_client_noise_multiplier"):
             if not getattr(self, name) > 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a number > 0", getattr(self, name))
-        positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies")
+        positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies", "min_train_nodes",
+                         "trainer_cache_size")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(origin, name.replace("_", "-"), "an integer >= 1", getattr(self, name))
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ConfigError(origin, "fraction-train", "a share in (0, 1] of the connected nodes", self.fraction_train)
         if self.image_size % 32 != 0:
             raise ConfigError(origin, "image-size", "a multiple of 32 (the ResNet stride)", self.image_size)
         if self.image_size % self.mim_patch != 0:
@@ -391,7 +397,8 @@ class RunConfig:
 
         ``rounds`` and ``out-dir`` are left out so that a run can be extended or moved.
         """
-        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device", "loader-workers")}
+        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device", "loader-workers",
+                                                                      "trainer-cache-size")}
         # Privacy keys at their defaults stay out, so runs from before they existed still resume.
         relevant = {k: v for k, v in relevant.items() if not (k in _PRIVACY_DEFAULTS and _PRIVACY_DEFAULTS[k] == v)}
         # Aggregation keys at their defaults stay out too (same reason).
@@ -406,7 +413,7 @@ class RunConfig:
 _LATER_KEYS = frozenset({
     "weight-distill", "distill-ema", "weight-anchor", "prox-mu", "image-lr-scale", "text-lr-scale", "layer-decay",
     "warmup-steps", "image-bn", "persistent-optimizer", "freeze-image-stages", "freeze-text-layers", "mlm-decoder",
-    "align-holdout",
+    "align-holdout", "fraction-train", "min-train-nodes",
 })
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "COUNTS_KEY",
     "METRICS_KEY",
     "CONFIG_KEY",
+    "SITE_NAME_KEY",
 ]
 
 ENCODER_GROUPS = ("image", "text", "joint")
@@ -31,6 +32,7 @@ ARRAYS_KEY = "arrays"  # ArrayRecord: parameter name -> tensor
 COUNTS_KEY = "group-counts"  # MetricRecord: group name -> samples that trained it
 METRICS_KEY = "metrics"  # MetricRecord: scalar training metrics
 CONFIG_KEY = "config"  # ConfigRecord: server round and other instructions
+SITE_NAME_KEY = "site-name"  # ConfigRecord entry of a QUERY reply: the site's stable name (client sampling)
 
 
 def group_of(name: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, SITE_NAME_KEY
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -39,6 +39,7 @@ from .aggregation import (
     validate_update,
 )
 from .optimizers import ServerOptimizer
+from .sampling import sample_nodes, sample_size
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -77,6 +78,30 @@ def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
         if len(nodes) >= minimum or time.monotonic() > deadline:
             return nodes
         time.sleep(0.5)
+
+
+def _site_names(grid: Grid, nodes: list[int], known: dict[int, str], timeout: float) -> None:
+    """Ask the nodes not in ``known`` for their site name (one small QUERY each, once per server
+    process): node ids change when nodes re-register, site names do not. A node that does not
+    answer is sampled by its id."""
+    ask = [n for n in nodes if n not in known]
+    if not ask:
+        return
+    content = RecordDict({CONFIG_KEY: ConfigRecord({"ask": SITE_NAME_KEY})})
+    messages = [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in ask]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if not reply.has_error() and CONFIG_KEY in reply.content.config_records:
+            name = reply.content.config_records[CONFIG_KEY].get(SITE_NAME_KEY)
+            if isinstance(name, str) and name:
+                known[reply.metadata.src_node_id] = name
+
+
+def _sampled(grid: Grid, nodes: list[int], round_: int, run: RunConfig, known: dict[int, str]) -> list[int]:
+    """The nodes that train this round (run-config ``fraction-train`` / ``min-train-nodes``)."""
+    if sample_size(len(nodes), run.fraction_train, run.min_train_nodes) == len(nodes):
+        return nodes  # everyone trains: no draw, no name query
+    _site_names(grid, nodes, known, min(run.round_timeout, 120.0))
+    return sample_nodes(nodes, round_, run.seed, run.fraction_train, run.min_train_nodes, known)
 
 
 def _train_messages(state: Mapping[str, torch.Tensor], nodes: list[int], round_: int) -> list[Message]:
@@ -196,9 +221,11 @@ def run_federation(
     if run.secure_aggregation != "off" and run.update_norm_factor:
         log.info("secure-aggregation: replies are only seen summed; update-norm-factor does not apply")
 
+    site_names: dict[int, str] = {}  # node id -> site name, for the draw of client sampling
     for round_ in range(start, run.rounds + 1):
         started = time.perf_counter()
-        nodes = _wait_for_nodes(grid, run.min_nodes, run.round_timeout)
+        connected = _wait_for_nodes(grid, max(run.min_nodes, run.min_train_nodes), run.round_timeout)
+        nodes = _sampled(grid, connected, round_, run, site_names)
         if run.secure_aggregation != "off":
             state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer)
         else:
@@ -208,6 +235,8 @@ def run_federation(
         record = {
             "round": round_,
             "nodes": len(nodes),
+            "connected": len(connected),
+            "sampled-sites": sorted(site_names.get(n, str(n)) for n in nodes),
             "replies": n_replies,
             "rejected": rejected,
             "seconds": wall,

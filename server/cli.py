@@ -145,7 +145,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Print speed, size and memory figures, one ``name: value`` per line."""
     from .bench import run_bench, site_step_seconds
 
-    figures = site_step_seconds(args.site_steps, args.steps) if args.site_steps else run_bench(quick=args.quick)
+    if args.sites:
+        from .bench_sites import sites_bench
+
+        figures = sites_bench(args.sites, fraction_train=args.fraction_train, rounds=args.rounds)
+    else:
+        figures = site_step_seconds(args.site_steps, args.steps) if args.site_steps else run_bench(quick=args.quick)
     for name, value in figures.items():
         print(f"{name}: {value}")
     return 0
@@ -296,6 +301,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    """One labelled manifest -> N site files with a Dirichlet label skew and a modality mix."""
+    from fedvlp.core.data.partition import PartitionSpec, partition_manifest
+
+    spec = PartitionSpec(sites=args.sites, by=args.by, alpha=args.dirichlet, pairs_share=args.pairs_share,
+                         images_only_share=args.images_only_share, reports_only_share=args.reports_only_share, seed=args.seed,
+                         min_rows=args.min_rows, id_column=args.id_column, image_column=args.image_column,
+                         report_column=args.report_column, patient_column=args.patient_column)
+    result = partition_manifest(args.manifest, args.out, spec)
+    print(result.summary())
+    print(f"simulate them: fedvlp simulate --run-config sites='\"{result.folder}\"' fraction-train=0.1")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
@@ -337,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--site-steps", metavar="FOLDER", help="instead: seconds per local step of every site of a study "
                        "folder (e.g. sites/cxr), before and after its federation.toml settings, at its image size")
     bench.add_argument("--steps", type=int, default=3, help="timed steps per site and setting with --site-steps")
+    bench.add_argument("--sites", type=int, help="instead: peak memory and seconds per round of an N-site simulation (tiny, 32 px) "
+                       "partitioned from a generated world (server/bench_sites.py)")
+    bench.add_argument("--fraction-train", type=float, default=0.1, help="with --sites: share of the sites that train each round")
+    bench.add_argument("--rounds", type=int, default=3, help="with --sites: rounds simulated")
     bench.set_defaults(func=cmd_bench)
 
     val = sub.add_parser("validate-site", help="check every row and image of a site file")
@@ -451,6 +474,24 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="export folder (new or empty)")
     exp.add_argument("--force", action="store_true", help="replace the files of an earlier export in --out")
     exp.set_defaults(func=cmd_export)
+
+    part = sub.add_parser("partition", help="one labelled manifest -> N simulated sites (Dirichlet label skew, modality mix)")
+    part.add_argument("manifest", help="CSV or Parquet manifest with an id, image and/or report, and the --by column")
+    part.add_argument("--sites", type=int, required=True)
+    part.add_argument("--by", required=True, help="the column whose classes are skewed across sites (e.g. a label)")
+    part.add_argument("--dirichlet", type=float, required=True, metavar="ALPHA", help="concentration: 0.1 very skewed, 100 near uniform")
+    part.add_argument("--out", required=True, help="folder for site_NNN.yaml, site_NNN/manifest.csv and partition.json")
+    part.add_argument("--pairs-share", type=float, default=1.0, help="share of sites keeping image and report (default 1)")
+    part.add_argument("--images-only-share", type=float, default=0.0, help="share of sites whose report is dropped")
+    part.add_argument("--reports-only-share", type=float, default=0.0, help="share of sites whose image is dropped")
+    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--min-rows", type=int, default=2, help="redraw until every site has at least this many rows "
+                      "(default 2: BatchNorm cannot train on a single image)")
+    part.add_argument("--id-column", default="id")
+    part.add_argument("--image-column", default="image")
+    part.add_argument("--report-column", default="report")
+    part.add_argument("--patient-column", default="patient_id", help="rows of one patient stay in one site (when the column exists)")
+    part.set_defaults(func=cmd_partition)
     return parser
 
 
