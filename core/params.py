@@ -22,6 +22,12 @@ __all__ = [
     "COUNTS_KEY",
     "METRICS_KEY",
     "CONFIG_KEY",
+    "SIZE_KEY",
+    "ERROR_SITE_CONFIG",
+    "ERROR_NO_DATA",
+    "ERROR_TRAINING",
+    "ERROR_REPLY",
+    "ERROR_REASONS",
 ]
 
 ENCODER_GROUPS = ("image", "text", "joint")
@@ -31,6 +37,20 @@ ARRAYS_KEY = "arrays"  # ArrayRecord: parameter name -> tensor
 COUNTS_KEY = "group-counts"  # MetricRecord: group name -> samples that trained it
 METRICS_KEY = "metrics"  # MetricRecord: scalar training metrics
 CONFIG_KEY = "config"  # ConfigRecord: server round and other instructions
+SIZE_KEY = "site-size"  # MetricRecord: group name -> samples the site holds for it (its declared size)
+
+# Error codes of a client's error reply (Flower's own codes are 0-8). The reply carries the code
+# and a one-line reason only: the traceback stays in the site's own log.
+ERROR_SITE_CONFIG = 1001  # the site file or the node config is invalid
+ERROR_NO_DATA = 1002  # the site has no usable data for this run
+ERROR_TRAINING = 1003  # local training (or building the reply) failed
+ERROR_REPLY = 1004  # the site would send a reply it must not send (e.g. a weight outside SecAgg+'s range)
+ERROR_REASONS = {
+    ERROR_SITE_CONFIG: "site config invalid",
+    ERROR_NO_DATA: "no usable data",
+    ERROR_TRAINING: "training failed",
+    ERROR_REPLY: "reply refused by the site",
+}
 
 
 def group_of(name: str) -> str:

@@ -1,7 +1,9 @@
 """The Flower ServerApp: global model, modality-aware aggregation, checkpoints and resume.
 
-Each round: validate every reply (keys, shapes, dtypes, finite values, update norm against the
-round's median), aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
+Each round: parse and validate every reply (``server/replies.py``: record layout, types, counts,
+metrics; keys, shapes, dtypes, finite values, integer buffers, the site's declared size, update
+norm against the round's median and against earlier rounds); a bad reply is rejected, logged
+with its node id and reason, and the round goes on with the others. Then aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
 (FedAvg, FedAdam, FedYogi) and checkpoint weights plus optimizer state. With
 ``secure-aggregation = "secagg+"`` the round runs Flower's SecAgg+ workflow instead and the
 server sees only the sum of the replies (``server/secagg.py``).
@@ -20,7 +22,7 @@ import torch
 from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -32,13 +34,16 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 
 from .aggregation import (
+    NormHistory,
     ReplyRejected,
     SiteUpdate,
     aggregate_with,
     reject_norm_outliers,
+    update_norms,
     validate_update,
 )
 from .optimizers import ServerOptimizer
+from .replies import SiteSizes, error_summary, parse_reply
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -84,52 +89,77 @@ def _train_messages(state: Mapping[str, torch.Tensor], nodes: list[int], round_:
     return [Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
 
 
-def _parse_reply(reply: Message) -> SiteUpdate:
-    content = reply.content
-    node = reply.metadata.src_node_id
-    for key in (ARRAYS_KEY, COUNTS_KEY):
-        if key not in content:
-            raise ReplyRejected(f"node {node}: reply lacks '{key}'")
-    weights = content.array_records[ARRAYS_KEY].to_torch_state_dict()
-    counts = {k: int(v) for k, v in content.metric_records[COUNTS_KEY].items()}  # type: ignore[arg-type]
-    return SiteUpdate(node, weights, counts)
-
-
 def _extra(optimizer: ServerOptimizer) -> dict[str, torch.Tensor] | None:
     """The optimizer's moments for the checkpoint (nothing for plain FedAvg)."""
     return optimizer.state_tensors() if optimizer.kind != "fedavg" else None
 
 
-def _plain_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer
-) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
-    """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
-    replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
-    updates: list[SiteUpdate] = []
-    sites: list[dict[str, Any]] = []
+@dataclass
+class Guards:
+    """What the server remembers about replies across rounds (saved in the checkpoint state)."""
+
+    sizes: SiteSizes = field(default_factory=SiteSizes)
+    norms: NormHistory = field(default_factory=NormHistory)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Guards":
+        return cls(SiteSizes({int(n): g for n, g in state.get("site_sizes", {}).items()}), NormHistory(state.get("norm_history", {})))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"site_sizes": self.sizes.to_json(), "norm_history": self.norms.to_json()}
+
+
+def check_replies(
+    replies: list[Message], run: RunConfig, state: Mapping[str, torch.Tensor], guards: Guards
+) -> tuple[list[SiteUpdate], list[dict[str, Any]], list[str]]:
+    """Every check a reply must pass before aggregation, in order; nothing here raises.
+
+    Returns the accepted updates, their round-log entries and one reason per rejected reply
+    (node id first). Accepted replies update ``guards`` (declared sizes, norm history).
+    """
+    parsed = []
     rejected: list[str] = []
     for reply in replies:
         if reply.has_error():
-            rejected.append(f"node {reply.metadata.src_node_id}: client error {reply.error.code}: {reply.error.reason}")
+            rejected.append(error_summary(reply))
             continue
         try:
-            update = _parse_reply(reply)
-            validate_update(update, state)
+            one = parse_reply(reply)
+            validate_update(one.update, state, run.local_steps)
+            guards.sizes.check(one)
         except ReplyRejected as err:
             rejected.append(str(err))
             continue
-        updates.append(update)
-        metrics = dict(reply.content.metric_records.get(METRICS_KEY, {}))
-        sites.append({"node_id": update.node_id, "counts": update.counts, "metrics": metrics, "bytes": int(reply.content.array_records[ARRAYS_KEY].count_bytes())})
+        except Exception as err:  # noqa: BLE001 - a check that fails on odd input rejects, never ends the run
+            rejected.append(f"node {reply.metadata.src_node_id}: malformed reply ({type(err).__name__})")
+            continue
+        parsed.append(one)
+    updates = [p.update for p in parsed]
     updates, outliers = reject_norm_outliers(updates, state, run.update_norm_factor)
-    if outliers:
-        kept = {u.node_id for u in updates}
-        sites = [s for s in sites if s["node_id"] in kept]
-        rejected.extend(outliers)
+    rejected.extend(outliers)
+    updates, outliers = guards.norms.reject(updates, state, run.update_norm_factor)
+    rejected.extend(outliers)
+    kept = {u.node_id for u in updates}
+    sites = []
+    guards.norms.record([update_norms(u, state) for u in updates])
+    for one in parsed:
+        if one.update.node_id not in kept:
+            continue
+        guards.sizes.remember(one)
+        sites.append({"node_id": one.update.node_id, "counts": one.update.counts, "metrics": one.metrics, "bytes": one.bytes})
+    return updates, sites, rejected
+
+
+def _plain_round(
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
+) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
+    """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
+    replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
+    updates, sites, rejected = check_replies(replies, run, state, guards)
     for reason in rejected:
         log.warning("Round %d: rejected %s", round_, reason)
     if len(updates) >= run.min_replies:
-        aggregated = aggregate_with(run.aggregation, state, updates, run.trim_fraction)
+        aggregated = aggregate_with(run.aggregation, state, updates, run.trim_fraction, run.max_site_weight)
         carried = {k for u in updates for k in u.weights}
         state = optimizer.step(state, aggregated, carried)
     else:
@@ -138,7 +168,7 @@ def _plain_round(
 
 
 def _secure_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
     """One SecAgg+ round; the global weights stay when the protocol halts."""
     from .secagg import secagg_round
@@ -181,6 +211,7 @@ def run_federation(
         run.server_optimizer, frozenset(n for n, _ in model.named_parameters()), run.server_lr, run.server_beta1, run.server_beta2, run.server_tau
     )
     history: list[dict[str, Any]] = []
+    guards = Guards()
     start = 1
     latest = load_latest(checkpoint_dir)
     if latest is not None:
@@ -189,6 +220,7 @@ def run_federation(
         state = latest.weights
         optimizer.load_state_tensors(latest.extra)
         history = list(latest.state.get("history", []))
+        guards = Guards.from_state(latest.state)
         start = latest.round + 1
         log.info("Resuming from round %d in %s", latest.round, checkpoint_dir)
     else:
@@ -200,9 +232,9 @@ def run_federation(
         started = time.perf_counter()
         nodes = _wait_for_nodes(grid, run.min_nodes, run.round_timeout)
         if run.secure_aggregation != "off":
-            state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer)
+            state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer, guards)
         else:
-            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer)
+            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer, guards)
         wall = time.perf_counter() - started
         compute = max((s["metrics"].get("train-seconds", 0.0) for s in sites), default=0.0)
         record = {
@@ -216,7 +248,7 @@ def run_federation(
             "sites": sites,
         }
         history.append(record)
-        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history}, _extra(optimizer))
+        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history, **guards.to_state()}, _extra(optimizer))
         if on_round is not None:
             on_round(record)
         losses = {k: round(v, 4) for s in sites for k, v in s["metrics"].items() if k.startswith("loss/") and k != "loss/total"}
