@@ -21,13 +21,14 @@ Nothing else: no other record, no ConfigRecord.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY, group_of
+from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, ERROR_REASONS, METRICS_KEY, SIZE_KEY, group_of
 from flwr.app import Message
 
 from .aggregation import ReplyRejected, SiteUpdate
@@ -180,16 +181,29 @@ def parse_reply(reply: Message) -> ParsedReply:
         raise ReplyRejected(f"node {node}: malformed reply ({type(err).__name__})") from None
 
 
+_PATHLIKE = re.compile(r"\S*[/\\]\S*")
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\bpid=?\s*\d+", re.IGNORECASE)
+_EXCEPTION_CLASS = re.compile(r"<class '([\w.]+)'>")
+
+
 def error_summary(reply: Message) -> str:
     """The one line the round log keeps of a client's error reply: node, code and reason.
 
-    The reason is cut to its first line and 200 characters: whatever a client sends, no
-    traceback, path list or dump reaches the round JSON.
+    fedvlp's own codes (``core/params.py``, 1001-1004) keep the first line of their reason;
+    Flower's (0-8, e.g. a ClientApp that crashed, with a Ray traceback as its reason) keep
+    only the exception class. Paths, IP addresses and pids are cut out and the line is at most
+    200 characters: whatever a client sends, no traceback reaches the round JSON.
     """
     error = reply.error
-    reason = str(error.reason or "").strip().splitlines()
-    first = reason[0][:200] if reason else "no reason given"
-    return f"node {reply.metadata.src_node_id}: client error {error.code}: {first}"
+    text = str(error.reason or "")
+    if error.code in ERROR_REASONS:
+        lines = text.strip().splitlines()
+        reason = lines[0] if lines else ERROR_REASONS[error.code]
+    else:
+        found = _EXCEPTION_CLASS.search(text)
+        reason = f"Flower error ({found.group(1).rsplit('.', 1)[-1] if found else 'no reason'}; details in the site's log)"
+    reason = _ADDRESS.sub("<address>", _PATHLIKE.sub("<path>", reason))[:200]
+    return f"node {reply.metadata.src_node_id}: client error {error.code}: {reason}"
 
 
 class SiteSizes:

@@ -165,6 +165,19 @@ def test_an_error_reply_keeps_one_line_of_its_reason() -> None:
     assert rejected == ["node 21: client error 1003: training failed: RuntimeError"]
 
 
+def test_a_flower_error_reply_keeps_only_the_exception_class() -> None:
+    """What Flower's simulation engine sends when a ClientApp crashes: a Ray traceback."""
+    ray = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: "
+           "ray::ClientAppActor.run() (pid=4242, ip=10.1.2.3, actor_id=abc)\n  File \"/srv/site/x.py\", line 3'>")
+    reply = Message(error=Error(2, ray), metadata=_metadata(5))
+    assert error_summary(reply) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
+
+
+def test_paths_and_addresses_are_cut_from_a_fedvlp_reason() -> None:
+    reply = Message(error=Error(1002, "no usable data: /srv/h/m.csv at 10.0.0.7:9092 pid 77"), metadata=_metadata(5))
+    assert error_summary(reply) == "node 5: client error 1002: no usable data: <path> at <address> <address>"
+
+
 # ------------------------------------------------------------------ declared sizes
 def test_counts_above_the_size_declared_at_the_first_reply_are_rejected() -> None:
     guards = Guards()
