@@ -183,7 +183,7 @@ def parse_reply(reply: Message) -> ParsedReply:
 
 _PATHLIKE = re.compile(r"\S*[/\\]\S*")
 _ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\bpid=?\s*\d+", re.IGNORECASE)
-_EXCEPTION_CLASS = re.compile(r"<class '([\w.]+)'>")
+_EXCEPTION_CLASS = re.compile(r"<class '(?:[\w.]*\.)?(\w+)(?:\((\w+)\))?'>")  # Ray: RayTaskError(ClientAppException)
 
 
 def error_summary(reply: Message) -> str:
@@ -201,7 +201,8 @@ def error_summary(reply: Message) -> str:
         reason = lines[0] if lines else ERROR_REASONS[error.code]
     else:
         found = _EXCEPTION_CLASS.search(text)
-        reason = f"Flower error ({found.group(1).rsplit('.', 1)[-1] if found else 'no reason'}; details in the site's log)"
+        name = (found.group(2) or found.group(1)) if found else "no reason"
+        reason = f"Flower error ({name}; details in the site's log)"
     reason = _ADDRESS.sub("<address>", _PATHLIKE.sub("<path>", reason))[:200]
     return f"node {reply.metadata.src_node_id}: client error {error.code}: {reason}"
 

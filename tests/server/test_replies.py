@@ -171,6 +171,8 @@ def test_a_flower_error_reply_keeps_only_the_exception_class() -> None:
            "ray::ClientAppActor.run() (pid=4242, ip=10.1.2.3, actor_id=abc)\n  File \"/srv/site/x.py\", line 3'>")
     reply = Message(error=Error(2, ray), metadata=_metadata(5))
     assert error_summary(reply) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
+    wrapped = Message(error=Error(2, "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1)'>"), metadata=_metadata(5))
+    assert error_summary(wrapped) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
 
 
 def test_paths_and_addresses_are_cut_from_a_fedvlp_reason() -> None:
