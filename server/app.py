@@ -170,7 +170,7 @@ def _plain_round(
 def _secure_round(
     grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
-    """One SecAgg+ round; the global weights stay when the protocol halts."""
+    """One SecAgg+ round; the global weights stay when the protocol halts or the sum fails its checks."""
     from .secagg import secagg_round
 
     try:
@@ -183,7 +183,51 @@ def _secure_round(
     if result.replies < run.min_replies:
         log.warning("Round %d: %d replies < min-replies %d; global weights unchanged", round_, result.replies, run.min_replies)
         return state, result.replies, result.sites, result.failures
+    problems, declared = check_secure_sum(run, state, result, guards)
+    if problems:
+        reasons = [f"SecAgg+ sum rejected: {p}" for p in problems]
+        for reason in reasons:
+            log.warning("Round %d: %s; global weights unchanged", round_, reason)
+        return state, 0, result.sites, result.failures + reasons
+    for node, sizes in declared.items():
+        known = guards.sizes.declared.setdefault(node, {})
+        for group, size in sizes.items():
+            known.setdefault(group, size)
+    guards.norms.record([update_norms(SiteUpdate(0, {k: result.aggregated[k] for k in result.carried}, {}), state)])
     return optimizer.step(state, result.aggregated, result.carried), result.replies, result.sites, result.failures
+
+
+def check_secure_sum(run: RunConfig, state: Mapping[str, torch.Tensor], result: Any, guards: Guards) -> tuple[list[str], dict[int, dict[str, int]]]:
+    """What the server can check of a SecAgg+ round: declared sizes, summed weights, update norm.
+
+    Returns the problems (empty: the aggregate may be applied) and each site's declared sizes.
+    A site's declared size may not grow over the size it declared first (as in plain mode).
+    """
+    import numpy as np
+
+    from .secagg import check_summed_weights, declared_sizes
+
+    problems: list[str] = []
+    declared: dict[int, dict[str, int]] = {}
+    total: dict[str, int] = {}
+    for site in result.sites:
+        node, sizes = int(site["node_id"]), declared_sizes(site["metrics"])
+        known = guards.sizes.declared.get(node, {})
+        for group, size in sorted(sizes.items()):
+            if group in known and size > known[group]:
+                problems.append(f"node {node}: group '{group}' declared size grew from {known[group]} to {size}")
+            total[group] = total.get(group, 0) + min(size, known.get(group, size))
+        declared[node] = sizes
+    keys = list(state)
+    tolerance = result.replies * 2.0 * run.secagg_clipping_range / run.secagg_quantization_range
+    weights = np.asarray([result.key_weights.get(k, 0.0) for k in keys])
+    problems += check_summed_weights(keys, weights, total, run.secagg_max_weight, tolerance)[:5]
+    norms = update_norms(SiteUpdate(0, {k: result.aggregated[k] for k in result.carried}, {}), state)
+    for group, norm in sorted(norms.items()):
+        limit = guards.norms.bound(group, run.update_norm_factor)
+        if limit is not None and norm > limit:
+            problems.append(f"group '{group}' aggregated update norm {norm:.4g} > {run.update_norm_factor:g} x median {limit / run.update_norm_factor:.4g} of earlier rounds")
+    return problems, declared
 
 
 def run_federation(
