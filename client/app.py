@@ -124,13 +124,14 @@ class _Failed(Exception):
         self.code = code
 
 
-def _classified(code: int, step: Callable[[], Any]) -> Any:
+def _classified(code: int, step: Callable[[], Any], only: type[Exception] = Exception) -> Any:
+    """Run ``step``; a failure of type ``only`` becomes error ``code``, any other one 1003."""
     try:
         return step()
     except _Failed:
         raise
     except Exception as err:
-        raise _Failed(code) from err
+        raise _Failed(code if isinstance(err, only) else ERROR_TRAINING) from err
 
 
 _PATHLIKE = re.compile(r"\S*[/\\]\S*")
@@ -173,7 +174,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         if "FEDVLP_TORCH_THREADS" in os.environ:  # simulations pin one thread per virtual client
             torch.set_num_threads(max(1, int(os.environ["FEDVLP_TORCH_THREADS"])))
         run, site = _classified(ERROR_SITE_CONFIG, lambda: _site(context))
-        _classified(ERROR_NO_DATA, lambda: _trainer(site, run))
+        _classified(ERROR_NO_DATA, lambda: _trainer(site, run), only=ConfigError)  # load_site_data: nothing usable
         if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
             train_fn = lambda g, r: _classified(ERROR_TRAINING, lambda: train_round(site, run, g, r))
             return _classified(ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range))

@@ -43,7 +43,7 @@ from .aggregation import (
     validate_update,
 )
 from .optimizers import ServerOptimizer
-from .replies import SiteSizes, error_summary, parse_reply
+from .replies import SiteSizes, clean_metrics, error_summary, parse_reply
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -178,6 +178,9 @@ def _secure_round(
     except RuntimeError as err:
         log.warning("Round %d: %s; global weights unchanged", round_, err)
         return state, 0, [], [str(err)]
+    for site in result.sites:  # the clear metrics of each site: finite numbers only reach the log
+        site["metrics"], dropped = clean_metrics(site["metrics"])
+        result.failures.extend(f"node {site['node_id']}: {reason} (dropped)" for reason in dropped)
     for reason in result.failures:
         log.warning("Round %d: SecAgg+ failure %s", round_, reason)
     if result.replies < run.min_replies:

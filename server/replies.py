@@ -33,7 +33,7 @@ from flwr.app import Message
 
 from .aggregation import ReplyRejected, SiteUpdate
 
-__all__ = ["MAX_COUNT", "MAX_METRIC", "ParsedReply", "SiteSizes", "error_summary", "parse_reply"]
+__all__ = ["MAX_COUNT", "MAX_METRIC", "ParsedReply", "SiteSizes", "clean_metrics", "error_summary", "parse_reply"]
 
 # No hospital holds 10**8 samples of one group (the largest public chest X-ray sets hold ~10**6);
 # a count above this is a lie or a bug, whatever else the server knows about the site.
@@ -118,6 +118,19 @@ def _metric(name: str, value: Any) -> float:
     if not math.isfinite(value) or abs(value) > MAX_METRIC:
         raise ValueError(f"metric '{name}' is {_short(value)}, expected a finite number with |value| <= {MAX_METRIC:g}")
     return float(value)
+
+
+def clean_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """The finite, bounded numeric metrics of a reply the server cannot reject as a whole
+    (SecAgg+: the masked vectors are already in the sum), and one reason per value dropped."""
+    kept: dict[str, float] = {}
+    dropped: list[str] = []
+    for name, value in list(metrics.items())[:MAX_METRICS]:
+        try:
+            kept[str(name)] = _metric(str(name), value)
+        except ValueError as err:
+            dropped.append(str(err))
+    return kept, dropped
 
 
 def _short(value: Any) -> str:

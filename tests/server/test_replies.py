@@ -14,7 +14,7 @@ from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
 from fedvlp.server.aggregation import ReplyRejected
 from fedvlp.server.app import Guards, check_replies
-from fedvlp.server.replies import MAX_COUNT, SiteSizes, error_summary, parse_reply
+from fedvlp.server.replies import MAX_COUNT, SiteSizes, clean_metrics, error_summary, parse_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 STATE = {
@@ -198,3 +198,9 @@ def test_without_a_size_record_the_first_counts_are_the_declared_size() -> None:
     sizes.remember(parse_reply(_reply(_good())))
     assert sizes.declared == {7: {"image": 40, "text": 40}}
     assert SiteSizes({int(k): v for k, v in sizes.to_json().items()}).declared == sizes.declared  # checkpoint round trip
+
+
+def test_clean_metrics_keeps_finite_numbers_and_names_the_rest() -> None:
+    kept, dropped = clean_metrics({"loss/mlm": 2.5, "steps": 3, "bad": float("inf"), "site-size/text": 40})
+    assert kept == {"loss/mlm": 2.5, "steps": 3.0, "site-size/text": 40.0}
+    assert dropped == ["metric 'bad' is inf, expected a finite number with |value| <= 1e+12"]
