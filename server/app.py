@@ -119,10 +119,16 @@ def check_replies(
     """
     parsed = []
     rejected: list[str] = []
+    seen: set[int] = set()
     for reply in replies:
         if reply.has_error():
             rejected.append(error_summary(reply))
             continue
+        node = reply.metadata.src_node_id
+        if node in seen:  # one message per node and round: a second reply would count twice
+            rejected.append(f"node {node}: a second reply in the same round")
+            continue
+        seen.add(node)
         try:
             one = parse_reply(reply)
             validate_update(one.update, state, run.local_steps)

@@ -62,9 +62,9 @@ def test_a_stranger_at_the_fleet_address_cannot_register_a_node_or_start_a_run(w
         # The stranger, at the gateway: no registration, no run, no list.
         res = stranger("supernode", "register", str(keys["stranger"].public_key), "local-deployment", "--name", "stranger")
         # refused by the gateway's 404, not by a TLS or connection failure
-        assert res.returncode != 0 and REFUSED in res.stdout, res.stdout + res.stderr
+        assert res.returncode != 0 and REFUSED in res.stdout + res.stderr, res.stdout + res.stderr
         res = stranger("run", str(project_root()), "local-deployment", "--run-config", 'model-size="tiny" rounds=1')
-        assert res.returncode != 0 and REFUSED in res.stdout, res.stdout + res.stderr
+        assert res.returncode != 0 and REFUSED in res.stdout + res.stderr, res.stdout + res.stderr
         assert stranger("ls", "local-deployment").returncode != 0
         assert [int(n["node-id"]) for n in fed.node_list()] == [hospital_a]
         runs = fed.flwr("ls", "local-deployment", "--format", "json")

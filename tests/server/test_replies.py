@@ -140,6 +140,11 @@ def test_fuzz_table_tried_rejected_crashed() -> None:
     assert tried >= 40
 
 
+def test_a_second_reply_of_a_node_in_one_round_is_rejected() -> None:
+    updates, _, rejected = check_replies([_reply(_good(), node=7), _reply(_good(), node=7)], RUN, STATE, Guards())
+    assert len(updates) == 1 and rejected == ["node 7: a second reply in the same round"]
+
+
 def test_parse_reply_raises_reply_rejected_only() -> None:
     with pytest.raises(ReplyRejected, match="^node 13: 'group-counts' is a ConfigRecord"):
         parse_reply(_reply(_good(**{COUNTS_KEY: ConfigRecord({"image": 1})}), node=13))
