@@ -10,22 +10,36 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, SITE_NAME_KEY, filter_groups
+from fedvlp.core.params import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    COUNTS_KEY,
+    ERROR_NO_DATA,
+    ERROR_REASONS,
+    ERROR_REPLY,
+    ERROR_SITE_CONFIG,
+    ERROR_TRAINING,
+    METRICS_KEY,
+    SITE_NAME_KEY,
+    SIZE_KEY,
+    filter_groups,
+)
 from fedvlp.core.train import LocalTrainer, load_site_data, resolve_device
 
 from .secagg import is_secagg_train, secagg_mod, secagg_train
 
-__all__ = ["app", "make_client_app", "site_for", "train_round", "trained_state"]
+__all__ = ["app", "error_reason", "make_client_app", "site_for", "train_round", "trained_state"]
 
 log = logging.getLogger("fedvlp.client")
 
@@ -96,7 +110,9 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})
-    return RecordDict({ARRAYS_KEY: arrays, COUNTS_KEY: counts, METRICS_KEY: metrics})
+    # the site's size per group, declared with every reply: the server holds later counts to it
+    sizes = MetricRecord({group: int(n) for group, n in trainer.group_counts(every_source=True).items()})
+    return RecordDict({ARRAYS_KEY: arrays, COUNTS_KEY: counts, METRICS_KEY: metrics, SIZE_KEY: sizes})
 
 
 def trained_state(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], group_counts: Mapping[str, int],
@@ -118,21 +134,75 @@ def trained_state(model: torch.nn.Module, global_state: Mapping[str, torch.Tenso
     return out
 
 
+class _Failed(Exception):
+    """A failure already classified by its error code (the cause is chained)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _classified(code: int, step: Callable[[], Any], only: type[Exception] = Exception) -> Any:
+    """Run ``step``; a failure of type ``only`` becomes error ``code``, any other one 1003."""
+    try:
+        return step()
+    except _Failed:
+        raise
+    except Exception as err:
+        raise _Failed(code if isinstance(err, only) else ERROR_TRAINING) from err
+
+
+_PATHLIKE = re.compile(r"\S*[/\\]\S*")
+
+
+def error_reason(code: int, err: BaseException) -> str:
+    """The one line a site's error reply carries: what failed, the exception type and, for a
+    config error, the key and what was expected; file paths are cut out.
+
+    The traceback, paths, pid and addresses stay in the site's own log.
+    """
+    reason = f"{ERROR_REASONS.get(code, 'failed')}: {type(err).__name__}"
+    if isinstance(err, ConfigError):
+        reason += f" (key '{err.key}': expected {err.expected})"
+    return _PATHLIKE.sub("<path>", reason.splitlines()[0])[:200]
+
+
+def _error_reply(msg: Message, code: int, err: BaseException) -> Message:
+    log.error("Round failed at this site (error %d sent to the server): %s", code, err, exc_info=err)
+    return Message(error=Error(code, error_reason(code, err)), reply_to=msg)
+
+
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose run config is ``context.run_config`` updated with ``overrides``."""
     client_app = ClientApp(mods=[secagg_mod])  # SecAgg+ protocol messages only (run-config secure-aggregation)
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
+        # Any failure becomes an error reply with a code and one line (core/params.py); the
+        # traceback goes to this site's log only, never to the server or its round JSON.
+        try:
+            return _train(msg, context)
+        except _Failed as failed:
+            assert failed.__cause__ is not None
+            return _error_reply(msg, failed.code, failed.__cause__)
+        except Exception as err:  # noqa: BLE001 - whatever it is, the server gets one line
+            return _error_reply(msg, ERROR_TRAINING, err)
+
+    def _train(msg: Message, context: Context) -> Message:
         if "FEDVLP_TORCH_THREADS" in os.environ:  # simulations pin one thread per virtual client
             torch.set_num_threads(max(1, int(os.environ["FEDVLP_TORCH_THREADS"])))
-        site = site_for(context.node_config, run)
+        run, site = _classified(ERROR_SITE_CONFIG, lambda: _site(context))
+        _classified(ERROR_NO_DATA, lambda: _trainer(site, run), only=ConfigError)  # load_site_data: nothing usable
         if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
-            return secagg_train(msg, lambda g, r: train_round(site, run, g, r), run.secagg_max_weight, run.secagg_clipping_range)
+            train_fn = lambda g, r: _classified(ERROR_TRAINING, lambda: train_round(site, run, g, r))
+            return _classified(ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range))
         state = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
         server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
-        return Message(content=train_round(site, run, state, server_round), reply_to=msg)
+        return Message(content=_classified(ERROR_TRAINING, lambda: train_round(site, run, state, server_round)), reply_to=msg)
+
+    def _site(context: Context) -> tuple[RunConfig, SiteConfig]:
+        run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
+        return run, site_for(context.node_config, run)
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

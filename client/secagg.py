@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, group_of
+from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY, group_of
 from flwr.app import Context, Message, MessageType, RecordDict
 
 __all__ = [
     "FLOWER_NUM_EXAMPLES",
     "INTEGER_SCALE",
+    "SIZE_METRIC_PREFIX",
+    "checked_counts",
     "SECAGG_CONFIGS_KEY",
     "encode_update",
     "is_secagg_train",
@@ -41,6 +43,35 @@ log = logging.getLogger("fedvlp.client")
 INTEGER_SCALE = 1024.0  # integer buffers move by whole local steps: scale them into the clipping range
 SECAGG_CONFIGS_KEY = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 FLOWER_NUM_EXAMPLES = 1  # with the server's max_weight = 1.0, Flower's weight ratio is exactly 1
+SIZE_METRIC_PREFIX = "site-size/"  # must equal fedvlp.server.secagg.SIZE_METRIC_PREFIX (a test checks)
+
+
+def checked_counts(counts: Mapping[str, Any], groups: set[str], max_weight: float, clipping_range: float) -> dict[str, int]:
+    """The counts of the groups a site sends, refused unless each makes a valid weight.
+
+    Under SecAgg+ nobody can check one site's weight after it is masked, so an honest site
+    checks its own: every group it sends needs a count that is an ``int`` >= 1 whose weight
+    ``count / secagg-max-weight`` fits the clipping range (a negative or oversized weight
+    would scale the sum of updates without showing in it).
+
+    Raises
+    ------
+    ValueError
+        Naming the group and what was expected.
+    """
+    out: dict[str, int] = {}
+    for group in sorted(groups):
+        count = counts.get(group)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"group '{group}': count {count!r} is not an integer >= 1; SecAgg+ needs a positive weight per sent group")
+        weight = count / max_weight
+        if weight > clipping_range:
+            raise ValueError(
+                f"group '{group}': weight count/secagg-max-weight = {weight:g} exceeds secagg-clipping-range "
+                f"{clipping_range:g}; raise secagg-max-weight to at least {count / clipping_range:g}"
+            )
+        out[group] = count
+    return out
 
 
 def encode_update(
@@ -77,23 +108,19 @@ def encode_update(
     Raises
     ------
     ValueError
-        When a weight exceeds the clipping range (the sum of weights would be wrong): raise
-        ``secagg-max-weight`` or ``secagg-clipping-range``.
+        When a count is not an integer >= 1 or a weight exceeds the clipping range (the sum of
+        weights would be wrong): see :func:`checked_counts`.
     """
     vectors: list[np.ndarray] = []
     weights = np.zeros(len(keys), dtype=np.float64)
     clipped = 0
+    valid = checked_counts(counts, {group_of(k) for k in sent}, max_weight, clipping_range)
     for index, key in enumerate(keys):
         reference = global_state[key]
         if key not in sent:
             vectors.append(np.zeros(reference.numel(), dtype=np.float64))
             continue
-        weight = counts[group_of(key)] / max_weight
-        if weight > clipping_range:
-            raise ValueError(
-                f"group '{group_of(key)}': weight count/secagg-max-weight = {weight:g} exceeds secagg-clipping-range "
-                f"{clipping_range:g}; raise secagg-max-weight to at least {counts[group_of(key)] / clipping_range:g}"
-            )
+        weight = valid[group_of(key)] / max_weight
         weights[index] = weight
         update = sent[key].to(torch.float64) - reference.to(torch.float64)
         if not reference.is_floating_point():
@@ -163,8 +190,10 @@ def secagg_train(
     content = train(global_state, int(fitins.config["server-round"]))
     # a site that sends nothing (e.g. its privacy budget is spent) adds zeros to the sum
     sent = content.array_records[ARRAYS_KEY].to_torch_state_dict() if ARRAYS_KEY in content.array_records else {}
-    counts = {g: int(n) for g, n in content.metric_records.get(COUNTS_KEY, {}).items()}  # type: ignore[arg-type]
+    counts = dict(content.metric_records.get(COUNTS_KEY, {}))  # checked in encode_update, never cast
     metrics: dict[str, Any] = {k: float(v) for k, v in content.metric_records.get(METRICS_KEY, {}).items()}  # type: ignore[arg-type]
+    # The site's declared size travels in the clear: the server holds the summed weights to it.
+    metrics.update({f"{SIZE_METRIC_PREFIX}{g}": int(n) for g, n in content.metric_records.get(SIZE_KEY, {}).items()})  # type: ignore[call-overload]
     vectors = encode_update(keys, global_state, sent, counts, max_weight, clipping_range)
     fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(vectors), FLOWER_NUM_EXAMPLES, metrics)
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)

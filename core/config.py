@@ -237,7 +237,8 @@ class RunConfig:
     # Server-side aggregation (README "Secure aggregation and robust aggregation").
     aggregation: str = "fedavg"  # per key: "fedavg" (count-weighted mean), "median" or "trimmed-mean"
     trim_fraction: float = 0.2  # trimmed-mean: fraction cut at each end (Flower's FedTrimmedAvg beta)
-    update_norm_factor: float = 10.0  # reject a reply whose group update norm > factor x round median (0: off)
+    update_norm_factor: float = 10.0  # reject a reply whose group update norm > factor x round median or x median of earlier rounds (0: off)
+    max_site_weight: float = 1.0  # fedavg: largest share one site may take of a key's weighted mean (1: no cap)
     server_optimizer: str = "fedavg"  # "fedavg", "fedadam" or "fedyogi" on the pseudo-gradient (Reddi et al.)
     server_lr: float = 0.01
     server_beta1: float = 0.9
@@ -360,6 +361,8 @@ class RunConfig:
             raise ConfigError(origin, "trim-fraction", "a fraction in [0, 0.5)", self.trim_fraction)
         if self.update_norm_factor != 0 and not self.update_norm_factor > 1:
             raise ConfigError(origin, "update-norm-factor", "0 (off) or a factor > 1", self.update_norm_factor)
+        if not 0.0 < self.max_site_weight <= 1.0:
+            raise ConfigError(origin, "max-site-weight", "a share in (0, 1] (1: no cap)", self.max_site_weight)
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise ConfigError(origin, "server-optimizer", f"one of {SERVER_OPTIMIZERS}", self.server_optimizer)
         for name in ("server_lr", "server_tau", "secagg_clipping_range", "secagg_max_weight", "secagg_num_shares", "secagg_reconstruction_threshold"):
@@ -421,7 +424,7 @@ _PRIVACY_DEFAULTS = {"norm": "batch", "dp-noise-multiplier": 1.0, "dp-max-grad-n
 
 
 _AGGREGATION_DEFAULTS = {
-    "aggregation": "fedavg", "trim-fraction": 0.2, "update-norm-factor": 10.0, "server-optimizer": "fedavg",
+    "aggregation": "fedavg", "trim-fraction": 0.2, "update-norm-factor": 10.0, "max-site-weight": 1.0, "server-optimizer": "fedavg",
     "server-lr": 0.01, "server-beta1": 0.9, "server-beta2": 0.99, "server-tau": 0.001,
     "secure-aggregation": "off", "secagg-num-shares": 3.0, "secagg-reconstruction-threshold": 2.0,
     "secagg-clipping-range": 8.0, "secagg-quantization-range": 4194304, "secagg-max-weight": 1000.0,

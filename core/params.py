@@ -23,6 +23,12 @@ __all__ = [
     "METRICS_KEY",
     "CONFIG_KEY",
     "SITE_NAME_KEY",
+    "SIZE_KEY",
+    "ERROR_SITE_CONFIG",
+    "ERROR_NO_DATA",
+    "ERROR_TRAINING",
+    "ERROR_REPLY",
+    "ERROR_REASONS",
 ]
 
 ENCODER_GROUPS = ("image", "text", "joint")
@@ -33,6 +39,20 @@ COUNTS_KEY = "group-counts"  # MetricRecord: group name -> samples that trained 
 METRICS_KEY = "metrics"  # MetricRecord: scalar training metrics
 CONFIG_KEY = "config"  # ConfigRecord: server round and other instructions
 SITE_NAME_KEY = "site-name"  # ConfigRecord entry of a QUERY reply: the site's stable name (client sampling)
+SIZE_KEY = "site-size"  # MetricRecord: group name -> samples the site holds for it (its declared size)
+
+# Error codes of a client's error reply (Flower's own codes are 0-8). The reply carries the code
+# and a one-line reason only: the traceback stays in the site's own log.
+ERROR_SITE_CONFIG = 1001  # the site file or the node config is invalid
+ERROR_NO_DATA = 1002  # the site has no usable data for this run
+ERROR_TRAINING = 1003  # local training (or building the reply) failed
+ERROR_REPLY = 1004  # the site would send a reply it must not send (e.g. a weight outside SecAgg+'s range)
+ERROR_REASONS = {
+    ERROR_SITE_CONFIG: "site config invalid",
+    ERROR_NO_DATA: "no usable data",
+    ERROR_TRAINING: "training failed",
+    ERROR_REPLY: "reply refused by the site",
+}
 
 
 def group_of(name: str) -> str:

@@ -189,16 +189,17 @@ class LocalTrainer:
         """
         return len(self.datasets[index]) - len(self._unusable[index])
 
-    def group_counts(self) -> dict[str, int]:
+    def group_counts(self, every_source: bool = False) -> dict[str, int]:
         """For each group this site trains, the number of its samples that train it.
 
         A source counts with its usable samples (:meth:`usable_samples`), and only when its
         batches entered a loss in the last :meth:`train` (a source whose batches were all
-        unusable trained nothing).
+        unusable trained nothing) unless ``every_source``: then it is the site's size, what it
+        declares to the server (which only ever shrinks as unusable samples are found).
         """
         counts: Counter[str] = Counter()
         for index, dataset in enumerate(self.datasets):
-            if self._trained_sources is not None and index not in self._trained_sources:
+            if not every_source and self._trained_sources is not None and index not in self._trained_sources:
                 continue
             groups = {g for o in self.objectives_for(dataset.modalities) for g in o.groups}
             usable = self.usable_samples(index)

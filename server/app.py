@@ -1,7 +1,9 @@
 """The Flower ServerApp: global model, modality-aware aggregation, checkpoints and resume.
 
-Each round: validate every reply (keys, shapes, dtypes, finite values, update norm against the
-round's median), aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
+Each round: parse and validate every reply (``server/replies.py``: record layout, types, counts,
+metrics; keys, shapes, dtypes, finite values, integer buffers, the site's declared size, update
+norm against the round's median and against earlier rounds); a bad reply is rejected, logged
+with its node id and reason, and the round goes on with the others. Then aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
 (FedAvg, FedAdam, FedYogi) and checkpoint weights plus optimizer state. With
 ``secure-aggregation = "secagg+"`` the round runs Flower's SecAgg+ workflow instead and the
 server sees only the sum of the replies (``server/secagg.py``).
@@ -20,7 +22,7 @@ import torch
 from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY, METRICS_KEY, SITE_NAME_KEY
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, SITE_NAME_KEY
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -32,14 +34,17 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 
 from .aggregation import (
+    NormHistory,
     ReplyRejected,
     SiteUpdate,
     aggregate_with,
     reject_norm_outliers,
+    update_norms,
     validate_update,
 )
 from .optimizers import ServerOptimizer
 from .sampling import sample_nodes, sample_size
+from .replies import SiteSizes, clean_metrics, error_summary, parse_reply
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -109,52 +114,83 @@ def _train_messages(state: Mapping[str, torch.Tensor], nodes: list[int], round_:
     return [Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
 
 
-def _parse_reply(reply: Message) -> SiteUpdate:
-    content = reply.content
-    node = reply.metadata.src_node_id
-    for key in (ARRAYS_KEY, COUNTS_KEY):
-        if key not in content:
-            raise ReplyRejected(f"node {node}: reply lacks '{key}'")
-    weights = content.array_records[ARRAYS_KEY].to_torch_state_dict()
-    counts = {k: int(v) for k, v in content.metric_records[COUNTS_KEY].items()}  # type: ignore[arg-type]
-    return SiteUpdate(node, weights, counts)
-
-
 def _extra(optimizer: ServerOptimizer) -> dict[str, torch.Tensor] | None:
     """The optimizer's moments for the checkpoint (nothing for plain FedAvg)."""
     return optimizer.state_tensors() if optimizer.kind != "fedavg" else None
 
 
-def _plain_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer
-) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
-    """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
-    replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
-    updates: list[SiteUpdate] = []
-    sites: list[dict[str, Any]] = []
+@dataclass
+class Guards:
+    """What the server remembers about replies across rounds (saved in the checkpoint state)."""
+
+    sizes: SiteSizes = field(default_factory=SiteSizes)
+    norms: NormHistory = field(default_factory=NormHistory)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Guards":
+        return cls(SiteSizes({int(n): g for n, g in state.get("site_sizes", {}).items()}), NormHistory(state.get("norm_history", {})))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"site_sizes": self.sizes.to_json(), "norm_history": self.norms.to_json()}
+
+
+def check_replies(
+    replies: list[Message], run: RunConfig, state: Mapping[str, torch.Tensor], guards: Guards
+) -> tuple[list[SiteUpdate], list[dict[str, Any]], list[str]]:
+    """Every check a reply must pass before aggregation, in order; nothing here raises.
+
+    Returns the accepted updates, their round-log entries and one reason per rejected reply
+    (node id first). Accepted replies update ``guards`` (declared sizes, norm history).
+    """
+    parsed = []
     rejected: list[str] = []
+    seen: set[int] = set()
     for reply in replies:
         if reply.has_error():
-            rejected.append(f"node {reply.metadata.src_node_id}: client error {reply.error.code}: {reply.error.reason}")
+            rejected.append(error_summary(reply))
             continue
+        node = reply.metadata.src_node_id
+        if node in seen:  # one message per node and round: a second reply would count twice
+            rejected.append(f"node {node}: a second reply in the same round")
+            continue
+        seen.add(node)
         try:
-            update = _parse_reply(reply)
-            validate_update(update, state)
+            one = parse_reply(reply)
+            validate_update(one.update, state, run.local_steps)
+            guards.sizes.check(one)
         except ReplyRejected as err:
             rejected.append(str(err))
             continue
-        updates.append(update)
-        metrics = dict(reply.content.metric_records.get(METRICS_KEY, {}))
-        sites.append({"node_id": update.node_id, "counts": update.counts, "metrics": metrics, "bytes": int(reply.content.array_records[ARRAYS_KEY].count_bytes())})
+        except Exception as err:  # noqa: BLE001 - a check that fails on odd input rejects, never ends the run
+            rejected.append(f"node {reply.metadata.src_node_id}: malformed reply ({type(err).__name__})")
+            continue
+        parsed.append(one)
+    updates = [p.update for p in parsed]
     updates, outliers = reject_norm_outliers(updates, state, run.update_norm_factor)
-    if outliers:
-        kept = {u.node_id for u in updates}
-        sites = [s for s in sites if s["node_id"] in kept]
-        rejected.extend(outliers)
+    rejected.extend(outliers)
+    updates, outliers = guards.norms.reject(updates, state, run.update_norm_factor)
+    rejected.extend(outliers)
+    kept = {u.node_id for u in updates}
+    sites = []
+    guards.norms.record([update_norms(u, state) for u in updates])
+    for one in parsed:
+        if one.update.node_id not in kept:
+            continue
+        guards.sizes.remember(one)
+        sites.append({"node_id": one.update.node_id, "counts": one.update.counts, "metrics": one.metrics, "bytes": one.bytes})
+    return updates, sites, rejected
+
+
+def _plain_round(
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
+) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
+    """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
+    replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
+    updates, sites, rejected = check_replies(replies, run, state, guards)
     for reason in rejected:
         log.warning("Round %d: rejected %s", round_, reason)
     if len(updates) >= run.min_replies:
-        aggregated = aggregate_with(run.aggregation, state, updates, run.trim_fraction)
+        aggregated = aggregate_with(run.aggregation, state, updates, run.trim_fraction, run.max_site_weight)
         carried = {k for u in updates for k in u.weights}
         state = optimizer.step(state, aggregated, carried)
     else:
@@ -163,9 +199,9 @@ def _plain_round(
 
 
 def _secure_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
-    """One SecAgg+ round; the global weights stay when the protocol halts."""
+    """One SecAgg+ round; the global weights stay when the protocol halts or the sum fails its checks."""
     from .secagg import secagg_round
 
     try:
@@ -173,12 +209,59 @@ def _secure_round(
     except RuntimeError as err:
         log.warning("Round %d: %s; global weights unchanged", round_, err)
         return state, 0, [], [str(err)]
+    for site in result.sites:  # the clear metrics of each site: finite numbers only reach the log
+        site["metrics"], dropped = clean_metrics(site["metrics"])
+        result.failures.extend(f"node {site['node_id']}: {reason} (dropped)" for reason in dropped)
     for reason in result.failures:
         log.warning("Round %d: SecAgg+ failure %s", round_, reason)
     if result.replies < run.min_replies:
         log.warning("Round %d: %d replies < min-replies %d; global weights unchanged", round_, result.replies, run.min_replies)
         return state, result.replies, result.sites, result.failures
+    problems, declared = check_secure_sum(run, state, result, guards)
+    if problems:
+        reasons = [f"SecAgg+ sum rejected: {p}" for p in problems]
+        for reason in reasons:
+            log.warning("Round %d: %s; global weights unchanged", round_, reason)
+        return state, 0, result.sites, result.failures + reasons
+    for node, sizes in declared.items():
+        known = guards.sizes.declared.setdefault(node, {})
+        for group, size in sizes.items():
+            known.setdefault(group, size)
+    guards.norms.record([update_norms(SiteUpdate(0, {k: result.aggregated[k] for k in result.carried}, {}), state)])
     return optimizer.step(state, result.aggregated, result.carried), result.replies, result.sites, result.failures
+
+
+def check_secure_sum(run: RunConfig, state: Mapping[str, torch.Tensor], result: Any, guards: Guards) -> tuple[list[str], dict[int, dict[str, int]]]:
+    """What the server can check of a SecAgg+ round: declared sizes, summed weights, update norm.
+
+    Returns the problems (empty: the aggregate may be applied) and each site's declared sizes.
+    A site's declared size may not grow over the size it declared first (as in plain mode).
+    """
+    import numpy as np
+
+    from .secagg import check_summed_weights, declared_sizes
+
+    problems: list[str] = []
+    declared: dict[int, dict[str, int]] = {}
+    total: dict[str, int] = {}
+    for site in result.sites:
+        node, sizes = int(site["node_id"]), declared_sizes(site["metrics"])
+        known = guards.sizes.declared.get(node, {})
+        for group, size in sorted(sizes.items()):
+            if group in known and size > known[group]:
+                problems.append(f"node {node}: group '{group}' declared size grew from {known[group]} to {size}")
+            total[group] = total.get(group, 0) + min(size, known.get(group, size))
+        declared[node] = sizes
+    keys = list(state)
+    tolerance = result.replies * 2.0 * run.secagg_clipping_range / run.secagg_quantization_range
+    weights = np.asarray([result.key_weights.get(k, 0.0) for k in keys])
+    problems += check_summed_weights(keys, weights, total, run.secagg_max_weight, tolerance)[:5]
+    norms = update_norms(SiteUpdate(0, {k: result.aggregated[k] for k in result.carried}, {}), state)
+    for group, norm in sorted(norms.items()):
+        limit = guards.norms.bound(group, run.update_norm_factor)
+        if limit is not None and norm > limit:
+            problems.append(f"group '{group}' aggregated update norm {norm:.4g} > {run.update_norm_factor:g} x median {limit / run.update_norm_factor:.4g} of earlier rounds")
+    return problems, declared
 
 
 def run_federation(
@@ -206,6 +289,7 @@ def run_federation(
         run.server_optimizer, frozenset(n for n, _ in model.named_parameters()), run.server_lr, run.server_beta1, run.server_beta2, run.server_tau
     )
     history: list[dict[str, Any]] = []
+    guards = Guards()
     start = 1
     latest = load_latest(checkpoint_dir)
     if latest is not None:
@@ -214,6 +298,7 @@ def run_federation(
         state = latest.weights
         optimizer.load_state_tensors(latest.extra)
         history = list(latest.state.get("history", []))
+        guards = Guards.from_state(latest.state)
         start = latest.round + 1
         log.info("Resuming from round %d in %s", latest.round, checkpoint_dir)
     else:
@@ -227,9 +312,9 @@ def run_federation(
         connected = _wait_for_nodes(grid, max(run.min_nodes, run.min_train_nodes), run.round_timeout)
         nodes = _sampled(grid, connected, round_, run, site_names)
         if run.secure_aggregation != "off":
-            state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer)
+            state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer, guards)
         else:
-            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer)
+            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer, guards)
         wall = time.perf_counter() - started
         compute = max((s["metrics"].get("train-seconds", 0.0) for s in sites), default=0.0)
         record = {
@@ -245,7 +330,7 @@ def run_federation(
             "sites": sites,
         }
         history.append(record)
-        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history}, _extra(optimizer))
+        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history, **guards.to_state()}, _extra(optimizer))
         if on_round is not None:
             on_round(record)
         losses = {k: round(v, 4) for s in sites for k, v in s["metrics"].items() if k.startswith("loss/") and k != "loss/total"}

@@ -20,7 +20,12 @@ by less than ``N * s * (1 + |mean update|) / sum(w)`` (x ``INTEGER_SCALE`` for i
 Clients send every array flat: Flower 1.41's unmasking leaves 0-d arrays un-normalised
 (``dequantize`` returns a scalar for them, so the in-place offset and ``1/N`` fix-up miss it).
 Individual replies are never seen, so per-reply validation (norms, NaN) and robust
-aggregation are not available in this mode; only the sum is checked for finite values.
+aggregation are not available in this mode; the sum is checked instead
+(:func:`check_summed_weights`): finite values, and per key a summed weight that is not negative,
+is a whole number of samples (``count / max_weight`` summed) and does not exceed the sizes the
+sites declared in the clear (``site-size/<group>`` metrics); the round's aggregated update norm
+is held to the norms of earlier rounds by the caller. An honest client cannot send a negative or
+oversized weight (``client/secagg.py`` refuses to encode it).
 """
 
 from __future__ import annotations
@@ -35,11 +40,22 @@ import torch
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import group_of
 
-__all__ = ["INTEGER_SCALE", "SecAggRound", "decode_sum", "error_bound", "flower_share_settings", "secagg_round"]
+__all__ = [
+    "INTEGER_SCALE",
+    "SIZE_METRIC_PREFIX",
+    "SecAggRound",
+    "check_summed_weights",
+    "declared_sizes",
+    "decode_sum",
+    "error_bound",
+    "flower_share_settings",
+    "secagg_round",
+]
 
 log = logging.getLogger("fedvlp.server")
 
 INTEGER_SCALE = 1024.0  # must equal fedvlp.client.secagg.INTEGER_SCALE (a test checks)
+SIZE_METRIC_PREFIX = "site-size/"  # must equal fedvlp.client.secagg.SIZE_METRIC_PREFIX (a test checks)
 WORKFLOW_MAX_WEIGHT = 1.0  # clients answer num_examples = 1: Flower's weight ratio is exactly 1
 
 
@@ -51,6 +67,7 @@ class SecAggRound:
     carried: set[str]
     replies: int
     group_weights: dict[str, float] = field(default_factory=dict)  # sum of w per group (max over its keys)
+    key_weights: dict[str, float] = field(default_factory=dict)  # sum of w per key
     sites: list[dict[str, Any]] = field(default_factory=list)  # per-site scalar metrics only
     failures: list[str] = field(default_factory=list)
 
@@ -93,6 +110,41 @@ def decode_sum(
         else:
             out[key] = (value.to(torch.float64) + update * INTEGER_SCALE).round().to(value.dtype)
     return out, carried
+
+
+def declared_sizes(metrics: Mapping[str, Any]) -> dict[str, int]:
+    """The ``site-size/<group>`` metrics of one SecAgg+ reply: the site's declared sizes."""
+    out: dict[str, int] = {}
+    for name, value in metrics.items():
+        if name.startswith(SIZE_METRIC_PREFIX) and isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            out[name[len(SIZE_METRIC_PREFIX):]] = int(value)
+    return out
+
+
+def check_summed_weights(
+    keys: Sequence[str], weights: np.ndarray, declared_total: Mapping[str, int], max_weight: float, tolerance: float
+) -> list[str]:
+    """What is wrong with the summed per-key weights of a SecAgg+ round (empty: nothing).
+
+    Honest sites add ``count / max_weight`` with an integer ``count >= 1`` for every key they
+    send, 0 otherwise. So the sum of a key is not negative, is a whole number of samples when
+    multiplied by ``max_weight`` (checked when the quantisation ``tolerance`` x ``max_weight``
+    is below 1/4 of a sample), and is at most the declared sizes of the group summed over the
+    round's sites. ``tolerance`` is the quantisation error of one sum (:func:`error_bound`'s
+    ``N s``).
+    """
+    problems: list[str] = []
+    whole = tolerance * max_weight < 0.25
+    for key, total in zip(keys, np.asarray(weights, dtype=np.float64)):
+        group = group_of(key)
+        samples = total * max_weight
+        if total < -tolerance:
+            problems.append(f"'{key}': summed weight {total:.6g} is negative")
+        elif whole and abs(samples - round(samples)) > tolerance * max_weight:
+            problems.append(f"'{key}': summed weight {total:.6g} is not a whole number of samples ({samples:.4f})")
+        elif total > declared_total.get(group, 0) / max_weight + tolerance:
+            problems.append(f"'{key}': summed weight {total:.6g} = {samples:.1f} samples exceeds the {declared_total.get(group, 0)} the sites declared for '{group}'")
+    return problems
 
 
 def error_bound(clients: int, clipping_range: float, quantization_range: int, summed_weight: float, mean_update: float) -> float:
@@ -194,7 +246,8 @@ def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], n
         group_weights[group] = max(group_weights.get(group, 0.0), float(weights[index]))
     sites = [{"node_id": proxy.node_id, "metrics": dict(fitres.metrics)} for proxy, fitres in results]
     failures = [f"{type(f).__name__}: {f}" for f in caught.get("failures", [])]
-    return SecAggRound(aggregated, carried, clients, group_weights, sites, failures)
+    key_weights = {key: float(weights[index]) for index, key in enumerate(keys)}
+    return SecAggRound(aggregated, carried, clients, group_weights, key_weights, sites, failures)
 
 
 def bench(rounds: int = 3, local_steps: int = 3) -> dict[str, float]:

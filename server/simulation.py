@@ -1,9 +1,13 @@
-"""Run a whole federation in Flower's simulation engine, in this process."""
+"""Run a whole federation in Flower's simulation engine, in this process.
+
+Ray, which runs the virtual clients, listens on 127.0.0.1 only (:func:`bind_ray_to_localhost`).
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +19,9 @@ from fedvlp.core.runtime import offline_env
 
 from .app import make_server_app
 
-__all__ = ["simulate", "validate_sites", "CLIENT_APP_FACTORY"]
+__all__ = ["simulate", "validate_sites", "bind_ray_to_localhost", "CLIENT_APP_FACTORY", "LOCALHOST"]
+
+LOCALHOST = "127.0.0.1"
 
 # The ServerApp never imports the ClientApp module; like Flower itself, it loads the
 # ClientApp by reference, so `server -> core` stays the only arrow out of this package.
@@ -44,6 +50,23 @@ def validate_sites(run: RunConfig) -> int:
     return len(files)
 
 
+def bind_ray_to_localhost() -> None:
+    """Make the Ray head that the simulation starts listen on 127.0.0.1 only.
+
+    Ray 2.55 (what flwr 1.41 installs) binds its GCS, raylet, object manager and worker gRPC
+    servers to every interface (``::``) on Linux; ``ray.init(_node_ip_address=...)`` does not
+    change that. It binds them to 127.0.0.1 when the node's address is the loopback one, which
+    is what Ray does on macOS and Windows unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is set:
+    Ray reads that switch into ``ray_constants.ENABLE_RAY_CLUSTER`` at import, so both the
+    variable (for Ray's own processes) and the imported constant are set here. A multi-machine
+    Ray cluster is never what ``fedvlp simulate`` starts, so nothing is lost.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants  # imported by flwr.simulation already
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def simulate(
     run: RunConfig,
     *,
@@ -70,12 +93,13 @@ def simulate(
     """
     num_sites = validate_sites(run)  # a bad site file stops here, before Ray starts
     offline_env(threads_per_client=max(1, int(cpus_per_client)))
+    bind_ray_to_localhost()
     overrides = run.to_flat()
     server_app = make_server_app(overrides, on_round=on_round)
     client_app = _load(CLIENT_APP_FACTORY)(overrides)
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
-        "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose},
+        "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose, "_node_ip_address": LOCALHOST},
     }
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)

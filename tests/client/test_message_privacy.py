@@ -24,7 +24,7 @@ import pytest
 
 from fedvlp.core.config import RunConfig
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, group_of
+from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY, group_of
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +104,8 @@ def test_replies_carry_only_model_arrays_counts_and_scalar_metrics(
     groups = {group_of(k) for k in model_state}
     for reply in replies:
         site = reply["node_config"]
-        # Only these three records, of these kinds; no config record (strings travel there).
-        assert reply["records"] == {ARRAYS_KEY: "ArrayRecord", COUNTS_KEY: "MetricRecord", METRICS_KEY: "MetricRecord"}, site
+        # Only these four records, of these kinds; no config record (strings travel there).
+        assert reply["records"] == {ARRAYS_KEY: "ArrayRecord", COUNTS_KEY: "MetricRecord", METRICS_KEY: "MetricRecord", SIZE_KEY: "MetricRecord"}, site
         assert reply["configs"] == {}
         arrays = reply["arrays"][ARRAYS_KEY]
         assert arrays, f"{site}: uploaded nothing"
@@ -117,6 +117,9 @@ def test_replies_carry_only_model_arrays_counts_and_scalar_metrics(
         counts = reply["metrics"][COUNTS_KEY]
         assert set(counts) <= groups and counts, f"{site}: counts {counts}"
         assert all(isinstance(n, int) and n > 0 for n in counts.values()), f"{site}: counts {counts}"
+        # The declared size: one integer per counted group, never below its count.
+        sizes = reply["metrics"][SIZE_KEY]
+        assert sizes.keys() == counts.keys() and all(isinstance(sizes[g], int) and sizes[g] >= counts[g] for g in counts), f"{site}: sizes {sizes}"
         # Uploaded arrays belong to the groups that were counted, and nothing else.
         assert {group_of(k) for k in arrays} == set(counts), site
         for key, value in reply["metrics"][METRICS_KEY].items():

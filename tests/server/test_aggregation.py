@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 from fedvlp.server.aggregation import (
+    NORM_HISTORY_WINDOW,
+    NormHistory,
     ReplyRejected,
     SiteUpdate,
     aggregate,
     aggregate_robust,
     aggregate_with,
+    capped_shares,
     reject_norm_outliers,
     update_norms,
     validate_update,
@@ -167,3 +170,46 @@ def test_aggregate_with_dispatches_on_the_run_config_name() -> None:
     current, updates = _robust_round()
     assert torch.equal(aggregate_with("fedavg", current, updates)["image.w"], aggregate(current, updates)["image.w"])
     assert torch.equal(aggregate_with("median", current, updates)["image.w"], aggregate_robust(current, updates, "median")["image.w"])
+
+
+# ------------------------------------------------------------------ what one site can weigh
+def test_capped_shares_by_hand() -> None:
+    # 1e9 is cut to 0.5; the other half splits 10 : 30
+    assert capped_shares([1e9, 10, 30], 0.5) == [0.5, 0.125, 0.375]
+    # a second pass: 0.4 cap on [60, 30, 10] -> 0.4, then 0.6 over 30:10 = 0.45 > 0.4 -> 0.4, 0.2
+    assert capped_shares([60, 30, 10], 0.4) == pytest.approx([0.4, 0.4, 0.2])
+    assert capped_shares([10**7, 10], 0.5) == [0.5, 0.5]  # two senders, cap 0.5: equal weights
+    assert capped_shares([10**7, 10], 0.2) == [0.5, 0.5]  # a cap below 1/n cannot hold: 1/n each
+    assert capped_shares([3, 1], 1.0) == [0.75, 0.25]  # 1: no cap (the default)
+
+
+def test_a_huge_count_cannot_take_over_a_capped_mean() -> None:
+    current = {"image.w": torch.zeros(2)}
+    honest = SiteUpdate(1, {"image.w": torch.tensor([1.0, 1.0])}, {"image": 40})
+    greedy = SiteUpdate(2, {"image.w": torch.tensor([9.0, -9.0])}, {"image": 10**7})
+    assert torch.allclose(aggregate(current, [honest, greedy])["image.w"], torch.tensor([9.0, -9.0]), atol=1e-4)  # uncapped: it wins
+    assert torch.equal(aggregate(current, [honest, greedy], max_site_weight=0.5)["image.w"], torch.tensor([5.0, -4.0]))
+
+
+def test_the_norm_history_bounds_a_lone_sender_after_the_warm_up() -> None:
+    current = {"image.w": torch.zeros(2)}
+    history = NormHistory()
+    one = lambda norm: SiteUpdate(3, {"image.w": torch.tensor([norm, 0.0])}, {"image": 10})
+    for norm in (1.0, 1.2):  # warm-up: two values are not a yardstick yet
+        kept, reasons = history.reject([one(50.0)], current, factor=10.0)
+        assert len(kept) == 1 and reasons == []
+        history.record([{"image": norm}])
+    history.record([{"image": 0.8}])
+    kept, reasons = history.reject([one(12.0), one(9.0)], current, factor=10.0)  # median 1.0 -> bound 10
+    assert [float(u.weights["image.w"][0]) for u in kept] == [9.0]
+    assert reasons == ["node 3: group 'image' update norm 12 > 10 x median 1 of earlier rounds"]
+    assert len(history.reject([one(12.0)], current, factor=0.0)[0]) == 1
+
+
+def test_the_norm_history_adds_a_round_in_order_and_keeps_a_window() -> None:
+    history = NormHistory()
+    history.record([{"image": 3.0, "text": 1.0}, {"image": 1.0}])
+    assert history.to_json() == {"image": [1.0, 3.0], "text": [1.0]}
+    history.record([{"image": float(v)} for v in range(NORM_HISTORY_WINDOW)])
+    assert len(history.norms["image"]) == NORM_HISTORY_WINDOW and history.norms["image"][0] == 0.0
+    assert NormHistory(history.to_json()).norms == history.norms  # checkpoint round trip

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 from fedvlp.client.secagg import INTEGER_SCALE as CLIENT_INTEGER_SCALE
+from fedvlp.client.secagg import SIZE_METRIC_PREFIX as CLIENT_SIZE_PREFIX
 from fedvlp.client.secagg import encode_update
 from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.server.aggregation import SiteUpdate, aggregate
 from fedvlp.server.secagg import (
     INTEGER_SCALE,
+    SIZE_METRIC_PREFIX,
+    check_summed_weights,
+    declared_sizes,
     decode_sum,
     error_bound,
     flower_share_settings,
@@ -96,6 +100,46 @@ def test_a_weight_beyond_the_clipping_range_is_refused() -> None:
 
 def test_both_sides_scale_integer_buffers_alike() -> None:
     assert CLIENT_INTEGER_SCALE == INTEGER_SCALE
+    assert CLIENT_SIZE_PREFIX == SIZE_METRIC_PREFIX
+
+
+@pytest.mark.parametrize(("count", "shown"), [(-99, "-99"), (0, "0"), (True, "True"), (120.5, "120.5"), (float("nan"), "nan"), (None, "None")])
+def test_an_honest_client_cannot_encode_a_negative_or_odd_weight(count: object, shown: str) -> None:
+    pairs = _replies()[0]
+    with pytest.raises(ValueError, match=f"group 'image': count {shown} is not an integer >= 1"):
+        encode_update(KEYS, GLOBAL, pairs.weights, {"image": count, "text": 120}, MAX_WEIGHT, 8.0)  # type: ignore[dict-item]
+
+
+DECLARED = {"image": 420, "text": 165, "head.mlm": 45}  # the three sites' sizes, summed per group
+TOLERANCE = 3 * 2 * 8.0 / 2**22
+
+
+def test_honest_summed_weights_pass_the_checks() -> None:
+    summed = _encoded_sum(_replies())
+    assert check_summed_weights(KEYS, summed[-1], DECLARED, MAX_WEIGHT, TOLERANCE) == []
+
+
+def test_a_negative_weight_shows_in_the_sum() -> None:
+    """Issue 12: a site adding -0.0994 to the weights of its keys turned an update of 0.01 into 1.67."""
+    summed = _encoded_sum(_replies())
+    weights = summed[-1].copy()
+    weights[0] += -0.0994  # 'image.w': 0.42 - 0.0994 = 0.3206, i.e. 320.6 samples
+    problems = check_summed_weights(KEYS, weights, DECLARED, MAX_WEIGHT, TOLERANCE)
+    assert problems == ["'image.w': summed weight 0.3206 is not a whole number of samples (320.6000)"]
+    weights[0] = -0.0994
+    assert check_summed_weights(KEYS, weights, DECLARED, MAX_WEIGHT, TOLERANCE)[0] == "'image.w': summed weight -0.0994 is negative"
+
+
+def test_a_weight_above_the_declared_sizes_shows_in_the_sum() -> None:
+    replies = _replies()
+    replies[1].counts["image"] = 8000  # declared 300 with its size, claims 8000 in its weight
+    summed = _encoded_sum(replies)
+    problems = check_summed_weights(KEYS, summed[-1], DECLARED, MAX_WEIGHT, TOLERANCE)
+    assert problems[0] == "'image.w': summed weight 8.12 = 8120.0 samples exceeds the 420 the sites declared for 'image'"
+
+
+def test_declared_sizes_come_from_the_clear_metrics() -> None:
+    assert declared_sizes({"loss/mlm": 2.0, "site-size/text": 165, "site-size/head.mlm": 45.0, "site-size/x": -1}) == {"text": 165, "head.mlm": 45}
 
 
 def test_share_settings_follow_flowers_int_or_fraction_convention(tiny_run: RunConfig) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fedvlp.core.config import SourceConfig
 from fedvlp.core.data.holdout import HOLDOUT_MAX_ROWS, HOLDOUT_MIN_ROWS, holdout_split
