@@ -39,6 +39,7 @@ from .aggregation import (
     validate_update,
 )
 from .optimizers import ServerOptimizer
+from .run_log import log_round
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -215,6 +216,7 @@ def run_federation(
             "other-seconds": wall - compute,
             "sites": sites,
         }
+        log_round(grid, run, record)  # site_metrics.jsonl + TensorBoard, by site name (run_log.py)
         history.append(record)
         save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history}, _extra(optimizer))
         if on_round is not None:
