@@ -11,7 +11,7 @@ import pytest
 from flwr.proto.node_pb2 import NodeInfo
 
 from fedvlp.core.config import RunConfig
-from fedvlp.server.run_log import SITE_LOG, load_site_log, plot_run, resolve_site_names, site_rows, site_series
+from fedvlp.server.run_log import SITE_LOG, load_site_log, log_round, plot_run, resolve_site_names, site_rows, site_series
 from tests.conftest import DEMO_SITES
 
 SIMULATED = 1e300  # the heartbeat interval Flower's simulation engine gives its virtual nodes
@@ -74,6 +74,26 @@ def test_a_row_without_site_names_file_and_line(tmp_path: Path) -> None:
     path.write_text('{"round": 1, "site": "a", "metrics": {}}\n{"round": 2}\n')
     with pytest.raises(ValueError, match=rf"{SITE_LOG}: line 2: expected a JSON object with 'round' and 'site'"):
         load_site_log(path)
+
+
+class _Nodes:
+    """The one Grid method log_round asks: the SuperLink's NodeInfo of the run's nodes."""
+
+    def __init__(self, *nodes: NodeInfo) -> None:
+        self.nodes = nodes
+
+    def get_nodes(self) -> tuple[NodeInfo, ...]:
+        return self.nodes
+
+
+def test_a_resumed_run_drops_the_rows_of_rounds_it_runs_again(tmp_path: Path) -> None:
+    # a server killed after logging round 2 but before checkpointing it resumes at round 2
+    path = tmp_path / SITE_LOG
+    path.write_text('{"round": 1, "site": "h", "metrics": {"loss/mlm": 3.0}}\n{"round": 2, "site": "h", "metrics": {"loss/mlm": 2.0}}\n')
+    record = {"round": 2, "sites": [{"node_id": 5, "metrics": {"loss/mlm": 1.5}}], "rejected": []}
+    log_round(_Nodes(NodeInfo(node_id=5, name="h", heartbeat_interval=30.0)), RunConfig(out_dir=str(tmp_path)), record)
+    assert [(r["round"], r["metrics"]["loss/mlm"]) for r in map(json.loads, path.read_text().splitlines())] == [(1, 3.0), (2, 1.5)]
+    assert record["sites"][0]["site"] == "h"
 
 
 # ---------------------------------------------------------------- one real simulation
