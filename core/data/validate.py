@@ -67,7 +67,7 @@ def image_failures(rows: ManifestRows, decode_size: int = 32, workers: int = 0) 
         return
     loader = DataLoader(_ImageCheck(rows, rows.policy, decode_size), batch_size=64, num_workers=workers, collate_fn=list)
     quiet = True if os.environ.get("FEDVLP_QUIET") == "1" else None  # None: bar only on a terminal
-    with tqdm(total=len(rows), desc=f"images of {rows.source.manifest.name}", unit="img", leave=False, disable=quiet) as bar:
+    with tqdm(total=len(rows), desc=f"images of {rows.source.manifest.parent.name}/{rows.source.manifest.name}", unit="img", leave=False, disable=quiet) as bar:
         for batch in loader:
             bar.update(len(batch))
             for index, reason, problem in batch:
