@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .alignment import alignment_metrics
 from .config import RunConfig, SiteConfig
@@ -305,7 +307,8 @@ class LocalTrainer:
         use_amp = self.device.type == "cuda"
         trained_sources: set[int] = set()
         started = time.perf_counter()
-        for _ in range(steps):
+        # A bar for a site daemon's terminal; off when stderr is no TTY (simulation actors) or quiet
+        for _ in tqdm(range(steps), desc="local steps", unit="step", leave=False, disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             total = None

@@ -45,6 +45,7 @@ from .aggregation import (
 from .optimizers import ServerOptimizer
 from .sampling import sample_nodes, sample_size
 from .replies import SiteSizes, clean_metrics, error_summary, parse_reply
+from .run_log import log_round
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -329,6 +330,7 @@ def run_federation(
             "other-seconds": wall - compute,
             "sites": sites,
         }
+        log_round(grid, run, record)  # site_metrics.jsonl + TensorBoard, by site name (run_log.py)
         history.append(record)
         save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history, **guards.to_state()}, _extra(optimizer))
         if on_round is not None:

@@ -315,10 +315,29 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Draw a run's per-site curves (site_metrics.jsonl) into one PNG per metric family."""
+    from .run_log import plot_run
+
+    try:
+        report = plot_run(args.run, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"fedvlp report: {err}", file=sys.stderr)
+        return 2
+    sites = sorted({site for series in report.series.values() for by_site in series.values() for site in by_site})
+    print(f"{len(sites)} sites ({', '.join(sites)}); wrote:")
+    for family, path in report.files.items():
+        print(f"  {family}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; fedvlp logs warnings and errors only")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="level of fedvlp's own log (default INFO, WARNING with --quiet)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="synthetic world -> federated pretraining -> label-efficiency sweep")
@@ -492,15 +511,36 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--report-column", default="report")
     part.add_argument("--patient-column", default="patient_id", help="rows of one patient stay in one site (when the column exists)")
     part.set_defaults(func=cmd_partition)
+
+    rep = sub.add_parser("report", help="per-site curves of a run (site_metrics.jsonl) -> one PNG per metric family")
+    rep.add_argument("run", help="the run folder (out-dir; a demo's --out folder works too)")
+    rep.add_argument("--out", help="folder for the PNGs (default: RUN/plots)")
+    rep.set_defaults(func=cmd_report)
     return parser
+
+
+def configure_output(quiet: bool = False, log_level: str | None = None, verbose: bool = False) -> None:
+    """Set fedvlp's log level; keep Flower's and Ray's loggers to errors unless ``verbose``.
+
+    ``quiet`` also turns the progress bars off through ``FEDVLP_QUIET=1``, which child
+    processes (simulation actors, loader workers) inherit; bars are off anyway when stderr is
+    not a terminal.
+    """
+    import os
+
+    logging.getLogger("fedvlp").setLevel(log_level or ("WARNING" if quiet else "INFO"))
+    if quiet:
+        os.environ["FEDVLP_QUIET"] = "1"  # also reaches simulation actors and worker processes
+    if not verbose:
+        for name in ("flwr", "ray"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedvlp`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("fedvlp").setLevel(logging.INFO)
+    configure_output(quiet=args.quiet, log_level=args.log_level, verbose=args.verbose)
     from fedvlp.core.config import ConfigError
 
     try:

@@ -7,6 +7,7 @@ so a row listed here is a row training skips and counts under ``skipped/<reason>
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from ..config import SiteConfig
 from .images import ImageDecodeError, ImagePolicy, load_image
@@ -64,10 +66,13 @@ def image_failures(rows: ManifestRows, decode_size: int = 32, workers: int = 0) 
     if rows.images is None or not len(rows):
         return
     loader = DataLoader(_ImageCheck(rows, rows.policy, decode_size), batch_size=64, num_workers=workers, collate_fn=list)
-    for batch in loader:
-        for index, reason, problem in batch:
-            if reason:
-                yield index, reason, problem
+    quiet = True if os.environ.get("FEDVLP_QUIET") == "1" else None  # None: bar only on a terminal
+    with tqdm(total=len(rows), desc=f"images of {rows.source.manifest.parent.name}/{rows.source.manifest.name}", unit="img", leave=False, disable=quiet) as bar:
+        for batch in loader:
+            bar.update(len(batch))
+            for index, reason, problem in batch:
+                if reason:
+                    yield index, reason, problem
 
 
 def validate_site(site: SiteConfig, decode_size: int = 32, workers: int = 0) -> list[SourceReport]:

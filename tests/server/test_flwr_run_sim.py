@@ -134,6 +134,10 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     history = json.loads((checkpoints / f"round_{ROUNDS:04d}.json").read_text())["history"]
     assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
     assert all(r["replies"] == 3 and not r["rejected"] for r in history), history
+    # Flower's engine behind a SuperLink too: each node is logged under its site file's name,
+    # and the names sit on the right data (B uploads image groups only, C text groups only)
+    uploads = {r["site"]: set(r["counts"]) for r in map(json.loads, (out / "site_metrics.jsonl").read_text().splitlines()) if r["round"] == 1}
+    assert uploads["hospital_b"] == {"image", "head.mim"} and uploads["hospital_c"] == {"text", "head.mlm"}, uploads
     first = load_file(str(checkpoints / "round_0000.safetensors"))
     last = load_file(str(checkpoints / f"round_{ROUNDS:04d}.safetensors"))
     changed = {k.split(".")[0] for k in first if not torch.equal(first[k], last[k])}

@@ -61,6 +61,9 @@ def test_registered_nodes_train_a_round_over_tls(secure: dict) -> None:
     assert (record["nodes"], record["replies"], record["rejected"]) == (2, 2, [])
     # The replies came from exactly the two registered identities.
     assert sorted(s["node_id"] for s in record["sites"]) == sorted(secure["registered"].values())
+    # ... and the server logs each under the name the operator registered it with (run_log.py)
+    rows = [json.loads(line) for line in (out / "site_metrics.jsonl").read_text().splitlines()]
+    assert {r["node_id"]: r["site"] for r in rows} == {node: name for name, node in secure["registered"].items()}
     assert (out / "checkpoints" / "round_0001.safetensors").stat().st_size > 0
     assert "Uvicorn running on https://127.0.0.1" in fed.log("superlink")
 
