@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
+from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, check_run_files, list_site_files, load_site, resolve_path
 from fedvlp.core.models import build_model
 from fedvlp.core.params import (
     ARRAYS_KEY,
@@ -202,7 +202,9 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     def _site(context: Context) -> tuple[RunConfig, SiteConfig]:
         run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})
-        return run, site_for(context.node_config, run)
+        site = site_for(context.node_config, run)
+        check_run_files(run, site)  # the site's pin on which local files the server may make it read
+        return run, site
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

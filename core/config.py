@@ -31,6 +31,8 @@ __all__ = [
     "list_site_files",
     "project_root",
     "resolve_path",
+    "check_run_files",
+    "RUN_FILE_KEYS",
     "expand_vars",
     "RECIPES",
     "RecipeSpec",
@@ -551,6 +553,9 @@ class SiteConfig:
     lifetime_epsilon: float | None = None  # budget over every run on this site's data; default: epsilon
     state_dir: Path | None = None  # where the lifetime ledger lives; None: $FEDVLP_DP_LEDGER or .dp-ledger/ by the file
     pins: PrivacyPins = field(default_factory=lambda: PrivacyPins())
+    # Folders the server's run config may make this site read (tokenizer, text-init, image-init,
+    # bert-init); None: no pin (any path), () : packaged names only.
+    run_file_roots: tuple[Path, ...] | None = None
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -561,7 +566,14 @@ class SiteConfig:
         return frozenset(out)
 
 
-_SITE_KEYS = {"name", "sources", "device", "privacy", "description", "image_roots"}
+_SITE_KEYS = {"name", "sources", "device", "privacy", "description", "image_roots", "run_file_roots"}
+# Run-config keys that name a file or folder the site reads, with their packaged (non-path) values.
+RUN_FILE_KEYS: dict[str, tuple[str, ...]] = {
+    "tokenizer": ("demo", "minilm"),
+    "text_init": TEXT_INITS,
+    "image_init": IMAGE_INITS,
+    "bert_init": ("",),
+}
 _SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column", "accept", "max_image_pixels"}
 SOURCE_ACCEPT = ("16bit", "rgb", "uncertain_labels")  # values of a source's ``accept`` list
 
@@ -608,25 +620,60 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
     privacy = _load_privacy(origin, raw.get("privacy"), path.parent)
+    run_file_roots = None
+    if "run_file_roots" in raw:
+        value = raw["run_file_roots"]
+        if value is None or value == []:
+            run_file_roots = ()
+        else:
+            run_file_roots = _image_roots(origin, value, path.parent, key="run_file_roots",
+                                          expected="a list of folders whose files the run config may make this site read")
     return SiteConfig(
         name=name.strip(),
         path=path.resolve(),
         sources=sources,
         device=device,
+        run_file_roots=run_file_roots,
         **privacy,
     )
 
 
-def _image_roots(origin: str, value: Any, base: Path) -> tuple[Path, ...]:
-    """The site file's ``image_roots``: folders (relative to the site file) that may hold images
-    besides each manifest's own folder."""
+def check_run_files(run: "RunConfig", site: SiteConfig) -> None:
+    """Refuse a run config that would make ``site`` read a local file outside its pinned folders.
+
+    The server chooses the run config; a site file with ``run_file_roots`` pins which folders
+    the run-config keys of :data:`RUN_FILE_KEYS` may point into (packaged names are always
+    allowed). Without the key nothing is pinned (simulations, where operator and sites are one).
+
+    Raises
+    ------
+    ConfigError
+        Naming the site file, the run-config key and the folders it may use.
+    """
+    if site.run_file_roots is None:
+        return
+    for attribute, packaged in RUN_FILE_KEYS.items():
+        value = getattr(run, attribute)
+        if value in packaged:
+            continue
+        target = resolve_path(value)
+        if not any(target == root or root in target.parents for root in site.run_file_roots):
+            allowed = ", ".join(str(r) for r in site.run_file_roots) or "none: packaged names only"
+            raise ConfigError(str(site.path), "run_file_roots",
+                              f"run-config '{attribute.replace('_', '-')}' inside the site's pinned folders ({allowed})", value)
+
+
+def _image_roots(origin: str, value: Any, base: Path, key: str = "image_roots",
+                 expected: str = "a list of folders where images may live besides the manifest's folder") -> tuple[Path, ...]:
+    """The site file's ``image_roots`` (or another list of folders, relative to the site file):
+    folders that may hold images besides each manifest's own folder."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(origin, "image_roots", "a list of folders where images may live besides the manifest's folder", value)
+        raise ConfigError(origin, key, expected, value)
     roots = []
     for index, item in enumerate(value):
         root = resolve_path(item, base)
         if not root.is_dir():
-            raise ConfigError(origin, f"image_roots[{index}]", "an existing folder", item)
+            raise ConfigError(origin, f"{key}[{index}]", "an existing folder", item)
         roots.append(root)
     return tuple(roots)
 

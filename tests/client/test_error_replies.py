@@ -66,3 +66,18 @@ def test_a_training_failure_is_error_1003_without_traceback(demo_env: Path, tiny
 def test_error_reason_cuts_paths_and_lines() -> None:
     err = ConfigError("/srv/site.yaml", "sources[0].manifest", "an existing file such as /srv/data/m.csv\nsecond line")
     assert error_reason(ERROR_SITE_CONFIG, err) == "site config invalid: ConfigError (key 'sources[0].manifest': expected an existing file such as <path>"
+
+
+def test_a_run_config_naming_a_file_outside_the_sites_pinned_folders_is_error_1001(demo_env: Path, tiny_run: RunConfig, tmp_path: Path) -> None:
+    from fedvlp.core.data.tokenizer import vocab_path
+
+    pinned, elsewhere = tmp_path / "approved", tmp_path / "elsewhere"
+    pinned.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "vocab.txt").write_bytes(vocab_path("demo").read_bytes())  # a real vocabulary, in the wrong place
+    site = tmp_path / "site.yaml"
+    site.write_text((demo_env / "hospital_b.yaml").read_text() + "run_file_roots: [approved]\n")  # manifest by $FEDVLP_DEMO_DATA
+    reply = _call(tiny_run.replace(tokenizer=str(elsewhere)), {"site-config": str(site)}, {})
+    assert reply.has_error() and reply.error.code == ERROR_SITE_CONFIG
+    assert reply.error.reason.startswith("site config invalid: ConfigError (key 'run_file_roots': expected run-config 'tokenizer' inside")
+    _assert_one_clean_line(reply.error.reason)

@@ -131,3 +131,26 @@ def test_image_roots_are_relative_to_the_site_file_and_apply_to_every_source(tmp
     site.write_text("name: t\nimage_roots: [pacs]\nsources:\n  - manifest: a.csv\n  - manifest: b.csv\n    kind: images\n")
     loaded = load_site(site)
     assert [s.image_roots for s in loaded.sources] == [((tmp_path / "pacs").resolve(),)] * 2
+
+
+def test_run_file_roots_pin_the_files_a_run_config_may_make_a_site_read(tmp_path: Path) -> None:
+    from fedvlp.core.config import check_run_files
+
+    (tmp_path / "m.csv").write_text("id,report\n1,clear lungs\n")
+    (tmp_path / "approved" / "vocab").mkdir(parents=True)
+    body = "name: s\nsources:\n  - manifest: m.csv\n    kind: reports\n    id_column: id\n    report_column: report\n"
+    (tmp_path / "open.yaml").write_text(body)
+    (tmp_path / "pinned.yaml").write_text(body + "run_file_roots: [approved]\n")
+    (tmp_path / "packaged.yaml").write_text(body + "run_file_roots: []\n")
+    inside = RunConfig(tokenizer=str(tmp_path / "approved" / "vocab"))
+    outside = RunConfig(tokenizer=str(tmp_path))
+    check_run_files(outside, load_site(tmp_path / "open.yaml"))  # no pin: anything goes
+    check_run_files(inside, load_site(tmp_path / "pinned.yaml"))
+    check_run_files(RunConfig(tokenizer="demo"), load_site(tmp_path / "packaged.yaml"))  # packaged names need no folder
+    with pytest.raises(ConfigError, match=r"pinned\.yaml: key 'run_file_roots': expected run-config 'tokenizer' inside the site's pinned folders \(.*approved\)"):
+        check_run_files(outside, load_site(tmp_path / "pinned.yaml"))
+    with pytest.raises(ConfigError, match=r"packaged\.yaml: key 'run_file_roots': expected .*\(none: packaged names only\)"):
+        check_run_files(inside, load_site(tmp_path / "packaged.yaml"))
+    with pytest.raises(ConfigError, match=r"key 'run_file_roots\[0\]': expected an existing folder"):
+        (tmp_path / "bad.yaml").write_text(body + "run_file_roots: [missing]\n")
+        load_site(tmp_path / "bad.yaml")
