@@ -234,7 +234,10 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
             source["report_column"] = spec.report_column
         site_file = out / f"{name}.yaml"
         description = f"partition {site} of {spec.sites} of {manifest} ({kind}; Dirichlet alpha {spec.alpha} over '{spec.by}', seed {spec.seed})"
-        site_file.write_text(yaml.safe_dump({"name": name, "description": description, "sources": [source]}, sort_keys=False), encoding="utf-8")
+        site_yaml: dict[str, object] = {"name": name, "description": description, "sources": [source]}
+        if kind != "reports":  # the images stay where they are: next to the partitioned manifest
+            site_yaml["image_roots"] = [str(manifest.parent)]
+        site_file.write_text(yaml.safe_dump(site_yaml, sort_keys=False), encoding="utf-8")
         result.site_files.append(site_file)
         result.kinds.append(kind)
         result.rows.append(len(rows))
