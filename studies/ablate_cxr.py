@@ -53,7 +53,8 @@ def _sites(out: Path, split: Path, which: str) -> Path:
     (folder / "nih_images.yaml").write_text(yaml.safe_dump({"name": nih.name, "sources": [{
         "manifest": str(source.manifest), "kind": "images", "id_column": source.id_column, "image_column": source.image_column}]}))
     if which != "nih":
-        (folder / "kermany_train.yaml").write_text(yaml.safe_dump({"name": "kermany_train_images", "sources": [{
+        labeled = project_root().parent / "shared" / "data" / "cxr" / "kermany_labeled"  # where the split's images are
+        (folder / "kermany_train.yaml").write_text(yaml.safe_dump({"name": "kermany_train_images", "image_roots": [str(labeled.resolve())], "sources": [{
             "manifest": str((split / "train.csv").resolve()), "kind": "images", "id_column": "sample_id", "image_column": "image"}]}))
     return folder
 
