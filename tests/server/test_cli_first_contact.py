@@ -145,3 +145,22 @@ def test_import_of_the_cli_stays_light() -> None:
     code = f"import sys, fedvlp.server.cli, fedvlp.server.simulation; print([m for m in {HEAVY!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project_root(), timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.slow
+def test_simulate_shows_each_round_once_and_where_sites_train_without_ray_warnings(demo_env: Path, tmp_path: Path) -> None:
+    run = ['model-size="tiny"', "image-size=32", "rounds=1", "local-steps=1", "batch-size=4", f"out-dir={tmp_path / 'run'}"]
+    env = {**os.environ, "FEDVLP_HOME": str(tmp_path / "state")}
+    env.pop("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", None)
+    done = subprocess.run([sys.executable, "-m", "fedvlp.server.cli", "simulate", "--run-config", *run],
+                          capture_output=True, text=True, env=env, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count("Round 1/1") == 1, output
+    assert "round 1:" not in output  # the CLI's own echo of the server's line is gone
+    assert "FutureWarning" not in output and "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in output, output
+    import torch
+
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    for site in ("hospital_a", "hospital_b", "hospital_c"):
+        assert f"site {site}: trains on {where}" in output, output
