@@ -449,7 +449,9 @@ def per_class_figure(df: pd.DataFrame, fractions: list[float] | None = None):
         ax.set_title(f"{fraction_label(fraction)} labels", fontsize=10)
         ax.set_ylim(0.0, 1.0)
     axes[0].set_ylabel("test AUC (mean +- std over seeds)")
-    axes[-1].legend(fontsize=7)
+    # Above the panels, not inside one: bars reach up to AUC 1 and a legend there hides them.
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside upper center", ncols=max(1, len(names)), fontsize=8)
     return figure
 
 

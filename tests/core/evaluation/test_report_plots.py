@@ -71,3 +71,12 @@ def test_one_requested_fraction_gives_one_panel(tmp_path: Path) -> None:
 )
 def test_readable_label(column: str, label: str) -> None:
     assert readable_label(column) == label
+
+
+def test_per_class_legend_sits_above_the_panels() -> None:
+    figure = per_class_figure(_results())
+    renderer = _renderer(figure)
+    legend = figure.legends[0].get_window_extent(renderer)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["random / linear", "federated / linear"]
+    assert all(legend.y0 >= ax.get_window_extent(renderer).y1 for ax in figure.axes)
+    assert legend.y1 <= figure.bbox.height
