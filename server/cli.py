@@ -44,6 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (or reuse) the demo world, pretrain federated in simulation, then sweep."""
     import torch
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
@@ -87,7 +88,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bar.set_postfix(seconds=f"{record['seconds']:.1f}", replies=record["replies"])
 
     pretrain_started = time.perf_counter()
-    simulate(run, on_round=on_round, gpus_per_client=args.gpus_per_client)
+    with logging_redirect_tqdm():  # where each site trains and the round lines print above the bar
+        simulate(run, on_round=on_round, gpus_per_client=args.gpus_per_client)
     bar.close()
     pretrain_seconds = time.perf_counter() - pretrain_started
     final = load_latest(Path(run.out_dir) / "checkpoints")
