@@ -2,6 +2,10 @@
 
 It lives with the server because it is the operator's tool; site-side subcommands call
 ``fedvlp.core`` only, and simulations load the ClientApp by reference (see simulation.py).
+
+Importing this module, parsing the arguments and checking them (:func:`check_args`) import
+neither torch nor Flower, Ray or transformers: an argument mistake is answered in a fraction
+of a second, before anything is written. The command functions import what they need.
 """
 
 from __future__ import annotations
@@ -9,12 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "check_args", "parse_run_config", "UsageError"]
+
+DESCRIPTION = "fedvlp: federated vision-language pretraining for chest X-rays (demo, simulation, sweeps, operator tools)"
+
+
+class UsageError(ValueError):
+    """An argument that cannot work (a missing input, an output that is a file, a bad number)."""
 
 
 def _demo_run_config(args: argparse.Namespace, out: Path) -> Any:
@@ -29,10 +42,9 @@ def _demo_run_config(args: argparse.Namespace, out: Path) -> Any:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (or reuse) the demo world, pretrain federated in simulation, then sweep."""
-    import os
-
     import torch
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
@@ -45,7 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .app import round_summary
     from .simulation import simulate
 
-    if args.sites:
+    if args.sites:  # checked by _check_demo
         from .pipeline import run_study
 
         run_study(args.sites, args.out, baselines=args.baselines, quick=args.quick, jobs=args.jobs, seeds=args.seeds,
@@ -76,7 +88,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bar.set_postfix(seconds=f"{record['seconds']:.1f}", replies=record["replies"])
 
     pretrain_started = time.perf_counter()
-    simulate(run, on_round=on_round, gpus_per_client=args.gpus_per_client)
+    with logging_redirect_tqdm():  # where each site trains and the round lines print above the bar
+        simulate(run, on_round=on_round, gpus_per_client=args.gpus_per_client)
     bar.close()
     pretrain_seconds = time.perf_counter() - pretrain_started
     final = load_latest(Path(run.out_dir) / "checkpoints")
@@ -119,26 +132,62 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Federated pretraining only, in the simulation engine, with run-config overrides."""
-    from fedvlp.core.config import RunConfig
     from fedvlp.core.runtime import offline_env
 
-    from .simulation import simulate, validate_sites
+    from .simulation import simulate
 
-    values: dict[str, Any] = {}
-    for item in args.run_config or []:
-        key, _, raw = item.partition("=")
-        values[key.strip()] = _parse_value(raw.strip())
-    run = RunConfig.from_flat(values, origin="--run-config")
-    validate_sites(run)  # a bad site file: one line and exit 2, before anything is set up
+    run = args.run if hasattr(args, "run") else _check_simulate(args)
     offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
-    simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=lambda r: print(f"round {r['round']}: {r['replies']} replies, {r['seconds']:.1f}s"))
+    # No on_round print: the server logs every round ("Round i/N: ...") at INFO already.
+    simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client)
     return 0
 
 
+# A value TOML cannot read is taken as a string when it is one bare word or path, as users type
+# `recipe=convirt` or `sites=sites/cxr`; anything with quotes or brackets keeps TOML's error.
+_BARE_WORD = re.compile(r"[A-Za-z0-9_./:~+-][A-Za-z0-9_./:~+@-]*")
+
+
 def _parse_value(raw: str) -> Any:
+    """A ``--run-config`` value: TOML (numbers, booleans, quoted strings), else a bare word as a string.
+
+    Raises
+    ------
+    ValueError
+        For text that is neither TOML nor a bare word (e.g. an unclosed quote).
+    """
     import tomllib
 
-    return tomllib.loads(f"v = {raw}")["v"] if raw else raw
+    if not raw:
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as err:
+        if _BARE_WORD.fullmatch(raw):
+            return raw
+        raise ValueError(f"{raw!r}: expected a TOML value (1, 0.5, true, \"text\") or one bare word ({err})") from err
+
+
+def parse_run_config(items: list[str] | None, origin: str = "--run-config") -> Any:
+    """``key=value`` items -> a checked :class:`~fedvlp.core.config.RunConfig` (no heavy import).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and what was expected.
+    """
+    from fedvlp.core.config import ConfigError, RunConfig
+
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(origin, item, "key=value, e.g. rounds=3 recipe=convirt")
+        try:
+            values[key.strip()] = _parse_value(raw.strip())
+        except ValueError as err:
+            raise ConfigError(origin, key.strip(), f"a TOML value or one bare word, got {raw.strip()!r}") from err
+    return RunConfig.from_flat(values, origin=origin)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -164,18 +213,34 @@ def cmd_bench_loader(args: argparse.Namespace) -> int:
 
 
 def cmd_flwr_config(args: argparse.Namespace) -> int:
-    """Write Flower's connection file ($FLWR_HOME/config.toml) for this project."""
-    import os
-
+    """Write Flower's connection file ($FLWR_HOME/config.toml) for this project, or stop its local SuperLink."""
     from fedvlp.core.runtime import offline_env
 
-    from .flwr_config import write_flwr_config
+    from .flwr_config import federation_config_path, write_flwr_config
 
     offline_env()
+    if args.stop:
+        from .flwr_config import stop_local_superlink
+
+        stopped = stop_local_superlink(Path(os.environ["FLWR_HOME"]))
+        print(f"stopped the local SuperLink (pid {', '.join(map(str, stopped))}) and its SuperExec" if stopped
+              else f"no local SuperLink of {os.environ['FLWR_HOME']} is running")
+        return 0
     root = Path(args.root_certificates).resolve() if args.root_certificates else None
-    path = write_flwr_config(Path(os.environ["FLWR_HOME"]), num_supernodes=args.num_supernodes, superlink=args.superlink, root_certificates=root)
-    print(f"wrote {path}")
-    print(f"export FLWR_HOME={os.environ['FLWR_HOME']}")
+    share = args.gpus_per_client
+    if share is None:  # only now pay for importing torch: it counts the GPUs
+        import torch
+
+        from fedvlp.core.runtime import default_gpu_share
+
+        gpus = torch.cuda.device_count()
+        share = default_gpu_share(gpus, args.num_supernodes)
+        print(f"{gpus} GPU visible: each of {args.num_supernodes} virtual SuperNodes gets {share:g} GPU" if gpus else "no GPU visible: virtual SuperNodes train on CPU")
+    home = Path(os.environ["FLWR_HOME"])
+    path = write_flwr_config(home, num_supernodes=args.num_supernodes, superlink=args.superlink, root_certificates=root, gpus_per_client=share)
+    print(f"wrote {path} and {federation_config_path(home)}")
+    print(f"export FLWR_HOME={home}")
+    print(f"flwr run . local-sim --federation-config {federation_config_path(home)} --stream")
     return 0
 
 
@@ -314,6 +379,129 @@ def cmd_partition(args: argparse.Namespace) -> int:
     print(f"simulate them: fedvlp simulate --run-config sites='\"{result.folder}\"' fraction-train=0.1")
     return 0
 
+# ------------------------------------------------------------------ argument checks
+# They run in main() after parsing and before the command imports torch or Flower, so that a
+# mistake costs a fraction of a second and leaves nothing behind (no --out folder, no world).
+
+
+def _input(value: str | None, flag: str, kind: str = "any") -> None:
+    """``value`` must exist (``kind``: any, file or dir) when given."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise UsageError(f"{flag} {value}: no such file or folder")
+    if kind == "file" and not path.is_file():
+        raise UsageError(f"{flag} {value}: expected a file, got a folder")
+    if kind == "dir" and not path.is_dir():
+        raise UsageError(f"{flag} {value}: expected a folder, got a file")
+
+
+def _out_folder(value: str | None, flag: str) -> None:
+    """An output folder may exist (runs resume) but must not be a file, nor sit under one."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {value}: exists and is not a folder (choose a new or existing folder)")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {value}: {parent} is a file, not a folder")
+            break
+
+
+def _at_least(value: float | None, flag: str, low: float, *, above: bool = False) -> None:
+    if value is not None and (value <= low if above else value < low):
+        raise UsageError(f"{flag} {value}: expected a number {'>' if above else '>='} {low:g}")
+
+
+def _gpu_share(value: float | None, flag: str = "--gpus-per-client") -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise UsageError(f"{flag} {value}: expected a share of one GPU between 0 and 1 (e.g. 0.5: two clients per GPU)")
+
+
+def _fractions(values: list[float] | None, flag: str = "--fractions") -> None:
+    for value in values or []:
+        if not 0.0 < value <= 1.0:
+            raise UsageError(f"{flag} {value}: expected label fractions in (0, 1], e.g. 0.01 0.1 1")
+
+
+def _check_demo(args: argparse.Namespace) -> None:
+    _out_folder(args.out, "--out")
+    _out_folder(args.data, "--data")
+    _input(args.sites, "--sites", "dir")
+    for flag in ("rounds", "local_steps", "seeds", "jobs"):
+        _at_least(getattr(args, flag), f"--{flag.replace('_', '-')}", 1)
+    _fractions(args.fractions)
+    _gpu_share(args.gpus_per_client)
+    if not args.sites:  # the recipe and step counts as the run will see them
+        from fedvlp.core.config import ConfigError
+
+        try:
+            _demo_run_config(args, Path(args.out))
+        except ConfigError as err:  # name the flag the user typed, not RunConfig's key
+            raise UsageError(f"--{err.key} {getattr(args, err.key.replace('-', '_'), '')}: expected {err.expected}") from err
+
+
+def _check_simulate(args: argparse.Namespace) -> Any:
+    from .simulation import validate_sites  # light: Flower is imported by simulate() only
+
+    _at_least(args.cpus_per_client, "--cpus-per-client", 0, above=True)
+    _gpu_share(args.gpus_per_client)
+    run = parse_run_config(args.run_config)
+    validate_sites(run)  # a bad site file: one line and exit 2, before anything is set up
+    args.run = run
+    return run
+
+
+def _check_flwr_config(args: argparse.Namespace) -> None:
+    _at_least(args.num_supernodes, "--num-supernodes", 1)
+    _input(args.root_certificates, "--root-certificates", "file")
+    _gpu_share(args.gpus_per_client)
+
+
+# Inputs that must exist and output folders that must not be files, per command.
+_INPUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "validate-site": (("site", "SITE", "file"),),
+    "import": (("src", "SRC", "any"), ("reports", "--reports", "any"), ("map_file", "--map-file", "file"), ("images", "--images", "dir")),
+    "export": (("checkpoint", "CHECKPOINT", "any"),),
+    "partition": (("manifest", "MANIFEST", "file"),),
+    "split": (("manifest", "MANIFEST", "file"),),
+    "sweep": (("labeled", "--labeled", "file"), ("test", "--test", "file"), ("queries", "--queries", "file")),
+    "bench": (("site_steps", "--site-steps", "dir"),),
+}
+_OUT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "generate-demo": ("out",), "build-vocab": ("out",), "certs": ("out", "ca_key_out"), "node-keys": ("out",),
+    "sweep": ("out",), "pretrain": ("out",), "split": ("out",), "export": ("out",), "partition": ("out",),
+}
+_CHECKS: dict[str, Callable[[argparse.Namespace], Any]] = {"demo": _check_demo, "simulate": _check_simulate, "flwr-config": _check_flwr_config}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check parsed arguments without importing torch, Flower, Ray or transformers.
+
+    Raises
+    ------
+    UsageError
+        A missing input, an output folder that is a file, a number out of range.
+    ConfigError
+        A ``--run-config`` key or value, or a site file, that the run would refuse.
+    """
+    for name, flag, kind in _INPUTS.get(args.command, ()):
+        _input(getattr(args, name, None), flag, kind)
+    if args.command == "build-vocab":
+        for site in args.sites:
+            _input(site, "SITES", "file")
+    for name in _OUT_FOLDERS.get(args.command, ()):
+        _out_folder(getattr(args, name, None), f"--{name.replace('_', '-')}" if name != "out" or args.command != "generate-demo" else "OUT")
+    if args.command in _CHECKS:
+        _CHECKS[args.command](args)
+
+
+_GPU_HELP = ("GPU share of each virtual client (0.5: two per GPU; 0: train on CPU). "
+             "Default: GPUs / sites, at most 1, when GPUs are visible, else 0")
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Draw a run's per-site curves (site_metrics.jsonl) into one PNG per metric family."""
@@ -333,11 +521,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
-    parser = argparse.ArgumentParser(prog="fedvlp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fedvlp", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; fedvlp logs warnings and errors only")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         help="level of fedvlp's own log (default INFO, WARNING with --quiet)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also FEDVLP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="synthetic world -> federated pretraining -> label-efficiency sweep")
@@ -356,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=2, help="with --sites: sweep cells in this many processes (results do not depend on it)")
     demo.add_argument("--no-early-sweep", dest="early_sweep", action="store_false",
                       help="with --sites: do not run the random/general-pretrained sweep cells at low priority during pretraining")
-    demo.add_argument("--gpus-per-client", type=float, default=0.0)
+    demo.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate-demo", help="write the synthetic demo world")
@@ -365,9 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     sim = sub.add_parser("simulate", help="federated pretraining in the simulation engine")
-    sim.add_argument("--run-config", nargs="*", help="key=value (TOML values), as in flwr run --run-config")
+    sim.add_argument("--run-config", nargs="*", help="key=value, as in flwr run --run-config: TOML values (3, 0.5, true, "
+                     "\"text\"); a bare word is a string (recipe=convirt)")
     sim.add_argument("--cpus-per-client", type=float, default=1.0)
-    sim.add_argument("--gpus-per-client", type=float, default=0.0)
+    sim.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="print speed, upload size and memory figures")
@@ -427,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--num-supernodes", type=int, default=3)
     cfg.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's address (flower-superlink --port serves every API in Flower 1.41)")
     cfg.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
+    cfg.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
+    cfg.add_argument("--stop", action="store_true", help="instead: stop the local SuperLink (and its SuperExec) that "
+                     "`flwr run . local-sim` started and left running")
     cfg.set_defaults(func=cmd_flwr_config)
 
     certs = sub.add_parser("certs", help="create a CA and the SuperLink's TLS certificate (docs/deployment.md)")
@@ -526,8 +719,6 @@ def configure_output(quiet: bool = False, log_level: str | None = None, verbose:
     processes (simulation actors, loader workers) inherit; bars are off anyway when stderr is
     not a terminal.
     """
-    import os
-
     logging.getLogger("fedvlp").setLevel(log_level or ("WARNING" if quiet else "INFO"))
     if quiet:
         os.environ["FEDVLP_QUIET"] = "1"  # also reaches simulation actors and worker processes
@@ -536,17 +727,48 @@ def configure_output(quiet: bool = False, log_level: str | None = None, verbose:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fedvlp`` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    configure_output(quiet=args.quiet, log_level=args.log_level, verbose=args.verbose)
+def _names_a_path(message: str) -> bool:
+    """Whether an error message names a file or folder (then it is the user's to fix)."""
+    return any(os.sep in token and len(token) > 1 for token in re.split(r"[\s'\"(),:;=]+", message))
+
+
+def _user_error(err: BaseException) -> str | None:
+    """One line for an error the user can fix, or None for a bug (which keeps its traceback)."""
     from fedvlp.core.config import ConfigError
 
+    if isinstance(err, ConfigError):
+        return f"configuration error: {err}"
+    if isinstance(err, UsageError):
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None and err.errno is not None:
+        # FileExistsError, NotADirectoryError, PermissionError, ...: "<reason>: <path>"
+        return f"{err.strerror}: {err.filename}"
+    if isinstance(err, ValueError) and _names_a_path(str(err)):
+        return str(err)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedvlp`` console script.
+
+    Errors a user can fix (bad arguments, config keys, paths) are one line on stderr and exit
+    code 2; ``--debug`` or ``FEDVLP_DEBUG=1`` shows their traceback instead. Other exceptions
+    are bugs and keep their traceback.
+    """
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("FEDVLP_DEBUG", "") not in ("", "0")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(quiet=args.quiet, log_level=args.log_level, verbose=args.verbose)
     try:
+        check_args(args)  # before any heavy import and before anything is written
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"fedvlp: configuration error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        line = None if debug else _user_error(err)
+        if line is None:
+            raise
+        # Configuration errors keep the prefix they always had (scripts may match it).
+        prefix = "fedvlp" if line.startswith("configuration error: ") else f"fedvlp {args.command}"
+        print(f"{prefix}: {line}", file=sys.stderr)
         return 2
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ import pandas as pd
 from scipy import stats
 
 __all__ = ["summarise", "markdown_report", "format_table", "plot_auc_vs_labels", "write_outputs", "fraction_label",
-           "t_tests", "label_efficiency", "plot_per_class", "plot_retrieval", "EXTRA_PROTOCOLS"]
+           "t_tests", "label_efficiency", "plot_per_class", "plot_retrieval", "EXTRA_PROTOCOLS", "readable_label",
+           "auc_vs_labels_figure", "per_class_figure"]
 
 # Protocols that are scored once per init, without labels (rows use label fraction 0, seed 0).
 EXTRA_PROTOCOLS = ("retrieval", "regeneration")
@@ -323,19 +326,25 @@ def format_table(df: pd.DataFrame) -> str:
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-def plot_auc_vs_labels(df: pd.DataFrame, path: Path, title: str | None = None) -> Path:
-    """Mean test AUC against label fraction (log x axis), one line per init x protocol, +-std bands.
+# Title font size and the width of one character in inches at that size (DejaVu Sans averages
+# ~0.55 em), so that a title is wrapped to the figure's width instead of being cut off.
+_TITLE_SIZE = 11
+_CHAR_INCHES = 0.55 * _TITLE_SIZE / 72
 
-    Uses matplotlib's Agg canvas directly, so it works headless and does not touch pyplot's
-    global backend.
+
+def _wrap(text: str, width_inches: float, char_inches: float = _CHAR_INCHES) -> str:
+    return textwrap.fill(text, width=max(20, int(width_inches * 0.95 / char_inches)))
+
+
+def auc_vs_labels_figure(df: pd.DataFrame, title: str | None = None):
+    """The figure of :func:`plot_auc_vs_labels` (a matplotlib ``Figure`` on an Agg canvas).
+
+    The title is wrapped to the figure's width and the layout is constrained, so a long
+    title grows the top margin instead of running off the canvas.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     summary = summarise(df)
     mean_auc = summary[(summary["metric"] == "auc") & (summary["class"] == "mean")]
-    figure = Figure(figsize=(6.0, 4.0), dpi=120)
-    FigureCanvasAgg(figure)
+    figure = _figure(6.0, 4.0)
     ax = figure.add_subplot(1, 1, 1)
     inits = list(pd.unique(mean_auc["init"]))
     styles = {"linear": "--", "finetune": "-"}
@@ -357,10 +366,19 @@ def plot_auc_vs_labels(df: pd.DataFrame, path: Path, title: str | None = None) -
     ax.set_ylabel("mean test AUC")
     ax.grid(True, alpha=0.3)
     if title:
-        ax.set_title(title)
+        ax.set_title(_wrap(title, figure.get_figwidth()), fontsize=_TITLE_SIZE)
     if _runs(summary):
         ax.legend(fontsize=8)
-    figure.tight_layout()
+    return figure
+
+
+def plot_auc_vs_labels(df: pd.DataFrame, path: Path, title: str | None = None) -> Path:
+    """Mean test AUC against label fraction (log x axis), one line per init x protocol, +-std bands.
+
+    Uses matplotlib's Agg canvas directly, so it works headless and does not touch pyplot's
+    global backend.
+    """
+    figure = auc_vs_labels_figure(df, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -371,7 +389,9 @@ def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=120)
+    # Constrained layout makes room for wrapped titles and rotated tick labels (tight_layout
+    # only shrinks the axes, and cut the title of auc_vs_labels.png off).
+    figure = Figure(figsize=(width, height), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -387,28 +407,60 @@ def _bars(ax, groups: list[str], series: dict[str, tuple[list[float], list[float
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def plot_per_class(df: pd.DataFrame, path: Path, fraction: float | None = None) -> Path | None:
-    """Per-class test AUC (mean +- std over seeds) as grouped bars, one bar per init x protocol,
-    at ``fraction`` (default: the smallest). ``None`` when there is nothing to plot."""
+_LABEL_PREFIX = re.compile(r"^(?:label|labels|y|target)[_.:-]", re.IGNORECASE)
+
+
+def readable_label(column: str) -> str:
+    """A label column's name as a reader expects it: ``label_pleural_effusion`` -> ``pleural effusion``.
+
+    Drops a ``label_`` / ``label.`` / ``y_`` / ``target_`` prefix and turns ``_`` into spaces;
+    case is kept (``No_Finding`` -> ``No Finding``).
+    """
+    text = _LABEL_PREFIX.sub("", str(column)) or str(column)
+    return re.sub(r"\s+", " ", text.replace("_", " ")).strip()
+
+
+def per_class_figure(df: pd.DataFrame, fractions: list[float] | None = None):
+    """The figure of :func:`plot_per_class`, or ``None`` without per-class AUC rows.
+
+    One panel per label fraction (left to right, ascending), sharing the AUC axis; in each,
+    grouped bars per class, one bar per init x protocol, with readable class names
+    (:func:`readable_label`).
+    """
     summary = summarise(df[~df["protocol"].isin(EXTRA_PROTOCOLS)])
     auc = summary[(summary["metric"] == "auc") & (summary["class"] != "mean")]
     if auc.empty:
         return None
-    fraction = _fractions(summary)[0] if fraction is None else fraction
-    auc = auc[np.isclose(auc["label_fraction"].astype(float), fraction)]
+    fractions = _fractions(auc) if fractions is None else list(fractions)
     classes = list(pd.unique(auc["class"]))
-    series = {}
-    for init, protocol in _runs(summary):
-        sel = auc[(auc["init"] == init) & (auc["protocol"] == protocol)].set_index("class")
-        series[f"{init} / {protocol}"] = ([float(sel["mean"].get(c, np.nan)) for c in classes],
-                                          [float(sel["std"].get(c, np.nan)) for c in classes])
-    figure = _figure(max(6.0, 1.2 * len(classes) + 2), 4.0)
-    ax = figure.add_subplot(1, 1, 1)
-    _bars(ax, classes, series)
-    ax.set_ylabel(f"test AUC at {fraction_label(fraction)} labels")
-    ax.set_ylim(0.0, 1.0)
-    ax.legend(fontsize=7)
-    figure.tight_layout()
+    labels = [textwrap.fill(readable_label(c), 14) for c in classes]
+    runs = _runs(summary)
+    panel_width = max(3.0, 0.25 * len(classes) * max(1, len(runs)) + 1.0)
+    figure = _figure(max(6.0, panel_width * len(fractions)), 4.2)
+    axes = figure.subplots(1, len(fractions), sharey=True, squeeze=False)[0]
+    for ax, fraction in zip(axes, fractions):
+        at = auc[np.isclose(auc["label_fraction"].astype(float), fraction)]
+        series = {}
+        for init, protocol in runs:
+            sel = at[(at["init"] == init) & (at["protocol"] == protocol)].set_index("class")
+            series[f"{init} / {protocol}"] = ([float(sel["mean"].get(c, np.nan)) for c in classes],
+                                              [float(sel["std"].get(c, np.nan)) for c in classes])
+        _bars(ax, labels, series)
+        ax.set_title(f"{fraction_label(fraction)} labels", fontsize=10)
+        ax.set_ylim(0.0, 1.0)
+    axes[0].set_ylabel("test AUC (mean +- std over seeds)")
+    # Above the panels, not inside one: bars reach up to AUC 1 and a legend there hides them.
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside upper center", ncols=max(1, len(names)), fontsize=8)
+    return figure
+
+
+def plot_per_class(df: pd.DataFrame, path: Path, fraction: float | None = None) -> Path | None:
+    """Per-class test AUC (mean +- std over seeds) as grouped bars, one bar per init x protocol,
+    one panel per label fraction (only ``fraction`` when given). ``None`` when there is nothing to plot."""
+    figure = per_class_figure(df, None if fraction is None else [fraction])
+    if figure is None:
+        return None
     figure.savefig(path)
     return Path(path)
 
@@ -429,7 +481,6 @@ def plot_retrieval(df: pd.DataFrame, path: Path) -> Path | None:
     ax.set_ylabel("precision@k (test set)")
     ax.set_ylim(0.0, 1.0)
     ax.legend(fontsize=7)
-    figure.tight_layout()
     figure.savefig(path)
     return Path(path)
 

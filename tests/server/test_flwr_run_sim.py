@@ -5,8 +5,10 @@ installed flwr, ``flwr/cli/local_superlink.py``):
 
 * The connection comes from ``$FLWR_HOME/config.toml``
   (:func:`fedvlp.server.flwr_config.write_flwr_config`); ``options.num-supernodes`` and
-  ``options.backend.client-resources.*`` still work but print a deprecation warning
-  (the new way is ``--federation-config`` or ``flwr federation simulation-config``).
+  ``options.backend.client-resources.*`` there still work but print a deprecation warning,
+  so the federation's size and resources go to a ``--federation-config`` TOML file instead
+  (:func:`fedvlp.server.flwr_config.federation_config_path`; without it Flower simulates 2
+  SuperNodes).
 * ``flwr run`` starts a *detached* ``flower-superlink --simulation`` (new session, own
   ``flower-superexec``, which starts ``flwr-simulation`` and Ray) and leaves it running
   after the run. It listens on 127.0.0.1:39091 (HTTP) and is told 127.0.0.1:39093
@@ -15,7 +17,8 @@ installed flwr, ``flwr/cli/local_superlink.py``):
   answers ``/health`` on that port, ``flwr run`` reuses it, so the run gets *that*
   SuperLink's environment (another ``FLWR_HOME``, ``FEDVLP_DEMO_DATA``...). Hence free ports
   here, and the SuperLink is found by its ``--log-file`` under our ``FLWR_HOME`` and
-  stopped (with its descendants) by PID in teardown.
+  stopped by ``fedvlp flwr-config --stop`` (:func:`~fedvlp.server.flwr_config.stop_local_superlink`);
+  its ``flower-superexec`` watches ``--parent-pid`` and exits with it.
 * The SuperLink, and through it the ServerApp and the simulated ClientApps, inherit the
   environment of ``flwr run``: ``FEDVLP_DEMO_DATA``, ``RAY_TMPDIR``,
   ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (otherwise every run creates a fresh
@@ -42,7 +45,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedvlp.core.config import project_root
-from fedvlp.server.flwr_config import SIM_CONNECTION, write_flwr_config
+from fedvlp.server.flwr_config import SIM_CONNECTION, federation_config_path, stop_local_superlink, write_flwr_config
 
 from .flwr_processes import BIN, flwr_env, free_ports, spawn, stop_tree, tail
 
@@ -71,6 +74,25 @@ def local_superlinks(flwr_home: Path) -> list[int]:
             if any(arg.endswith("flower-superlink") for arg in argv[:2]) and log_file in argv:
                 pids.append(int(entry.name))
     return pids
+
+
+def superexecs_of(parents: list[int]) -> list[int]:
+    """PIDs of the ``flower-superexec`` processes whose ``--parent-pid`` is one of ``parents``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            argv = _cmdline(int(entry.name))
+            if any(arg.endswith("flower-superexec") for arg in argv[:2]) and "--parent-pid" in argv:
+                if int(argv[argv.index("--parent-pid") + 1]) in parents:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------- test
@@ -106,7 +128,8 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     flwr = None
     try:
         flwr = spawn(
-            [str(BIN / "flwr"), "run", str(project_root()), SIM_CONNECTION, "--run-config", run_config, "--stream"],
+            [str(BIN / "flwr"), "run", str(project_root()), SIM_CONNECTION, "--run-config", run_config,
+             "--federation-config", str(federation_config_path(flwr_home)), "--stream"],
             log, env, tmp_path,
         )
         try:
@@ -115,7 +138,15 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
             pytest.fail(f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{tail(log, TAIL_LINES)}\n{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}")
         elapsed = time.monotonic() - started
         assert flwr.returncode == 0, tail(log, TAIL_LINES)
-        assert local_superlinks(flwr_home), "flwr run did not start a local SuperLink under our FLWR_HOME"
+        superlinks = local_superlinks(flwr_home)
+        assert superlinks, "flwr run did not start a local SuperLink under our FLWR_HOME"
+        superexecs = superexecs_of(superlinks)
+        assert superexecs, "the local SuperLink runs no flower-superexec"
+        assert sorted(stop_local_superlink(flwr_home)) == sorted(superlinks)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in superlinks + superexecs):
+            time.sleep(0.2)
+        assert not [pid for pid in superlinks + superexecs if _alive(pid)], "the SuperLink or its SuperExec survived --stop"
     finally:
         roots = local_superlinks(flwr_home) + ([flwr.pid] if flwr is not None and flwr.poll() is None else [])
         stop_tree(roots)
@@ -142,4 +173,5 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     last = load_file(str(checkpoints / f"round_{ROUNDS:04d}.safetensors"))
     changed = {k.split(".")[0] for k in first if not torch.equal(first[k], last[k])}
     assert {"image", "text", "head"} <= changed, changed
+    assert "deprecated" not in log.read_text(), tail(log, TAIL_LINES)
     assert not local_superlinks(flwr_home), "the local SuperLink survived teardown"
