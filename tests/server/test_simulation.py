@@ -18,6 +18,7 @@ from fedvlp.core.checkpoint import load_latest
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import group_of
 from tests.conftest import CXR_DATA, needs_cxr
+from tests.server.proc_net import descendants, listening_sockets, sockets_of
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +29,22 @@ def _changed_groups(folder: Path, a: int, b: int) -> set[str]:
     return {group_of(k) for k in first if not torch.equal(first[k], second[k])}
 
 
-def test_three_sites_two_rounds_train_both_encoders(demo_env: Path, tiny_run: RunConfig) -> None:
+def test_three_sites_two_rounds_train_both_encoders_with_ray_on_loopback_only(demo_env: Path, tiny_run: RunConfig) -> None:
     from fedvlp.server.simulation import simulate
 
     records: list[dict] = []
-    simulate(tiny_run, on_round=records.append)
+    bound: list[tuple[int, str, int]] = []
+
+    def on_round(record: dict) -> None:  # runs while Ray and its actors are up
+        records.append(record)
+        listening = listening_sockets()
+        for pid in descendants(os.getpid()):
+            bound.extend((pid, address, port) for address, port in sockets_of(pid, listening))
+
+    simulate(tiny_run, on_round=on_round)
+    # Ray's GCS, raylet and actors listen on 127.0.0.1 only (never on every interface)
+    assert len({pid for pid, _, _ in bound}) >= 3, bound
+    assert {address for _, address, _ in bound} <= {"127.0.0.1", "::ffff:127.0.0.1"}, bound
     folder = Path(tiny_run.out_dir) / "checkpoints"
     assert [r["round"] for r in records] == [1, 2]
     assert all(r["replies"] == 3 and not r["rejected"] for r in records)

@@ -1,4 +1,4 @@
-"""``fedvlp simulate`` starts Ray listening on 127.0.0.1 only (issue 12, item 14)."""
+"""Listening sockets of a process tree, read from Linux /proc (for tests of what binds where)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import socket
 import struct
 from pathlib import Path
 
-import pytest
-from fedvlp.core.config import RunConfig
-
-pytestmark = pytest.mark.slow
+__all__ = ["listening_sockets", "descendants", "sockets_of"]
 
 
-def _listening() -> dict[str, tuple[str, int]]:
+def listening_sockets() -> dict[str, tuple[str, int]]:
     """Socket inode -> (address, port) of every listening TCP socket (/proc/net/tcp, tcp6)."""
     out: dict[str, tuple[str, int]] = {}
     for path, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
@@ -29,7 +26,8 @@ def _listening() -> dict[str, tuple[str, int]]:
     return out
 
 
-def _descendants(root: int) -> set[int]:
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (children, grandchildren, ...)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -46,7 +44,8 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def _sockets_of(pid: int, listening: dict[str, tuple[str, int]]) -> list[tuple[str, int]]:
+def sockets_of(pid: int, listening: dict[str, tuple[str, int]]) -> list[tuple[str, int]]:
+    """The (address, port) pairs of ``listening`` that process ``pid`` holds open."""
     out = []
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -56,19 +55,3 @@ def _sockets_of(pid: int, listening: dict[str, tuple[str, int]]) -> list[tuple[s
     except OSError:
         pass
     return out
-
-
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
-def test_ray_listens_on_loopback_only(demo_env: Path, tiny_run: RunConfig) -> None:
-    from fedvlp.server.simulation import simulate
-
-    seen: list[tuple[int, str, int]] = []
-
-    def probe(record: dict) -> None:  # runs while Ray and its actors are up
-        listening = _listening()
-        for pid in _descendants(os.getpid()):
-            seen.extend((pid, address, port) for address, port in _sockets_of(pid, listening))
-
-    simulate(tiny_run.replace(rounds=1), on_round=probe)
-    assert len({pid for pid, _, _ in seen}) >= 3, seen  # GCS, raylet, actors
-    assert {address for _, address, _ in seen} <= {"127.0.0.1", "::ffff:127.0.0.1"}, seen
