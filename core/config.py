@@ -551,6 +551,15 @@ class SiteConfig:
     lifetime_epsilon: float | None = None  # budget over every run on this site's data; default: epsilon
     state_dir: Path | None = None  # where the lifetime ledger lives; None: $FEDVLP_DP_LEDGER or .dp-ledger/ by the file
     pins: PrivacyPins = field(default_factory=lambda: PrivacyPins())
+    # A big site: train with DDP across these devices, or across ``nproc`` processes on ``device``
+    # (core/distributed.py); one process by default.
+    devices: tuple[str, ...] = ()
+    nproc: int = 1
+
+    @property
+    def processes(self) -> int:
+        """How many processes train this site (``len(devices)``, else ``nproc``)."""
+        return len(self.devices) or self.nproc
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -561,7 +570,7 @@ class SiteConfig:
         return frozenset(out)
 
 
-_SITE_KEYS = {"name", "sources", "device", "privacy", "description", "image_roots"}
+_SITE_KEYS = {"name", "sources", "device", "devices", "nproc", "privacy", "description", "image_roots"}
 _SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column", "accept", "max_image_pixels"}
 SOURCE_ACCEPT = ("16bit", "rgb", "uncertain_labels")  # values of a source's ``accept`` list
 
@@ -608,13 +617,41 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
     privacy = _load_privacy(origin, raw.get("privacy"), path.parent)
+    devices, nproc = _load_processes(origin, raw)
+    if max(len(devices), nproc) > 1 and privacy.get("epsilon") is not None:
+        raise ConfigError(origin, "devices" if devices else "nproc", "one process when the site has a privacy budget (DP-SGD trains in one process)",
+                          list(devices) or nproc)
     return SiteConfig(
         name=name.strip(),
         path=path.resolve(),
         sources=sources,
         device=device,
         **privacy,
+        devices=devices,
+        nproc=nproc,
     )
+
+
+_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+
+
+def _load_processes(origin: str, raw: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+    """The site file's ``devices`` (a list of ``cuda:N``, or ``cpu`` repeated) and ``nproc``."""
+    nproc = raw.get("nproc", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ConfigError(origin, "nproc", "a whole number of training processes >= 1", nproc)
+    value = raw.get("devices")
+    if value is None:
+        return (), nproc
+    if not isinstance(value, list) or not value or not all(isinstance(d, str) and _DEVICE.match(d) for d in value):
+        raise ConfigError(origin, "devices", "a non-empty list of devices such as [cuda:0, cuda:1] (or cpu repeated)", value)
+    if len({d.split(":")[0] for d in value}) > 1:
+        raise ConfigError(origin, "devices", "devices of one kind (all cuda:N or all cpu: one collective backend)", value)
+    if value[0] != "cpu" and len(set(value)) < len(value):
+        raise ConfigError(origin, "devices", "each GPU once (NCCL runs one process per GPU)", value)
+    if "nproc" in raw and nproc != len(value):
+        raise ConfigError(origin, "nproc", f"{len(value)} (the length of devices) or no nproc", nproc)
+    return tuple(value), len(value)
 
 
 def _image_roots(origin: str, value: Any, base: Path) -> tuple[Path, ...]:

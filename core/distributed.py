@@ -1,0 +1,306 @@
+"""A big site on several devices: one round of local training with DistributedDataParallel.
+
+A site whose file sets ``devices: [cuda:0, cuda:1]`` or ``nproc: 2`` still is one Flower
+client: its ClientApp calls :func:`train_site`, which spawns one process per device (NCCL on
+GPUs, gloo on CPU processes, rendezvous on 127.0.0.1 and a free port). Every process builds the
+model from the same global weights, wraps it in DDP and runs the site's local steps:
+
+* **Batches.** Every process draws the same global batch of ``batch-size`` samples (same loader
+  seeds as :class:`~fedvlp.core.train.LocalTrainer`) and keeps its contiguous shard of the
+  collated rows (``batch-size / processes`` each), so N processes x per-process batch = the
+  single-process batch and augmentations are those of one process. The price: each process
+  decodes the whole batch (``loader-workers`` make that parallel); the forward and backward
+  passes, where a big model spends its time, are split.
+* **Randomness.** The data stream (shuffles, augmentations) is the same in every process. What an
+  objective draws inside its loss (MLM/MIM masks, matching negatives, dropout) comes from a
+  per-process generator seeded by (round seed, step, rank): a different but equally distributed
+  draw than one process would make. Objectives that are a mean of per-sample terms with no draw
+  in the loss give the single-process weights to float tolerance (tests/core/test_distributed.py
+  measures it); the others equal it in distribution only, as do in-batch negatives (contrastive,
+  matching), which see the process's shard.
+* **BatchNorm.** On GPUs, BatchNorm layers that train (``image-bn = "train"``) become
+  ``SyncBatchNorm``, so statistics span the global batch. gloo has no SyncBatchNorm: on CPU
+  processes use ``norm = "group"`` or ``image-bn = "frozen"`` (then nothing differs), otherwise
+  each process normalises its shard and rank 0's running statistics are kept.
+
+Rank 0 returns the trained weights, counts and metrics (losses averaged over the processes), and
+:func:`train_site` puts them in the site's trainer, as if :meth:`LocalTrainer.train` had run.
+Under this module the optimizer is fresh every round (``persistent-optimizer`` is refused), ``prox-mu``
+is refused, and DP-SGD sites train in one process (core/config.py refuses ``nproc`` with a privacy budget).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import ConfigError, RunConfig, SiteConfig
+from .train import LocalResult, LocalTrainer, load_site_data, resolve_device
+
+__all__ = ["DistributedOutcome", "free_port", "shard_bounds", "site_devices", "train_distributed", "train_site"]
+
+
+def site_devices(site: SiteConfig, run: RunConfig) -> list[torch.device]:
+    """The device of every training process of ``site``: its ``devices``, else ``nproc`` times
+    its device (``cuda`` becomes ``cuda:0``, ``cuda:1``...).
+
+    Raises
+    ------
+    ConfigError
+        Naming the site file and key when it asks for more GPUs than this machine has.
+    """
+    if site.devices:
+        devices = [torch.device(d) for d in site.devices]
+    else:
+        base = resolve_device(site.device if site.device != "auto" else run.device)
+        if base.type == "cuda" and site.nproc > 1:
+            start = base.index or 0
+            devices = [torch.device("cuda", start + rank) for rank in range(site.nproc)]
+        else:
+            devices = [base] * site.nproc
+    key = "devices" if site.devices else "nproc"
+    cuda = [d for d in devices if d.type == "cuda"]
+    if cuda and max(d.index or 0 for d in cuda) >= torch.cuda.device_count():
+        raise ConfigError(str(site.path), key, f"GPUs this machine has ({torch.cuda.device_count()} visible)", [str(d) for d in devices])
+    return devices
+
+
+def shard_bounds(rows: int, processes: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, end)`` of a batch of ``rows`` that process ``rank`` trains on: contiguous
+    and as even as possible (``torch.tensor_split``'s split: the first ``rows % processes`` get one more)."""
+    size, extra = divmod(rows, processes)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (1 if rank < extra else 0)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the rendezvous of one round)."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Step(nn.Module):
+    """One local step's losses as a module, so that DDP's forward runs them (DDP prepares its
+    gradient reduction in forward and finds the parameters a step left unused there)."""
+
+    def __init__(self, trainer: "_RankTrainer") -> None:
+        super().__init__()
+        self.model = trainer.model
+        self._trainer = [trainer]  # a list: not registered as a submodule
+        self.terms: list[tuple[str, float]] = []
+        self.sources: set[int] = set()
+        self.had_loss = False
+
+    def forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: Any) -> torch.Tensor:
+        total, self.terms, self.sources = self._trainer[0].step_losses(self.model, batches, teacher)
+        self.had_loss = total is not None
+        if total is None:
+            # Every process must take part in every gradient reduction: one whose shard
+            # trained nothing this step contributes zeros.
+            total = sum((p.sum() for p in self.model.parameters() if p.requires_grad), torch.zeros(())) * 0.0
+        return total
+
+
+class _RankTrainer(LocalTrainer):
+    """A :class:`LocalTrainer` in one of the DDP processes: it trains on its shard of every
+    batch, draws loss-side randomness from its own generator and averages with the others."""
+
+    def __init__(self, *args: Any, rank: int, world: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank, self.world = rank, world
+        cuda = self.device.type == "cuda"
+        if cuda and self.run.image_bn == "train":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self._seed = 0
+        self.ddp = DistributedDataParallel(_Step(self), device_ids=[self.device] if cuda else None, find_unused_parameters=True)
+
+    def train(self, steps: int, seed: int = 0) -> LocalResult:
+        self._seed = seed
+        return super().train(steps, seed)
+
+    def _shard(self, raw: dict[str, Any]) -> dict[str, Any]:
+        rows = len(raw["ids"])
+        start, end = shard_bounds(rows, self.world, self.rank)
+        if start == end:
+            return {"ids": [], "skipped": raw["skipped"]}  # nothing to train here this step
+        return {k: (v[start:end] if isinstance(v, (torch.Tensor, list)) and len(v) == rows else v) for k, v in raw.items()}
+
+    def _forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: Any,
+                 step: int) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+        # Loss-side draws from a generator of (seed, step, rank): the global stream, which the
+        # loaders draw augmentations from, stays in step in every process.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((self._seed * 1_000_003 + step) * 1_009 + self.rank)
+            total = self.ddp(batches, teacher)
+        step_module: _Step = self.ddp.module  # type: ignore[assignment]
+        return total, step_module.terms, step_module.sources
+
+    def _backward(self, total: torch.Tensor | None) -> bool:
+        # The step is applied when any process had a loss (as one process would with the whole batch).
+        assert total is not None  # _Step.forward never returns None
+        total.backward()
+        had = torch.tensor([1.0 if self.ddp.module.had_loss else 0.0], device=self.device)
+        dist.all_reduce(had)
+        return bool(had.item() > 0)
+
+    def alignment(self) -> dict[str, float]:
+        return super().alignment() if self.rank == 0 else {}
+
+    def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:
+        # Mean losses over every process's shards; a source trained if it did in any process.
+        names = sorted(set(totals) | set(seen))
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, ({n: totals.get(n, 0.0) for n in names}, {n: seen.get(n, 0) for n in names}, self._trained_sources))
+        summed: Counter[str] = Counter()
+        count: Counter[str] = Counter()
+        sources: set[int] = set()
+        for part_totals, part_seen, part_sources in gathered:
+            summed.update(part_totals)
+            count.update(part_seen)
+            sources |= part_sources or set()
+        self._trained_sources = sources
+        return super().result(dict(summed), dict(count), started, steps, touched)
+
+
+@dataclass
+class DistributedOutcome:
+    """What rank 0 hands back: the trained weights and the round's :class:`LocalResult`, plus the
+    samples found unusable and the skip records (the site's trainer keeps them across rounds)."""
+
+    state: dict[str, torch.Tensor]
+    result: LocalResult
+    trained_sources: set[int]
+    unusable: list[set[str]]
+    skipped_ids: set[str]
+    problems: list[str]
+
+
+def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: RunConfig, folder: str, steps: int,
+            seed: int, augment: bool) -> None:
+    """One DDP process (``torch.multiprocessing.spawn`` calls it with its rank)."""
+    world = len(devices)
+    device = torch.device(devices[rank])
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:  # CPU processes share the cores
+        threads = os.environ.get("FEDVLP_TORCH_THREADS")
+        torch.set_num_threads(max(1, int(threads) if threads else (os.cpu_count() or 1) // world))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    try:
+        from .models import build_model
+
+        carried = torch.load(Path(folder) / "input.pt", weights_only=False)
+        model = build_model(run)
+        model.load_state_dict(carried["global"])
+        data = load_site_data(site, run, model.max_text_len, augment)
+        workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
+        trainer = _RankTrainer(model, data, run, device, num_workers=workers, rank=rank, world=world)
+        if carried["unusable"] is not None:  # what earlier rounds found, as the site's trainer knows it
+            trainer._unusable = [set(s) for s in carried["unusable"]]
+            trainer._skipped_ids = set(carried["skipped_ids"])
+            trainer.skipped = Counter(carried["skipped"])
+        result = trainer.train(steps, seed)
+        if rank == 0:
+            model = trainer.model
+            if device.type == "cuda":  # back to plain BatchNorm: the same keys, loadable anywhere
+                model = _plain_batchnorm(model)
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save({"state": state, "result": result, "trained_sources": trainer._trained_sources, "unusable": trainer._unusable, "skipped_ids": trainer._skipped_ids,
+                        "problems": trainer.problems}, Path(folder) / "output.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _plain_batchnorm(module: nn.Module) -> nn.Module:
+    """``SyncBatchNorm`` layers back as ``BatchNorm2d`` holding the same tensors."""
+    if isinstance(module, nn.SyncBatchNorm):
+        plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        plain.load_state_dict(module.state_dict())
+        return plain
+    for name, child in module.named_children():
+        module.add_module(name, _plain_batchnorm(child))
+    return module
+
+
+def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int,
+                      devices: Sequence[torch.device | str], *, carry: LocalTrainer | None = None,
+                      augment: bool = True) -> DistributedOutcome:
+    """Train ``site`` for ``steps`` local steps from ``global_state`` with DDP over ``devices``.
+
+    Parameters
+    ----------
+    site, run
+        The site and run configuration (each process loads the site's data itself).
+    global_state
+        The round's global weights; every process starts from them.
+    steps, seed
+        As :meth:`LocalTrainer.train`: the same seed gives the same data stream.
+    devices
+        One process per entry (``cpu`` repeated for CPU processes).
+    carry
+        The site's single-process trainer, whose record of unusable samples and skips the
+        processes start from (so counts stay what one process would report).
+    augment
+        Image augmentation (tests compare against one process without it).
+
+    Returns
+    -------
+    DistributedOutcome
+        Rank 0's weights (on the CPU) and result.
+
+    Raises
+    ------
+    ConfigError
+        When ``batch-size`` is not a multiple of the number of processes, or the run keeps its
+        optimizer across rounds.
+    """
+    world = len(devices)
+    key = "devices" if site.devices else "nproc"
+    if world < 1:
+        raise ConfigError(str(site.path), key, "at least one training process")
+    if run.batch_size % world:
+        raise ConfigError(str(site.path), key, f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / processes)", world)
+    if run.persistent_optimizer:
+        raise ConfigError("run_config", "persistent-optimizer", f"false for site {site.name}, which trains in {world} processes (its optimizer is fresh every round)")
+    if run.prox_mu > 0:
+        raise ConfigError("run_config", "prox-mu", f"0 for site {site.name}, which trains in {world} processes (the proximal term is not in DDP's forward)")
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="fedvlp-ddp-") as folder:
+        torch.save({"global": {k: v.detach().cpu() for k, v in global_state.items()},
+                    "unusable": carry._unusable if carry is not None else None,
+                    "skipped_ids": carry._skipped_ids if carry is not None else set(),
+                    "skipped": dict(carry.skipped) if carry is not None else {}}, Path(folder) / "input.pt")
+        names = [str(d) for d in devices]
+        mp.spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed, augment), nprocs=world, join=True)
+        out = torch.load(Path(folder) / "output.pt", weights_only=False)
+    return DistributedOutcome(out["state"], out["result"], out["trained_sources"], out["unusable"], out["skipped_ids"], out["problems"])
+
+
+def train_site(trainer: LocalTrainer, site: SiteConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int) -> LocalResult:
+    """One round of a big site: :func:`train_distributed` over :func:`site_devices`, with the
+    weights and skip records put back into ``trainer`` (the site's one-process trainer, which
+    the ClientApp keeps across rounds and reads counts and weights from)."""
+    outcome = train_distributed(site, trainer.run, global_state, steps, seed, site_devices(site, trainer.run), carry=trainer)
+    trainer.model.load_state_dict(outcome.state)
+    trainer._unusable = outcome.unusable
+    trainer._skipped_ids = outcome.skipped_ids
+    trainer.skipped = Counter(outcome.result.skipped)
+    trainer.problems = outcome.problems
+    trainer._trained_sources = outcome.trained_sources
+    return outcome.result
