@@ -28,6 +28,7 @@ __all__ = [
     "SiteConfig",
     "PrivacyPins",
     "load_site",
+    "load_processes",
     "list_site_files",
     "project_root",
     "resolve_path",
@@ -617,7 +618,7 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
     privacy = _load_privacy(origin, raw.get("privacy"), path.parent)
-    devices, nproc = _load_processes(origin, raw)
+    devices, nproc = load_processes(origin, raw)
     if max(len(devices), nproc) > 1 and privacy.get("epsilon") is not None:
         raise ConfigError(origin, "devices" if devices else "nproc", "one process when the site has a privacy budget (DP-SGD trains in one process)",
                           list(devices) or nproc)
@@ -635,8 +636,9 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
 
 
-def _load_processes(origin: str, raw: dict[str, Any]) -> tuple[tuple[str, ...], int]:
-    """The site file's ``devices`` (a list of ``cuda:N``, or ``cpu`` repeated) and ``nproc``."""
+def load_processes(origin: str, raw: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+    """The ``devices`` (a list of ``cuda:N``, or ``cpu`` repeated) and ``nproc`` of a site file
+    (or of the worker's flags), validated; errors name ``origin`` and the key."""
     nproc = raw.get("nproc", 1)
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(origin, "nproc", "a whole number of training processes >= 1", nproc)

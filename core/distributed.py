@@ -31,6 +31,7 @@ is refused, and DP-SGD sites train in one process (core/config.py refuses ``npro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -46,10 +47,45 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import ConfigError, RunConfig, SiteConfig
+from .config import ConfigError, RunConfig, SiteConfig, load_processes
 from .train import LocalResult, LocalTrainer, load_site_data, resolve_device
 
-__all__ = ["DistributedOutcome", "free_port", "shard_bounds", "site_devices", "train_distributed", "train_site"]
+__all__ = ["DEVICES_ENV", "NPROC_ENV", "DistributedOutcome", "free_port", "shard_bounds", "site_devices", "train_distributed",
+           "train_site", "with_worker_processes", "worker_processes"]
+
+# How the SuperNode worker's --devices / --nproc (client/worker.py) reach the ClientApp it runs.
+DEVICES_ENV = "FEDVLP_DEVICES"
+NPROC_ENV = "FEDVLP_NPROC"
+WORKER_ORIGIN = "fedvlp.client.worker --devices/--nproc"
+
+
+def worker_processes(devices: str | None, nproc: str | int | None) -> tuple[tuple[str, ...], int] | None:
+    """The worker flags ``--devices cuda:0,cuda:1`` / ``--nproc 2`` validated as a site file's keys
+    (errors name the flags), or ``None`` when neither is given."""
+    raw: dict[str, Any] = {}
+    if devices:
+        raw["devices"] = [d.strip() for d in str(devices).split(",")]
+    if nproc not in (None, ""):
+        raw["nproc"] = int(nproc) if str(nproc).strip().isdigit() else nproc
+    return load_processes(WORKER_ORIGIN, raw) if raw else None
+
+
+def with_worker_processes(site: SiteConfig, environ: Mapping[str, str] = os.environ) -> SiteConfig:
+    """``site`` with the processes its SuperNode's worker was started with (``--devices`` /
+    ``--nproc``, passed on as $FEDVLP_DEVICES / $FEDVLP_NPROC): they override the site file's.
+
+    Raises
+    ------
+    ConfigError
+        When they are malformed, or ask a site with a privacy budget for several processes.
+    """
+    chosen = worker_processes(environ.get(DEVICES_ENV), environ.get(NPROC_ENV))
+    if chosen is None:
+        return site
+    devices, nproc = chosen
+    if nproc > 1 and site.epsilon is not None:
+        raise ConfigError(WORKER_ORIGIN, "nproc", f"1 for site {site.name}, which has a privacy budget (DP-SGD trains in one process)", nproc)
+    return dataclasses.replace(site, devices=devices, nproc=nproc)
 
 
 def site_devices(site: SiteConfig, run: RunConfig) -> list[torch.device]:
@@ -173,7 +209,9 @@ class _RankTrainer(LocalTrainer):
             count.update(part_seen)
             sources |= part_sources or set()
         self._trained_sources = sources
-        return super().result(dict(summed), dict(count), started, steps, touched)
+        result = super().result(dict(summed), dict(count), started, steps, touched)
+        result.metrics["processes"] = float(self.world)  # the round's log shows which sites trained with DDP
+        return result
 
 
 @dataclass

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from fedvlp.core.config import ConfigError, RunConfig, load_site
-from fedvlp.core.distributed import shard_bounds, site_devices, train_distributed
+from fedvlp.core.distributed import (
+    DEVICES_ENV,
+    NPROC_ENV,
+    shard_bounds,
+    site_devices,
+    train_distributed,
+    with_worker_processes,
+    worker_processes,
+)
 from fedvlp.core.models import build_model
 from fedvlp.core.train import LocalTrainer, load_site_data
 
@@ -41,6 +49,7 @@ def test_two_gloo_processes_give_the_weights_of_one_process(demo_env: Path, tiny
     assert outcome.result.group_counts == expected.group_counts == {"image": 64, "head.mim": 64}
     assert outcome.result.metrics["loss/mim"] == pytest.approx(expected.metrics["loss/mim"], abs=1e-5)
     assert outcome.result.touched == expected.touched
+    assert outcome.result.metrics["processes"] == 2.0
 
 
 def test_a_batch_splits_into_contiguous_even_shards() -> None:
@@ -99,3 +108,26 @@ def test_a_batch_size_that_the_processes_cannot_share_is_refused(tmp_path: Path,
         train_distributed(load_site(path), tiny_run.replace(batch_size=8), {}, 1, 0, [CPU] * 3)
     assert (err.value.origin, err.value.key) == (str(path.resolve()), "nproc")
     assert "divides batch-size 8" in err.value.expected
+
+
+def test_the_worker_flags_override_the_site_file(tmp_path: Path) -> None:
+    site = load_site(_site(tmp_path, "device: cpu\n"))
+    assert with_worker_processes(site, {DEVICES_ENV: "cpu,cpu", NPROC_ENV: "2"}).processes == 2
+    assert with_worker_processes(site, {}).processes == 1
+
+
+@pytest.mark.parametrize(
+    ("devices", "nproc", "key"),
+    [(None, "0", "nproc"), (None, "many", "nproc"), ("cuda:0,,cuda:1", None, "devices"), ("cpu,cpu", "3", "nproc")],
+)
+def test_bad_worker_flags_name_the_flag(devices: str | None, nproc: str | None, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        worker_processes(devices, nproc)
+    assert (err.value.origin, err.value.key) == ("fedvlp.client.worker --devices/--nproc", key)
+
+
+def test_the_worker_flags_refuse_several_processes_for_a_private_site(tmp_path: Path) -> None:
+    site = load_site(_site(tmp_path, "privacy: {epsilon: 8}\n"))
+    with pytest.raises(ConfigError) as err:
+        with_worker_processes(site, {NPROC_ENV: "2"})
+    assert err.value.key == "nproc" and "privacy budget" in err.value.expected
