@@ -132,7 +132,7 @@ class _Step(nn.Module):
     """One local step's losses as a module, so that DDP's forward runs them (DDP prepares its
     gradient reduction in forward and finds the parameters a step left unused there)."""
 
-    def __init__(self, trainer: "_RankTrainer") -> None:
+    def __init__(self, trainer: _RankTrainer) -> None:
         super().__init__()
         self.model = trainer.model
         self._trainer = [trainer]  # a list: not registered as a submodule
@@ -172,7 +172,8 @@ class _RankTrainer(LocalTrainer):
         start, end = shard_bounds(rows, self.world, self.rank)
         if start == end:
             return {"ids": [], "skipped": raw["skipped"]}  # nothing to train here this step
-        return {k: (v[start:end] if isinstance(v, (torch.Tensor, list)) and len(v) == rows else v) for k, v in raw.items()}
+        # skips were recorded from the whole batch (every process sees them all); tensors and ids split
+        return {k: (v[start:end] if k == "ids" or (isinstance(v, torch.Tensor) and v.dim() and len(v) == rows) else v) for k, v in raw.items()}
 
     def _forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: Any,
                  step: int) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
@@ -254,25 +255,12 @@ def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: Run
             trainer.skipped = Counter(carried["skipped"])
         result = trainer.train(steps, seed)
         if rank == 0:
-            model = trainer.model
-            if device.type == "cuda":  # back to plain BatchNorm: the same keys, loadable anywhere
-                model = _plain_batchnorm(model)
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            # SyncBatchNorm has BatchNorm's keys: the state loads into the site's one-process model
+            state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
             torch.save({"state": state, "result": result, "trained_sources": trainer._trained_sources, "unusable": trainer._unusable, "skipped_ids": trainer._skipped_ids,
                         "problems": trainer.problems}, Path(folder) / "output.pt")
     finally:
         dist.destroy_process_group()
-
-
-def _plain_batchnorm(module: nn.Module) -> nn.Module:
-    """``SyncBatchNorm`` layers back as ``BatchNorm2d`` holding the same tensors."""
-    if isinstance(module, nn.SyncBatchNorm):
-        plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        plain.load_state_dict(module.state_dict())
-        return plain
-    for name, child in module.named_children():
-        module.add_module(name, _plain_batchnorm(child))
-    return module
 
 
 def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int,
@@ -334,7 +322,12 @@ def train_site(trainer: LocalTrainer, site: SiteConfig, global_state: Mapping[st
     """One round of a big site: :func:`train_distributed` over :func:`site_devices`, with the
     weights and skip records put back into ``trainer`` (the site's one-process trainer, which
     the ClientApp keeps across rounds and reads counts and weights from)."""
-    outcome = train_distributed(site, trainer.run, global_state, steps, seed, site_devices(site, trainer.run), carry=trainer)
+    devices = site_devices(site, trainer.run)
+    if trainer.device.type != "cpu":  # the processes own the GPUs: the site's copy waits on the CPU
+        trainer.device = torch.device("cpu")
+        trainer.model.to(trainer.device)
+        torch.cuda.empty_cache()
+    outcome = train_distributed(site, trainer.run, global_state, steps, seed, devices, carry=trainer)
     trainer.model.load_state_dict(outcome.state)
     trainer._unusable = outcome.unusable
     trainer._skipped_ids = outcome.skipped_ids

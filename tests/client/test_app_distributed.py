@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from fedvlp.client.app import site_for, train_round
 from fedvlp.core.config import RunConfig
