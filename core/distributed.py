@@ -253,6 +253,7 @@ def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: Run
             trainer._unusable = [set(s) for s in carried["unusable"]]
             trainer._skipped_ids = set(carried["skipped_ids"])
             trainer.skipped = Counter(carried["skipped"])
+            trainer.problems = list(carried["problems"])
         result = trainer.train(steps, seed)
         if rank == 0:
             # SyncBatchNorm has BatchNorm's keys: the state loads into the site's one-process model
@@ -311,7 +312,8 @@ def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[st
         torch.save({"global": {k: v.detach().cpu() for k, v in global_state.items()},
                     "unusable": carry._unusable if carry is not None else None,
                     "skipped_ids": carry._skipped_ids if carry is not None else set(),
-                    "skipped": dict(carry.skipped) if carry is not None else {}}, Path(folder) / "input.pt")
+                    "skipped": dict(carry.skipped) if carry is not None else {},
+                    "problems": list(carry.problems) if carry is not None else []}, Path(folder) / "input.pt")
         names = [str(d) for d in devices]
         mp.spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed, augment), nprocs=world, join=True)
         out = torch.load(Path(folder) / "output.pt", weights_only=False)
