@@ -6,18 +6,19 @@ GPUs, gloo on CPU processes, rendezvous on 127.0.0.1 and a free port). Every pro
 model from the same global weights, wraps it in DDP and runs the site's local steps:
 
 * **Batches.** Every process draws the same global batch of ``batch-size`` samples (same loader
-  seeds as :class:`~fedvlp.core.train.LocalTrainer`) and keeps its contiguous shard of the
-  collated rows (``batch-size / processes`` each), so N processes x per-process batch = the
-  single-process batch and augmentations are those of one process. The price: each process
-  decodes the whole batch (``loader-workers`` make that parallel); the forward and backward
-  passes, where a big model spends its time, are split.
-* **Randomness.** The data stream (shuffles, augmentations) is the same in every process. What an
-  objective draws inside its loss (MLM/MIM masks, matching negatives, dropout) comes from a
-  per-process generator seeded by (round seed, step, rank): a different but equally distributed
-  draw than one process would make. Objectives that are a mean of per-sample terms with no draw
-  in the loss give the single-process weights to float tolerance (tests/core/test_distributed.py
-  measures it); the others equal it in distribution only, as do in-batch negatives (contrastive,
-  matching), which see the process's shard.
+  seeds as :class:`~fedvlp.core.train.LocalTrainer`, same augmentations) and keeps its contiguous
+  shard of the collated rows (``batch-size / processes`` each), so N processes x per-process
+  batch = the single-process batch. The price: each process decodes the whole batch
+  (``loader-workers`` make that parallel); the forward and backward passes, where a big model
+  spends its time, are split.
+* **Randomness.** A draw inside a loss whose first dimension is the shard (a MIM patch mask) is
+  drawn for the whole batch and sliced (:class:`_GlobalDraws`): each sample gets the numbers one
+  process would give it, whatever the rank, and the generator advances as in one process. Other
+  draws (MLM's replacement tokens, a matching shift, dropout) are the process's own; after every
+  step all processes continue from rank 0's generator, so their batches never drift apart.
+  With per-sample objectives whose draws are row-wise (MIM) the weights equal one process's to
+  float tolerance (tests/core/test_distributed.py); in-batch negatives (contrastive, matching)
+  see the process's shard, as in plain DDP, so those objectives equal it in distribution only.
 * **BatchNorm.** On GPUs, BatchNorm layers that train (``image-bn = "train"``) become
   ``SyncBatchNorm``, so statistics span the global batch. gloo has no SyncBatchNorm: on CPU
   processes use ``norm = "group"`` or ``image-bn = "frozen"`` (then nothing differs), otherwise
@@ -46,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.overrides import TorchFunctionMode
 
 from .config import ConfigError, RunConfig, SiteConfig, load_processes
 from .train import LocalResult, LocalTrainer, load_site_data, resolve_device
@@ -150,6 +152,30 @@ class _Step(nn.Module):
         return total
 
 
+class _GlobalDraws(TorchFunctionMode):
+    """Inside a process's losses: a ``torch.rand`` / ``torch.randn`` whose first dimension is the
+    process's shard of the batch is drawn for the whole batch and sliced to the shard's rows.
+
+    So every sample gets the random numbers one process would give it (a MIM patch mask does not
+    depend on the rank) and the generator advances as in one process. Draws of other shapes
+    (MLM's replacement tokens, a matching shift, dropout) stay the process's own.
+    """
+
+    def __init__(self, rows: Mapping[int, tuple[int, int, int] | None]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.rand, torch.randn) and args and "out" not in kwargs:
+            size = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
+            known = self.rows.get(size[0]) if size and all(isinstance(n, int) for n in size) else None
+            if known is not None:
+                rows, start, end = known
+                return func((rows, *size[1:]), **kwargs)[start:end]
+        return func(*args, **kwargs)
+
+
 class _RankTrainer(LocalTrainer):
     """A :class:`LocalTrainer` in one of the DDP processes: it trains on its shard of every
     batch, draws loss-side randomness from its own generator and averages with the others."""
@@ -160,16 +186,16 @@ class _RankTrainer(LocalTrainer):
         cuda = self.device.type == "cuda"
         if cuda and self.run.image_bn == "train":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self._seed = 0
+        self._rows: dict[int, tuple[int, int, int] | None] = {}  # this step's shard size -> (batch rows, start, end)
         self.ddp = DistributedDataParallel(_Step(self), device_ids=[self.device] if cuda else None, find_unused_parameters=True)
-
-    def train(self, steps: int, seed: int = 0) -> LocalResult:
-        self._seed = seed
-        return super().train(steps, seed)
 
     def _shard(self, raw: dict[str, Any]) -> dict[str, Any]:
         rows = len(raw["ids"])
         start, end = shard_bounds(rows, self.world, self.rank)
+        if end > start:  # for _GlobalDraws: a shard of end - start rows is rows [start, end) of `rows`
+            known = self._rows.setdefault(end - start, (rows, start, end))
+            if known != (rows, start, end):
+                self._rows[end - start] = None  # two sources' shards of one size: draws stay the process's own
         if start == end:
             return {"ids": [], "skipped": raw["skipped"]}  # nothing to train here this step
         # skips were recorded from the whole batch (every process sees them all); tensors and ids split
@@ -177,14 +203,26 @@ class _RankTrainer(LocalTrainer):
 
     def _forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: Any,
                  step: int) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
-        # Loss-side draws from a generator of (seed, step, rank): the global stream, which the
-        # loaders draw augmentations from, stays in step in every process.
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed((self._seed * 1_000_003 + step) * 1_009 + self.rank)
+        with _GlobalDraws(self._rows):
             total = self.ddp(batches, teacher)
+        self._rows = {}
+        self._sync_rng()
         step_module: _Step = self.ddp.module  # type: ignore[assignment]
         return total, step_module.terms, step_module.sources
+
+    def _sync_rng(self) -> None:
+        """Every process continues from rank 0's generator state, so the next batches (shuffles,
+        augmentations) stay the same everywhere even after a draw that differed (a dropout mask,
+        a count-sized draw); when every draw was row-wise, that is one process's state too."""
+        cuda = self.device.type == "cuda"
+        state = torch.get_rng_state()
+        shared = state.to(self.device) if cuda else state
+        dist.broadcast(shared, src=0)
+        torch.set_rng_state(shared.cpu())
+        if cuda:
+            gpu = torch.cuda.get_rng_state(self.device).to(self.device)
+            dist.broadcast(gpu, src=0)
+            torch.cuda.set_rng_state(gpu.cpu(), self.device)
 
     def _backward(self, total: torch.Tensor | None) -> bool:
         # The step is applied when any process had a loss (as one process would with the whole batch).
@@ -228,8 +266,7 @@ class DistributedOutcome:
     problems: list[str]
 
 
-def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: RunConfig, folder: str, steps: int,
-            seed: int, augment: bool) -> None:
+def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: RunConfig, folder: str, steps: int, seed: int) -> None:
     """One DDP process (``torch.multiprocessing.spawn`` calls it with its rank)."""
     world = len(devices)
     device = torch.device(devices[rank])
@@ -246,7 +283,7 @@ def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: Run
         carried = torch.load(Path(folder) / "input.pt", weights_only=False)
         model = build_model(run)
         model.load_state_dict(carried["global"])
-        data = load_site_data(site, run, model.max_text_len, augment)
+        data = load_site_data(site, run, model.max_text_len)
         workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
         trainer = _RankTrainer(model, data, run, device, num_workers=workers, rank=rank, world=world)
         if carried["unusable"] is not None:  # what earlier rounds found, as the site's trainer knows it
@@ -265,8 +302,7 @@ def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: Run
 
 
 def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int,
-                      devices: Sequence[torch.device | str], *, carry: LocalTrainer | None = None,
-                      augment: bool = True) -> DistributedOutcome:
+                      devices: Sequence[torch.device | str], *, carry: LocalTrainer | None = None) -> DistributedOutcome:
     """Train ``site`` for ``steps`` local steps from ``global_state`` with DDP over ``devices``.
 
     Parameters
@@ -282,8 +318,6 @@ def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[st
     carry
         The site's single-process trainer, whose record of unusable samples and skips the
         processes start from (so counts stay what one process would report).
-    augment
-        Image augmentation (tests compare against one process without it).
 
     Returns
     -------
@@ -315,7 +349,7 @@ def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[st
                     "skipped": dict(carry.skipped) if carry is not None else {},
                     "problems": list(carry.problems) if carry is not None else []}, Path(folder) / "input.pt")
         names = [str(d) for d in devices]
-        mp.spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed, augment), nprocs=world, join=True)
+        mp.spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed), nprocs=world, join=True)
         out = torch.load(Path(folder) / "output.pt", weights_only=False)
     return DistributedOutcome(out["state"], out["result"], out["trained_sources"], out["unusable"], out["skipped_ids"], out["problems"])
 
