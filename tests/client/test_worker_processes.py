@@ -11,6 +11,13 @@ from fedvlp.client.worker import _set_processes, main
 from fedvlp.core.distributed import DEVICES_ENV, NPROC_ENV
 
 
+def _unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No flags before the test, and none left after it (the worker sets them for its process;
+    an empty value is no flag; setenv, unlike delenv of an absent name, is undone)."""
+    monkeypatch.setenv(DEVICES_ENV, "")
+    monkeypatch.setenv(NPROC_ENV, "")
+
+
 def test_a_bad_nproc_stops_the_worker_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--nproc", "0"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -20,8 +27,7 @@ def test_a_bad_nproc_stops_the_worker_naming_the_flag(capsys: pytest.CaptureFixt
 
 def test_several_processes_for_a_private_site_stop_the_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DEVICES_ENV, raising=False)
-    monkeypatch.delenv(NPROC_ENV, raising=False)
+    _unset(monkeypatch)
     (tmp_path / "m.csv").write_text("id,image\n")
     site = tmp_path / "dp.yaml"
     site.write_text("name: dp\nsources:\n  - manifest: m.csv\n    kind: images\nprivacy: {epsilon: 8}\n")
@@ -31,7 +37,6 @@ def test_several_processes_for_a_private_site_stop_the_worker(tmp_path: Path, ca
 
 
 def test_the_flags_reach_the_clientapp_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DEVICES_ENV, raising=False)
-    monkeypatch.delenv(NPROC_ENV, raising=False)
+    _unset(monkeypatch)
     assert _set_processes("cpu,cpu", None)
     assert (os.environ[DEVICES_ENV], os.environ[NPROC_ENV]) == ("cpu,cpu", "2")
