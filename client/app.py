@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, check_run_files, list_site_files, load_site, resolve_path
+from fedvlp.core.distributed import train_site, with_worker_processes
 from fedvlp.core.models import build_model
 from fedvlp.core.params import (
     ARRAYS_KEY,
@@ -103,7 +104,12 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
         if private.exhausted():
             return private.exhausted_reply()
     trainer.model.load_state_dict(global_state)
-    result = (private or trainer).train(run.local_steps, seed=run.seed * 100_003 + server_round)
+    seed = run.seed * 100_003 + server_round
+    site = with_worker_processes(site)  # the SuperNode worker's --devices / --nproc, if any
+    if site.processes > 1:  # a big site: DDP over its devices (core/distributed.py)
+        result = train_site(trainer, site, global_state, run.local_steps, seed)
+    else:
+        result = (private or trainer).train(run.local_steps, seed=seed)
     trained = trained_state(trainer.model, global_state, result.group_counts, result.touched)
     if private is not None:  # clipped + noised at client level; losses stay home
         trained, result.metrics = private.release(global_state, trained, result.metrics, server_round)

@@ -207,11 +207,33 @@ def check_site(site_config: str) -> bool:
 
     from fedvlp.core.config import ConfigError, load_site, resolve_path
 
+    from fedvlp.core.distributed import with_worker_processes
+
     try:
-        load_site(resolve_path(site_config))
+        with_worker_processes(load_site(resolve_path(site_config)))  # a DP site refuses --nproc here too
     except ConfigError as err:
         print(f"fedvlp.client.worker: bad site file: {err}", file=sys.stderr)
         return False
+    return True
+
+
+def _set_processes(devices: str | None, nproc: str | None) -> bool:
+    """Check ``--devices`` / ``--nproc`` and hand them to the ClientApp (core/distributed.py reads
+    them from the environment); print a one-line error and return False if they are bad."""
+    import os
+    import sys
+
+    from fedvlp.core.config import ConfigError
+    from fedvlp.core.distributed import DEVICES_ENV, NPROC_ENV, worker_processes
+
+    try:
+        chosen = worker_processes(devices, nproc)
+    except ConfigError as err:
+        print(f"fedvlp.client.worker: {err}", file=sys.stderr)
+        return False
+    if chosen is not None:
+        os.environ[DEVICES_ENV] = ",".join(chosen[0])
+        os.environ[NPROC_ENV] = str(chosen[1])
     return True
 
 
@@ -225,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root-certificates", help="CA of the runtime API's certificate (omit for plain HTTP on 127.0.0.1)")
     parser.add_argument("--poll-seconds", type=float, default=0.2)
     parser.add_argument("--site-config", help="this SuperNode's site YAML (the node config's site-config): checked before serving")
+    parser.add_argument("--devices", help="train this site with DDP over these devices, e.g. cuda:0,cuda:1 (overrides the site file's devices)")
+    parser.add_argument("--nproc", help="train this site with DDP over this many processes on its device (overrides the site file's nproc)")
     args = parser.parse_args(argv)
+    if not _set_processes(args.devices, args.nproc):
+        return 2
     if args.site_config is not None and not check_site(args.site_config):
         return 2
     import faulthandler

@@ -28,6 +28,7 @@ __all__ = [
     "SiteConfig",
     "PrivacyPins",
     "load_site",
+    "load_processes",
     "list_site_files",
     "project_root",
     "resolve_path",
@@ -556,6 +557,15 @@ class SiteConfig:
     # Folders the server's run config may make this site read (tokenizer, text-init, image-init,
     # bert-init); None: no pin (any path), () : packaged names only.
     run_file_roots: tuple[Path, ...] | None = None
+    # A big site: train with DDP across these devices, or across ``nproc`` processes on ``device``
+    # (core/distributed.py); one process by default.
+    devices: tuple[str, ...] = ()
+    nproc: int = 1
+
+    @property
+    def processes(self) -> int:
+        """How many processes train this site (``len(devices)``, else ``nproc``)."""
+        return len(self.devices) or self.nproc
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -566,7 +576,7 @@ class SiteConfig:
         return frozenset(out)
 
 
-_SITE_KEYS = {"name", "sources", "device", "privacy", "description", "image_roots", "run_file_roots"}
+_SITE_KEYS = {"name", "sources", "device", "devices", "nproc", "privacy", "description", "image_roots", "run_file_roots"}
 # Run-config keys that name a file or folder the site reads, with their packaged (non-path) values.
 RUN_FILE_KEYS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("demo", "minilm"),
@@ -628,6 +638,10 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
         else:
             run_file_roots = _image_roots(origin, value, path.parent, key="run_file_roots",
                                           expected="a list of folders whose files the run config may make this site read")
+    devices, nproc = load_processes(origin, raw)
+    if max(len(devices), nproc) > 1 and privacy.get("epsilon") is not None:
+        raise ConfigError(origin, "devices" if devices else "nproc", "one process when the site has a privacy budget (DP-SGD trains in one process)",
+                          list(devices) or nproc)
     return SiteConfig(
         name=name.strip(),
         path=path.resolve(),
@@ -635,6 +649,8 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
         device=device,
         run_file_roots=run_file_roots,
         **privacy,
+        devices=devices,
+        nproc=nproc,
     )
 
 
@@ -661,6 +677,29 @@ def check_run_files(run: "RunConfig", site: SiteConfig) -> None:
             allowed = ", ".join(str(r) for r in site.run_file_roots) or "none: packaged names only"
             raise ConfigError(str(site.path), "run_file_roots",
                               f"run-config '{attribute.replace('_', '-')}' inside the site's pinned folders ({allowed})", value)
+
+
+_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+
+
+def load_processes(origin: str, raw: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+    """The ``devices`` (a list of ``cuda:N``, or ``cpu`` repeated) and ``nproc`` of a site file
+    (or of the worker's flags), validated; errors name ``origin`` and the key."""
+    nproc = raw.get("nproc", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ConfigError(origin, "nproc", "a whole number of training processes >= 1", nproc)
+    value = raw.get("devices")
+    if value is None:
+        return (), nproc
+    if not isinstance(value, list) or not value or not all(isinstance(d, str) and _DEVICE.match(d) for d in value):
+        raise ConfigError(origin, "devices", "a non-empty list of devices such as [cuda:0, cuda:1] (or cpu repeated)", value)
+    if len({d.split(":")[0] for d in value}) > 1:
+        raise ConfigError(origin, "devices", "devices of one kind (all cuda:N or all cpu: one collective backend)", value)
+    if value[0] != "cpu" and len(set(value)) < len(value):
+        raise ConfigError(origin, "devices", "each GPU once (NCCL runs one process per GPU)", value)
+    if "nproc" in raw and nproc != len(value):
+        raise ConfigError(origin, "nproc", f"{len(value)} (the length of devices) or no nproc", nproc)
+    return tuple(value), len(value)
 
 
 def _image_roots(origin: str, value: Any, base: Path, key: str = "image_roots",

@@ -274,6 +274,66 @@ class LocalTrainer:
             terms.append(anchor_loss(masked_mean(view.text_states, mask), target))
         return torch.stack(terms).mean() if terms else None
 
+    def step_losses(self, model: torch.nn.Module, batches: Sequence[tuple[int, dict[str, torch.Tensor]]],
+                    teacher: GlobalTeacher | None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+        """The losses of one local step: every objective that fits each source's batch.
+
+        Parameters
+        ----------
+        model
+            The model to run (``self.model``; core/distributed.py calls this inside DDP's forward).
+        batches
+            ``(source index, batch on the device)`` for every source that drew a non-empty batch.
+        teacher
+            The round's global model, when self-distillation or the anchor is on.
+
+        Returns
+        -------
+        tuple
+            The weighted total (``None`` when no objective applied), ``(name, loss value)`` of
+            every term, and the sources whose batches entered a loss.
+        """
+        total = None
+        terms: list[tuple[str, float]] = []
+        sources: set[int] = set()
+        use_amp = self.device.type == "cuda"
+        for index, batch in batches:
+            view = BatchView(model, batch, teacher)  # type: ignore[arg-type]
+            losses: list[tuple[str, float, torch.Tensor]] = []
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                for objective in self.objectives_for(view.modalities):
+                    if objective.modalities == {"image", "text"} and view.size < 2:
+                        continue  # in-batch negatives need two pairs
+                    losses.append((objective.name, self.weights[objective.name], objective.loss(view)))
+                if self.run.weight_anchor > 0 and losses:
+                    anchor = self._anchor(view)
+                    if anchor is not None:
+                        losses.append(("anchor", self.run.weight_anchor, anchor))
+            if losses:
+                sources.add(index)
+            for name, weight, loss in losses:
+                weighted = weight * loss.float()
+                total = weighted if total is None else total + weighted
+                terms.append((name, float(loss.detach())))
+        return total, terms, sources
+
+    # Hooks that core/distributed.py overrides: one process trains on the whole batch.
+    def _shard(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """This process's part of a drawn batch (all of it)."""
+        return raw
+
+    def _forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: GlobalTeacher | None,
+                 step: int) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+        """:meth:`step_losses` of ``self.model``."""
+        return self.step_losses(self.model, batches, teacher)
+
+    def _backward(self, total: torch.Tensor | None) -> bool:
+        """Backpropagate ``total``; whether the step has gradients to apply."""
+        if total is None:
+            return False
+        total.backward()
+        return True
+
     def train(self, steps: int, seed: int = 0) -> LocalResult:
         """Run ``steps`` optimizer steps from the weights the model holds (the round's global model).
 
@@ -304,46 +364,33 @@ class LocalTrainer:
         reference = {n: p.detach().clone() for n, p in named} if self.run.prox_mu > 0 else {}
         totals: Counter[str] = Counter()
         seen: Counter[str] = Counter()
-        use_amp = self.device.type == "cuda"
         trained_sources: set[int] = set()
         started = time.perf_counter()
         # A bar for a site daemon's terminal; off when stderr is no TTY (simulation actors) or quiet
-        for _ in tqdm(range(steps), desc="local steps", unit="step", leave=False, disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None):
+        for step in tqdm(range(steps), desc="local steps", unit="step", leave=False, disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-            total = None
-            for index, dataset in enumerate(self.datasets):
+            batches = []
+            for index in range(len(self.datasets)):
                 raw = self._next_batch(index)
                 self._record_skips(raw)
-                batch = self._to_device(raw)
-                if not batch:
-                    continue
-                view = BatchView(self.model, batch, teacher)
-                losses: list[tuple[str, float, torch.Tensor]] = []
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    for objective in self.objectives_for(view.modalities):
-                        if objective.modalities == {"image", "text"} and view.size < 2:
-                            continue  # in-batch negatives need two pairs
-                        losses.append((objective.name, self.weights[objective.name], objective.loss(view)))
-                    if self.run.weight_anchor > 0 and losses:
-                        anchor = self._anchor(view)
-                        if anchor is not None:
-                            losses.append(("anchor", self.run.weight_anchor, anchor))
-                if losses:
-                    trained_sources.add(index)
-                for name, weight, loss in losses:
-                    weighted = weight * loss.float()
-                    total = weighted if total is None else total + weighted
-                    totals[name] += float(loss.detach())
-                    seen[name] += 1
-            if total is None or optimizer is None:
+                batch = self._to_device(self._shard(raw))
+                if batch:
+                    batches.append((index, batch))
+            total, terms, sources = self._forward(batches, teacher, step)
+            trained_sources |= sources
+            for name, value in terms:
+                totals[name] += value
+                seen[name] += 1
+            if optimizer is None:
                 continue
-            if reference:
+            if reference and total is not None:
                 prox = proximal_term(named, reference)
                 total = total + self.run.prox_mu * prox
                 totals["prox"] += float(prox.detach())
                 seen["prox"] += 1
-            total.backward()
+            if not self._backward(total):
+                continue
             touched.update(n for n, p in named if p.grad is not None and n not in touched)
             if self.run.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.run.grad_clip)
