@@ -82,7 +82,7 @@ def site_for(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
 
 def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
     def build() -> LocalTrainer:
-        device = resolve_device(site.device if site.device != "auto" else run.device)
+        device = resolve_device(site.device, str(site.path)) if site.device != "auto" else resolve_device(run.device)
         model = build_model(run)
         data = load_site_data(site, run, model.max_text_len)
         workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))

@@ -30,11 +30,18 @@ from .optim import build_optimizer, warmup_factor
 __all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data", "resolve_device"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means the first visible GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_device(name: str, origin: str = "run_config", key: str = "device") -> torch.device:
+    """``auto`` means the first visible GPU when there is one, else the CPU.
+
+    Raises
+    ------
+    ConfigError
+        When ``name`` asks for a CUDA device this machine does not have (naming ``origin`` and
+        ``key``), instead of CUDA's own error at the first tensor moved.
+    """
+    from .runtime import check_device
+
+    return torch.device(check_device(name, torch.cuda.device_count() if torch.cuda.is_available() else 0, origin, key))
 
 
 @dataclass

@@ -219,3 +219,14 @@ def test_counts_sent_are_the_samples_that_trained(tmp_path: Path, world: Path, t
     assert sum(result.skipped.values()) == 11
     assert result.group_counts == {"image": 39, "head.mim": 39}
 
+
+
+def test_a_cuda_device_without_a_gpu_is_a_config_error_naming_its_origin() -> None:
+    from fedvlp.core.config import ConfigError
+    from fedvlp.core.train import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"^sites/h\.yaml: key 'device': expected 'auto' or 'cpu' on this machine"):
+        resolve_device("cuda:1", "sites/h.yaml")
