@@ -93,16 +93,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     The data is fsynced before the rename and the folder after it, so the new file survives a
-    power cut once this returns.
+    power cut once this returns. The temporary file has an unpredictable name created with
+    ``O_EXCL`` (a file or symlink planted beforehand is never opened) and mode 0600, or exactly
+    ``mode`` whatever the umask; the rename replaces a link at ``path`` itself, never its target.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

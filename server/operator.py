@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedvlp.core.checkpoint import atomic_write_bytes
 
 __all__ = ["CertificateFiles", "CredentialError", "NodeKeyFiles", "make_certificates", "make_node_keys", "subject_alt_names"]
 
@@ -128,27 +128,11 @@ class CredentialError(ValueError):
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
-    """Write ``path`` atomically with its final mode from creation (0600 private, 0644 public).
-
-    The bytes go to a fresh, unpredictable temporary name in the target folder, created with
-    ``O_CREAT | O_EXCL | O_NOFOLLOW``, so a file or symlink planted there beforehand is never
-    opened; they are fsynced and ``os.replace``d onto ``path``. A rename replaces a link itself,
-    never its target, and ``path`` gets a new inode: a pre-created 0644 file does not keep its mode.
-    """
-    mode = 0o600 if private else 0o644
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, flags, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have taken bits away; the mode is exact, never wider
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``path`` atomically with its final mode from creation (0600 private, 0644 public):
+    :func:`~fedvlp.core.checkpoint.atomic_write_bytes` (an unpredictable ``O_EXCL`` temporary
+    name, fsynced, renamed), so a pre-created 0644 file does not keep its mode and a symlink's
+    target is never written."""
+    atomic_write_bytes(path, data, mode=0o600 if private else 0o644)
 
 
 def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
