@@ -143,31 +143,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-# A value TOML cannot read is taken as a string when it is one bare word or path, as users type
-# `recipe=convirt` or `sites=sites/cxr`; anything with quotes or brackets keeps TOML's error.
-_BARE_WORD = re.compile(r"[A-Za-z0-9_./:~+-][A-Za-z0-9_./:~+@-]*")
-
-
-def _parse_value(raw: str) -> Any:
-    """A ``--run-config`` value: TOML (numbers, booleans, quoted strings), else a bare word as a string.
-
-    Raises
-    ------
-    ValueError
-        For text that is neither TOML nor a bare word (e.g. an unclosed quote).
-    """
-    import tomllib
-
-    if not raw:
-        return raw
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError as err:
-        if _BARE_WORD.fullmatch(raw):
-            return raw
-        raise ValueError(f"{raw!r}: expected a TOML value (1, 0.5, true, \"text\") or one bare word ({err})") from err
-
-
 def parse_run_config(items: list[str] | None, origin: str = "--run-config") -> Any:
     """``key=value`` items -> a checked :class:`~fedvlp.core.config.RunConfig` (no heavy import).
 
@@ -176,18 +151,11 @@ def parse_run_config(items: list[str] | None, origin: str = "--run-config") -> A
     ConfigError
         Naming the key and what was expected.
     """
-    from fedvlp.core.config import ConfigError, RunConfig
+    from fedvlp.core.config import RunConfig
 
-    values: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(origin, item, "key=value, e.g. rounds=3 recipe=convirt")
-        try:
-            values[key.strip()] = _parse_value(raw.strip())
-        except ValueError as err:
-            raise ConfigError(origin, key.strip(), f"a TOML value or one bare word, got {raw.strip()!r}") from err
-    return RunConfig.from_flat(values, origin=origin)
+    from .run_config_args import run_overrides
+
+    return RunConfig.from_flat(run_overrides(items, origin), origin=origin)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

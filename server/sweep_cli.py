@@ -15,8 +15,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .run_config_args import run_overrides
+
 __all__ = ["InitSpec", "parse_init", "resolve_inits", "run_sweep_command", "run_pretrain_command", "run_split_command",
-           "GENERAL_PRETRAINED", "run_overrides", "sweep_and_report", "output_names"]
+           "GENERAL_PRETRAINED", "sweep_and_report", "output_names"]
 
 log = logging.getLogger("fedvlp.sweep")
 
@@ -83,18 +85,6 @@ def parse_init(text: str) -> InitSpec:
     if not name.strip() or not spec.strip():
         raise ValueError(f"--init {text!r}: expected NAME=SPEC with SPEC random, {GENERAL_PRETRAINED} or a checkpoint path")
     return InitSpec(name.strip(), spec.strip())
-
-
-def run_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``key=value`` items (TOML values, as ``flwr run --run-config``) as a dict."""
-    import tomllib
-
-    values: dict[str, Any] = {}
-    for item in items or []:
-        key, _, raw = item.partition("=")
-        raw = raw.strip()
-        values[key.strip()] = tomllib.loads(f"v = {raw}")["v"] if raw else raw
-    return values
 
 
 def _checkpoint(spec: str):
@@ -211,7 +201,7 @@ def sweep_settings(items: list[str] | None) -> dict[str, Any]:
     from fedvlp.core.evaluation import SweepConfig
 
     fields = {f.name for f in dataclasses.fields(SweepConfig)} - {"fractions", "seeds", "protocols", "device", "num_threads", "title"}
-    values = run_overrides(items)
+    values = run_overrides(items, "--set")
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"--set: unknown sweep setting(s) {unknown}; known: {sorted(fields)}")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fedvlp.core.config import project_root
-from fedvlp.server.cli import UsageError, _parse_value, _user_error, build_parser, main, parse_run_config
+from fedvlp.server.cli import UsageError, _user_error, build_parser, main, parse_run_config
+from fedvlp.server.run_config_args import parse_value as _parse_value
 
 HEAVY = ("torch", "flwr", "ray", "transformers")
 
