@@ -19,13 +19,14 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, WireState, apply_download, encode_upload
+from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, MissingBase, WireState, apply_download, encode_upload
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from fedvlp.core.models import build_model
 from fedvlp.core.params import (
     ARRAYS_KEY,
     CONFIG_KEY,
     COUNTS_KEY,
+    ERROR_NO_BASE,
     ERROR_NO_DATA,
     ERROR_REASONS,
     ERROR_REPLY,
@@ -159,8 +160,8 @@ def received_state(msg: Message, run: RunConfig, model: torch.nn.Module, wire: W
     """The global weights of a train message, decoded by the encoding it declares.
 
     A delta applies to the base the site kept (``wire``); a site without the base the message
-    names (evicted from the cache, restarted) fails the round with a clear reason, and the server
-    sends it the whole model next round. With a delta download mode the decoded weights become
+    names (evicted from the cache, restarted, or in simulation run by another actor process this
+    round) answers with error 1005 and the server resends it the whole model in the same round. With a delta download mode the decoded weights become
     the site's new base.
     """
     config = msg.content.config_records[CONFIG_KEY]
@@ -241,7 +242,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
             return _classified(ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range))
         server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
         wire = _wire_state(site, run)
-        state = _classified(ERROR_TRAINING, lambda: received_state(msg, run, _trainer(site, run).model, wire, server_round))
+        state = _classified(ERROR_NO_BASE, lambda: received_state(msg, run, _trainer(site, run).model, wire, server_round), only=MissingBase)
         return Message(content=_classified(ERROR_TRAINING, lambda: train_round(site, run, state, server_round, wire)), reply_to=msg)
 
     def _site(context: Context) -> tuple[RunConfig, SiteConfig]:

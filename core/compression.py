@@ -35,6 +35,7 @@ import torch
 
 __all__ = [
     "DOWNLOAD_MODES",
+    "MissingBase",
     "SCALE_SUFFIX",
     "UPLOAD_MODES",
     "WireState",
@@ -58,6 +59,10 @@ INT8_MAX = 127  # symmetric: -128 is never used, so q and -q both exist
 # What a download message declares in its ConfigRecord (the client decodes by it).
 ENCODING_KEY = "weights-encoding"  # "none", "bf16", "delta-bf16" or "delta-int8" (this message)
 BASE_ROUND_KEY = "base-round"  # delta encodings: the round whose weights the delta applies to
+
+
+class MissingBase(ValueError):
+    """A delta download arrived at a site that no longer holds its base round."""
 
 
 def bf16_encode(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -241,11 +246,13 @@ def apply_download(encoding: str, arrays: Mapping[str, np.ndarray], base: Mappin
 
     Raises
     ------
+    MissingBase
+        A delta without a base.
     ValueError
-        A delta without a base, or an array whose dtype the encoding does not declare.
+        A download that lacks a key, or of an unknown encoding.
     """
     if encoding.startswith("delta") and base is None:
-        raise ValueError(f"a '{encoding}' download needs the weights of its base round, which this site no longer holds")
+        raise MissingBase(f"a '{encoding}' download needs the weights of its base round, which this site no longer holds")
     out: dict[str, torch.Tensor] = {}
     for key, target in reference.items():
         array = arrays.get(key)

@@ -23,7 +23,7 @@ from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, apply_download, encode_download
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, SITE_NAME_KEY
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, ERROR_NO_BASE, SITE_NAME_KEY
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -119,7 +119,8 @@ class Downloads:
     (its base, exactly as the node computes it with ``apply_download``): one fp32 copy of the
     model per node on the server, plus one per node in flight during a round. A node that
     answered with an error or not at all loses its base and gets the whole model (bf16) next
-    round; so does every node after a server restart (bases are not checkpointed).
+    round; so does every node after a server restart (bases are not checkpointed). A node that
+    lost its base answers error 1005 and is resent the whole model within the round.
     """
 
     mode: str = "none"
@@ -238,6 +239,15 @@ def _plain_round(
     contents, sent = downloads.contents(state, nodes, round_)
     messages = [Message(content=contents[n], dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
     replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
+    lost = [r.metadata.src_node_id for r in replies if r.has_error() and r.error.code == ERROR_NO_BASE]
+    if lost:  # nodes that no longer hold their delta base: the whole model, once, in this round
+        log.info("Round %d: %d node(s) without their delta base; resending the whole model", round_, len(lost))
+        for node in lost:
+            downloads.bases.pop(node, None)
+        again, resent = downloads.contents(state, lost, round_)
+        replies = [r for r in replies if r.metadata.src_node_id not in resent]
+        replies += grid.send_and_receive([Message(content=again[n], dst_node_id=n, message_type=MessageType.TRAIN) for n in lost], timeout=run.round_timeout)
+        sent = {n: sent[n] + resent.get(n, 0) for n in sent}
     downloads.settle(replies)
     updates, sites, rejected = check_replies(replies, run, state, guards)
     for site in sites:  # "bytes": the reply's arrays; "download-bytes": the weights it was sent

@@ -161,3 +161,51 @@ def test_a_node_not_sampled_keeps_its_base() -> None:
     third, _ = downloads.contents(STATE, [1, 2], 3)
     assert [third[n].config_records[CONFIG_KEY][ENCODING_KEY] for n in (1, 2)] == ["bf16", "delta-bf16"]
     assert third[2].config_records[CONFIG_KEY]["base-round"] == 1
+
+
+# Measured at tiny size: max |int8 - fp32| = 0.0097 after 2 rounds, while fp32 moved weights by
+# up to 1.51 from round 0; twice the measured figure
+TOLERANCE = 0.02
+
+
+def _kind(site: dict) -> list[str]:
+    return sorted(site["counts"])
+
+
+@pytest.mark.slow
+def test_int8_simulation_ends_close_to_the_fp32_run(demo_env: object, tiny_run: RunConfig, tmp_path: object) -> None:
+    """3 demo sites, 2 rounds: int8 uploads + delta-int8 downloads against fp32, same seed.
+
+    ``trainer-cache-size = 1``: 2 actors cannot keep 3 sites, so in round 2 at least one site has
+    lost its delta base (and residual) and is resent the whole model within the round."""
+    from pathlib import Path
+
+    from fedvlp.core.checkpoint import load_latest
+    from fedvlp.server.simulation import simulate
+    from safetensors.torch import load_file
+
+    finals, records = {}, {}
+    tiny_run = tiny_run.replace(trainer_cache_size=1)
+    for name, run in (("fp32", tiny_run), ("int8", tiny_run.replace(upload_compression="int8", download_compression="delta-int8"))):
+        records[name] = []
+        run = run.replace(out_dir=str(Path(str(tmp_path)) / name))
+        simulate(run, on_round=records[name].append)
+        latest = load_latest(Path(run.out_dir) / "checkpoints")
+        assert latest is not None and latest.round == 2
+        finals[name] = latest.weights
+    assert all(r["replies"] == 3 and not r["rejected"] for r in records["int8"]), records["int8"]
+    worst = max(float((finals["int8"][k].float() - finals["fp32"][k].float()).abs().max()) for k in finals["fp32"] if finals["fp32"][k].is_floating_point())
+    start = load_file(str(Path(str(tmp_path)) / "fp32" / "checkpoints" / "round_0000.safetensors"))
+    moved = max(float((finals["fp32"][k].float() - start[k].float()).abs().max()) for k in finals["fp32"] if finals["fp32"][k].is_floating_point())
+    for site in records["int8"][1]["sites"]:
+        print(f"round 2 {_kind(site)}: upload {site['bytes']} B, download {site['download-bytes']} B")
+    print(f"int8 vs fp32 after 2 rounds: max |diff| {worst:.3g}, fp32 max |change| from round 0 {moved:.3g}")
+    assert worst < TOLERANCE
+    full_bf16 = records["int8"][0]["sites"][0]["download-bytes"]  # round 1: nobody has a base
+    downloads = [site["download-bytes"] for site in records["int8"][1]["sites"]]
+    assert max(downloads) > full_bf16  # a resent site: the delta it could not use + the whole model
+    fp32_download = records["fp32"][1]["sites"][0]["download-bytes"]
+    # at tiny size each array's ~128-byte npy header weighs: 35% of fp32 measured (about 26% at the demo size)
+    assert min(downloads) < 0.4 * fp32_download
+    for fp32_site, int8_site in zip(sorted(records["fp32"][1]["sites"], key=_kind), sorted(records["int8"][1]["sites"], key=_kind)):
+        assert int8_site["bytes"] < 0.4 * fp32_site["bytes"], (int8_site, fp32_site)
