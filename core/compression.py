@@ -5,7 +5,8 @@ What travels (one ArrayRecord, parameter name -> numpy array):
 * ``none``: every tensor as it is (fp32 weights, int64 buffers).
 * ``bf16``: every floating tensor as a ``uint16`` array of the same shape holding the upper
   16 bits of its fp32 value, rounded to nearest even (numpy has no bfloat16; bit for bit what
-  ``tensor.to(torch.bfloat16)`` gives). Decoding shifts the bits back.
+  ``tensor.to(torch.bfloat16)`` gives for every value but NaN, which stays a NaN). Decoding
+  shifts the bits back.
 * ``int8``: every floating tensor as an ``int8`` array of the same shape plus, under the key
   ``name + SCALE_SUFFIX``, its ``float32`` scales: one per output channel (dim 0) for tensors
   of two or more dimensions, one for the whole tensor otherwise. Value = q x scale, |q| <= 127.
@@ -48,7 +49,6 @@ __all__ = [
     "int8_dequantize",
     "int8_quantize",
     "scale_shape",
-    "wire_bytes",
 ]
 
 UPLOAD_MODES = ("none", "bf16", "int8")
@@ -271,8 +271,3 @@ def apply_download(encoding: str, arrays: Mapping[str, np.ndarray], base: Mappin
         else:
             raise ValueError(f"unknown weights encoding {encoding!r}")
     return out
-
-
-def wire_bytes(arrays: Mapping[str, np.ndarray]) -> int:
-    """Bytes of the arrays' data (what a message carries, without its few bytes of framing)."""
-    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
