@@ -75,6 +75,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ["FEDVLP_DEMO_DATA"] = str(world)
 
     run = _demo_run_config(args, out)
+    if args.dicom:  # hospital_b trains from a DICOM export of its images, imported as a site would
+        from fedvlp.core.config import load_site
+        from fedvlp.core.data.dicom_demo import dicom_demo_sites
+        from fedvlp.core.data.validate import format_report, validate_site
+
+        site_dir, imported = dicom_demo_sites(world, Path(run.sites), out / "dicom")
+        print(f"      DICOM: {imported.summary()}")
+        site = load_site(site_dir / "hospital_b.yaml")
+        print(format_report(site, validate_site(site, workers=1)))
+        run = run.replace(sites=str(site_dir))
     print(f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)")
     print(f"      model parameters: {sum(p.numel() for p in build_model(run).parameters()):,}")
     bar = tqdm(total=run.rounds, desc="rounds", unit="round")
@@ -399,6 +409,8 @@ def _check_demo(args: argparse.Namespace) -> None:
     _out_folder(args.out, "--out")
     _out_folder(args.data, "--data")
     _input(args.sites, "--sites", "dir")
+    if args.dicom and args.sites:
+        raise UsageError("--dicom: only for the synthetic world (without --sites); import DICOM sites with `fedvlp import dicom`")
     for flag in ("rounds", "local_steps", "seeds", "jobs"):
         _at_least(getattr(args, flag), f"--{flag.replace('_', '-')}", 1)
     _fractions(args.fractions)
@@ -507,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, help="seeds of the sweep (default 3)")
     demo.add_argument("--fractions", type=float, nargs="+", help="label fractions of the sweep (default 0.01 0.1 1)")
     demo.add_argument("--protocols", nargs="+", choices=["linear", "finetune"], help="default: linear finetune")
+    demo.add_argument("--dicom", action="store_true", help="hospital_b trains from a DICOM export of its images "
+                      "(written into OUT/dicom and imported with the `fedvlp import dicom` code)")
     demo.add_argument("--sites", help="a real federation instead of the synthetic world: a folder of site files with a "
                       "federation.toml (e.g. sites/cxr); runs its whole study, see server/pipeline.py")
     demo.add_argument("--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining")

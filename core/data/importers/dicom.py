@@ -120,42 +120,51 @@ def _walk(src: Path, result: ImportResult, modalities: frozenset[str] | None, ke
     """Every usable image under ``src`` (sorted paths); the others are counted by reason.
 
     ``modalities`` None imports every modality; ``key_keyword`` is the report join key."""
+    from tqdm import tqdm
+
     images: list[_Image] = []
     seen: set[str] = set()
-    for folder, dirs, names in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            path = Path(folder) / name
-            if name.startswith("."):
-                continue
-            if not is_dicom(path):
-                result.skip("not_dicom", str(path))
-                continue
-            try:
-                ds = read_dicom(path, stop_before_pixels=True, specific_tags=list(READ_TAGS))
-            except ImageDecodeError as err:
-                result.skip("dicom_unreadable", f"{path}: {err.detail}")
-                continue
-            refusal = header_refusal(ds)
-            if refusal is not None:
-                reason = "dicom_unreadable" if refusal[0] == "image_corrupt" else refusal[0]
-                result.skip(reason, f"{path}: {refusal[1]}")
-                continue
-            modality = str(ds.get("Modality", "") or "").strip().upper()
-            if modalities is not None and modality not in modalities:
-                result.skip("dicom_modality", f"{path}: Modality {modality or '(none)'}, importing {sorted(modalities)}")
-                continue
-            sop = str(ds.get("SOPInstanceUID", "") or "").strip()
-            if not sop:
-                result.skip("dicom_bad_header", f"{path}: no SOPInstanceUID")
-                continue
-            if sop in seen:
-                result.skip("duplicate_id", f"{path}: an image with this SOPInstanceUID was already imported")
-                continue
-            seen.add(sop)
-            text = {keyword: str(ds.get(keyword, "") or "").strip() for keyword in ("StudyInstanceUID", "PatientID", "ViewPosition", key_keyword)}
-            images.append(_Image(path, sop, text["StudyInstanceUID"], text["PatientID"], text["ViewPosition"].upper(), text[key_keyword]))
+    # files walked so far (the total is unknown until the walk ends); off when not a TTY or quiet
+    with tqdm(desc="DICOM files", unit=" files", disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None) as bar:
+        for folder, dirs, names in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                bar.update(1)
+                _look_at(Path(folder) / name, result, modalities, key_keyword, images, seen)
     return images
+
+
+def _look_at(path: Path, result: ImportResult, modalities: frozenset[str] | None, key_keyword: str, images: list[_Image], seen: set[str]) -> None:
+    """Append ``path`` to ``images`` when it is a usable image, else count it by reason."""
+    if path.name.startswith("."):
+        return
+    if not is_dicom(path):
+        result.skip("not_dicom", str(path))
+        return
+    try:
+        ds = read_dicom(path, stop_before_pixels=True, specific_tags=list(READ_TAGS))
+    except ImageDecodeError as err:
+        result.skip("dicom_unreadable", f"{path}: {err.detail}")
+        return
+    refusal = header_refusal(ds)
+    if refusal is not None:
+        reason = "dicom_unreadable" if refusal[0] == "image_corrupt" else refusal[0]
+        result.skip(reason, f"{path}: {refusal[1]}")
+        return
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modalities is not None and modality not in modalities:
+        result.skip("dicom_modality", f"{path}: Modality {modality or '(none)'}, importing {sorted(modalities)}")
+        return
+    sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+    if not sop:
+        result.skip("dicom_bad_header", f"{path}: no SOPInstanceUID")
+        return
+    if sop in seen:
+        result.skip("duplicate_id", f"{path}: an image with this SOPInstanceUID was already imported")
+        return
+    seen.add(sop)
+    text = {keyword: str(ds.get(keyword, "") or "").strip() for keyword in ("StudyInstanceUID", "PatientID", "ViewPosition", key_keyword)}
+    images.append(_Image(path, sop, text["StudyInstanceUID"], text["PatientID"], text["ViewPosition"].upper(), text[key_keyword]))
 
 
 def _reports(path: Path, key_column: str, columns: dict[str, str], wanted: set[str], result: ImportResult) -> dict[str, dict[str, str]]:
