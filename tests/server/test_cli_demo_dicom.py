@@ -3,11 +3,11 @@ importer, validate, and that site trains from the DICOM files in the federated r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from fedvlp.core.config import RunConfig
 from fedvlp.server.cli import main
 
 
@@ -17,17 +17,16 @@ def test_dicom_with_sites_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.slow
-def test_the_quick_demo_trains_hospital_b_from_dicom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("FEDVLP_HOME", str(tmp_path / "home"))  # the importer's salt is made there
-    monkeypatch.setenv("FEDVLP_DEMO_DATA", "")  # restored after the demo sets it
-    out = tmp_path / "run"
-    assert main(["demo", "--quick", "--dicom", "--out", str(out), "--data", str(tmp_path / "world"), "--rounds", "1",
-                 "--local-steps", "1", "--seeds", "1", "--fractions", "1", "--protocols", "linear"]) == 0
-    printed = capsys.readouterr().out
-    assert "hospital_b/manifest.csv: 120 rows (images, layout dicom)" in printed
-    assert "hospital_b/manifest.csv: 120 rows, 120 usable (image)" in printed
-    manifest = (out / "dicom" / "hospital_b" / "manifest.csv").read_text(encoding="utf-8").splitlines()
-    assert len(manifest) == 121 and all(line.split(",")[1].endswith(".dcm") for line in manifest[1:])
-    record = json.loads((out / "federated" / "checkpoints" / "round_0001.json").read_text())["history"][-1]
-    sites = {s["site"]: s["counts"] for s in record["sites"]}
-    assert record["replies"] == 3 and sites["hospital_b"] == {"image": 120, "head.mim": 120}
+def test_a_federated_round_trains_hospital_b_from_its_dicom_export(demo_env: Path, tiny_run: RunConfig, world: Path, tmp_path: Path) -> None:
+    """What ``demo --dicom`` runs, minus the sweep: export, import, then one simulated round."""
+    from fedvlp.core.data.dicom_demo import dicom_demo_sites
+    from fedvlp.server.simulation import simulate
+
+    sites, _ = dicom_demo_sites(world, demo_env, tmp_path / "dicom", salt_file=tmp_path / "salt")
+    manifest = (tmp_path / "dicom" / "hospital_b" / "manifest.csv").read_text(encoding="utf-8").splitlines()
+    rows = len(manifest) - 1
+    assert rows > 0 and all(line.split(",")[1].endswith(".dcm") for line in manifest[1:])
+    records: list[dict] = []
+    simulate(tiny_run.replace(sites=str(sites), rounds=1, local_steps=1), on_round=records.append)
+    counts = {s["site"]: s["counts"] for s in records[0]["sites"]}
+    assert records[0]["replies"] == 3 and counts["hospital_b"] == {"image": rows, "head.mim": rows}
