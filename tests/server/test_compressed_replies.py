@@ -203,9 +203,12 @@ def test_int8_simulation_ends_close_to_the_fp32_run(demo_env: object, tiny_run: 
     assert worst < TOLERANCE
     full_bf16 = records["int8"][0]["sites"][0]["download-bytes"]  # round 1: nobody has a base
     downloads = [site["download-bytes"] for site in records["int8"][1]["sites"]]
-    assert max(downloads) > full_bf16  # a resent site: the delta it could not use + the whole model
+    # 2 actors keeping 1 site each cannot keep 3 bases: at least one site is resent (the delta it
+    # could not use + the whole model); which ones depends on Ray's scheduling, so every other
+    # download is either such a resend or a delta (at tiny size each array's ~128-byte npy header
+    # weighs: 35% of fp32 measured, about 26% at the demo size)
+    assert max(downloads) > full_bf16
     fp32_download = records["fp32"][1]["sites"][0]["download-bytes"]
-    # at tiny size each array's ~128-byte npy header weighs: 35% of fp32 measured (about 26% at the demo size)
-    assert min(downloads) < 0.4 * fp32_download
+    assert all(d < 0.4 * fp32_download or d > full_bf16 for d in downloads), (downloads, full_bf16, fp32_download)
     for fp32_site, int8_site in zip(sorted(records["fp32"][1]["sites"], key=_kind), sorted(records["int8"][1]["sites"], key=_kind)):
         assert int8_site["bytes"] < 0.4 * fp32_site["bytes"], (int8_site, fp32_site)
