@@ -74,7 +74,11 @@ def run_task(runtime_api_address: str, token: str, *, insecure: bool = True, roo
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
     from fedvlp.client.app import app
+    from fedvlp.client.supernode import shorten_pull_retry
+    from flwr.supernode.runtime import run_clientapp
 
+    # The task comes before its arrays are at the SuperNode: retry them soon, not after 1+2+4 s.
+    shorten_pull_retry(run_clientapp, "pull_and_inflate_object_from_tree")
     retry = make_simple_http_retry_invoker()
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,

@@ -44,6 +44,7 @@ from .aggregation import (
     update_norms,
     validate_update,
 )
+from .exchange import PromptGrid
 from .optimizers import ServerOptimizer
 from .sampling import sample_nodes, sample_size
 from .replies import SiteSizes, clean_metrics, error_summary, parse_reply
@@ -347,6 +348,7 @@ def run_federation(
     ConfigError
         When ``out-dir`` holds a run of another configuration.
     """
+    grid = PromptGrid(grid)  # replies are pulled every 0.1 s, not Flower's 3 s (exchange.py)
     out_dir = resolve_path(run.out_dir)
     checkpoint_dir = out_dir / "checkpoints"
     model = build_model(run)

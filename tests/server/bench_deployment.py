@@ -15,21 +15,27 @@ Modes:
 
 * ``subprocess``: ``flower-supernode`` as is; its SuperExec starts a fresh
   ``flwr-clientapp`` process (interpreter, ``import torch``, dataset, model) per message.
-* ``worker``: ``flower-supernode --isolation process`` + ``python -m fedvlp.client.worker``
-  (one long-running process per SuperNode that runs every ClientApp task).
+* ``worker-stock``: ``flower-supernode --isolation process`` + ``python -m fedvlp.client.worker``
+  (one long-running process per SuperNode that runs every ClientApp task); the SuperNode
+  waits Flower's 3 s between two pulls that found no message.
+* ``worker``: the same with ``python -m fedvlp.client.supernode --poll-interval 0.3``
+  instead of ``flower-supernode`` (the recommended setup of docs/deployment.md).
+
+The ServerApp collects replies every 0.1 s in every mode (``fedvlp.server.exchange``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 from pathlib import Path
 
 from fedvlp.core.config import project_root
 from fedvlp.server.app import round_summary
 
-from .flwr_processes import LocalFederation
+from .flwr_processes import POLL_INTERVAL, LocalFederation
 
 SITES = project_root() / "sites" / "demo"
 
@@ -41,8 +47,10 @@ def measure(mode: str, world: Path, root: Path, rounds: int, local_steps: int) -
     try:
         fed.start_superlink()
         for name in ("hospital_a", "hospital_b"):
-            fed.start_supernode(name, SITES / f"{name}.yaml", worker=mode == "worker")
-        if mode == "worker":
+            fed.start_supernode(
+                name, SITES / f"{name}.yaml", worker=mode != "subprocess", poll_interval=POLL_INTERVAL if mode == "worker" else None
+            )
+        if mode != "subprocess":
             for name in ("hospital_a", "hospital_b"):
                 fed.wait_worker_ready(name)
         fed.run(
@@ -54,12 +62,28 @@ def measure(mode: str, world: Path, root: Path, rounds: int, local_steps: int) -
         fed.stop()
     history = json.loads((out / "checkpoints" / f"round_{rounds:04d}.json").read_text())["history"]
     summary = round_summary(history)
-    return {
+    figures = {
         "round-seconds": summary["round-seconds"],
         "client-compute-seconds": summary["round-client-compute-seconds"],
         "overhead-seconds": summary["round-other-seconds"],
         "first-round-seconds": summary["first-round-seconds"],
     }
+    if mode != "subprocess":
+        figures.update(worker_split(fed))
+    return figures
+
+
+def worker_split(fed: LocalFederation) -> dict[str, float]:
+    """Mean seconds the workers spent pulling a task's message from their SuperNode and
+    pushing its reply, over every task but each worker's first (start-up)."""
+    steps: dict[str, list[float]] = {"pull": [], "push": []}
+    for name in ("hospital_a", "hospital_b"):
+        for line in [l for l in fed.log(f"{name}-worker").splitlines() if "Task completed:" in l][1:]:
+            for step in steps:
+                found = re.search(rf"{step} ([0-9.]+)s", line)
+                if found:
+                    steps[step].append(float(found.group(1)))
+    return {f"worker-{step}-seconds": sum(v) / len(v) for step, v in steps.items() if v}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.server.bench_deployment", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", default=["subprocess", "worker"], choices=["subprocess", "worker"])
+    parser.add_argument("--modes", nargs="+", default=["subprocess", "worker"], choices=["subprocess", "worker-stock", "worker"])
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedvlp-bench-") as tmp:
         world = Path(tmp) / "world"

@@ -20,6 +20,9 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+# What the federation's SuperNodes use unless told otherwise (fedvlp.client.supernode).
+POLL_INTERVAL = 0.3
+
 # flower-superlink, flower-supernode and flwr are console scripts installed next to this
 # interpreter; calling them by path avoids picking up another Flower from $PATH.
 BIN = Path(sys.executable).parent
@@ -337,17 +340,32 @@ class LocalFederation:
         wait_for_port(self.link_port, proc, self.logs / "superlink.log")
         return proc
 
-    def start_supernode(self, name: str, site_file: Path, *, key: Path | None = None, worker: bool = True, insecure: bool | None = None, extra: list[str] = ()) -> subprocess.Popen:
-        """``flower-supernode`` for one hospital (and its ClientApp worker with ``worker``).
+    def start_supernode(
+        self,
+        name: str,
+        site_file: Path,
+        *,
+        key: Path | None = None,
+        worker: bool = True,
+        insecure: bool | None = None,
+        extra: list[str] = (),
+        poll_interval: float | None = POLL_INTERVAL,
+    ) -> subprocess.Popen:
+        """A SuperNode for one hospital (and its ClientApp worker with ``worker``).
 
         With ``worker`` the SuperNode runs ``--isolation process`` and
         ``python -m fedvlp.client.worker`` executes its ClientApp tasks (the recommended
         setup of docs/deployment.md); otherwise Flower's default subprocess isolation.
-        The node keeps its runtime port across restarts.
+        With ``poll_interval`` the SuperNode is ``python -m fedvlp.client.supernode
+        --poll-interval`` (Flower's ``flower-supernode`` with a shorter idle pause); ``None``
+        starts the stock ``flower-supernode``. The node keeps its runtime port across restarts.
         """
         port = self.node_ports.setdefault(name, free_ports(1)[0])
         tls = self.ca_cert is not None if insecure is None else not insecure
-        args = [str(BIN / "flower-supernode")]
+        if poll_interval is None:
+            args = [str(BIN / "flower-supernode")]
+        else:
+            args = [sys.executable, "-m", "fedvlp.client.supernode", "--poll-interval", str(poll_interval)]
         args += ["--root-certificates", str(self.ca_cert)] if tls else ["--insecure"]
         args += ["--superlink", self.address, "--host", "127.0.0.1", "--port", str(port)]
         if key is not None:
