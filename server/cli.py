@@ -43,8 +43,6 @@ def _demo_run_config(args: argparse.Namespace, out: Path) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate (or reuse) the demo world, pretrain federated in simulation, then sweep."""
     import torch
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
@@ -55,6 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedvlp.core.data.validate import skipped_in_history
 
     from .app import round_summary
+    from .progress import round_bar
     from .simulation import simulate
 
     if args.sites:  # checked by _check_demo
@@ -87,20 +86,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run = run.replace(sites=str(site_dir))
     print(f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)")
     print(f"      model parameters: {sum(p.numel() for p in build_model(run).parameters()):,}")
-    bar = tqdm(total=run.rounds, desc="rounds", unit="round")
-    done = load_latest(Path(run.out_dir) / "checkpoints")
-    bar.update(min(done.round, run.rounds) if done else 0)
     rounds: list[dict[str, Any]] = []
-
-    def on_round(record: dict[str, Any]) -> None:
-        rounds.append(record)
-        bar.update(1)
-        bar.set_postfix(seconds=f"{record['seconds']:.1f}", replies=record["replies"])
-
     pretrain_started = time.perf_counter()
-    with logging_redirect_tqdm():  # where each site trains and the round lines print above the bar
+    # where each site trains and the round lines print above the bar
+    with round_bar(run.rounds, Path(run.out_dir) / "checkpoints") as advance:
+
+        def on_round(record: dict[str, Any]) -> None:
+            rounds.append(record)
+            advance(record)
+
         simulate(run, on_round=on_round, gpus_per_client=args.gpus_per_client)
-    bar.close()
     pretrain_seconds = time.perf_counter() - pretrain_started
     final = load_latest(Path(run.out_dir) / "checkpoints")
     assert final is not None
@@ -144,12 +139,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Federated pretraining only, in the simulation engine, with run-config overrides."""
     from fedvlp.core.runtime import offline_env
 
+    from .progress import round_bar
     from .simulation import simulate
 
     run = args.run if hasattr(args, "run") else _check_simulate(args)
     offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
-    # No on_round print: the server logs every round ("Round i/N: ...") at INFO already.
-    simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client)
+    # The bar only: the server logs every round ("Round i/N: ...") at INFO already.
+    with round_bar(run.rounds, Path(run.out_dir) / "checkpoints") as on_round:
+        simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=on_round)
     return 0
 
 

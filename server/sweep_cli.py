@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .progress import round_bar
 from .run_config_args import run_overrides
 
 __all__ = ["InitSpec", "parse_init", "resolve_inits", "run_sweep_command", "run_pretrain_command", "run_split_command",
@@ -285,14 +286,15 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
     default = "runs/central" if args.central else f"runs/local-{Path(str(args.local)).stem}"
     out = Path(args.out or default)
 
-    def on_round(record: dict[str, Any]) -> None:
+    def line(record: dict[str, Any]) -> str:
         loss = record["metrics"].get("loss/total", float("nan"))
-        print(f"round {record['round']}/{run.rounds}: {record['steps']} steps, loss {loss:.4f}, {record['seconds']:.1f}s", flush=True)
+        return f"round {record['round']}/{run.rounds}: {record['steps']} steps, loss {loss:.4f}, {record['seconds']:.1f}s"
 
-    if args.central:
-        result = pretrain_central(run, out, on_round=on_round, steps=args.steps)
-    else:
-        result = pretrain_local(run, args.local, out, on_round=on_round, steps=args.steps)
+    with round_bar(run.rounds, out / "checkpoints", line) as on_round:
+        if args.central:
+            result = pretrain_central(run, out, on_round=on_round, steps=args.steps)
+        else:
+            result = pretrain_local(run, args.local, out, on_round=on_round, steps=args.steps)
     print(f"checkpoints: {result.checkpoint_dir} (round {result.last_round}, {result.steps_per_round} steps per round)")
     return 0
 
