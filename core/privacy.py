@@ -40,6 +40,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from .checkpoint import atomic_write_bytes
 from .config import ConfigError, RunConfig, SiteConfig
 from .data.datasets import collate_samples
 from .objectives import BatchView
@@ -230,14 +231,8 @@ class PrivacyLedger:
         self.rounds.append(server_round)
         self.runs.extend([run] * len(mechanisms))
         self.sources.extend([list(s) for s in sources] if sources is not None else [[] for _ in mechanisms])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"history": self.history, "rounds": self.rounds, "runs": self.runs, "sources": self.sources}
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(payload))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, json.dumps(payload).encode("utf-8"), mode=0o644)
 
     def epsilon(self, delta: float, extra: Sequence[Mechanism] = (), run: str | None = None, source: str | None = None) -> float:
         """Epsilon spent so far, or after ``extra`` more releases; only the mechanisms of
