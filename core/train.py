@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .alignment import alignment_metrics
-from .config import RunConfig, SiteConfig
+from .config import RunConfig, SiteConfig, loader_workers
 from .data.datasets import SiteDataset, collate_samples
 from .data.holdout import holdout_split
 from .data.loader import site_rows
@@ -139,11 +139,13 @@ class LocalTrainer:
     device
         Where to train.
     num_workers
-        DataLoader worker processes that decode images.
+        The node's default of DataLoader worker processes that decode images, used when the run
+        config leaves ``loader-workers`` at 0 (:func:`~fedvlp.core.config.loader_workers`);
+        ``None``: ``$FEDVLP_LOADER_WORKERS``.
     """
 
     def __init__(self, model: FedVLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
-                 num_workers: int = 0):
+                 num_workers: int | None = 0):
         self.model = model.to(device)
         data = datasets if isinstance(datasets, SiteData) else SiteData(list(datasets))
         self.datasets = list(data.datasets)
@@ -151,7 +153,7 @@ class LocalTrainer:
         self.run = run
         self.device = device
         self.weights = run.objective_weights()
-        self.num_workers = num_workers
+        self.num_workers = loader_workers(run, num_workers)  # run-config loader-workers, else the node's default
         self._optimizer: torch.optim.Optimizer | None = None  # kept across rounds with persistent-optimizer
         self._optimizer_steps = 0
         self._teacher: GlobalTeacher | None = None
@@ -179,9 +181,8 @@ class LocalTrainer:
             shuffle=True,
             drop_last=len(dataset) >= self.run.batch_size,
             collate_fn=getattr(dataset, "collate_fn", collate_samples),
-            # decode + resize in worker processes: FEDVLP_LOADER_WORKERS or run-config loader-workers
-            num_workers=max(self.num_workers, self.run.loader_workers),
-            persistent_workers=max(self.num_workers, self.run.loader_workers) > 0,
+            num_workers=self.num_workers,  # decode + resize in worker processes
+            persistent_workers=self.num_workers > 0,
             generator=generator,
         )
 
