@@ -5,7 +5,7 @@ accountant, :func:`fedvlp.core.privacy.epsilon_spent`), and, given a generated d
 seconds per local step with and without DP-SGD at the single-modality demo sites (the plain
 baseline uses the same GroupNorm model).
 
-Usage (the world from ``python -m fedvlp.core.data.synthetic .fedvlp/demo`` or ``fedvlp demo``)::
+Usage (the world from ``fedvlp generate-demo .fedvlp/demo`` or ``fedvlp demo``)::
 
     python studies/bench_privacy.py [WORLD]
 """
