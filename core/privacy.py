@@ -46,7 +46,7 @@ from .data.datasets import collate_samples
 from .objectives import BatchView
 from .objectives.masked import MLMObjective
 from .params import group_of
-from .train import LocalResult, LocalTrainer
+from .train import LocalResult, LocalTrainer, tally_losses
 
 __all__ = [
     "PER_SAMPLE_OBJECTIVES",
@@ -393,22 +393,19 @@ class DPSGDTrainer:
                 raw = next(batches[index])
                 batch = {}
                 if raw is not None:
-                    trainer._record_skips(raw)
-                    batch = trainer._to_device(raw)
+                    trainer.record_skips(raw)
+                    batch = trainer.to_device(raw)
+                size = 0
                 if batch:
-                    view = BatchView(trainer.model, batch)
-                    total = None
-                    for objective in trainer.objectives_for(view.modalities):
-                        loss = objective.loss(view)
-                        weighted = trainer.weights[objective.name] * loss.float()
-                        total = weighted if total is None else total + weighted
-                        totals[objective.name] += float(loss.detach())
-                        seen[objective.name] += 1
+                    size = BatchView(trainer.model, batch).size
+                    # The plain trainer's loss loop on this source's batch (full precision: opacus'
+                    # per-sample gradients are not validated under autocast).
+                    total, terms, _ = trainer.step_losses(trainer.model, [(index, batch)], None, amp=False)
+                    tally_losses(totals, seen, terms)
                     if total is not None:
                         with warnings.catch_warnings():  # the stem's input (pixels) needs no gradient
                             warnings.filterwarnings("ignore", message="Full backward hook is firing")
                             total.backward()
-                size = view.size if batch else 0
                 for p in optimizer.params:  # not reached by this batch: zero per-sample gradients
                     if getattr(p, "grad_sample", None) is None:
                         p.grad_sample = torch.zeros((size, *p.shape), device=p.device, dtype=p.dtype)

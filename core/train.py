@@ -27,7 +27,8 @@ from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .objectives.pooling import masked_mean
 from .optim import build_optimizer, warmup_factor
 
-__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data", "resolve_device"]
+__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data", "resolve_device",
+           "tally_losses"]
 
 
 def resolve_device(name: str, origin: str = "run_config", key: str = "device") -> torch.device:
@@ -106,6 +107,13 @@ def add_source(data: SiteData, rows: ManifestRows, run: RunConfig, tokenizer: An
 def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
     """The training datasets of :func:`load_site_data` (without the held-out pairs)."""
     return load_site_data(site, run, max_len, augment).datasets
+
+
+def tally_losses(totals: Counter[str], seen: Counter[str], terms: Sequence[tuple[str, float]]) -> None:
+    """Add a step's ``(name, loss value)`` terms to the running sums and counts of a round's mean losses."""
+    for name, value in terms:
+        totals[name] += value
+        seen[name] += 1
 
 
 class _TagSource:
@@ -228,7 +236,8 @@ class LocalTrainer:
                 self._iterators[index] = None
         raise RuntimeError(f"{self.datasets[index].rows.source.manifest}: the data loader yields no batch")
 
-    def _record_skips(self, batch: dict[str, Any]) -> None:
+    def record_skips(self, batch: dict[str, Any]) -> None:
+        """Note the samples a drawn batch had to skip: unusable for its source, counted once per sample."""
         source = batch.get("source")
         studies = source is not None and isinstance(self.datasets[source], StudyDataset)
         for sample_id, reason, detail in batch["skipped"]:
@@ -240,7 +249,8 @@ class LocalTrainer:
                 self.skipped[reason] += 1
                 self.problems.append(detail or f"{sample_id}: {reason}")
 
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The tensors of a drawn batch that the objectives read, on the trainer's device."""
         keys = ("image", "image2", "views", "view_mask", "input_ids", "attention_mask", "paired")
         return {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
 
@@ -283,8 +293,11 @@ class LocalTrainer:
         return torch.stack(terms).mean() if terms else None
 
     def step_losses(self, model: torch.nn.Module, batches: Sequence[tuple[int, dict[str, torch.Tensor]]],
-                    teacher: GlobalTeacher | None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+                    teacher: GlobalTeacher | None, amp: bool | None = None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
         """The losses of one local step: every objective that fits each source's batch.
+
+        The one loss loop of local training: :meth:`train` calls it for all sources of a step,
+        :class:`~fedvlp.core.privacy.DPSGDTrainer` for one source's Poisson batch at a time.
 
         Parameters
         ----------
@@ -294,6 +307,8 @@ class LocalTrainer:
             ``(source index, batch on the device)`` for every source that drew a non-empty batch.
         teacher
             The round's global model, when self-distillation or the anchor is on.
+        amp
+            bfloat16 autocast; ``None``: on CUDA devices.
 
         Returns
         -------
@@ -304,7 +319,7 @@ class LocalTrainer:
         total = None
         terms: list[tuple[str, float]] = []
         sources: set[int] = set()
-        use_amp = self.device.type == "cuda"
+        use_amp = self.device.type == "cuda" if amp is None else amp
         for index, batch in batches:
             view = BatchView(model, batch, teacher)  # type: ignore[arg-type]
             losses: list[tuple[str, float, torch.Tensor]] = []
@@ -381,15 +396,13 @@ class LocalTrainer:
             batches = []
             for index in range(len(self.datasets)):
                 raw = self._next_batch(index)
-                self._record_skips(raw)
-                batch = self._to_device(self._shard(raw))
+                self.record_skips(raw)
+                batch = self.to_device(self._shard(raw))
                 if batch:
                     batches.append((index, batch))
             total, terms, sources = self._forward(batches, teacher, step)
             trained_sources |= sources
-            for name, value in terms:
-                totals[name] += value
-                seen[name] += 1
+            tally_losses(totals, seen, terms)
             if optimizer is None:
                 continue
             if reference and total is not None:
@@ -424,7 +437,7 @@ class LocalTrainer:
                 continue
             rows = dataset.rows
             study = {rows.ids[i]: (rows.study_ids[i] if rows.study_ids is not None else "") or rows.ids[i] for i in dataset.indices}
-            metrics.update(alignment_metrics(self.model, self._to_device(batch), [study[i] for i in batch["ids"]]))
+            metrics.update(alignment_metrics(self.model, self.to_device(batch), [study[i] for i in batch["ids"]]))
         return metrics
 
     def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:
