@@ -27,8 +27,8 @@ from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .objectives.pooling import masked_mean
 from .optim import build_optimizer, warmup_factor
 
-__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data", "resolve_device",
-           "tally_losses"]
+__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data",
+           "resolve_device", "tally_losses"]
 
 
 def resolve_device(name: str, origin: str = "run_config", key: str = "device") -> torch.device:
@@ -293,7 +293,8 @@ class LocalTrainer:
         return torch.stack(terms).mean() if terms else None
 
     def step_losses(self, model: torch.nn.Module, batches: Sequence[tuple[int, dict[str, torch.Tensor]]],
-                    teacher: GlobalTeacher | None, amp: bool | None = None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+                    teacher: GlobalTeacher | None,
+                    amp: bool | None = None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
         """The losses of one local step: every objective that fits each source's batch.
 
         The one loss loop of local training: :meth:`train` calls it for all sources of a step,

@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = demo_epsilons(run, {"hospital_b": 800, "hospital_c": 800}, 5, 1e-5)
         print(" ".join(f"epsilon/5-rounds/sigma={sigma}/{k}: {v:.3f}" for k, v in figures.items()))
     for sigma in (5.0, 10.0):
-        print(f"epsilon/5-rounds/client-sigma={sigma}/{CLIENT_LEVEL_SITE}: {epsilon_spent([(sigma, 1.0, 1)] * 5, 1e-5):.3f}")
+        epsilon = epsilon_spent([(sigma, 1.0, 1)] * 5, 1e-5)
+        print(f"epsilon/5-rounds/client-sigma={sigma}/{CLIENT_LEVEL_SITE}: {epsilon:.3f}")
     if args.world is not None:
         for name, value in benchmark(args.world).items():
             print(f"{name}: {value:.4f}")

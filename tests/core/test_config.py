@@ -45,7 +45,8 @@ def test_every_field_has_a_known_hash_policy() -> None:
 @pytest.mark.parametrize(("run_value", "env", "node_default", "expected"), [
     (0, None, None, 0), (0, "3", None, 3), (2, "3", None, 2), (2, None, 5, 2), (0, "3", 1, 1), (0, " ", None, 0),
 ])
-def test_loader_workers_run_config_wins_over_the_node_default(monkeypatch, run_value, env, node_default, expected) -> None:
+def test_loader_workers_run_config_wins_over_the_node_default(monkeypatch, run_value, env, node_default,
+                                                                expected) -> None:
     if env is None:
         monkeypatch.delenv(LOADER_WORKERS_ENV, raising=False)
     else:

@@ -501,7 +501,7 @@ def test_shipped_vocabulary_is_up_to_date() -> None:
     assert {"effusion", "pneumothorax", "cardiomegaly", "nodule", "consolidation", "endotracheal", "mm"} <= set(vocab)
     assert {"##a", "##z", "##0", "##9", ".", ",", ":", "0", "9"} <= set(vocab)
     shipped = vocab_path("demo").read_text(encoding="utf-8").splitlines()
-    assert shipped == vocab, "run: python -c 'from fedvlp.core.data.synthetic import write_vocabulary; write_vocabulary()'"
+    assert shipped == vocab, "run: fedvlp.core.data.synthetic.write_vocabulary()"
     assert load_tokenizer("demo").vocab_size == len(vocab)
 
 

@@ -59,7 +59,8 @@ def test_every_finding_side_severity_and_device_renders_identically() -> None:
                 case = item.case.with_findings(
                     cardiomegaly=Finding(severity=severity), pleural_effusion=Finding(side=side, severity=severity),
                     pneumothorax=Finding(side=one_side, severity=severity),
-                    nodule=Finding(side="right" if side == "bilateral" else side, zone="upper", size_mm=14, position=(0.2, 0.3)),
+                    nodule=Finding(side="right" if side == "bilateral" else side, zone="upper", size_mm=14,
+                                   position=(0.2, 0.3)),
                     consolidation=Finding(side=side, severity=severity, zone="lower", position=(0.24, 0.65)),
                     support_devices=Finding(devices=DEVICES))
                 digest.update(render_image(case, item.rng(1), 96, acquisition).tobytes())
