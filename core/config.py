@@ -34,6 +34,10 @@ __all__ = [
     "resolve_path",
     "check_run_files",
     "RUN_FILE_KEYS",
+    "HASH_POLICIES",
+    "flower_config_table",
+    "loader_workers",
+    "LOADER_WORKERS_ENV",
     "expand_vars",
     "RECIPES",
     "RecipeSpec",
@@ -178,16 +182,37 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------ run
+# How a run-config key enters RunConfig.config_hash (field metadata "hash"):
+#   "always": the key changes the model or the training trajectory (fields without metadata);
+#   "if-not-default": it does, but was added after checkpoints existed, so at its default it stays
+#       out and those checkpoints still resume;
+#   "never": it does not change what is trained (how long, where to, which device, timeouts).
+HASH_POLICIES = ("always", "if-not-default", "never")
+
+
+def _hash_never(default: Any) -> Any:
+    """A :class:`RunConfig` field left out of the config hash (``hash = "never"``)."""
+    return field(default=default, metadata={"hash": "never"})
+
+
+def _hash_if_changed(default: Any) -> Any:
+    """A :class:`RunConfig` field in the config hash only away from ``default`` (``hash = "if-not-default"``)."""
+    return field(default=default, metadata={"hash": "if-not-default"})
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """All run settings. Field ``foo_bar`` is run-config key ``foo-bar``.
 
-    Defaults here are the defaults of ``[tool.flwr.app.config]`` in ``pyproject.toml``.
+    The defaults here are the only ones: ``[tool.flwr.app.config]`` in ``pyproject.toml`` is
+    :func:`flower_config_table` rendered from them (a test checks the file). A field's ``hash``
+    metadata says how it enters :meth:`config_hash` (:data:`HASH_POLICIES`); a field without it
+    always does.
     """
 
     recipe: str = "mixed"
     model_size: str = "small"
-    rounds: int = 10
+    rounds: int = _hash_never(10)
     local_steps: int = 50
     batch_size: int = 32
     lr: float = 5e-4
@@ -201,63 +226,81 @@ class RunConfig:
     weight_mlm: float = 1.0
     weight_mim: float = 1.0
     weight_generation: float = 1.0
-    weight_distill: float = 0.0  # image self-distillation against the round's global model (mixed)
-    distill_ema: float = 1.0  # teacher momentum per local step (1: the teacher stays the round's global model)
-    weight_anchor: float = 0.0  # 1 - cos(local, global) features of every batch (FedDRA / FedAID-style anchor)
-    prox_mu: float = 0.0  # FedProx: mu / 2 x ||w - w_global||^2 over the trained parameters
-    image_lr_scale: float = 1.0  # image encoder learning rate = lr x this (heads keep lr)
-    text_lr_scale: float = 1.0  # text encoder (and shared transformer) learning rate = lr x this
-    layer_decay: float = 1.0  # layer-wise decay: a stage k below the top trains at lr x scale x decay**k
-    warmup_steps: int = 0  # linear learning-rate warmup over the first steps of a fresh optimizer
-    image_bn: str = "train"  # "train" or "frozen" (running statistics of the image encoder kept)
-    persistent_optimizer: bool = False  # keep a site's AdamW state from round to round
-    freeze_image_stages: int = 0  # lower image-encoder stages locked (-1: all of them, LiT)
-    freeze_text_layers: int = 0  # embeddings + this many lower text layers locked (-1: the whole text encoder)
-    mlm_decoder: str = "untied"  # "tied": MLM logits from the word embeddings (no vocabulary-sized matrix of its own)
-    align_holdout: float = 0.1  # share of a site's pairs held out to measure image-text alignment every round
+    weight_distill: float = _hash_if_changed(0.0)  # image self-distillation against the round's global model (mixed)
+    # teacher momentum per local step (1: the teacher stays the round's global model)
+    distill_ema: float = _hash_if_changed(1.0)
+    # 1 - cos(local, global) features of every batch (FedDRA / FedAID-style anchor)
+    weight_anchor: float = _hash_if_changed(0.0)
+    prox_mu: float = _hash_if_changed(0.0)  # FedProx: mu / 2 x ||w - w_global||^2 over the trained parameters
+    image_lr_scale: float = _hash_if_changed(1.0)  # image encoder learning rate = lr x this (heads keep lr)
+    text_lr_scale: float = _hash_if_changed(1.0)  # text encoder (and shared transformer) learning rate = lr x this
+    # layer-wise decay: a stage k below the top trains at lr x scale x decay**k
+    layer_decay: float = _hash_if_changed(1.0)
+    warmup_steps: int = _hash_if_changed(0)  # linear learning-rate warmup over the first steps of a fresh optimizer
+    image_bn: str = _hash_if_changed("train")  # "train" or "frozen" (running statistics of the image encoder kept)
+    persistent_optimizer: bool = _hash_if_changed(False)  # keep a site's AdamW state from round to round
+    freeze_image_stages: int = _hash_if_changed(0)  # lower image-encoder stages locked (-1: all of them, LiT)
+    # embeddings + this many lower text layers locked (-1: the whole text encoder)
+    freeze_text_layers: int = _hash_if_changed(0)
+    # "tied": MLM logits from the word embeddings (no vocabulary-sized matrix of its own)
+    mlm_decoder: str = _hash_if_changed("untied")
+    # share of a site's pairs held out to measure image-text alignment every round
+    align_holdout: float = _hash_if_changed(0.1)
     mask_ratio: float = 0.15
     mim_patch: int = 8
-    min_nodes: int = 1
-    min_replies: int = 1
-    fraction_train: float = 1.0  # share of connected nodes that train each round (Flower's convention; server/sampling.py)
-    min_train_nodes: int = 1  # at least this many train each round, whatever fraction-train says
-    trainer_cache_size: int = 4  # sites whose trainer (model, data, optimizer) a ClientApp process keeps (LRU)
-    round_timeout: float = 3600.0
+    min_nodes: int = _hash_never(1)
+    min_replies: int = _hash_never(1)
+    # share of connected nodes that train each round (Flower's convention; server/sampling.py)
+    fraction_train: float = _hash_if_changed(1.0)
+    min_train_nodes: int = _hash_if_changed(1)  # at least this many train each round, whatever fraction-train says
+    # sites whose trainer (model, data, optimizer) a ClientApp process keeps (LRU)
+    trainer_cache_size: int = _hash_never(4)
+    round_timeout: float = _hash_never(3600.0)
     sites: str = "sites/demo"
-    out_dir: str = "runs/flwr"
+    out_dir: str = _hash_never("runs/flwr")
     tokenizer: str = "demo"
     bert_init: str = ""
     text_init: str = ""
     image_init: str = ""
     seed: int = 0
-    device: str = "auto"
-    loader_workers: int = 0  # DataLoader processes that decode images per source (0: in the training process)
+    device: str = _hash_never("auto")
+    # DataLoader processes that decode images per source (0: in the training process)
+    loader_workers: int = _hash_never(0)
     # Differential privacy (docs/privacy.md), active at sites whose file sets privacy.epsilon.
-    norm: str = "batch"  # ResNet normalisation: "batch" or "group" (sample-level DP needs "group"; federation-wide)
-    dp_noise_multiplier: float = 1.0  # DP-SGD noise std / per-sample clip (sample-level DP)
-    dp_max_grad_norm: float = 1.0  # per-sample gradient clip (sample-level DP)
-    dp_client_clip: float = 1.0  # L2 clip of a site's whole update (client-level DP)
-    dp_client_noise_multiplier: float = 1.0  # noise std / dp-client-clip per round (client-level DP)
+    # ResNet normalisation: "batch" or "group" (sample-level DP needs "group"; federation-wide)
+    norm: str = _hash_if_changed("batch")
+    dp_noise_multiplier: float = _hash_if_changed(1.0)  # DP-SGD noise std / per-sample clip (sample-level DP)
+    dp_max_grad_norm: float = _hash_if_changed(1.0)  # per-sample gradient clip (sample-level DP)
+    dp_client_clip: float = _hash_if_changed(1.0)  # L2 clip of a site's whole update (client-level DP)
+    dp_client_noise_multiplier: float = _hash_if_changed(1.0)  # noise std / dp-client-clip per round (client-level DP)
 
     # Server-side aggregation (README "Secure aggregation and robust aggregation").
-    aggregation: str = "fedavg"  # per key: "fedavg" (count-weighted mean), "median" or "trimmed-mean"
-    trim_fraction: float = 0.2  # trimmed-mean: fraction cut at each end (Flower's FedTrimmedAvg beta)
-    update_norm_factor: float = 10.0  # reject a reply whose group update norm > factor x round median or x median of earlier rounds (0: off)
-    max_site_weight: float = 1.0  # fedavg: largest share one site may take of a key's weighted mean (1: no cap)
-    server_optimizer: str = "fedavg"  # "fedavg", "fedadam" or "fedyogi" on the pseudo-gradient (Reddi et al.)
-    server_lr: float = 0.01
-    server_beta1: float = 0.9
-    server_beta2: float = 0.99
-    server_tau: float = 0.001
-    secure_aggregation: str = "off"  # "off" or "secagg+" (Flower's SecAgg+ over count-weighted updates)
-    secagg_num_shares: float = 3.0  # integer > 2, or a fraction of the sampled nodes
-    secagg_reconstruction_threshold: float = 2.0  # integer < num-shares, or a fraction of the shares
-    secagg_clipping_range: float = 8.0  # each encoded value is clipped to +-this before quantisation
-    secagg_quantization_range: int = 4194304  # 2**22 levels over [-clip, clip]
-    secagg_max_weight: float = 1000.0  # count scale: a site encodes count / this as its weight
+    # per key: "fedavg" (count-weighted mean), "median" or "trimmed-mean"
+    aggregation: str = _hash_if_changed("fedavg")
+    # trimmed-mean: fraction cut at each end (Flower's FedTrimmedAvg beta)
+    trim_fraction: float = _hash_if_changed(0.2)
+    # reject a reply whose group update norm > factor x round median or x median of earlier rounds (0: off)
+    update_norm_factor: float = _hash_if_changed(10.0)
+    # fedavg: largest share one site may take of a key's weighted mean (1: no cap)
+    max_site_weight: float = _hash_if_changed(1.0)
+    # "fedavg", "fedadam" or "fedyogi" on the pseudo-gradient (Reddi et al.)
+    server_optimizer: str = _hash_if_changed("fedavg")
+    server_lr: float = _hash_if_changed(0.01)
+    server_beta1: float = _hash_if_changed(0.9)
+    server_beta2: float = _hash_if_changed(0.99)
+    server_tau: float = _hash_if_changed(0.001)
+    # "off" or "secagg+" (Flower's SecAgg+ over count-weighted updates)
+    secure_aggregation: str = _hash_if_changed("off")
+    secagg_num_shares: float = _hash_if_changed(3.0)  # integer > 2, or a fraction of the sampled nodes
+    secagg_reconstruction_threshold: float = _hash_if_changed(2.0)  # integer < num-shares, or a fraction of the shares
+    secagg_clipping_range: float = _hash_if_changed(8.0)  # each encoded value is clipped to +-this before quantisation
+    secagg_quantization_range: int = _hash_if_changed(4194304)  # 2**22 levels over [-clip, clip]
+    secagg_max_weight: float = _hash_if_changed(1000.0)  # count scale: a site encodes count / this as its weight
     # Wire compression (README "Compression", core/compression.py); not with secure-aggregation.
-    upload_compression: str = "none"  # "none", "bf16" (weights) or "int8" (update, per-channel scale, error feedback)
-    download_compression: str = "none"  # "none", "bf16", "delta-bf16" or "delta-int8" (against what the node holds)
+    # "none", "bf16" (weights) or "int8" (update, per-channel scale, error feedback)
+    upload_compression: str = _hash_if_changed("none")
+    # "none", "bf16", "delta-bf16" or "delta-int8" (against what the node holds)
+    download_compression: str = _hash_if_changed("none")
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], origin: str = "run_config") -> "RunConfig":
@@ -415,37 +458,65 @@ class RunConfig:
     def config_hash(self) -> str:
         """A short hash of the settings that change the model or the training trajectory.
 
-        ``rounds`` and ``out-dir`` are left out so that a run can be extended or moved.
+        Derived from each field's ``hash`` metadata (:data:`HASH_POLICIES`): ``rounds``,
+        ``out-dir`` and the other ``"never"`` keys are left out so that a run can be extended or
+        moved; keys added after the first checkpoints (``"if-not-default"``) enter only away from
+        their default, so those checkpoints still resume.
         """
-        relevant = {k: v for k, v in self.to_flat().items() if k not in ("rounds", "out-dir", "round-timeout", "min-nodes", "min-replies", "device", "loader-workers",
-                                                                      "trainer-cache-size")}
-        # Privacy keys at their defaults stay out, so runs from before they existed still resume.
-        relevant = {k: v for k, v in relevant.items() if not (k in _PRIVACY_DEFAULTS and _PRIVACY_DEFAULTS[k] == v)}
-        # Aggregation keys at their defaults stay out too (same reason).
-        relevant = {k: v for k, v in relevant.items() if not (k in _AGGREGATION_DEFAULTS and _AGGREGATION_DEFAULTS[k] == v)}
-        # So do the local-training keys added later, at their defaults (from the dataclass itself).
-        defaults = RunConfig().to_flat()
-        relevant = {k: v for k, v in relevant.items() if not (k in _LATER_KEYS and defaults[k] == v)}
+        relevant = {}
+        for item in dataclasses.fields(self):
+            policy = item.metadata.get("hash", "always")
+            value = getattr(self, item.name)
+            if policy == "never" or (policy == "if-not-default" and value == item.default):
+                continue
+            relevant[item.name.replace("_", "-")] = value
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Keys added after the first checkpoints were written: at their default they leave the hash as it was.
-_LATER_KEYS = frozenset({
-    "weight-distill", "distill-ema", "weight-anchor", "prox-mu", "image-lr-scale", "text-lr-scale", "layer-decay",
-    "warmup-steps", "image-bn", "persistent-optimizer", "freeze-image-stages", "freeze-text-layers", "mlm-decoder",
-    "align-holdout", "fraction-train", "min-train-nodes", "upload-compression", "download-compression",
-})
+def flower_config_table() -> str:
+    """The ``[tool.flwr.app.config]`` table of ``pyproject.toml``: every :class:`RunConfig`
+    key with its default, in field order (Flower reads the keys and defaults from there).
+
+    Returns
+    -------
+    str
+        The table's header line and one ``key = value`` line per field.
+    """
+    import tomli_w
+
+    lines = ["[tool.flwr.app.config]"]
+    for key, value in RunConfig().to_flat().items():
+        lines.append(tomli_w.dumps({key: value}).strip())
+    return "\n".join(lines) + "\n"
 
 
-_PRIVACY_DEFAULTS = {"norm": "batch", "dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0, "dp-client-clip": 1.0, "dp-client-noise-multiplier": 1.0}
+LOADER_WORKERS_ENV = "FEDVLP_LOADER_WORKERS"
 
 
-_AGGREGATION_DEFAULTS = {
-    "aggregation": "fedavg", "trim-fraction": 0.2, "update-norm-factor": 10.0, "max-site-weight": 1.0, "server-optimizer": "fedavg",
-    "server-lr": 0.01, "server-beta1": 0.9, "server-beta2": 0.99, "server-tau": 0.001,
-    "secure-aggregation": "off", "secagg-num-shares": 3.0, "secagg-reconstruction-threshold": 2.0,
-    "secagg-clipping-range": 8.0, "secagg-quantization-range": 4194304, "secagg-max-weight": 1000.0,
-}  # fmt: skip
+def loader_workers(run: RunConfig, node_default: int | None = None) -> int:
+    """DataLoader processes per source: the run config's ``loader-workers`` when it sets one
+    (> 0), else the node's default, else 0 (images decoded in the training process).
+
+    Parameters
+    ----------
+    run
+        The run config.
+    node_default
+        The node's own default; ``None``: ``$FEDVLP_LOADER_WORKERS`` (0 when unset).
+
+    Raises
+    ------
+    ConfigError
+        When ``$FEDVLP_LOADER_WORKERS`` is not a whole number >= 0.
+    """
+    if run.loader_workers > 0:
+        return run.loader_workers
+    if node_default is None:
+        raw = os.environ.get(LOADER_WORKERS_ENV, "").strip() or "0"
+        if not raw.isdigit():
+            raise ConfigError(f"${LOADER_WORKERS_ENV}", "loader-workers", "a whole number >= 0", raw)
+        node_default = int(raw)
+    return max(0, node_default)
 
 
 def _coerce(origin: str, key: str, type_name: Any, value: Any) -> Any:

@@ -284,8 +284,8 @@ def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: Run
         model = build_model(run)
         model.load_state_dict(carried["global"])
         data = load_site_data(site, run, model.max_text_len)
-        workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
-        trainer = _RankTrainer(model, data, run, device, num_workers=workers, rank=rank, world=world)
+        # num_workers=None: run-config loader-workers, else $FEDVLP_LOADER_WORKERS (core.config.loader_workers)
+        trainer = _RankTrainer(model, data, run, device, num_workers=None, rank=rank, world=world)
         if carried["unusable"] is not None:  # what earlier rounds found, as the site's trainer knows it
             trainer._unusable = [set(s) for s in carried["unusable"]]
             trainer._skipped_ids = set(carried["skipped_ids"])

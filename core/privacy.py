@@ -46,7 +46,7 @@ from .data.datasets import collate_samples
 from .objectives import BatchView
 from .objectives.masked import MLMObjective
 from .params import group_of
-from .train import LocalResult, LocalTrainer
+from .train import LocalResult, LocalTrainer, tally_losses
 
 __all__ = [
     "PER_SAMPLE_OBJECTIVES",
@@ -393,84 +393,21 @@ class DPSGDTrainer:
                 raw = next(batches[index])
                 batch = {}
                 if raw is not None:
-                    trainer._record_skips(raw)
-                    batch = trainer._to_device(raw)
+                    trainer.record_skips(raw)
+                    batch = trainer.to_device(raw)
+                size = 0
                 if batch:
-                    view = BatchView(trainer.model, batch)
-                    total = None
-                    for objective in trainer.objectives_for(view.modalities):
-                        loss = objective.loss(view)
-                        weighted = trainer.weights[objective.name] * loss.float()
-                        total = weighted if total is None else total + weighted
-                        totals[objective.name] += float(loss.detach())
-                        seen[objective.name] += 1
+                    size = BatchView(trainer.model, batch).size
+                    # The plain trainer's loss loop on this source's batch (full precision: opacus'
+                    # per-sample gradients are not validated under autocast).
+                    total, terms, _ = trainer.step_losses(trainer.model, [(index, batch)], None, amp=False)
+                    tally_losses(totals, seen, terms)
                     if total is not None:
                         with warnings.catch_warnings():  # the stem's input (pixels) needs no gradient
                             warnings.filterwarnings("ignore", message="Full backward hook is firing")
                             total.backward()
-                size = view.size if batch else 0
                 for p in optimizer.params:  # not reached by this batch: zero per-sample gradients
                     if getattr(p, "grad_sample", None) is None:
                         p.grad_sample = torch.zeros((size, *p.shape), device=p.device, dtype=p.dtype)
                 optimizer.step()  # an empty Poisson batch still takes a noise-only step
         return trainer.result(totals, seen, started, steps, set(touched))
-
-
-# ------------------------------------------------------------------------------ figures
-def demo_epsilons(run: RunConfig, rows: Mapping[str, int], rounds: int, delta: float) -> dict[str, float]:
-    """Epsilon after ``rounds`` rounds for the demo sites (``rows`` per site) under ``run``:
-    hospital_a at client level, hospital_b / hospital_c at sample level."""
-    sample = [(run.dp_noise_multiplier, sample_rate(rows["hospital_b"], run.batch_size), run.local_steps)]
-    text = [(run.dp_noise_multiplier, sample_rate(rows["hospital_c"], run.batch_size), run.local_steps)]
-    return {
-        "hospital_a": epsilon_spent([(run.dp_client_noise_multiplier, 1.0, 1)] * rounds, delta),
-        "hospital_b": epsilon_spent(sample * rounds, delta),
-        "hospital_c": epsilon_spent(text * rounds, delta),
-    }
-
-
-def benchmark(world: Path, sizes: Sequence[str] = ("tiny", "small"), steps: int = 10) -> dict[str, float]:
-    """Seconds per local step with and without DP-SGD at the single-modality demo sites of
-    ``world`` (a generated demo world); the non-DP baseline uses the same GroupNorm model."""
-    from .config import list_site_files, load_site
-    from .models import build_model
-    from .train import load_site_datasets
-
-    os.environ["FEDVLP_DEMO_DATA"] = str(world)
-    out: dict[str, float] = {}
-    for size in sizes:
-        run = RunConfig(model_size=size, norm="group", batch_size=32)
-        for site_file in list_site_files("sites/demo"):
-            site = load_site(site_file)
-            if site.name == "hospital_a":
-                continue
-            model = build_model(run)
-            trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
-            trainer.train(2, seed=0)  # warm-up
-            started = time.perf_counter()
-            trainer.train(steps, seed=1)
-            plain = (time.perf_counter() - started) / steps
-            dp = DPSGDTrainer(trainer, run, plan_privacy(trainer, run).sources)
-            dp.train(2, seed=0)
-            started = time.perf_counter()
-            dp.train(steps, seed=1)
-            private = (time.perf_counter() - started) / steps
-            out[f"{size}/{site.name}/step-seconds"] = plain
-            out[f"{size}/{site.name}/dp-step-seconds"] = private
-            out[f"{size}/{site.name}/dp-slowdown"] = private / plain
-    return out
-
-
-if __name__ == "__main__":  # python -m fedvlp.core.privacy WORLD: the figures of docs/privacy.md
-    import sys
-
-    torch.set_num_threads(1)
-    demo = RunConfig()
-    for sigma in (1.0, 1.1, 1.5):
-        figures = demo_epsilons(demo.replace(dp_noise_multiplier=sigma, dp_client_noise_multiplier=sigma), {"hospital_b": 800, "hospital_c": 800}, 5, 1e-5)
-        print(" ".join(f"epsilon/5-rounds/sigma={sigma}/{k}: {v:.3f}" for k, v in figures.items()))
-    for sigma in (5.0, 10.0):
-        print(f"epsilon/5-rounds/client-sigma={sigma}/hospital_a: {epsilon_spent([(sigma, 1.0, 1)] * 5, 1e-5):.3f}")
-    if len(sys.argv) > 1:
-        for name, value in benchmark(Path(sys.argv[1])).items():
-            print(f"{name}: {value:.4f}")

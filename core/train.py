@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .alignment import alignment_metrics
-from .config import RunConfig, SiteConfig
+from .config import RunConfig, SiteConfig, loader_workers
 from .data.datasets import SiteDataset, collate_samples
 from .data.holdout import holdout_split
 from .data.loader import site_rows
@@ -27,7 +27,8 @@ from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .objectives.pooling import masked_mean
 from .optim import build_optimizer, warmup_factor
 
-__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data", "resolve_device"]
+__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data",
+           "resolve_device", "tally_losses"]
 
 
 def resolve_device(name: str, origin: str = "run_config", key: str = "device") -> torch.device:
@@ -108,6 +109,13 @@ def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: 
     return load_site_data(site, run, max_len, augment).datasets
 
 
+def tally_losses(totals: Counter[str], seen: Counter[str], terms: Sequence[tuple[str, float]]) -> None:
+    """Add a step's ``(name, loss value)`` terms to the running sums and counts of a round's mean losses."""
+    for name, value in terms:
+        totals[name] += value
+        seen[name] += 1
+
+
 class _TagSource:
     """A dataset's collate function that also marks the batch with the dataset's position in the
     trainer (``batch["source"]``), so skipped samples are charged to the source they belong to.
@@ -139,11 +147,13 @@ class LocalTrainer:
     device
         Where to train.
     num_workers
-        DataLoader worker processes that decode images.
+        The node's default of DataLoader worker processes that decode images, used when the run
+        config leaves ``loader-workers`` at 0 (:func:`~fedvlp.core.config.loader_workers`);
+        ``None``: ``$FEDVLP_LOADER_WORKERS``.
     """
 
     def __init__(self, model: FedVLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
-                 num_workers: int = 0):
+                 num_workers: int | None = 0):
         self.model = model.to(device)
         data = datasets if isinstance(datasets, SiteData) else SiteData(list(datasets))
         self.datasets = list(data.datasets)
@@ -151,7 +161,7 @@ class LocalTrainer:
         self.run = run
         self.device = device
         self.weights = run.objective_weights()
-        self.num_workers = num_workers
+        self.num_workers = loader_workers(run, num_workers)  # run-config loader-workers, else the node's default
         self._optimizer: torch.optim.Optimizer | None = None  # kept across rounds with persistent-optimizer
         self._optimizer_steps = 0
         self._teacher: GlobalTeacher | None = None
@@ -179,9 +189,8 @@ class LocalTrainer:
             shuffle=True,
             drop_last=len(dataset) >= self.run.batch_size,
             collate_fn=getattr(dataset, "collate_fn", collate_samples),
-            # decode + resize in worker processes: FEDVLP_LOADER_WORKERS or run-config loader-workers
-            num_workers=max(self.num_workers, self.run.loader_workers),
-            persistent_workers=max(self.num_workers, self.run.loader_workers) > 0,
+            num_workers=self.num_workers,  # decode + resize in worker processes
+            persistent_workers=self.num_workers > 0,
             generator=generator,
         )
 
@@ -227,7 +236,8 @@ class LocalTrainer:
                 self._iterators[index] = None
         raise RuntimeError(f"{self.datasets[index].rows.source.manifest}: the data loader yields no batch")
 
-    def _record_skips(self, batch: dict[str, Any]) -> None:
+    def record_skips(self, batch: dict[str, Any]) -> None:
+        """Note the samples a drawn batch had to skip: unusable for its source, counted once per sample."""
         source = batch.get("source")
         studies = source is not None and isinstance(self.datasets[source], StudyDataset)
         for sample_id, reason, detail in batch["skipped"]:
@@ -239,7 +249,8 @@ class LocalTrainer:
                 self.skipped[reason] += 1
                 self.problems.append(detail or f"{sample_id}: {reason}")
 
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The tensors of a drawn batch that the objectives read, on the trainer's device."""
         keys = ("image", "image2", "views", "view_mask", "input_ids", "attention_mask", "paired")
         return {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
 
@@ -282,8 +293,12 @@ class LocalTrainer:
         return torch.stack(terms).mean() if terms else None
 
     def step_losses(self, model: torch.nn.Module, batches: Sequence[tuple[int, dict[str, torch.Tensor]]],
-                    teacher: GlobalTeacher | None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+                    teacher: GlobalTeacher | None,
+                    amp: bool | None = None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
         """The losses of one local step: every objective that fits each source's batch.
+
+        The one loss loop of local training: :meth:`train` calls it for all sources of a step,
+        :class:`~fedvlp.core.privacy.DPSGDTrainer` for one source's Poisson batch at a time.
 
         Parameters
         ----------
@@ -293,6 +308,8 @@ class LocalTrainer:
             ``(source index, batch on the device)`` for every source that drew a non-empty batch.
         teacher
             The round's global model, when self-distillation or the anchor is on.
+        amp
+            bfloat16 autocast; ``None``: on CUDA devices.
 
         Returns
         -------
@@ -303,7 +320,7 @@ class LocalTrainer:
         total = None
         terms: list[tuple[str, float]] = []
         sources: set[int] = set()
-        use_amp = self.device.type == "cuda"
+        use_amp = self.device.type == "cuda" if amp is None else amp
         for index, batch in batches:
             view = BatchView(model, batch, teacher)  # type: ignore[arg-type]
             losses: list[tuple[str, float, torch.Tensor]] = []
@@ -380,15 +397,13 @@ class LocalTrainer:
             batches = []
             for index in range(len(self.datasets)):
                 raw = self._next_batch(index)
-                self._record_skips(raw)
-                batch = self._to_device(self._shard(raw))
+                self.record_skips(raw)
+                batch = self.to_device(self._shard(raw))
                 if batch:
                     batches.append((index, batch))
             total, terms, sources = self._forward(batches, teacher, step)
             trained_sources |= sources
-            for name, value in terms:
-                totals[name] += value
-                seen[name] += 1
+            tally_losses(totals, seen, terms)
             if optimizer is None:
                 continue
             if reference and total is not None:
@@ -423,7 +438,7 @@ class LocalTrainer:
                 continue
             rows = dataset.rows
             study = {rows.ids[i]: (rows.study_ids[i] if rows.study_ids is not None else "") or rows.ids[i] for i in dataset.indices}
-            metrics.update(alignment_metrics(self.model, self._to_device(batch), [study[i] for i in batch["ids"]]))
+            metrics.update(alignment_metrics(self.model, self.to_device(batch), [study[i] for i in batch["ids"]]))
         return metrics
 
     def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:

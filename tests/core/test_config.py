@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from fedvlp.core.config import ConfigError, RunConfig, expand_vars, list_site_files, load_site, project_root
+from fedvlp.core.config import (
+    HASH_POLICIES,
+    LOADER_WORKERS_ENV,
+    ConfigError,
+    RunConfig,
+    expand_vars,
+    flower_config_table,
+    list_site_files,
+    load_site,
+    loader_workers,
+    project_root,
+)
 
 
 def test_pyproject_defaults_equal_the_dataclass_defaults() -> None:
     pyproject = tomllib.loads((project_root() / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_flat()
+
+
+def test_pyproject_table_is_the_rendering_of_the_dataclass() -> None:
+    text = (project_root() / "pyproject.toml").read_text()
+    start = text.index("[tool.flwr.app.config]\n")
+    block = text[start:text.index("\n\n", start) + 1]
+    assert block == flower_config_table(), "paste fedvlp.core.config.flower_config_table() into pyproject.toml"
+
+
+def test_every_field_has_a_known_hash_policy() -> None:
+    policies = {f.name: f.metadata.get("hash", "always") for f in dataclasses.fields(RunConfig)}
+    assert set(policies.values()) <= set(HASH_POLICIES)
+    never = sorted(name for name, policy in policies.items() if policy == "never")
+    assert never == ["device", "loader_workers", "min_nodes", "min_replies", "out_dir", "round_timeout", "rounds",
+                     "trainer_cache_size"]
+
+
+@pytest.mark.parametrize(("run_value", "env", "node_default", "expected"), [
+    (0, None, None, 0), (0, "3", None, 3), (2, "3", None, 2), (2, None, 5, 2), (0, "3", 1, 1), (0, " ", None, 0),
+])
+def test_loader_workers_run_config_wins_over_the_node_default(monkeypatch, run_value, env, node_default,
+                                                                expected) -> None:
+    if env is None:
+        monkeypatch.delenv(LOADER_WORKERS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(LOADER_WORKERS_ENV, env)
+    assert loader_workers(RunConfig(loader_workers=run_value), node_default) == expected
+
+
+def test_a_bad_loader_workers_variable_names_itself(monkeypatch) -> None:
+    monkeypatch.setenv(LOADER_WORKERS_ENV, "two")
+    with pytest.raises(ConfigError, match=r"\$FEDVLP_LOADER_WORKERS: key 'loader-workers'"):
+        loader_workers(RunConfig())
 
 
 def test_from_flat_reads_dashed_keys_and_coerces_ints_to_floats() -> None:

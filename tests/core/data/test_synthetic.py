@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from fedvlp.core.data import synthetic
+from fedvlp.core.data.synthetic import cases as synthetic_cases
+from fedvlp.core.data.synthetic import world as synthetic_world
 from fedvlp.core.data.synthetic import (
     DEVICES,
     FINDING_KEYWORDS,
@@ -115,7 +117,7 @@ def test_world_json_holds_spec_and_version(quick_world) -> None:
 
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
-    original = synthetic.render_image
+    original = synthetic_world.render_image
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -123,7 +125,7 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Pat
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_image", failing)
+    monkeypatch.setattr(synthetic_world, "render_image", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_world(tmp_path / "world", TINY)
     assert list(tmp_path.iterdir()) == []
@@ -402,7 +404,7 @@ def test_render_draws_the_same_randomness_whatever_the_findings() -> None:
     rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
     render_image(base, rng_a, 64)
     render_image(sample_case(np.random.default_rng(5)).with_findings(
-        **{n: synthetic._sample_finding(n, np.random.default_rng(1)) for n in FINDINGS}), rng_b, 64)
+        **{n: synthetic_cases._sample_finding(n, np.random.default_rng(1)) for n in FINDINGS}), rng_b, 64)
     assert rng_a.random() == rng_b.random()
 
 
@@ -499,11 +501,11 @@ def test_shipped_vocabulary_is_up_to_date() -> None:
     assert {"effusion", "pneumothorax", "cardiomegaly", "nodule", "consolidation", "endotracheal", "mm"} <= set(vocab)
     assert {"##a", "##z", "##0", "##9", ".", ",", ":", "0", "9"} <= set(vocab)
     shipped = vocab_path("demo").read_text(encoding="utf-8").splitlines()
-    assert shipped == vocab, "run: python -m fedvlp.core.data.synthetic --write-vocab"
+    assert shipped == vocab, "run: fedvlp.core.data.synthetic.write_vocabulary()"
     assert load_tokenizer("demo").vocab_size == len(vocab)
 
 
-# ------------------------------------------------------------------------------- spec / CLI
+# ------------------------------------------------------------------------------- spec
 def test_spec_validation_and_quick() -> None:
     quick = WorldSpec.quick()
     assert (quick.n_pairs, quick.n_images, quick.n_reports, quick.n_labeled) == (120, 120, 120, 300)
@@ -513,18 +515,3 @@ def test_spec_validation_and_quick() -> None:
         WorldSpec(n_pairs=-1)
     with pytest.raises(ValueError, match="size_b"):
         WorldSpec(size_b=8)
-
-
-def test_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
-    seen = {}
-
-    def fake_generate(out_dir, spec, *, progress=False):
-        seen.update(out_dir=out_dir, spec=spec)
-        return {site: Path(out_dir) / site / "manifest.csv" for site in SITES}
-
-    monkeypatch.setattr(synthetic, "generate_world", fake_generate)
-    assert synthetic.main([str(tmp_path / "w"), "--quick", "--seed", "2"]) == 0
-    assert seen["spec"] == WorldSpec.quick(seed=2) and seen["out_dir"] == str(tmp_path / "w")
-    assert "hospital_a" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        synthetic.main([])
