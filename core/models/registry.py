@@ -94,16 +94,17 @@ def check_run(run: RunConfig, origin: str = "run_config") -> Family:
     family = family_of(run)
     missing = [name for name in run.spec.objectives if name not in family.objectives]
     if missing:
-        raise ConfigError(origin, "recipe", f"a recipe whose objectives the '{family.name}' family has ({family.objectives}); "
-                                            f"it has no {missing}", run.recipe)
+        expected = f"a recipe of objectives the '{family.name}' family has ({family.objectives}); it has no {missing}"
+        raise ConfigError(origin, "recipe", expected, run.recipe)
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     for key in sorted(family_knobs() - family.knobs):
         name = key.replace("-", "_")
         value = getattr(run, name)
         if value != defaults[name]:
             uses = ", ".join(sorted(family.knobs)) or "none of them"
-            raise ConfigError(origin, key, f"its default {defaults[name]!r} with recipe '{run.recipe}' (the {family.name} family "
-                                           f"does not use it; of the family-specific keys it uses {uses})", value)
+            expected = (f"its default {defaults[name]!r} with recipe '{run.recipe}' "
+                        f"(the {family.name} family does not use it; of the family-specific keys it uses {uses})")
+            raise ConfigError(origin, key, expected, value)
     return family
 
 
@@ -121,10 +122,13 @@ def build_model(run: RunConfig, seed: int | None = None) -> VLPModel:
         or a key the family ignores is set away from its default (:func:`check_run`).
     """
     family = check_run(run)
-    general = [name for name, spec in RECIPE_SPECS.items() if spec.family in _FAMILIES and _FAMILIES[spec.family].general_inits]
-    check_inits(run, family, general)
+    check_inits(run, family, [name for name, spec in RECIPE_SPECS.items() if _takes_general_inits(spec.family)])
     torch.manual_seed(run.seed if seed is None else seed)
     return family.build(run)
+
+
+def _takes_general_inits(name: str) -> bool:
+    return name in _FAMILIES and _FAMILIES[name].general_inits
 
 
 def create_model(recipe: str, seed: int | None = None, **overrides: Any) -> VLPModel:

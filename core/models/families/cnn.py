@@ -21,10 +21,6 @@ from ..text import TextEncoder, build_text_encoder
 
 __all__ = ["FAMILY", "build_cnn_model"]
 
-# ConVIRT's paper encoder (RecipeSpec.image_encoder = "resnet50"), used at model-size base.
-_RESNET50 = {"block": "bottleneck", "layers": (3, 4, 6, 3)}
-
-
 def build_cnn_model(run: RunConfig) -> FedVLPModel:
     """The ResNet + BERT model of ``run`` (seed torch first).
 
@@ -36,7 +32,8 @@ def build_cnn_model(run: RunConfig) -> FedVLPModel:
     tokenizer = load_run_tokenizer(run)
     config = model_config_for(run)
     if run.spec.image_encoder == "resnet50" and run.model_size == "base" and not run.image_init:
-        config = replace(config, image=replace(config.image, **_RESNET50))
+        # The paper's encoder (ConVIRT) at the paper's size: a ResNet-50.
+        config = replace(config, image=replace(config.image, block="bottleneck", layers=(3, 4, 6, 3)))
     image, text = _build_encoders(run, config)
     weights = run.objective_weights()
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]

@@ -6,9 +6,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-
 from fedvlp.core.config import RECIPE_SPECS, ConfigError, RecipeSpec, RunConfig
-from fedvlp.core.models import FedVLPModel, VLPModel, build_model, create_model, get_family, list_families, register_family
+from fedvlp.core.models import (
+    FedVLPModel,
+    VLPModel,
+    build_model,
+    create_model,
+    get_family,
+    list_families,
+    register_family,
+)
 from fedvlp.core.models.family import STUDIES, Family
 from fedvlp.core.models.registry import check_run, family_knobs, unregister_family
 
@@ -56,7 +63,8 @@ def test_a_key_the_family_ignores_set_away_from_its_default_is_an_error(tiny_run
     run = replace(tiny_run, recipe=recipe, **{key: value})  # not validated: RunConfig knows no families
     dashed = key.replace("_", "-")
     family = RECIPE_SPECS[recipe].family
-    with pytest.raises(ConfigError, match=rf"key '{dashed}': .*recipe '{recipe}' \(the {family} family does not use it") as err:
+    expected = rf"key '{dashed}': .*recipe '{recipe}' \(the {family} family does not use it"
+    with pytest.raises(ConfigError, match=expected) as err:
         build_model(run)
     assert isinstance(err.value, ValueError) and err.value.key == dashed
     for used in get_family(family).knobs:  # the message names what the family does use
