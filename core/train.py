@@ -22,7 +22,7 @@ from .data.manifest import ManifestRows
 from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
 from .models.family import STUDIES
-from .models.model import FedVLPModel
+from .models.protocol import VLPModel
 from .models.registry import family_of
 from .objectives import BatchView
 from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
@@ -128,7 +128,7 @@ class _TagSource:
 
 
 class LocalTrainer:
-    """Trains a :class:`FedVLPModel` on one site's datasets.
+    """Trains a model of any family (:class:`~fedvlp.core.models.VLPModel`) on one site's datasets.
 
     Parameters
     ----------
@@ -144,7 +144,7 @@ class LocalTrainer:
         DataLoader worker processes that decode images.
     """
 
-    def __init__(self, model: FedVLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
+    def __init__(self, model: VLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
                  num_workers: int = 0):
         self.model = model.to(device)
         data = datasets if isinstance(datasets, SiteData) else SiteData(list(datasets))
