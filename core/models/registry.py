@@ -73,7 +73,7 @@ def family_of(run: RunConfig) -> Family:
 
 def family_knobs() -> frozenset[str]:
     """Every family-specific run-config key: those some registered family reads."""
-    return frozenset().union(*(family.knobs for family in _FAMILIES.values()))
+    return frozenset().union(*(registered.knobs for registered in _FAMILIES.values()))
 
 
 def check_run(run: RunConfig, origin: str = "run_config") -> Family:
@@ -138,5 +138,5 @@ def create_model(recipe: str, seed: int | None = None, **overrides: Any) -> VLPM
 
 # The built-in families; a new family adds its module's Family here.
 _BUILTIN = (cnn.FAMILY, vit.FAMILY, uwox.UWOX, uwox.UNIT)
-for _family in _BUILTIN:
-    register_family(_family)
+for _builtin in _BUILTIN:
+    register_family(_builtin)
