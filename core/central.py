@@ -44,7 +44,7 @@ from .config import ConfigError, RunConfig, SiteConfig, list_site_files, load_si
 from .data.datasets import SiteDataset
 from .data.manifest import ManifestRows, load_source_rows
 from .data.tokenizer import load_run_tokenizer
-from .models import build_model
+from .models import build_model, family_of
 from .train import LocalTrainer, SiteData, add_source, load_site_data, resolve_device
 
 __all__ = ["PretrainResult", "pool_rows", "pooled_datasets", "pooled_data", "steps_per_round", "pretrain_central", "pretrain_local", "MODES"]
@@ -110,7 +110,7 @@ def pooled_data(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augme
         When no source has a usable row.
     """
     tokenizer = load_run_tokenizer(run)
-    spec = run.spec
+    pools = family_of(run).pools_sources
     groups: dict[tuple[Any, ...], list[tuple[str, ManifestRows]]] = {}
     for site in sites:
         for index, source in enumerate(site.sources):
@@ -118,8 +118,8 @@ def pooled_data(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augme
             if not len(rows):
                 continue
             key = _pool_key(rows)
-            if spec.family == "vit":
-                key = (*key, site.name, index)  # studies are per manifest: no pooling
+            if not pools:
+                key = (*key, site.name, index)  # e.g. studies are per manifest: no pooling
             groups.setdefault(key, []).append((site.name, rows))
     data = SiteData([])
     for parts in groups.values():

@@ -579,7 +579,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = Fal
         When the checkpoint cannot be found, its run config is invalid, or ``out`` is not empty.
     """
     from .data.tokenizer import load_run_tokenizer
-    from .models import build_model
+    from .models import build_model, family_of
 
     found, weights_file, run_folder = find_checkpoint(checkpoint)
     run = RunConfig.from_flat(found.state["run_config"], origin=str(weights_file.with_suffix(".json")))
@@ -599,7 +599,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = Fal
         "training": _training(found.state, run),
         "sites": _sites(run, history),
     }
-    if run.spec.family in ("uwox", "unit"):
+    if family_of(run).shared_encoder:
         meta["shared"] = _shared_encoder_export(model, out)
     else:
         meta["image"] = export_image_encoder(model.image_backbone(), out, run.image_size)

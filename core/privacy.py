@@ -46,6 +46,7 @@ from .data.datasets import collate_samples
 from .objectives import BatchView
 from .objectives.masked import MLMObjective
 from .params import group_of
+from .models.registry import family_of
 from .train import LocalResult, LocalTrainer, tally_losses
 
 __all__ = [
@@ -107,7 +108,7 @@ def plan_privacy(trainer: LocalTrainer, run: RunConfig) -> DPPlan:
     """
     sources, names = _active(trainer)
     coupled = [n for n in names if n not in PER_SAMPLE_OBJECTIVES]
-    if run.spec.family != "cnn":
+    if not family_of(run).per_sample_dp:
         level, reason = "client", f"recipe '{run.recipe}' ({run.spec.family} family) is not validated for opacus per-sample gradients"
     elif coupled:
         level, reason = "client", f"objective(s) {', '.join(coupled)} couple the samples of a batch, so per-sample DP does not hold"

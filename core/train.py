@@ -21,7 +21,9 @@ from .data.loader import site_rows
 from .data.manifest import ManifestRows
 from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
-from .models.model import FedVLPModel
+from .models.family import STUDIES
+from .models.protocol import VLPModel
+from .models.registry import family_of
 from .objectives import BatchView
 from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .objectives.pooling import masked_mean
@@ -85,14 +87,14 @@ def load_site_data(site: SiteConfig, run: RunConfig, max_len: int, augment: bool
 def add_source(data: SiteData, rows: ManifestRows, run: RunConfig, tokenizer: Any, max_len: int, augment: bool = True) -> None:
     """Append the training dataset of one source's ``rows`` to ``data`` (and its held-out pairs).
 
-    REFERS (``vit`` family) pair sources become study datasets; other sources get a second
+    Pair sources of a family that trains on studies (REFERS) become study datasets; other sources get a second
     augmented view of every image when self-distillation is on, and pair sources keep
     ``align-holdout`` of their pairs apart for the alignment metrics.
     """
     text_tokenizer = tokenizer if "text" in rows.source.modalities else None
     spec = run.spec
     options: dict[str, Any] = {"profile": spec.augment, "text_view": spec.text_view}
-    if spec.family == "vit" and rows.images is not None and rows.reports is not None:
+    if family_of(run).dataset == STUDIES and rows.images is not None and rows.reports is not None:
         # REFERS trains on studies: up to 3 views of one study with its report.
         data.datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))
         return
@@ -134,7 +136,7 @@ class _TagSource:
 
 
 class LocalTrainer:
-    """Trains a :class:`FedVLPModel` on one site's datasets.
+    """Trains a model of any family (:class:`~fedvlp.core.models.VLPModel`) on one site's datasets.
 
     Parameters
     ----------
@@ -152,7 +154,7 @@ class LocalTrainer:
         ``None``: ``$FEDVLP_LOADER_WORKERS``.
     """
 
-    def __init__(self, model: FedVLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
+    def __init__(self, model: VLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
                  num_workers: int | None = 0):
         self.model = model.to(device)
         data = datasets if isinstance(datasets, SiteData) else SiteData(list(datasets))

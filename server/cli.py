@@ -142,7 +142,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .progress import round_bar
     from .simulation import simulate
 
-    run = args.run if hasattr(args, "run") else _check_simulate(args)
+    run = args.run if "run" in vars(args) else _check_simulate(args)
     offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
     # The bar only: the server logs every round ("Round i/N: ...") at INFO already.
     with round_bar(run.rounds, Path(run.out_dir) / "checkpoints") as on_round:

@@ -275,7 +275,8 @@ def _check(ds: Dataset, path: Path, policy: ImagePolicy, pixels: bool) -> None:
 def _codec_check(ds: Dataset, path: Path) -> None:
     from pydicom.pixels import get_decoder
 
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if syntax is None or not syntax.is_compressed:
         return
     try:

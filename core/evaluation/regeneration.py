@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..models.protocol import VLPModel
+
 __all__ = ["gaussian_window", "ssim", "psnr", "mse", "supports_regeneration", "regenerate", "regeneration_metrics",
            "save_grid"]
 
@@ -79,31 +81,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return 10.0 * torch.log10(data_range**2 / mse(a, b))
 
 
-def _kind(model: torch.nn.Module) -> str | None:
-    head = getattr(model, "head", None)
-    if head is None or "mim" not in head or not hasattr(head["mim"], "decoder"):
-        return None
-    if hasattr(getattr(model, "image", None), "forward_features"):
-        return "cnn"
-    if hasattr(model, "encode_image") and hasattr(getattr(model, "image", None), "patchify"):
-        return "uwox"
-    return None
-
-
-def supports_regeneration(model: torch.nn.Module) -> bool:
+def supports_regeneration(model: VLPModel) -> bool:
     """Whether ``model`` has a masked-image head (cnn ``mixed``, or ``uwox`` / ``unit``)."""
-    return _kind(model) is not None
-
-
-def _unpatchify(patches: torch.Tensor, patch: int, side: int) -> torch.Tensor:
-    """Inverse of the uwox ``_patchify`` for square images: ``(B, g*g, p*p)`` to ``(B, 1, g*p, g*p)``."""
-    grid = side // patch
-    b = patches.shape[0]
-    return patches.reshape(b, grid, grid, patch, patch).permute(0, 1, 3, 2, 4).reshape(b, 1, grid * patch, grid * patch)
+    return model.supports_regeneration()
 
 
 @torch.no_grad()
-def regenerate(model: torch.nn.Module, images: torch.Tensor, seed: int = 0, batch_size: int = 128,
+def regenerate(model: VLPModel, images: torch.Tensor, seed: int = 0, batch_size: int = 128,
                device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask ``images`` as in pretraining and regenerate them.
 
@@ -113,40 +97,24 @@ def regenerate(model: torch.nn.Module, images: torch.Tensor, seed: int = 0, batc
         The grey-masked input, the regenerated image (see the module docstring) and the
         ``(B, 1, S, S)`` mask; the same ``seed`` gives the same masks.
     """
-    from ..objectives.masked import patch_mask
-
-    kind = _kind(model)
-    if kind is None:
+    if not model.supports_regeneration():
         raise ValueError(f"regeneration needs a masked-patch (MIM) head (recipes mixed, uwox, unit); "
                          f"{type(model).__name__} has none")
-    head = model.head["mim"]
     model.eval().to(device)
     masked_out, regen_out, masks = [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].to(device)
-            side = x.shape[-1]
-            if kind == "cnn":
-                mask = patch_mask(x.shape[0], side, head.patch, head.ratio, x.device)
-                corrupted = x.masked_fill(mask, 0.5)
-                prediction = head.decoder(model.image.forward_features(corrupted)).float().clamp(0.0, 1.0)
-            else:
-                from ..objectives.uwox import random_patch_mask
-
-                tokens = random_patch_mask(x.shape[0], model.config.full_tokens, head.ratio, x.device)
-                encoded = model.encode_image(x, tokens)
-                prediction = _unpatchify(head.decoder(*encoded["levels"]).float(), head.patch, side).clamp(0.0, 1.0)
-                ones = torch.ones(x.shape[0], tokens.shape[1], head.patch * head.patch, device=x.device)
-                mask = _unpatchify(ones * tokens[..., None], head.patch, side) > 0.5
-                corrupted = x.masked_fill(mask, 0.5)
+            mask, prediction = model.regenerate_masked(x)
+            corrupted = x.masked_fill(mask, 0.5)
             masked_out.append(corrupted.cpu())
             regen_out.append(torch.where(mask, prediction, x).cpu())
             masks.append(mask.cpu())
     return torch.cat(masked_out), torch.cat(regen_out), torch.cat(masks)
 
 
-def regeneration_metrics(model: torch.nn.Module, images: torch.Tensor, seed: int = 0,
+def regeneration_metrics(model: VLPModel, images: torch.Tensor, seed: int = 0,
                          device: str = "cpu") -> tuple[list[tuple[str, str, float]], tuple[torch.Tensor, torch.Tensor]]:
     """``(metric, "mean", value)`` rows (``mse``, ``mse_masked``, ``psnr``, ``ssim``) and the
     ``(masked, regenerated)`` images for a grid."""

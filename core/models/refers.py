@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TextEncoderConfig
-from ..objectives.base import Objective
-from ..objectives.generation import GenerationObjective
-from ..objectives.study_contrastive import StudyContrastiveObjective
+from ..objectives import GenerationObjective, Objective, StudyContrastiveObjective
 from .text import TextEncoder, build_text_encoder
 from .vit import ViTConfig, ViTEncoder, build_vit
 
@@ -79,6 +77,31 @@ class REFERSModel(nn.Module):
     def objectives(self) -> list[Objective]:
         """The active objectives, in a fixed order."""
         return [self.head[name] for name in self.head]  # type: ignore[misc]
+
+    def supports_retrieval(self) -> bool:
+        """Whether the study contrastive head is active (its projections embed single images and reports)."""
+        return "contrastive" in self.head
+
+    def _contrastive(self) -> StudyContrastiveObjective:
+        if "contrastive" not in self.head:
+            raise ValueError("this refers model has no contrastive head to embed images and texts with")
+        return self.head["contrastive"]  # type: ignore[return-value]
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The ViT's patch-token map, average pool, the contrastive head's image projection."""
+        return self._contrastive().embed_image_map(self.image.forward_features(images))
+
+    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """BERT states max-pooled over real tokens, the contrastive head's text projection."""
+        return self._contrastive().embed_text_states(self.text(input_ids, attention_mask), attention_mask)
+
+    def supports_regeneration(self) -> bool:
+        """No: REFERS has no masked-image head."""
+        return False
+
+    def regenerate_masked(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Not supported (:meth:`supports_regeneration`)."""
+        raise ValueError("the refers model has no masked-image (mim) head")
 
 
 def build_refers_model(

@@ -46,8 +46,8 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder, BertLayer
 
 from ..config import MODEL_SIZES, ConfigError
-from ..objectives.base import Objective
-from ..objectives.uwox import SAM, UWOXMatchingObjective, UWOXMIMObjective, UWOXMLMObjective, init_bert_style
+from ..layers import SAM, init_bert_style
+from ..objectives import Objective, UWOXMatchingObjective, UWOXMIMObjective, UWOXMLMObjective, random_patch_mask
 from .image import PIXEL_MEAN, PIXEL_STD
 
 __all__ = [
@@ -160,6 +160,13 @@ def patch_positions(side: int, patch: int) -> torch.Tensor:
     x0, x1 = start.repeat(grid), end.repeat(grid)  # column index varies fastest
     y0, y1 = start.repeat_interleave(grid), end.repeat_interleave(grid)
     return torch.stack([x0, y0, x1, y1, x1 - x0, y1 - y0], dim=1)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, side: int) -> torch.Tensor:
+    """Inverse of :func:`_patchify` for square images: ``(B, g*g, p*p)`` to ``(B, 1, g*p, g*p)``."""
+    grid = side // patch
+    b = patches.shape[0]
+    return patches.reshape(b, grid, grid, patch, patch).permute(0, 1, 3, 2, 4).reshape(b, 1, grid * patch, grid * patch)
 
 
 def _patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -398,6 +405,33 @@ class UWOXModel(nn.Module):
         if self.joint.fusion is None:
             return text, image
         return self.joint.fusion(text, text_mask, image)
+
+    def supports_retrieval(self) -> bool:
+        """No: the shared transformer has no head that embeds both modalities into one space."""
+        return False
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Not supported (:meth:`supports_retrieval`)."""
+        raise ValueError("the uwox / unit model has no shared image-text embedding space")
+
+    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Not supported (:meth:`supports_retrieval`)."""
+        raise ValueError("the uwox / unit model has no shared image-text embedding space")
+
+    def supports_regeneration(self) -> bool:
+        """Whether the ``mim`` head is active."""
+        return "mim" in self.head
+
+    def regenerate_masked(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-resolution patches hidden as in pretraining, the multi-scale decoder's pixels put back in place."""
+        head = self.head["mim"]
+        side = images.shape[-1]
+        tokens = random_patch_mask(images.shape[0], self.config.full_tokens, head.ratio, images.device)
+        encoded = self.encode_image(images, tokens)
+        prediction = unpatchify(head.decoder(*encoded["levels"]).float(), head.patch, side).clamp(0.0, 1.0)
+        ones = torch.ones(images.shape[0], tokens.shape[1], head.patch * head.patch, device=images.device)
+        mask = unpatchify(ones * tokens[..., None], head.patch, side) > 0.5
+        return mask, prediction
 
     def image_backbone(self) -> UWOXImageBackbone:
         """The module the fine-tuning sweep trains; it shares this model's parameters."""

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..models.model import FedVLPModel
     from .teacher import GlobalTeacher
 
 __all__ = ["Objective", "BatchView", "IMAGE", "TEXT", "PAIR", "TWO_VIEWS"]
@@ -31,7 +30,9 @@ class BatchView:
     states; computing them once per batch keeps the trainer as fast as a bare loop.
     """
 
-    def __init__(self, model: "FedVLPModel", batch: dict[str, torch.Tensor], teacher: "GlobalTeacher | None" = None) -> None:
+    def __init__(self, model: Any, batch: dict[str, torch.Tensor], teacher: "GlobalTeacher | None" = None) -> None:
+        # The model whose heads these objectives are (a VLPModel of fedvlp.core.models); typed
+        # loosely because objectives never import models: each objective reads what it needs.
         self.model = model
         self.batch = batch
         self.teacher = teacher  # the round's global model, for self-distillation and anchors

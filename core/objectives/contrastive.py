@@ -52,6 +52,14 @@ class ContrastiveObjective(Objective):
         text = self.text_proj(masked_max(view.text_states, view.batch["attention_mask"]))
         return image, text
 
+    def embed_image_map(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` image feature maps to the shared space: average pool, projection (retrieval)."""
+        return self.image_proj(features.mean(dim=(2, 3)))
+
+    def embed_text_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` token states to the shared space: max pool over real tokens, projection (retrieval)."""
+        return self.text_proj(masked_max(states, mask))
+
     def loss(self, view: BatchView) -> torch.Tensor:
         image, text = self.embed(view)
         return info_nce(image, text, self.tau, self.lam)

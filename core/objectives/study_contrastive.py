@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import IMAGE, PAIR, TEXT, BatchView, Objective
 from .contrastive import info_nce
+from .pooling import masked_max
 
 __all__ = ["STUDY_VIEWS", "study_views", "encode_views", "StudyContrastiveObjective"]
 
@@ -104,6 +105,14 @@ class StudyContrastiveObjective(Objective):
         tokens, _ = encode_views(view)
         study, _ = self.fuse(tokens[:, :, 0])
         return self.image_proj(study), self.text_proj(view.text_states[:, 0])
+
+    def embed_image_map(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W)`` patch-token maps of single images: average pool, image projection (retrieval)."""
+        return self.image_proj(features.mean(dim=(2, 3)))
+
+    def embed_text_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` report states: max pool over real tokens, text projection (retrieval)."""
+        return self.text_proj(masked_max(states, mask))
 
     def loss(self, view: BatchView) -> torch.Tensor:
         image, text = self.embed(view)

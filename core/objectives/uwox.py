@@ -22,29 +22,29 @@ Three losses train one shared transformer (:mod:`fedvlp.core.models.uwox`):
     fixed length for a fixed image size), a linear layer, sigmoid and BCE against
     paired (1) / unpaired (0).
 
-The models module imports :class:`SAM` and :func:`init_bert_style` from here (objectives never
-import models, so there is no import cycle).
+:class:`SAM` and :func:`init_bert_style` are shared with the model and live in
+:mod:`fedvlp.core.layers`; the model is described here by the :class:`SharedTransformer`
+protocol, so objectives never import models.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import SAM, init_bert_style
 from .base import IMAGE, TEXT, BatchView, Objective
 from .masked import MLMObjective, mask_tokens, masked_l1, mlm_loss
 from .matching import matching_loss, shuffled_negatives
 
-if TYPE_CHECKING:
-    from ..models.uwox import UWOXModel
-
 __all__ = [
     "SAM",
     "init_bert_style",
+    "SharedTransformer",
     "random_patch_mask",
     "masked_patch_l1",
     "comat_features",
@@ -65,64 +65,18 @@ MASKED_TEXT_KEY = "uwox.text.masked"  # (labels, (B, L, D) states of the BERT-ma
 MASKED_IMAGE_KEY = "uwox.image.masked"  # (patch mask (B, N_full), encode_image(...) dict)
 
 
-# ----------------------------------------------------------------------------- building blocks
-def init_bert_style(module: nn.Module, std: float = 0.02) -> None:
-    """BERT's initialisation: linear and embedding weights ~ N(0, std), biases 0, LayerNorm 1/0."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, std=std)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.Embedding):
-            nn.init.normal_(sub.weight, std=std)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
+class SharedTransformer(Protocol):
+    """What these objectives use of the ``uwox`` / ``unit`` model (:class:`fedvlp.core.models.uwox.UWOXModel`)."""
 
+    config: Any  # ``full_tokens``: the number of full-resolution patches
+    image: Any  # ``patchify(images)``: ``(B, N_full, patch**2)`` pixel targets
 
-class SAM(nn.Module):
-    """Multi-head attention block ``SAM(q, k, v)``: ``x = LN(q + MHA(q, k, v))``, ``LN(x + MLP(x))``.
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
-    Post-norm like a BERT layer. ``SAM(q)`` is self-attention. The output has the query's
-    length. ``key_mask`` ``(B, Lk)`` marks the keys that take part (1) and padding (0).
-    Written with plain ``nn.Linear`` layers (no ``nn.MultiheadAttention``) so that
-    per-sample-gradient tools can trace it.
-    """
+    def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> dict[str, Any]: ...
 
-    def __init__(self, dim: int, heads: int, intermediate: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        if dim % heads != 0:
-            raise ValueError(f"SAM width {dim} is not divisible by heads {heads}")
-        self.heads = heads
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
-        self.attn_norm = nn.LayerNorm(dim, eps=1e-12)
-        self.mlp = nn.Sequential(nn.Linear(dim, intermediate), nn.GELU(), nn.Linear(intermediate, dim))
-        self.mlp_norm = nn.LayerNorm(dim, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
-        self.attn_dropout = dropout
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor | None = None,
-        value: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        key = query if key is None else key
-        value = key if value is None else value
-        batch, q_len, dim = query.shape
-        k_len, head_dim = key.shape[1], dim // self.heads
-        q = self.query(query).view(batch, q_len, self.heads, head_dim).transpose(1, 2)
-        k = self.key(key).view(batch, k_len, self.heads, head_dim).transpose(1, 2)
-        v = self.value(value).view(batch, k_len, self.heads, head_dim).transpose(1, 2)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0)
-        out = self.out(out.transpose(1, 2).reshape(batch, q_len, dim))
-        x = self.attn_norm(query + self.dropout(out))
-        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+    def pair_states(self, text: torch.Tensor, text_mask: torch.Tensor,
+                    image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 # --------------------------------------------------------------------------------- pure helpers
@@ -188,7 +142,7 @@ class UWOXMLMObjective(MLMObjective):
         init_bert_style(self)
 
     def loss(self, view: BatchView) -> torch.Tensor:
-        model: UWOXModel = view.model  # type: ignore[assignment]
+        model: SharedTransformer = view.model
         ids, mask = view.batch["input_ids"], view.batch["attention_mask"]
 
         def encode() -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +187,7 @@ class UWOXMIMObjective(Objective):
         init_bert_style(self)
 
     def loss(self, view: BatchView) -> torch.Tensor:
-        model: UWOXModel = view.model  # type: ignore[assignment]
+        model: SharedTransformer = view.model
         images = view.batch[IMAGE]
 
         def encode() -> tuple[torch.Tensor, dict[str, Any]]:
@@ -252,7 +206,7 @@ class UWOXMatchingObjective(Objective):
     shift, :func:`shuffled_negatives`) is a negative. When the batch carries a float
     ``paired`` ``(B,)`` (images coupled with reports from a public pool), those are the
     targets and no negatives are drawn. With ``unit``'s fusion layer the states are fused
-    per (image, report) tuple first (:meth:`UWOXModel.pair_states`).
+    per (image, report) tuple first (``pair_states`` of the model).
     """
 
     name: ClassVar[str] = "matching"
@@ -265,7 +219,7 @@ class UWOXMatchingObjective(Objective):
         self.classifier = nn.Linear(max_len + image_tokens, 1)
         init_bert_style(self)
 
-    def logits(self, model: "UWOXModel", text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def logits(self, model: SharedTransformer, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``(B,)`` match logits of encoded (report, image) tuples (fused first for ``unit``)."""
         if image.shape[1] != self.image_tokens:
             raise ValueError(
@@ -275,7 +229,7 @@ class UWOXMatchingObjective(Objective):
         return self.classifier(comat_features(text, text_mask, image, self.max_len)).squeeze(-1)
 
     def loss(self, view: BatchView) -> torch.Tensor:
-        model: UWOXModel = view.model  # type: ignore[assignment]
+        model: SharedTransformer = view.model
         batch = view.batch
         ids, mask = batch["input_ids"], batch["attention_mask"]
         text = view.cached(TEXT_KEY, lambda: model.encode_text(ids, mask))

@@ -80,11 +80,3 @@ def test_regeneration_metrics_for_masked_patch_recipes_and_a_clear_error_otherwi
     expected_mse = float(((regenerated.double() - images.double()) ** 2).mean())
     assert rows["mse"] == pytest.approx(expected_mse) and rows["mse_masked"] > rows["mse"]
     assert 0 < rows["ssim"] < 1
-
-
-def test_uwox_patches_are_put_back_where_they_came_from():
-    from fedvlp.core.evaluation.regeneration import _unpatchify
-    from fedvlp.core.models.uwox import _patchify
-
-    images = torch.rand(2, 1, 32, 32)
-    assert torch.equal(_unpatchify(_patchify(images, 8), 8, 32), images)

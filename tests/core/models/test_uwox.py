@@ -15,8 +15,10 @@ from fedvlp.core.models.uwox import (
     UWOXBackboneSource,
     UWOXConfig,
     UWOXModel,
+    _patchify,
     build_uwox_model,
     patch_positions,
+    unpatchify,
 )
 from fedvlp.core.params import group_of
 
@@ -211,3 +213,8 @@ def test_reports_longer_than_max_len_are_rejected() -> None:
         model.encode_text(ids, torch.ones_like(ids))
     with torch.no_grad():
         assert math.isfinite(float(model.encode_text(ids[:, :48], torch.ones(1, 48)).sum()))
+
+
+def test_uwox_patches_are_put_back_where_they_came_from() -> None:
+    images = torch.rand(2, 1, 32, 32)
+    assert torch.equal(unpatchify(_patchify(images, 8), 8, 32), images)
