@@ -1,12 +1,12 @@
 """The Flower ServerApp: global model, modality-aware aggregation, checkpoints and resume.
 
-Each round: parse and validate every reply (``server/replies.py``: record layout, types, counts,
+Each round: parse and validate every reply (``server/app/replies.py``: record layout, types, counts,
 metrics; keys, shapes, dtypes, finite values, integer buffers, the site's declared size, update
 norm against the round's median and against earlier rounds); a bad reply is rejected, logged
 with its node id and reason, and the round goes on with the others. Then aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
 (FedAvg, FedAdam, FedYogi) and checkpoint weights plus optimizer state. With
 ``secure-aggregation = "secagg+"`` the round runs Flower's SecAgg+ workflow instead and the
-server sees only the sum of the replies (``server/secagg.py``).
+server sees only the sum of the replies (``server/app/secagg.py``).
 """
 
 from __future__ import annotations
@@ -306,7 +306,9 @@ def check_secure_sum(run: RunConfig, state: Mapping[str, torch.Tensor], result: 
     """
     import numpy as np
 
-    from .secagg import check_summed_weights, declared_sizes
+    from fedvlp.core.secagg_codec import declared_sizes
+
+    from .secagg import check_summed_weights
 
     problems: list[str] = []
     declared: dict[int, dict[str, int]] = {}

@@ -9,14 +9,15 @@ and every client answers ``num_examples = 1``, so Flower's weighting is the iden
 result is the mean of the clients' vectors; times the number of clients, it is their sum.
 
 Each client's vectors are ``w * (local - global)`` per key plus the per-key weights ``w``
-(``client/secagg.py``); the aggregate of a key is ``global + sum(w * update) / sum(w)``, the
-same count-weighted mean over the sites that sent the key as plain mode. A key with
-``sum(w) = 0`` keeps its global value.
+(the wire format of ``core/secagg_codec.py``, encoded by ``client/secagg.py``); the aggregate
+of a key is ``global + sum(w * update) / sum(w)``, the same count-weighted mean over the sites
+that sent the key as plain mode. A key with ``sum(w) = 0`` keeps its global value.
 
 Precision: SecAgg+ rounds each value stochastically to a grid of step
 ``s = 2 * clipping_range / quantization_range`` (3.8e-6 with Flower's defaults 8 and 2**22),
 so each sum is off by less than ``N * s`` for ``N`` clients and the aggregated update of a key
-by less than ``N * s * (1 + |mean update|) / sum(w)`` (x ``INTEGER_SCALE`` for integer buffers).
+by less than ``N * s * (1 + |mean update|) / sum(w)`` (x ``INTEGER_SCALE`` of
+``core/secagg_codec.py`` for integer buffers).
 Clients send every array flat: Flower 1.41's unmasking leaves 0-d arrays un-normalised
 (``dequantize`` returns a scalar for them, so the in-place offset and ``1/N`` fix-up miss it).
 Individual replies are never seen, so per-reply validation (norms, NaN) and robust
@@ -25,7 +26,7 @@ aggregation are not available in this mode; the sum is checked instead
 is a whole number of samples (``count / max_weight`` summed) and does not exceed the sizes the
 sites declared in the clear (``site-size/<group>`` metrics); the round's aggregated update norm
 is held to the norms of earlier rounds by the caller. An honest client cannot send a negative or
-oversized weight (``client/secagg.py`` refuses to encode it).
+oversized weight (``core/secagg_codec.py`` refuses to encode it).
 """
 
 from __future__ import annotations
@@ -39,14 +40,11 @@ import numpy as np
 import torch
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import group_of
+from fedvlp.core.secagg_codec import KEYS_CONFIG, ROUND_CONFIG, WORKFLOW_MAX_WEIGHT, decode_sum, encode_keys
 
 __all__ = [
-    "INTEGER_SCALE",
-    "SIZE_METRIC_PREFIX",
     "SecAggRound",
     "check_summed_weights",
-    "declared_sizes",
-    "decode_sum",
     "error_bound",
     "flower_share_settings",
     "secagg_round",
@@ -54,9 +52,6 @@ __all__ = [
 
 log = logging.getLogger("fedvlp.server")
 
-INTEGER_SCALE = 1024.0  # must equal fedvlp.client.secagg.INTEGER_SCALE (a test checks)
-SIZE_METRIC_PREFIX = "site-size/"  # must equal fedvlp.client.secagg.SIZE_METRIC_PREFIX (a test checks)
-WORKFLOW_MAX_WEIGHT = 1.0  # clients answer num_examples = 1: Flower's weight ratio is exactly 1
 
 
 @dataclass
@@ -70,55 +65,6 @@ class SecAggRound:
     key_weights: dict[str, float] = field(default_factory=dict)  # sum of w per key
     sites: list[dict[str, Any]] = field(default_factory=list)  # per-site scalar metrics only
     failures: list[str] = field(default_factory=list)
-
-
-def decode_sum(
-    keys: Sequence[str], global_state: Mapping[str, torch.Tensor], summed: Sequence[np.ndarray], min_weight: float
-) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """The modality-aware aggregate from the summed encoded vectors.
-
-    Parameters
-    ----------
-    keys
-        Every key of the global model in the agreed order.
-    global_state
-        The round's global weights.
-    summed
-        The sum over clients of their encoded vectors: one array per key, then the weights.
-    min_weight
-        A key whose summed weight is below this kept its value (nobody sent it); half of the
-        smallest possible weight ``1 / max_weight`` is safe against quantisation error.
-
-    Returns
-    -------
-    tuple
-        The new weights and the set of keys someone sent.
-    """
-    weights = np.asarray(summed[len(keys)], dtype=np.float64)
-    out: dict[str, torch.Tensor] = {}
-    carried: set[str] = set()
-    for index, key in enumerate(keys):
-        value = global_state[key]
-        total = float(weights[index])
-        if total < min_weight:
-            out[key] = value.clone()
-            continue
-        carried.add(key)
-        update = torch.from_numpy(np.asarray(summed[index], dtype=np.float64).reshape(tuple(value.shape))) / total
-        if value.is_floating_point():
-            out[key] = (value.to(torch.float64) + update).to(value.dtype)
-        else:
-            out[key] = (value.to(torch.float64) + update * INTEGER_SCALE).round().to(value.dtype)
-    return out, carried
-
-
-def declared_sizes(metrics: Mapping[str, Any]) -> dict[str, int]:
-    """The ``site-size/<group>`` metrics of one SecAgg+ reply: the site's declared sizes."""
-    out: dict[str, int] = {}
-    for name, value in metrics.items():
-        if name.startswith(SIZE_METRIC_PREFIX) and isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            out[name[len(SIZE_METRIC_PREFIX):]] = int(value)
-    return out
 
 
 def check_summed_weights(
@@ -192,7 +138,7 @@ def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], n
 
     keys = list(state)
     parameters = ndarrays_to_parameters([state[k].detach().cpu().numpy() for k in keys])
-    instructions = FitIns(parameters, {"server-round": round_, "keys": "\n".join(keys)})
+    instructions = FitIns(parameters, {ROUND_CONFIG: round_, KEYS_CONFIG: encode_keys(keys)})
     caught: dict[str, Any] = {}
 
     class _Instructions(Strategy):
@@ -248,58 +194,3 @@ def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], n
     failures = [f"{type(f).__name__}: {f}" for f in caught.get("failures", [])]
     key_weights = {key: float(weights[index]) for index, key in enumerate(keys)}
     return SecAggRound(aggregated, carried, clients, group_weights, key_weights, sites, failures)
-
-
-def bench(rounds: int = 3, local_steps: int = 3) -> dict[str, float]:
-    """Plain vs SecAgg+ on the quick demo world with the tiny model: figures, not a test.
-
-    Returns the steady-state round seconds of both modes (round 1, with process start-up,
-    left out), the overhead, and the largest deviation of the SecAgg+ round-1 weights from the
-    plain ones (both runs start from the same weights and see the same replies in round 1).
-    """
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from fedvlp.core.checkpoint import load_round
-    from fedvlp.core.config import project_root
-    from fedvlp.core.data.synthetic import WorldSpec, generate_world
-    from fedvlp.core.runtime import offline_env, state_dir
-
-    from .app import round_summary
-    from .simulation import simulate
-
-    offline_env(threads_per_client=1)
-    world = state_dir() / "demo-quick"
-    generate_world(world, WorldSpec.quick())
-    os.environ["FEDVLP_DEMO_DATA"] = str(world)
-    out = Path(tempfile.mkdtemp(prefix="fedvlp-secagg-bench-"))
-    base = RunConfig(sites=str(project_root() / "sites" / "demo"), model_size="tiny", image_size=32, batch_size=16, rounds=rounds, local_steps=local_steps, update_norm_factor=0.0)
-    histories: dict[str, list[dict[str, Any]]] = {}
-    for mode in ("off", "secagg+"):
-        run = base.replace(secure_aggregation=mode, out_dir=str(out / mode.replace("+", "")))
-        histories[mode] = []
-        simulate(run, on_round=histories[mode].append)
-    start = load_round(out / "off" / "checkpoints", 0).weights
-    plain = load_round(out / "off" / "checkpoints", 1).weights
-    secure = load_round(out / "secagg" / "checkpoints", 1).weights
-    errors = [float((secure[k].double() - plain[k].double()).abs().max()) for k in start if start[k].is_floating_point()]
-    updates = [float((plain[k].double() - start[k].double()).abs().max()) for k in start if start[k].is_floating_point()]
-    plain_s, secure_s = round_summary(histories["off"]), round_summary(histories["secagg+"])
-    return {
-        "plain-round-seconds": plain_s["round-seconds"],
-        "secagg-round-seconds": secure_s["round-seconds"],
-        "secagg-overhead-seconds": secure_s["round-seconds"] - plain_s["round-seconds"],
-        "plain-other-seconds": plain_s["round-other-seconds"],
-        "secagg-other-seconds": secure_s["round-other-seconds"],
-        "round1-max-abs-error": max(errors),
-        "round1-max-abs-update": max(updates),
-        "quantisation-step": 2 * base.secagg_clipping_range / base.secagg_quantization_range,
-    }
-
-
-if __name__ == "__main__":  # python -m fedvlp.server.secagg [rounds]
-    import sys
-
-    for name, value in bench(int(sys.argv[1]) if len(sys.argv) > 1 else 3).items():
-        print(f"{name}: {value:.6g}")

@@ -163,7 +163,7 @@ def compression_bytes(run: RunConfig) -> dict[str, Any]:
 
 
 def _simulation_figures(run: RunConfig) -> dict[str, Any]:
-    from .app import round_summary
+    from fedvlp.server.app import round_summary
     from .simulation import simulate
 
     peak = [0]

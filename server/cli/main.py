@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from fedvlp.core.data.validate import skipped_in_history
 
-    from .app import round_summary
+    from fedvlp.server.app import round_summary
     from .progress import round_bar
     from .simulation import simulate
 
@@ -482,7 +482,7 @@ _GPU_HELP = ("GPU share of each virtual client (0.5: two per GPU; 0: train on CP
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Draw a run's per-site curves (site_metrics.jsonl) into one PNG per metric family."""
-    from .run_log import plot_run
+    from fedvlp.server.app.run_log import plot_run
 
     try:
         report = plot_run(args.run, args.out)

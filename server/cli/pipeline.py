@@ -301,7 +301,7 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     from fedvlp.core.evaluation.sweep import CELLS_DIR
     from fedvlp.core.runtime import offline_env
 
-    from .app import round_summary
+    from fedvlp.server.app import round_summary
     from .sweep_cli import GENERAL_PRETRAINED, InitSpec, output_names, sweep_and_report
 
     started = time.perf_counter()

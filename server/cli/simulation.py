@@ -135,7 +135,7 @@ def simulate(
     quiet_ray_env()
     from flwr.simulation import run_simulation
 
-    from .app import make_server_app
+    from fedvlp.server.app import make_server_app
 
     bind_ray_to_localhost()
     overrides = run.to_flat()

@@ -166,7 +166,7 @@ def _extras(models: dict[str, Any], labeled, out: Path, queries_path: str | None
     from fedvlp.core.evaluation import RESULT_COLUMNS, cell_file, load_results
     from fedvlp.core.evaluation.regeneration import regeneration_metrics, save_grid, supports_regeneration
     from fedvlp.core.evaluation.retrieval import load_queries, retrieval_metrics, supports_retrieval
-    from fedvlp.core.evaluation.sweep import _write_results
+    from fedvlp.core.evaluation.sweep import write_results
 
     queries = load_queries(queries_path)
     test = torch.as_tensor(labeled.indices("test"))
@@ -190,7 +190,7 @@ def _extras(models: dict[str, Any], labeled, out: Path, queries_path: str | None
                 frame = pd.DataFrame([{"init": name, "protocol": protocol, "label_fraction": 0.0, "seed": 0,
                                        "metric": m, "class": c, "value": v} for m, c, v in rows], columns=RESULT_COLUMNS)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _write_results(frame, path)
+                write_results(frame, path)
             frames.append(load_results(path))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
 
@@ -222,7 +222,7 @@ def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label
     """
     from fedvlp.core.evaluation import load_labeled, load_results, run_sweep
     from fedvlp.core.evaluation.report import write_outputs
-    from fedvlp.core.evaluation.sweep import RESULTS_FILE, _write_results
+    from fedvlp.core.evaluation.sweep import RESULTS_FILE, write_results
 
     inits, base, models = resolve_inits(specs, overrides or {})
     sizes = [base.image_size] + sorted({i.image_size for i in inits.values() if i.image_size is not None} - {base.image_size})
@@ -239,7 +239,7 @@ def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label
         everything = load_results(out / RESULTS_FILE)
         keys = ["init", "protocol", "label_fraction", "seed", "metric", "class"]
         merged = pd.concat([everything, extra_rows], ignore_index=True).drop_duplicates(subset=keys, keep="last")
-        _write_results(merged, out / RESULTS_FILE)
+        write_results(merged, out / RESULTS_FILE)
         results = pd.concat([results, extra_rows], ignore_index=True)
         write_outputs(results, out, config.title)
     return results
