@@ -2,8 +2,8 @@
 
 A reply is untrusted input: any record may be missing, of another record type, carry other
 keys, or hold values of any type and size. :func:`parse_reply` turns a well-formed reply into
-a :class:`~fedvlp.server.aggregation.SiteUpdate` and raises
-:class:`~fedvlp.server.aggregation.ReplyRejected` (naming the node and the reason) for every
+a :class:`~fedvlp.server.app.aggregation.SiteUpdate` and raises
+:class:`~fedvlp.server.app.aggregation.ReplyRejected` (naming the node and the reason) for every
 other one, so that one bad reply costs its site the round and never the run.
 
 What a well-formed reply holds (``fedvlp.client.app.train_round``):

@@ -104,7 +104,7 @@ def resolve_site_names(nodes: Iterable[Any], sites: str | None) -> dict[int, str
 
 
 def site_rows(record: Mapping[str, Any], names: Mapping[int, str]) -> list[dict[str, Any]]:
-    """The JSONL rows of one round record of ``server/app.py`` (one per accepted reply).
+    """The JSONL rows of one round record of ``server/app/rounds.py`` (one per accepted reply).
 
     Each row: ``round``, ``site``, ``node_id``, ``metrics`` (the reply's MetricRecord: losses,
     alignment metrics, train-seconds, steps, skips), ``counts`` (samples per parameter group)
@@ -175,7 +175,7 @@ def _open(out_dir: Path, first_round: int) -> _RunLog:
 
 
 def log_round(grid: Any, run: Any, record: dict[str, Any]) -> None:
-    """Log a finished round record of ``server/app.py`` by site name (JSONL and TensorBoard).
+    """Log a finished round record of ``server/app/rounds.py`` by site name (JSONL and TensorBoard).
 
     Also writes the resolved name into each of ``record["sites"]`` as ``site`` so that the
     checkpoint's round history names the sites too. Failures to write are logged, never fatal:

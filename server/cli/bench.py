@@ -201,7 +201,7 @@ _BEFORE = {"freeze-image-stages": 0, "freeze-text-layers": 0, "image-bn": "train
 def site_step_seconds(folder: str | Path, steps: int = 3) -> dict[str, Any]:
     """Seconds per local step of every site kind of a study, before and after its settings.
 
-    ``folder`` holds site files and a ``federation.toml`` (:mod:`~fedvlp.server.pipeline`);
+    ``folder`` holds site files and a ``federation.toml`` (:mod:`~fedvlp.server.cli.pipeline`);
     "after" is its general-pretrained run configuration (``[run]`` + ``[general-pretrained]``,
     at the study's image size), "before" the same starting weights with :data:`_BEFORE`. One
     thread, one warm-up step, then ``steps`` timed steps per site and setting.

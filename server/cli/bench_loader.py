@@ -4,7 +4,7 @@ The fedvlp path is what training runs: a :class:`~fedvlp.core.data.datasets.Site
 (image checks, decode, resize to ``image-size``) behind a ``DataLoader`` with N worker processes
 and fedvlp's collate. The baseline is a bare loop: ``Image.open(p).convert("L").resize(...)``
 into a numpy array, in one process. Both read the same files; a warm-up pass fills the page
-cache first so that neither pays for the disk alone. Run as ``python -m fedvlp.server.bench_loader``
+cache first so that neither pays for the disk alone. Run as ``python -m fedvlp.server.cli.bench_loader``
 or ``fedvlp bench-loader``.
 """
 

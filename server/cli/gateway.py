@@ -15,7 +15,7 @@ same certificate, and forwards ``/v1/fleet/*`` requests only (and ``/health``); 
 gets ``404``. SuperNode authentication still happens at the SuperLink: the gateway forwards the
 signed headers untouched.
 
-Run it with ``python -m fedvlp.server.gateway --host 0.0.0.0 --port 9092 --upstream
+Run it with ``python -m fedvlp.server.cli.gateway --host 0.0.0.0 --port 9092 --upstream
 https://127.0.0.1:9093 --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile
 server.key`` (``docs/deployment.md``, "Keep the Control API to the operator").
 """
@@ -81,10 +81,10 @@ def make_gateway_app(upstream: str, ca_cert: Path | None = None, timeout: float 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fedvlp.server.gateway``: serve the gateway until interrupted."""
+    """``python -m fedvlp.server.cli.gateway``: serve the gateway until interrupted."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="python -m fedvlp.server.gateway", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fedvlp.server.cli.gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="0.0.0.0", help="address the hospitals reach (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--upstream", default="https://127.0.0.1:9093", help="the SuperLink's --host/--port on this machine")

@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dicom", action="store_true", help="hospital_b trains from a DICOM export of its images "
                       "(written into OUT/dicom and imported with the `fedvlp import dicom` code)")
     demo.add_argument("--sites", help="a real federation instead of the synthetic world: a folder of site files with a "
-                      "federation.toml (e.g. sites/cxr); runs its whole study, see server/pipeline.py")
+                      "federation.toml (e.g. sites/cxr); runs its whole study, see server/cli/pipeline.py")
     demo.add_argument("--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining")
     demo.add_argument("--jobs", type=int, default=2, help="with --sites: sweep cells in this many processes (results do not depend on it)")
     demo.add_argument("--no-early-sweep", dest="early_sweep", action="store_false",
@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "folder (e.g. sites/cxr), before and after its federation.toml settings, at its image size")
     bench.add_argument("--steps", type=int, default=3, help="timed steps per site and setting with --site-steps")
     bench.add_argument("--sites", type=int, help="instead: peak memory and seconds per round of an N-site simulation (tiny, 32 px) "
-                       "partitioned from a generated world (server/bench_sites.py)")
+                       "partitioned from a generated world (server/cli/bench_sites.py)")
     bench.add_argument("--fraction-train", type=float, default=0.1, help="with --sites: share of the sites that train each round")
     bench.add_argument("--rounds", type=int, default=3, help="with --sites: rounds simulated")
     bench.set_defaults(func=cmd_bench)

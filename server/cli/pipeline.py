@@ -237,7 +237,7 @@ def _sweep_niced(log_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 def sweep_in_background(log_path: Path, *args: Any, **kwargs: Any) -> multiprocessing.process.BaseProcess:
-    """Start :func:`~fedvlp.server.sweep_cli.sweep_and_report` in a spawned process at nice 19.
+    """Start :func:`~fedvlp.server.cli.sweep_cli.sweep_and_report` in a spawned process at nice 19.
 
     It only uses CPU time that nothing else wants. Stopping it (``terminate``) loses at most the
     cell in progress: every finished cell is already in its own file in the sweep folder, which

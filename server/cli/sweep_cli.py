@@ -1,6 +1,6 @@
 """The evaluation commands behind ``fedvlp sweep``, ``fedvlp pretrain`` and ``fedvlp split``.
 
-``server/cli.py`` holds the parsers and thin ``cmd_*`` wrappers; the work is here, on top of
+``server/cli/main.py`` holds the parsers and thin ``cmd_*`` wrappers; the work is here, on top of
 ``fedvlp.core.evaluation`` and ``fedvlp.core.central``.
 """
 
