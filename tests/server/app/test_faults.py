@@ -22,7 +22,7 @@ from ..flwr_processes import LocalFederation, kill_tree
 
 pytestmark = pytest.mark.slow
 
-SITES = Path(__file__).resolve().parents[2] / "sites" / "demo"
+SITES = Path(__file__).resolve().parents[3] / "sites" / "demo"
 TINY = 'model-size="tiny" image-size=32 local-steps=2 batch-size=8'
 
 

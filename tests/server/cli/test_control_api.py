@@ -21,7 +21,7 @@ from fedvlp.server.cli.operator import make_certificates, make_node_keys
 
 from ..flwr_processes import BIN, LocalFederation, flwr_env, free_ports, wait_for_port
 
-SITES = Path(__file__).resolve().parents[2] / "sites" / "demo"
+SITES = Path(__file__).resolve().parents[3] / "sites" / "demo"
 REFUSED = "not served here: this address serves the Fleet API only"  # what flwr prints of the gateway's 404
 
 

@@ -22,7 +22,7 @@ from ..flwr_processes import LocalFederation
 
 pytestmark = pytest.mark.slow
 
-SITES = Path(__file__).resolve().parents[2] / "sites" / "demo"
+SITES = Path(__file__).resolve().parents[3] / "sites" / "demo"
 HOSPITALS = ("hospital_a", "hospital_b")
 # What Flower logs when a SuperNode cannot establish its connection to the SuperLink (the
 # process status itself is 1 in 1.41).
