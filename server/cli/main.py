@@ -482,7 +482,7 @@ _GPU_HELP = ("GPU share of each virtual client (0.5: two per GPU; 0: train on CP
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Draw a run's per-site curves (site_metrics.jsonl) into one PNG per metric family."""
-    from fedvlp.server.app.run_log import plot_run
+    from .run_report import plot_run
 
     try:
         report = plot_run(args.run, args.out)

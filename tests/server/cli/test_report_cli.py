@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fedvlp.server.cli.main import main
-from fedvlp.server.app.run_log import SITE_LOG, plot_run
+from fedvlp.server.app.run_log import SITE_LOG
+from fedvlp.server.cli.run_report import plot_run
 
 ROWS = [
     {"round": 1, "site": "hospital_a", "node_id": 11, "metrics": {"loss/total": 9.5, "loss/mlm": 5.8, "align/top1": 0.25}, "counts": {"text": 64}},
