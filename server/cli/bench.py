@@ -25,7 +25,7 @@ from fedvlp.core.params import group_of
 from fedvlp.core.runtime import offline_env, state_dir
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
-__all__ = ["compression_bytes", "run_bench", "site_step_seconds", "tree_rss_bytes"]
+__all__ = ["compression_bytes", "run_bench", "simulation_figures", "site_step_seconds", "tree_rss_bytes"]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -162,8 +162,11 @@ def compression_bytes(run: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _simulation_figures(run: RunConfig) -> dict[str, Any]:
+def simulation_figures(run: RunConfig) -> dict[str, Any]:
+    """Simulate ``run`` and time it: the round split of :func:`~fedvlp.server.app.round_summary`
+    and the peak memory of the process tree (sampled while it runs)."""
     from fedvlp.server.app import round_summary
+
     from .simulation import simulate
 
     peak = [0]
@@ -257,5 +260,5 @@ def run_bench(quick: bool = False) -> dict[str, Any]:
     figures.update(_upload_bytes(run))
     figures.update(compression_bytes(run))
     with tempfile.TemporaryDirectory() as tmp:
-        figures.update(_simulation_figures(run.replace(rounds=3, out_dir=tmp)))
+        figures.update(simulation_figures(run.replace(rounds=3, out_dir=tmp)))
     return figures

@@ -48,7 +48,7 @@ def sites_bench(sites: int, fraction_train: float = 0.1, rounds: int = 3, rows_p
     from fedvlp.core.data.synthetic import WorldSpec, generate_world
     from fedvlp.core.runtime import offline_env
 
-    from .bench import _simulation_figures
+    from .bench import simulation_figures
 
     offline_env(threads_per_client=1)
     if workdir is None:
@@ -64,7 +64,7 @@ def sites_bench(sites: int, fraction_train: float = 0.1, rounds: int = 3, rows_p
                     min_train_nodes=1, sites=str(partition.folder), out_dir=str(root / "run"), seed=seed)
     figures: dict[str, Any] = {"sites": sites, **{f"sites-{k}": partition.kinds.count(k) for k in ("pairs", "images", "reports")},
                                "fraction-train": fraction_train, "rounds": rounds}
-    figures.update(_simulation_figures(run))
+    figures.update(simulation_figures(run))
     from fedvlp.core.checkpoint import load_latest
 
     latest = load_latest(Path(run.out_dir) / "checkpoints")
