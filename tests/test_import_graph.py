@@ -1,7 +1,8 @@
 """The import graph of ``core/``, ``server/`` and ``client/``: no cycles, and the layers' arrows.
 
 Every ``import`` statement counts, at module level or inside a function (a lazy import still
-ties the two modules together), relative imports resolved. ``from pkg import name`` is an
+ties the two modules together) or under ``if TYPE_CHECKING:`` (a type names a dependency too),
+relative imports resolved. ``from pkg import name`` is an
 arrow to the submodule ``pkg.name`` when that is a module, else to ``pkg``. Importing
 ``a.b.c`` also runs ``a/__init__`` and ``a/b/__init__``; those implicit arrows are left out
 (as import linters do): a package's ``__init__`` that re-exports its submodules would
