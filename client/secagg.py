@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
-from fedvlp.core.secagg_codec import FLOWER_NUM_EXAMPLES, KEYS_CONFIG, ROUND_CONFIG, decode_keys, encode_update, size_metrics
+from fedvlp.core.secagg_codec import (
+    FLOWER_NUM_EXAMPLES,
+    KEYS_CONFIG,
+    ROUND_CONFIG,
+    decode_keys,
+    encode_update,
+    size_metrics,
+)
 from flwr.app import Context, Message, MessageType, RecordDict
 
 __all__ = [

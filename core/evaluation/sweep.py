@@ -38,7 +38,9 @@ from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
 from .report import write_outputs
 from .tasks import task_metrics
 
-__all__ = ["PROTOCOLS", "RESULT_COLUMNS", "RESULTS_FILE", "SweepConfig", "run_sweep", "load_results", "cell_file", "write_results"]
+__all__ = [
+    "PROTOCOLS", "RESULT_COLUMNS", "RESULTS_FILE", "SweepConfig", "run_sweep", "load_results", "cell_file", "write_results",
+]
 
 log = logging.getLogger(__name__)
 
