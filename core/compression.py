@@ -184,7 +184,7 @@ def encode_upload(mode: str, trained: Mapping[str, torch.Tensor], received: Mapp
 def decode_upload(mode: str, arrays: Mapping[str, np.ndarray], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights an upload stands for (the server's side of :func:`encode_upload`).
 
-    Expects wire arrays already checked by the server (``server/replies.py``): int8 updates are
+    Expects wire arrays already checked by the server (``server/app/replies.py``): int8 updates are
     added to ``reference`` (the round's global weights), bf16 weights widened to fp32.
     """
     out: dict[str, torch.Tensor] = {}

@@ -255,7 +255,7 @@ class RunConfig:
     mim_patch: int = 8
     min_nodes: int = _hash_never(1)
     min_replies: int = _hash_never(1)
-    # share of connected nodes that train each round (Flower's convention; server/sampling.py)
+    # share of connected nodes that train each round (Flower's convention; server/app/sampling.py)
     fraction_train: float = _hash_if_changed(1.0)
     min_train_nodes: int = _hash_if_changed(1)  # at least this many train each round, whatever fraction-train says
     # sites whose trainer (model, data, optimizer) a ClientApp process keeps (LRU)

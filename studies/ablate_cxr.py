@@ -72,8 +72,8 @@ def main() -> None:
     from fedvlp.core.evaluation import SweepConfig
     from fedvlp.core.evaluation.data import split_manifest
     from fedvlp.core.runtime import offline_env
-    from fedvlp.server.simulation import simulate
-    from fedvlp.server.sweep_cli import InitSpec, sweep_and_report
+    from fedvlp.server.cli.simulation import simulate
+    from fedvlp.server.cli.sweep_cli import InitSpec, sweep_and_report
 
     offline_env(threads_per_client=1)
     out = args.out.resolve()

@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 from .display import percentile_window, unit_to_gray, value_window
-from .images import DEFAULT_POLICY, ImageDecodeError, ImagePolicy
+from .image_policy import DEFAULT_POLICY, ImageDecodeError, ImagePolicy
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -40,62 +40,22 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .dicom import decode_dicom, dicom_header, is_dicom
 from .display import percentile_window, unit_to_gray
+from .image_policy import DEFAULT_POLICY, IMAGE_REASONS, MAX_PIXELS, ImageDecodeError, ImagePolicy
 
 __all__ = ["ImageDecodeError", "ImagePolicy", "DEFAULT_POLICY", "load_image", "check_header", "decode_gray", "MAX_PIXELS", "IMAGE_REASONS"]
-
-# Larger than any real radiograph (MIMIC's biggest are ~4k x 3k); a bigger file is malformed
-# or a decompression bomb and would exhaust a worker's memory.
-MAX_PIXELS = 8192 * 8192
 
 # JPEG's YCbCr round trip can leave +-1 differences between the channels of a grey image.
 GREY_TOLERANCE = 2
 
-IMAGE_REASONS = ("image_missing", "image_not_file", "image_corrupt", "image_truncated", "image_huge", "image_16bit", "image_nonfinite", "image_rgb")
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
-
-
-class ImageDecodeError(ValueError):
-    """An image file is missing, corrupt, truncated or of a kind the policy rejects.
-
-    ``reason`` is one of :data:`IMAGE_REASONS`; the message names the file.
-    """
-
-    def __init__(self, path: str | Path, reason: str, detail: str):
-        self.path, self.reason, self.detail = Path(path), reason, detail
-        super().__init__(f"{path}: {reason}: {detail}")
-
-
-@dataclass(frozen=True)
-class ImagePolicy:
-    """Which non-standard images a source converts instead of skipping.
-
-    Parameters
-    ----------
-    accept_16bit
-        Rescale high-bit-depth images to 8 bits (by the percentile window of
-        :func:`~fedvlp.core.data.display.percentile_window`, see the module docstring) instead
-        of skipping them as ``image_16bit``. DICOM files carry their own window and need no
-        acceptance.
-    accept_rgb
-        Convert colour images to luminance instead of skipping them as ``image_rgb``.
-    max_pixels
-        Width x height above which a file is skipped as ``image_huge`` without being decoded.
-    """
-
-    accept_16bit: bool = False
-    accept_rgb: bool = False
-    max_pixels: int = MAX_PIXELS
-
-
-DEFAULT_POLICY = ImagePolicy()
 
 
 def _file_kind(mode: int) -> str:
@@ -189,7 +149,6 @@ def check_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
         With the reason code.
     """
     path = Path(path)
-    from .dicom import dicom_header, is_dicom  # here: dicom.py imports this module
 
     if is_dicom(path):
         return dicom_header(path, policy)
@@ -215,7 +174,6 @@ def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, size: in
         With the reason code (see the module docstring).
     """
     path = Path(path)
-    from .dicom import decode_dicom, is_dicom  # here: dicom.py imports this module
 
     if is_dicom(path):
         return decode_dicom(path, policy, size)

@@ -38,7 +38,9 @@ from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
 from .report import write_outputs
 from .tasks import task_metrics
 
-__all__ = ["PROTOCOLS", "RESULT_COLUMNS", "SweepConfig", "run_sweep", "load_results", "cell_file"]
+__all__ = [
+    "PROTOCOLS", "RESULT_COLUMNS", "RESULTS_FILE", "SweepConfig", "run_sweep", "load_results", "cell_file", "write_results",
+]
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,16 @@ def cell_file(out_dir: Path, init: str, protocol: str, fraction: float, seed: in
     return Path(out_dir) / CELLS_DIR / f"{safe}__{protocol}__{float(fraction):g}__{int(seed)}.csv"
 
 
-def _write_results(frame: pd.DataFrame, path: Path) -> None:
+def write_results(frame: pd.DataFrame, path: Path) -> None:
+    """Write a results table as CSV in one step (a reader never sees half a file).
+
+    Parameters
+    ----------
+    frame
+        Rows of :data:`RESULT_COLUMNS` (NaN written as ``nan``).
+    path
+        The CSV file; a ``.tmp`` sibling is written first and renamed over it.
+    """
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False, na_rep="nan")
     os.replace(tmp, path)
@@ -414,9 +425,9 @@ def run_sweep(
         frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
         path = cell_file(out_dir, *cell)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_results(frame, path)
+        write_results(frame, path)
         results = frame if results.empty else pd.concat([results, frame], ignore_index=True)
-        _write_results(results, results_path)
+        write_results(results, results_path)
 
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="label-efficiency sweep",
               unit="run", disable=not progress) as bar:

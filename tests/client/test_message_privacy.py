@@ -51,7 +51,7 @@ def _describe(reply: Any) -> dict[str, Any]:
 def recording_client_app(overrides: Mapping[str, Any] | None = None) -> Any:
     """fedvlp's ClientApp behind a mod that writes every outgoing reply to a JSON file.
 
-    Loaded by ``fedvlp.server.simulation`` in place of ``make_client_app`` (same signature);
+    Loaded by ``fedvlp.server.cli.simulation`` in place of ``make_client_app`` (same signature);
     the folder is read here, in the driver, and travels inside the mod to the Ray actors.
     """
     from flwr.clientapp import ClientApp
@@ -88,7 +88,7 @@ def _plain_key(key: str, world: Path) -> bool:
 def test_replies_carry_only_model_arrays_counts_and_scalar_metrics(
     demo_env: Path, world: Path, tiny_run: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedvlp.server.simulation as simulation
+    import fedvlp.server.cli.simulation as simulation
 
     folder = tmp_path / "replies"
     folder.mkdir()

@@ -97,7 +97,7 @@ def test_the_ledger_on_disk_survives_a_new_process(world: Path, tmp_path: Path, 
 
 @pytest.mark.slow
 def test_federation_goes_on_when_a_site_exhausts_its_budget(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
-    from fedvlp.server.simulation import simulate
+    from fedvlp.server.cli.simulation import simulate
 
     folder = tmp_path / "sites"
     one_round = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)

@@ -1,5 +1,5 @@
 """The ClientApp worker runs fedvlp's own ClientApp only (its end-to-end behaviour is covered
-by the real-process tests in tests/server/test_tls_auth.py and test_faults.py)."""
+by the real-process tests in tests/server/cli/test_tls_auth.py and tests/server/app/test_faults.py)."""
 
 from __future__ import annotations
 

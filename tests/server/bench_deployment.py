@@ -21,7 +21,7 @@ Modes:
 * ``worker``: the same with ``python -m fedvlp.client.supernode --poll-interval 0.3``
   instead of ``flower-supernode`` (the recommended setup of docs/deployment.md).
 
-The ServerApp collects replies every 0.1 s in every mode (``fedvlp.server.exchange``).
+The ServerApp collects replies every 0.1 s in every mode (``fedvlp.server.app.exchange``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from fedvlp.core.config import project_root
-from fedvlp.server.app import round_summary
+from fedvlp.server.app.rounds import round_summary
 
 from .flwr_processes import POLL_INTERVAL, LocalFederation
 

@@ -294,7 +294,7 @@ class LocalFederation:
     """
 
     def __init__(self, root: Path, ca_cert: Path | None = None, extra_env: Mapping[str, str] | None = None) -> None:
-        from fedvlp.server.flwr_config import write_flwr_config
+        from fedvlp.server.cli.flwr_config import write_flwr_config
 
         self.root = root
         self.logs = root / "logs"

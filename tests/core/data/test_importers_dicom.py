@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.dicom import load_salt, pseudonym
-from fedvlp.server.cli import main
+from fedvlp.server.cli.main import main
 
 from tests.core.data.test_dicom import write_dicom
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_csv

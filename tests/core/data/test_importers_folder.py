@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
-from fedvlp.server.cli import main
+from fedvlp.server.cli.main import main
 
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_image
 

@@ -8,7 +8,7 @@ import pytest
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout, parse_mapping
 from fedvlp.core.data.reports import DEID_TOKEN
-from fedvlp.server.cli import main
+from fedvlp.server.cli.main import main
 
 from tests.core.data.test_importers_common import (
     read_manifest,

@@ -13,7 +13,7 @@ from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.mimic import MIMIC_LABELS
 from fedvlp.core.data.reports import DEID_TOKEN
-from fedvlp.server.cli import main
+from fedvlp.server.cli.main import main
 
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_image
 

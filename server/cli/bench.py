@@ -1,0 +1,264 @@
+"""``fedvlp bench``: speed, upload size and memory figures, one ``name: value`` per line.
+
+Figures, not pass/fail thresholds: the trainer's overhead against a bare PyTorch loop, the
+bytes each demo site uploads per round (by group) against the full fp32 model, the bytes per
+round per site both ways for each compression mode (:func:`compression_bytes`), the split
+of a round into client compute and everything else, and the peak memory of the simulation.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedvlp.core.config import RunConfig, list_site_files, load_site, project_root
+from fedvlp.core.models import build_model
+from fedvlp.core.objectives import BatchView
+from fedvlp.core.params import group_of
+from fedvlp.core.runtime import offline_env, state_dir
+from fedvlp.core.train import LocalTrainer, load_site_datasets
+
+__all__ = ["compression_bytes", "run_bench", "simulation_figures", "site_step_seconds", "tree_rss_bytes"]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss[int(entry.name)] = int(line.split()[1]) * 1024
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += rss.get(current, 0)
+        stack.extend(children.get(current, []))
+    return total
+
+
+def _step_seconds(run: RunConfig, steps: int) -> tuple[float, float]:
+    """Seconds per local step of the pair site: fedvlp's trainer vs a bare loop."""
+    site = load_site(list_site_files(run.sites)[0])
+    model = build_model(run)
+    datasets = load_site_datasets(site, run, model.max_text_len)
+    trainer = LocalTrainer(model, datasets, run, torch.device("cpu"))
+    trainer.train(2)  # warm-up
+    started = time.perf_counter()
+    trainer.train(steps)
+    fedvlp_seconds = (time.perf_counter() - started) / steps
+
+    bare = build_model(run)
+    loader = trainer._loaders[0]
+    optimizer = torch.optim.AdamW(bare.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+    weights = run.objective_weights()
+    bare.train()
+
+    def bare_steps(count: int) -> None:
+        iterator = iter(loader)
+        for _ in range(count):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                iterator = iter(loader)
+                batch = next(iterator)
+            view = BatchView(bare, {k: batch[k] for k in ("image", "input_ids", "attention_mask")})
+            loss = sum(weights[o.name] * o.loss(view) for o in bare.objectives)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            torch.nn.utils.clip_grad_norm_(bare.parameters(), run.grad_clip)
+            optimizer.step()
+
+    bare_steps(2)
+    started = time.perf_counter()
+    bare_steps(steps)
+    return fedvlp_seconds, (time.perf_counter() - started) / steps
+
+
+def _upload_bytes(run: RunConfig) -> dict[str, Any]:
+    model = build_model(run)
+    state = model.state_dict()
+    full = sum(v.numel() * 4 for v in state.values())
+    out: dict[str, Any] = {"model-fp32-bytes": full}
+    for path in list_site_files(run.sites):
+        site = load_site(path)
+        trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
+        groups = trainer.group_counts()
+        by_group: Counter[str] = Counter()
+        for key, value in state.items():
+            if group_of(key) in groups:
+                by_group[group_of(key)] += value.numel() * value.element_size()
+        total = sum(by_group.values())
+        out[f"upload-bytes/{site.name}"] = total
+        out[f"upload-share/{site.name}"] = round(total / full, 3)
+        for group, size in sorted(by_group.items()):
+            out[f"upload-bytes/{site.name}/{group}"] = size
+    return out
+
+
+def _record_bytes(arrays: dict[str, Any]) -> int:
+    """Bytes of the arrays as a Flower ArrayRecord carries them (npy data plus headers)."""
+    from flwr.app import Array, ArrayRecord
+
+    return int(ArrayRecord({k: Array(v) for k, v in arrays.items()}).count_bytes())
+
+
+# (upload, download) pairs whose round totals the bench prints
+_ROUND_MODES = (("none", "none"), ("bf16", "bf16"), ("int8", "delta-bf16"), ("int8", "delta-int8"))
+
+
+def compression_bytes(run: RunConfig) -> dict[str, Any]:
+    """Bytes per round of every demo site for each upload / download compression mode.
+
+    Uploads carry every key of the groups the site trains (``core/compression.py`` encodes
+    them as in a real reply); delta downloads are counted with every floating key changed (the
+    steady state of a federation where every group trains; the first round of a node, sent
+    whole in bf16, costs ``download-bytes/bf16``). ``round-share/<upload>+<download>/<site>``:
+    upload + download against fp32 both ways.
+    """
+    from fedvlp.core.compression import DOWNLOAD_MODES, UPLOAD_MODES, encode_download, encode_upload
+
+    model = build_model(run)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    # a round later: every floating value moved (the codec's sizes do not depend on the values)
+    moved = {k: v + 1e-3 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in state.items()}
+    out: dict[str, Any] = {}
+    download = {}
+    for mode in DOWNLOAD_MODES:
+        download[mode] = _record_bytes(encode_download(mode, moved, state if mode.startswith("delta") else None)[1])
+        out[f"download-bytes/{mode}"] = download[mode]
+        out[f"download-share/{mode}"] = round(download[mode] / download["none"], 3)
+    for path in list_site_files(run.sites):
+        site = load_site(path)
+        trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
+        groups = set(trainer.group_counts())
+        trained = {k: v for k, v in moved.items() if group_of(k) in groups}
+        upload = {mode: _record_bytes(encode_upload(mode, trained, state)) for mode in UPLOAD_MODES}
+        for mode in UPLOAD_MODES:
+            out[f"upload-bytes/{mode}/{site.name}"] = upload[mode]
+            out[f"upload-share/{mode}/{site.name}"] = round(upload[mode] / upload["none"], 3)
+        fp32 = upload["none"] + download["none"]
+        for up, down in _ROUND_MODES:
+            total = upload[up] + download[down]
+            out[f"round-bytes/{up}+{down}/{site.name}"] = total
+            out[f"round-share/{up}+{down}/{site.name}"] = round(total / fp32, 3)
+    return out
+
+
+def simulation_figures(run: RunConfig) -> dict[str, Any]:
+    """Simulate ``run`` and time it: the round split of :func:`~fedvlp.server.app.round_summary`
+    and the peak memory of the process tree (sampled while it runs)."""
+    from fedvlp.server.app import round_summary
+
+    from .simulation import simulate
+
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_bytes(os.getpid()))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        simulate(run, on_round=records.append)
+    finally:
+        done.set()
+        sampler.join()
+    summary = round_summary(records)
+    return {
+        "simulation-seconds": round(time.perf_counter() - started, 2),
+        "first-round-seconds": round(summary["first-round-seconds"], 2),
+        **{key: round(summary[key], 3) for key in ("round-seconds", "round-client-compute-seconds", "round-other-seconds")},
+        "simulation-peak-rss-mb": round(peak[0] / 2**20, 1),
+    }
+
+
+# What the study's keep-the-pretrained-start settings replace: every knob at its default
+# (the whole network trains, BatchNorm re-estimates, a dense MLM decoder, masked regeneration).
+_BEFORE = {"freeze-image-stages": 0, "freeze-text-layers": 0, "image-bn": "train", "mlm-decoder": "untied",
+           "weight-distill": 0.0, "weight-mim": 1.0, "image-lr-scale": 1.0, "text-lr-scale": 1.0, "warmup-steps": 0}
+
+
+def site_step_seconds(folder: str | Path, steps: int = 3) -> dict[str, Any]:
+    """Seconds per local step of every site kind of a study, before and after its settings.
+
+    ``folder`` holds site files and a ``federation.toml`` (:mod:`~fedvlp.server.cli.pipeline`);
+    "after" is its general-pretrained run configuration (``[run]`` + ``[general-pretrained]``,
+    at the study's image size), "before" the same starting weights with :data:`_BEFORE`. One
+    thread, one warm-up step, then ``steps`` timed steps per site and setting.
+
+    Returns
+    -------
+    dict
+        ``site-step-seconds/<site>/before`` and ``.../after`` and their ratio per site.
+    """
+    from .pipeline import load_federation, pretrained_installed
+
+    offline_env(threads_per_client=1)
+    torch.set_num_threads(1)
+    federation = load_federation(folder)
+    after = RunConfig.from_flat({**federation.run, **(federation.general if pretrained_installed() else {}), "sites": str(federation.folder)})
+    if after.text_init == "minilm":
+        after = after.replace(tokenizer="minilm")
+    before = RunConfig.from_flat({**after.to_flat(), **_BEFORE})
+    figures: dict[str, Any] = {"image-size": after.image_size, "batch-size": after.batch_size, "torch-threads": 1,
+                               "text-init": after.text_init or "random", "image-init": after.image_init or "random"}
+    for site_file in list_site_files(federation.folder):
+        site = load_site(site_file)
+        seconds = {}
+        for name, run in (("before", before), ("after", after)):
+            model = build_model(run)
+            trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
+            trainer.train(1)  # warm-up: first decode, allocator
+            started = time.perf_counter()
+            trainer.train(steps)
+            seconds[name] = (time.perf_counter() - started) / steps
+            figures[f"site-step-seconds/{site_file.stem}/{name}"] = round(seconds[name], 3)
+        figures[f"site-step-ratio/{site_file.stem}"] = round(seconds["after"] / seconds["before"], 3)
+    return figures
+
+
+def run_bench(quick: bool = False) -> dict[str, Any]:
+    """Measure the demo-size model (or the tiny one with ``quick``) on the demo world."""
+    from fedvlp.core.data.synthetic import WorldSpec, generate_world
+
+    offline_env(threads_per_client=1)
+    world = state_dir() / ("demo-quick" if quick else "demo")
+    generate_world(world, WorldSpec.quick() if quick else WorldSpec())
+    os.environ["FEDVLP_DEMO_DATA"] = str(world)
+    run = RunConfig(sites=str(project_root() / "sites" / "demo"))
+    if quick:
+        run = run.replace(model_size="tiny", image_size=32, batch_size=16)
+    torch.set_num_threads(1)  # what one simulated client gets on this machine
+    figures: dict[str, Any] = {"model-size": run.model_size, "image-size": run.image_size, "batch-size": run.batch_size, "torch-threads": 1}
+    fedvlp_step, bare_step = _step_seconds(run, steps=5 if quick else 20)
+    figures["step-seconds/fedvlp"] = round(fedvlp_step, 4)
+    figures["step-seconds/bare-pytorch"] = round(bare_step, 4)
+    figures["step-ratio"] = round(fedvlp_step / bare_step, 3)
+    figures.update(_upload_bytes(run))
+    figures.update(compression_bytes(run))
+    with tempfile.TemporaryDirectory() as tmp:
+        figures.update(simulation_figures(run.replace(rounds=3, out_dir=tmp)))
+    return figures

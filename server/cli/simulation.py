@@ -1,0 +1,153 @@
+"""Run a whole federation in Flower's simulation engine, in this process.
+
+Ray, which runs the virtual clients, listens on 127.0.0.1 only (:func:`bind_ray_to_localhost`).
+Flower, Ray and torch are imported by :func:`simulate` only, so that the CLI can check a run
+config and its site files (:func:`validate_sites`) in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from fedvlp.core.config import RunConfig, SiteConfig, list_site_files, load_site
+from fedvlp.core.runtime import DevicePlan, offline_env, plan_devices
+
+__all__ = ["simulate", "validate_sites", "load_sites", "plan_simulation_devices", "bind_ray_to_localhost", "quiet_ray_env",
+           "CLIENT_APP_FACTORY", "LOCALHOST"]
+
+log = logging.getLogger(__name__)
+
+LOCALHOST = "127.0.0.1"
+
+# The ServerApp never imports the ClientApp module; like Flower itself, it loads the
+# ClientApp by reference, so `server -> core` stays the only arrow out of this package.
+CLIENT_APP_FACTORY = "fedvlp.client.app:make_client_app"
+
+
+def _load(reference: str) -> Any:
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def load_sites(run: RunConfig) -> list[SiteConfig]:
+    """Every site file of ``run.sites``, loaded and checked, in partition-id order.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first bad site file and its key.
+    """
+    return [load_site(site_file) for site_file in list_site_files(run.sites)]
+
+
+def validate_sites(run: RunConfig) -> int:
+    """Load every site file of ``run.sites``; the number of sites.
+
+    Why up front: inside the simulation a bad site file only fails that site's ClientApp, and
+    the run would go on without the hospital (every round one reply short).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first bad site file and its key.
+    """
+    return len(load_sites(run))
+
+
+def plan_simulation_devices(run: RunConfig, sites: list[SiteConfig], gpus_per_client: float | None, gpu_count: int) -> DevicePlan:
+    """:func:`fedvlp.core.runtime.plan_devices` for these site files (``gpu_count`` passed in for tests)."""
+    return plan_devices(run.device, {site.name: site.device for site in sites}, gpu_count, gpus_per_client)
+
+
+def quiet_ray_env() -> None:
+    """Opt in to Ray's announced behaviour so that it stops warning about it in every run.
+
+    Ray 2.55 prints a FutureWarning at every ``ray.init`` until ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``:
+    with it, a worker that holds no GPU share keeps the driver's ``CUDA_VISIBLE_DEVICES`` instead of
+    an empty one. :func:`fedvlp.core.runtime.plan_devices` makes such clients train on ``cpu``
+    explicitly, so nothing lands on a GPU Ray did not give out.
+    """
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def bind_ray_to_localhost() -> None:
+    """Make the Ray head that the simulation starts listen on 127.0.0.1 only.
+
+    Ray 2.55 (what flwr 1.41 installs) binds its GCS, raylet, object manager and worker gRPC
+    servers to every interface (``::``) on Linux; ``ray.init(_node_ip_address=...)`` does not
+    change that. It binds them to 127.0.0.1 when the node's address is the loopback one, which
+    is what Ray does on macOS and Windows unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is set:
+    Ray reads that switch into ``ray_constants.ENABLE_RAY_CLUSTER`` at import, so both the
+    variable (for Ray's own processes) and the imported constant are set here. A multi-machine
+    Ray cluster is never what ``fedvlp simulate`` starts, so nothing is lost.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants  # imported by flwr.simulation already
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def simulate(
+    run: RunConfig,
+    *,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = False,
+) -> DevicePlan:
+    """Simulate one SuperNode per site file of ``run.sites`` and run the ServerApp.
+
+    Parameters
+    ----------
+    run
+        The run settings (passed to both apps: in-process simulations have no run config).
+    cpus_per_client, gpus_per_client
+        Ray resources of each virtual client; ``gpus_per_client=0.5`` packs two clients per GPU.
+        ``None`` (default): with GPUs visible, each client gets ``GPUs / sites`` (at most 1), else 0.
+    on_round
+        Called by the server after every completed round with its record.
+
+    Returns
+    -------
+    DevicePlan
+        Where each site trained and the GPU share of each virtual client (also logged at INFO).
+
+    Raises
+    ------
+    ConfigError
+        When a site file is invalid (see :func:`validate_sites`) or a device asks for a GPU that
+        is not there; nothing has started then.
+    """
+    sites = load_sites(run)  # a bad site file stops here, before Ray starts
+    import torch
+
+    plan = plan_simulation_devices(run, sites, gpus_per_client, torch.cuda.device_count())
+    for line in plan.lines():
+        log.info("%s", line)
+    if plan.run_device != run.device:
+        run = run.replace(device=plan.run_device)
+    offline_env(threads_per_client=max(1, int(cpus_per_client)))
+    quiet_ray_env()
+    from flwr.simulation import run_simulation
+
+    from fedvlp.server.app import make_server_app
+
+    bind_ray_to_localhost()
+    overrides = run.to_flat()
+    server_app = make_server_app(overrides, on_round=on_round)
+    client_app = _load(CLIENT_APP_FACTORY)(overrides)
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": plan.gpus_per_client},
+        "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose, "_node_ip_address": LOCALHOST},
+    }
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config, verbose_logging=verbose)
+    return plan
