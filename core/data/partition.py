@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fedvlp.core.config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["PartitionSpec", "PartitionResult", "site_kinds", "dirichlet_assign", "partition_manifest", "image_roots_of", "MAX_DRAWS", "KINDS"]
 
