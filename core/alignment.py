@@ -28,7 +28,7 @@ def top1_accuracy(similarity: torch.Tensor, groups: Sequence[str]) -> float:
     study, which shares its report) counts as correct.
     """
     best = similarity.argmax(dim=1).tolist()
-    return sum(groups[j] == groups[i] for i, j in enumerate(best)) / len(best)
+    return float(sum(groups[j] == groups[i] for i, j in enumerate(best)) / len(best))
 
 
 @torch.no_grad()

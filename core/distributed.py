@@ -207,7 +207,7 @@ class _RankTrainer(LocalTrainer):
             total = self.ddp(batches, teacher)
         self._rows = {}
         self._sync_rng()
-        step_module: _Step = self.ddp.module  # type: ignore[assignment]
+        step_module: _Step = self.ddp.module
         return total, step_module.terms, step_module.sources
 
     def _sync_rng(self) -> None:

@@ -111,7 +111,7 @@ def default_gpu_share(gpu_count: int, num_clients: int) -> float:
         return 0.0
     share = min(1.0, gpu_count / num_clients)
     scale = 10**_GPU_SHARE_DECIMALS
-    return int(share * scale) / scale
+    return float(int(share * scale) / scale)
 
 
 @dataclass(frozen=True)

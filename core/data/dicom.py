@@ -222,7 +222,7 @@ def _first(value: Any) -> float:
 
 
 def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
-    from pydicom.pixels import apply_voi
+    from pydicom.pixels.processing import apply_voi
 
     item = ds.VOILUTSequence[0]
     entries, first_map, bits = (int(v) for v in item.LUTDescriptor)
@@ -273,7 +273,7 @@ def _check(ds: Dataset, path: Path, policy: ImagePolicy, pixels: bool) -> None:
 
 
 def _codec_check(ds: Dataset, path: Path) -> None:
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     file_meta = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
@@ -302,7 +302,8 @@ def dicom_unit(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> np.nda
 
 
 def _dicom_unit(path: Path, policy: ImagePolicy) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, pixel_array
+    from pydicom.pixels.processing import apply_modality_lut
+    from pydicom.pixels.utils import pixel_array
 
     ds = read_dicom(path)
     _check(ds, path, policy, pixels=True)

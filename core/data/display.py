@@ -125,5 +125,5 @@ def unit_to_gray(unit: np.ndarray, size: int | None = None) -> Image.Image:
     np.clip(levels, 0, 255, out=levels)
     image = Image.fromarray(levels.astype(np.uint8))  # mode L
     if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     return image

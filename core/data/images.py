@@ -41,6 +41,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,9 @@ def _tiff_sample(img: Image.Image) -> tuple[int, int] | None:
         return None
     tags = getattr(img, "tag_v2", {})
     fmt, bits = tags.get(339, 1), tags.get(258, 8)
-    first = lambda v: int(v[0] if isinstance(v, tuple) else v)  # noqa: E731 - one value per channel
+    def first(value: Any) -> int:  # one value per channel
+        return int(value[0] if isinstance(value, tuple) else value)
+
     return first(fmt), first(bits)
 
 
@@ -182,7 +185,7 @@ def decode_gray(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, size: in
         with img:
             grey = _to_gray(path, img, policy, size)
             if size is not None and grey.size != (size, size):
-                return grey.resize((size, size), Image.BILINEAR)
+                return grey.resize((size, size), Image.Resampling.BILINEAR)
             # closing ``img`` frees its pixels: hand out a copy when no conversion made one
             return grey.copy() if grey is img else grey
     except ImageDecodeError:

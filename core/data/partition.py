@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fedvlp.core.config import ConfigError
+from ..config import ConfigError
 
-__all__ = ["PartitionSpec", "PartitionResult", "site_kinds", "dirichlet_assign", "partition_manifest", "MAX_DRAWS", "KINDS"]
+__all__ = ["PartitionSpec", "PartitionResult", "site_kinds", "dirichlet_assign", "partition_manifest", "image_roots_of", "MAX_DRAWS", "KINDS"]
 
 MAX_DRAWS = 100
 KINDS = ("pairs", "images", "reports")
@@ -154,6 +155,29 @@ def dirichlet_assign(classes: Sequence[str], sizes: Sequence[int], sites: int, a
                       f"{MAX_DRAWS} draws (raise alpha, lower --sites or --min-rows)", alpha)
 
 
+def image_roots_of(images: Sequence[str], manifest_dir: Path) -> list[str]:
+    """The folders a partitioned site's ``image_roots`` must list for ``images`` to load.
+
+    Images under the partitioned manifest's folder need that folder; images elsewhere (a
+    manifest with absolute paths) need the deepest folder holding all of them, or, when that is
+    the file system's root, each folder that holds some (a root of ``/`` would let a site file
+    read anything).
+    """
+    base = os.path.normpath(manifest_dir)
+    inside, outside = False, set()
+    for image in images:
+        folder = os.path.dirname(os.path.normpath(image))
+        if folder == base or folder.startswith(base + os.sep):
+            inside = True
+        else:
+            outside.add(folder)
+    roots = [base] if inside else []
+    if outside:
+        common = os.path.commonpath(sorted(outside))
+        roots += [common] if os.path.dirname(common) != common else sorted(outside)
+    return roots
+
+
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(str(path), "(file)", "an existing CSV or Parquet manifest")
@@ -208,9 +232,11 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
     codes, classes, sizes = _groups(frame, spec)
     site_of_group, draws = dirichlet_assign(classes, sizes, spec.sites, spec.alpha, spec.seed, spec.min_rows)
     site_of_row = site_of_group[codes]
+    roots: list[str] = []
     if has_image:
         base = manifest.parent
         frame[spec.image_column] = [str(base / p) if p else p for p in frame[spec.image_column]]
+        roots = image_roots_of([p for p in frame[spec.image_column] if p], base)
 
     out = Path(out).resolve()
     width = max(3, len(str(spec.sites - 1)))
@@ -235,8 +261,8 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
         site_file = out / f"{name}.yaml"
         description = f"partition {site} of {spec.sites} of {manifest} ({kind}; Dirichlet alpha {spec.alpha} over '{spec.by}', seed {spec.seed})"
         site_yaml: dict[str, object] = {"name": name, "description": description, "sources": [source]}
-        if kind != "reports":  # the images stay where they are: next to the partitioned manifest
-            site_yaml["image_roots"] = [str(manifest.parent)]
+        if kind != "reports":  # the images stay where they are; the site file lets them be read there
+            site_yaml["image_roots"] = roots
         site_file.write_text(yaml.safe_dump(site_yaml, sort_keys=False), encoding="utf-8")
         result.site_files.append(site_file)
         result.kinds.append(kind)

@@ -146,7 +146,8 @@ class StudyDataset(Dataset[dict[str, Any]]):
             order = [members[i] for i in torch.randperm(len(members)).tolist()]
         else:
             order = list(members)
-        views, skipped = [], []
+        views: list[torch.Tensor] = []
+        skipped: list[tuple[str, str, str]] = []
         for row in order:
             if len(views) == self.max_views:
                 break

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from transformers import BertTokenizerFast
+from transformers import BertTokenizer  # transformers 5: tokenizers-backed (BertTokenizerFast is an alias)
 
 from ..config import ConfigError, RunConfig, resolve_path
 
@@ -42,10 +42,10 @@ def vocab_path(name: str) -> Path:
 
 
 @lru_cache(maxsize=8)
-def load_tokenizer(name: str = "demo") -> BertTokenizerFast:
+def load_tokenizer(name: str = "demo") -> BertTokenizer:
     """Load a lower-casing WordPiece tokenizer.
 
-    ``BertTokenizerFast(vocab=dict)`` is used on purpose: in transformers 5 the
+    ``BertTokenizer(vocab=dict)`` is used on purpose: in transformers 5 the
     ``vocab_file=`` argument is silently ignored and every token becomes ``[UNK]``.
     """
     path = vocab_path(name)
@@ -55,7 +55,7 @@ def load_tokenizer(name: str = "demo") -> BertTokenizerFast:
     if missing:
         raise ConfigError(str(path), "(vocabulary)", f"the special tokens {list(SPECIAL_TOKENS)}; missing {missing}")
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
 def tokenizer_name(run: RunConfig) -> str:
@@ -69,7 +69,7 @@ def tokenizer_name(run: RunConfig) -> str:
     return run.tokenizer
 
 
-def load_run_tokenizer(run: RunConfig) -> BertTokenizerFast:
+def load_run_tokenizer(run: RunConfig) -> BertTokenizer:
     """:func:`load_tokenizer` of :func:`tokenizer_name` (datasets and models use the same one)."""
     return load_tokenizer(tokenizer_name(run))
 

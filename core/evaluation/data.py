@@ -209,7 +209,7 @@ def _read_manifest(path: Path, text_columns: Sequence[str]) -> pd.DataFrame:
 
 
 def _blank(values: pd.Series) -> np.ndarray:
-    return (values.isna() | (values.astype("string").str.strip() == "")).to_numpy(dtype=bool)
+    return np.asarray((values.isna() | (values.astype("string").str.strip() == "")).to_numpy(dtype=bool))
 
 
 def _assign_splits(frame: pd.DataFrame, groups: np.ndarray, split_column: str, origin: Path) -> tuple[np.ndarray, str]:

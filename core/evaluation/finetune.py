@@ -8,9 +8,12 @@ the weights of the best validation AUC are the ones scored on the test set.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +73,8 @@ class Classifier(nn.Module):
         self.head = nn.Linear(out_dim, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder(images)))
+        logits: torch.Tensor = self.head(self.dropout(self.encoder(images)))
+        return logits
 
 
 def step_budget(n_train: int, config: FinetuneConfig) -> int:
@@ -82,7 +86,7 @@ def step_budget(n_train: int, config: FinetuneConfig) -> int:
 PRECISIONS = ("fp32", "bf16")
 
 
-def _autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -122,7 +126,7 @@ def _augment(images: torch.Tensor, shift: float, flip: bool, generator: torch.Ge
     return images
 
 
-def _batches(n: int, batch: int, generator: torch.Generator):
+def _batches(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless stream of index batches of exactly ``batch`` rows, reshuffled every epoch."""
     buffer = torch.empty(0, dtype=torch.long)
     while True:
@@ -182,8 +186,8 @@ def finetune(
     FinetuneResult
     """
     device = torch.device(config.device)
-    train_idx = torch.as_tensor(np.asarray(train_idx), dtype=torch.long)
-    n_train = len(train_idx)
+    train_rows = torch.as_tensor(np.asarray(train_idx), dtype=torch.long)
+    n_train = len(train_rows)
     if n_train < 2:
         raise ValueError(f"fine-tuning needs at least 2 labelled rows, got {n_train}")
     budget = step_budget(n_train, config)
@@ -227,7 +231,7 @@ def finetune(
             model.train()
             if step < warmup:
                 model.encoder.eval()  # frozen: batch-norm statistics stay those of the init
-            rows = train_idx[next(stream)]
+            rows = train_rows[next(stream)]
             x = images[rows] if cached else _augment(images[rows], config.shift, config.flip, generator)
             x = _to_device(x, device, config.channels_last)
             with _autocast(device, config.precision):

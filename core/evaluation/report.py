@@ -7,7 +7,7 @@ import re
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -77,7 +77,7 @@ def _cell(summary: pd.DataFrame, **where: object) -> str:
     mask = np.ones(len(summary), dtype=bool)
     for key, value in where.items():
         column = summary[key]
-        mask &= np.isclose(column.astype(float), float(value)) if key == "label_fraction" else (column == value).to_numpy()
+        mask &= np.isclose(column.astype(float), float(cast(float, value))) if key == "label_fraction" else (column == value).to_numpy()
     rows = summary[mask]
     if rows.empty:
         return "-"
@@ -336,7 +336,7 @@ def _wrap(text: str, width_inches: float, char_inches: float = _CHAR_INCHES) -> 
     return textwrap.fill(text, width=max(20, int(width_inches * 0.95 / char_inches)))
 
 
-def auc_vs_labels_figure(df: pd.DataFrame, title: str | None = None):
+def auc_vs_labels_figure(df: pd.DataFrame, title: str | None = None) -> Any:
     """The figure of :func:`plot_auc_vs_labels` (a matplotlib ``Figure`` on an Agg canvas).
 
     The title is wrapped to the figure's width and the layout is constrained, so a long
@@ -385,7 +385,7 @@ def plot_auc_vs_labels(df: pd.DataFrame, path: Path, title: str | None = None) -
     return path
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -396,7 +396,7 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _bars(ax, groups: list[str], series: dict[str, tuple[list[float], list[float]]]) -> None:
+def _bars(ax: Any, groups: list[str], series: dict[str, tuple[list[float], list[float]]]) -> None:
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
     for i, (label, (means, stds)) in enumerate(series.items()):
@@ -420,7 +420,7 @@ def readable_label(column: str) -> str:
     return re.sub(r"\s+", " ", text.replace("_", " ")).strip()
 
 
-def per_class_figure(df: pd.DataFrame, fractions: list[float] | None = None):
+def per_class_figure(df: pd.DataFrame, fractions: list[float] | None = None) -> Any:
     """The figure of :func:`plot_per_class`, or ``None`` without per-class AUC rows.
 
     One panel per label fraction (left to right, ascending), sharing the AUC axis; in each,

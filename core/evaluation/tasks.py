@@ -43,7 +43,7 @@ class Task:
         return 1 if self.kind == BINARY else len(self.classes)
 
 
-def binary_tasks(names: Sequence[str]) -> tuple[Task, ...]:
+def binary_tasks(names: Sequence[object]) -> tuple[Task, ...]:
     """All-binary tasks (the multi-label case)."""
     return tuple(Task(str(n)) for n in names)
 
@@ -124,7 +124,7 @@ def _np(values: np.ndarray | torch.Tensor) -> np.ndarray:
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 def task_metrics(targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor,

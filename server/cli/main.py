@@ -146,7 +146,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
     # The bar only: the server logs every round ("Round i/N: ...") at INFO already.
     with round_bar(run.rounds, Path(run.out_dir) / "checkpoints") as on_round:
-        simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=on_round)
+        simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=on_round,
+                 ray_address=args.ray_address)
     return 0
 
 
@@ -537,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "\"text\"); a bare word is a string (recipe=convirt)")
     sim.add_argument("--cpus-per-client", type=float, default=1.0)
     sim.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
+    sim.add_argument("--ray-address", metavar="HOST:PORT", help="run the virtual clients on this running Ray cluster "
+                     "(`ray start --head` / `ray start --address`) instead of a Ray started on 127.0.0.1 for this run")
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="print speed, upload size and memory figures")

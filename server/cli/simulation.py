@@ -10,14 +10,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fedvlp.core.config import RunConfig, SiteConfig, list_site_files, load_site
 from fedvlp.core.runtime import DevicePlan, offline_env, plan_devices
 
-__all__ = ["simulate", "validate_sites", "load_sites", "plan_simulation_devices", "bind_ray_to_localhost", "quiet_ray_env",
+__all__ = ["simulate", "validate_sites", "load_sites", "plan_simulation_devices", "bind_ray_to_localhost", "quiet_ray_env", "forwarded_env",
            "CLIENT_APP_FACTORY", "LOCALHOST"]
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,23 @@ def bind_ray_to_localhost() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# What a worker of someone else's Ray cluster must see as the driver does: the site files'
+# ${VAR}s and fedvlp's switches, offline mode, Flower's state folder, the import path.
+FORWARDED_PREFIXES = ("FEDVLP_", "HF_", "TRANSFORMERS_", "FLWR_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH")
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The driver's environment variables a Ray cluster's workers get for this run.
+
+    ``PYTHONPATH`` is extended by ``sys.path`` as Flower's own Ray backend does, so that workers
+    import the driver's fedvlp.
+    """
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [environ.get("PYTHONPATH")])])
+    return env
+
+
 def simulate(
     run: RunConfig,
     *,
@@ -99,6 +118,7 @@ def simulate(
     gpus_per_client: float | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
+    ray_address: str | None = None,
 ) -> DevicePlan:
     """Simulate one SuperNode per site file of ``run.sites`` and run the ServerApp.
 
@@ -111,6 +131,12 @@ def simulate(
         ``None`` (default): with GPUs visible, each client gets ``GPUs / sites`` (at most 1), else 0.
     on_round
         Called by the server after every completed round with its record.
+    ray_address
+        ``HOST:PORT`` of a running Ray cluster (``ray start --head`` on one machine, ``ray start
+        --address HOST:PORT`` on the others) whose workers run the virtual clients, instead of
+        a Ray instance started for this run on 127.0.0.1. Every machine of the cluster needs
+        fedvlp installed and the site files' data at the same paths. GPU shares are planned
+        from the GPUs this machine sees.
 
     Returns
     -------
@@ -137,13 +163,25 @@ def simulate(
 
     from fedvlp.server.app import make_server_app
 
-    bind_ray_to_localhost()
+    init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose}
+    if ray_address:
+        # Ray's head was started (and bound) by its operator: connect, start nothing. Flower's
+        # backend leaves an initialised Ray as it is, so the connection is made here, with the
+        # driver's settings forwarded to workers that `ray start` launched with its own environment.
+        import ray
+
+        run = run.replace(sites=str(Path(run.sites).resolve()), out_dir=str(Path(run.out_dir).resolve()))
+        ray.init(address=ray_address, runtime_env={"env_vars": forwarded_env()}, logging_level="ERROR",
+                 log_to_driver=verbose)
+    else:
+        bind_ray_to_localhost()
+        init_args["_node_ip_address"] = LOCALHOST
     overrides = run.to_flat()
     server_app = make_server_app(overrides, on_round=on_round)
     client_app = _load(CLIENT_APP_FACTORY)(overrides)
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": plan.gpus_per_client},
-        "init_args": {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": verbose, "_node_ip_address": LOCALHOST},
+        "init_args": init_args,
     }
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)

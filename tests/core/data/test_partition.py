@@ -134,3 +134,34 @@ def test_a_manifest_without_reports_makes_images_only_sites(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as err:
         partition_manifest(source, tmp_path / "other", PartitionSpec(sites=2, by="label", alpha=1.0))
     assert err.value.key == "report" and "pairs sites" in err.value.expected
+
+
+def test_images_elsewhere_get_their_folder_as_image_root_and_every_row_loads(tmp_path: Path) -> None:
+    # a manifest with absolute image paths into another tree (e.g. a PACS export)
+    store = tmp_path / "store" / "png"
+    (store / "0").mkdir(parents=True)
+    (store / "1").mkdir()
+    rows = [(f"r{i:02d}", f"p{i:02d}", "A" if i < 6 else "B") for i in range(10)]
+    frame = pd.DataFrame({"id": [r[0] for r in rows], "image": [str(store / f"{i % 2}" / f"{r[0]}.png") for i, r in enumerate(rows)],
+                          "report": ["FINDINGS: clear." for _ in rows], "patient_id": [r[1] for r in rows],
+                          "label": [r[2] for r in rows]})
+    manifest = tmp_path / "lists" / "manifest.csv"
+    manifest.parent.mkdir()
+    frame.to_csv(manifest, index=False)
+    spec = PartitionSpec(sites=2, by="label", alpha=5.0, pairs_share=0.5, images_only_share=0.5, reports_only_share=0.0)
+    result = partition_manifest(manifest, tmp_path / "sites", spec)
+    sites = [load_site(p) for p in result.site_files]
+    assert [list(s.sources[0].image_roots) for s in sites] == [[store], [store]]
+    assert [len(load_source_rows(s.sources[0]).ids) for s in sites] == result.rows and sum(result.rows) == 10
+
+
+@pytest.mark.parametrize(("images", "expected"), [
+    (["/d/m/a/1.png", "/d/m/2.png"], ["/d/m"]),
+    (["/x/y/1.png", "/x/z/2.png"], ["/x"]),
+    (["/d/m/1.png", "/x/y/1.png", "/x/z/2.png"], ["/d/m", "/x"]),
+    (["/x/1.png", "/y/2.png"], ["/x", "/y"]),  # never the file system's root
+])
+def test_image_roots_cover_every_image_with_the_fewest_folders(images: list[str], expected: list[str]) -> None:
+    from fedvlp.core.data.partition import image_roots_of
+
+    assert image_roots_of(images, Path("/d/m")) == expected
