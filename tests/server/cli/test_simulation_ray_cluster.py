@@ -36,7 +36,7 @@ def _processes_named(name: str, pids: set[int]) -> set[int]:
 
 
 def test_forwarded_env_keeps_fedvlps_settings_and_the_import_path_only() -> None:
-    from fedvlp.server.simulation import forwarded_env
+    from fedvlp.server.cli.simulation import forwarded_env
 
     env = forwarded_env({"FEDVLP_DEMO_DATA": "/data/world", "HF_HUB_OFFLINE": "1", "FLWR_HOME": "/f", "AWS_SECRET": "x",
                          "HOME": "/root", "PYTHONPATH": "/extra"})
@@ -47,7 +47,7 @@ def test_forwarded_env_keeps_fedvlps_settings_and_the_import_path_only() -> None
 
 @pytest.mark.slow
 def test_a_simulation_runs_on_a_running_ray_cluster_and_leaves_it_running(demo_env: Path, tiny_run: RunConfig) -> None:
-    from fedvlp.server.simulation import simulate
+    from fedvlp.server.cli.simulation import simulate
 
     ray = Path(sys.executable).parent / "ray"
     if not ray.exists():
