@@ -98,8 +98,8 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
         device = resolve_device(site.device, str(site.path)) if site.device != "auto" else resolve_device(run.device)
         model = build_model(run)
         data = load_site_data(site, run, model.max_text_len)
-        workers = int(os.environ.get("FEDVLP_LOADER_WORKERS", "0"))
-        trainer = LocalTrainer(model, data, run, device, num_workers=workers)
+        # run-config loader-workers, else this SuperNode's $FEDVLP_LOADER_WORKERS (core.config.loader_workers)
+        trainer = LocalTrainer(model, data, run, device, num_workers=None)
         log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in data.datasets))
         return trainer
 

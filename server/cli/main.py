@@ -129,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Write the synthetic demo world."""
     from fedvlp.core.data.synthetic import WorldSpec, generate_world
 
-    spec = WorldSpec.quick() if args.quick else WorldSpec()
+    spec = WorldSpec.quick(seed=args.seed) if args.quick else WorldSpec(seed=args.seed)
     for name, path in generate_world(Path(args.out), spec, progress=True).items():
         print(f"{name}: {path}")
     return 0
@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate-demo", help="write the synthetic demo world")
     gen.add_argument("out")
-    gen.add_argument("--quick", action="store_true")
+    gen.add_argument("--quick", action="store_true", help="tiny world (120/120/120/300 rows)")
+    gen.add_argument("--seed", type=int, default=0, help="root seed of every case, image and report (default 0)")
     gen.set_defaults(func=cmd_generate)
 
     sim = sub.add_parser("simulate", help="federated pretraining in the simulation engine")

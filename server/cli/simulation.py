@@ -146,11 +146,16 @@ def simulate(
     Raises
     ------
     ConfigError
-        When a site file is invalid (see :func:`validate_sites`) or a device asks for a GPU that
-        is not there; nothing has started then.
+        When a site file is invalid (see :func:`validate_sites`), the run sets a key its model
+        family ignores (:func:`fedvlp.core.models.registry.check_run`) or a device asks for a GPU
+        that is not there; nothing has started then.
     """
     sites = load_sites(run)  # a bad site file stops here, before Ray starts
     import torch
+
+    from fedvlp.core.models.registry import check_run
+
+    check_run(run)  # a key the recipe's model family ignores, set away from its default: refused before Ray starts
 
     plan = plan_simulation_devices(run, sites, gpus_per_client, torch.cuda.device_count())
     for line in plan.lines():

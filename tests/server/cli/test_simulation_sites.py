@@ -42,3 +42,14 @@ def test_simulate_stops_with_one_line_before_ray_starts(tmp_path: Path, capsys: 
     assert dict(os.environ) == environment  # stopped before the run's environment was set up
     if "ray" in sys.modules:  # imported by flwr.simulation, but never initialised
         assert not sys.modules["ray"].is_initialized()
+
+
+def test_a_key_the_models_family_ignores_stops_simulate_before_ray_starts(tmp_path: Path) -> None:
+    from fedvlp.server.cli.simulation import simulate
+
+    run = RunConfig(recipe="refers", mask_ratio=0.3, out_dir=str(tmp_path / "run"))  # REFERS masks nothing
+    with pytest.raises(ConfigError) as caught:
+        simulate(run)
+    assert caught.value.key == "mask-ratio"
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+    assert not (tmp_path / "run").exists()
