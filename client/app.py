@@ -20,7 +20,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.clientapp import ClientApp
 
 from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, MissingBase, WireState, apply_download, encode_upload
-from fedvlp.core.config import ConfigError, RunConfig, SiteConfig, check_run_files, list_site_files, load_site, resolve_path
+from fedvlp.core.config import (
+    ConfigError,
+    RunConfig,
+    SiteConfig,
+    check_run_files,
+    list_site_files,
+    load_site,
+    resolve_path,
+)
 from fedvlp.core.distributed import train_site, with_worker_processes
 from fedvlp.core.models import build_model
 from fedvlp.core.params import (
@@ -88,9 +96,15 @@ def site_for(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
         files = list_site_files(run.sites)
         pid = int(node_config["partition-id"])
         if pid >= len(files):
-            raise ConfigError("run_config", "sites", f"at least {pid + 1} site files for partition {pid} (found {len(files)})")
+            raise ConfigError(
+                "run_config", "sites", f"at least {pid + 1} site files for partition {pid} (found {len(files)})"
+            )
         return load_site(files[pid])
-    raise ConfigError("node_config", "site-config", "the path of this hospital's site YAML (--node-config \"site-config='sites/x.yaml'\")")
+    raise ConfigError(
+        "node_config",
+        "site-config",
+        "the path of this hospital's site YAML (--node-config \"site-config='sites/x.yaml'\")",
+    )
 
 
 def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
@@ -100,14 +114,23 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
         data = load_site_data(site, run, model.max_text_len)
         # run-config loader-workers, else this SuperNode's $FEDVLP_LOADER_WORKERS (core.config.loader_workers)
         trainer = LocalTrainer(model, data, run, device, num_workers=None)
-        log.info("Site %s: %s", site.name, ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in data.datasets))
+        log.info(
+            "Site %s: %s",
+            site.name,
+            ", ".join(f"{d.rows.source.manifest.name}: {len(d)} rows {sorted(d.modalities)}" for d in data.datasets),
+        )
         return trainer
 
     return _cache_get((str(site.path), run.config_hash()), build, run.trainer_cache_size)
 
 
-def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], server_round: int,
-                wire: WireState | None = None) -> RecordDict:
+def train_round(
+    site: SiteConfig,
+    run: RunConfig,
+    global_state: Mapping[str, torch.Tensor],
+    server_round: int,
+    wire: WireState | None = None,
+) -> RecordDict:
     """Load the global weights, train locally, and build the reply content.
 
     The arrays are encoded by run-config ``upload-compression`` (``core/compression.py``);
@@ -143,8 +166,12 @@ def train_round(site: SiteConfig, run: RunConfig, global_state: Mapping[str, tor
     return RecordDict({ARRAYS_KEY: arrays, COUNTS_KEY: counts, METRICS_KEY: metrics, SIZE_KEY: sizes})
 
 
-def trained_state(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], group_counts: Mapping[str, int],
-                  touched: frozenset[str]) -> dict[str, torch.Tensor]:
+def trained_state(
+    model: torch.nn.Module,
+    global_state: Mapping[str, torch.Tensor],
+    group_counts: Mapping[str, int],
+    touched: frozenset[str],
+) -> dict[str, torch.Tensor]:
     """What a site uploads: only what its data trained in the groups it reports.
 
     Parameters that got a gradient (a locked layer, or a fusion layer that only pairs reach,
@@ -162,7 +189,9 @@ def trained_state(model: torch.nn.Module, global_state: Mapping[str, torch.Tenso
     return out
 
 
-def received_state(msg: Message, run: RunConfig, model: torch.nn.Module, wire: WireState, server_round: int) -> dict[str, torch.Tensor]:
+def received_state(
+    msg: Message, run: RunConfig, model: torch.nn.Module, wire: WireState, server_round: int
+) -> dict[str, torch.Tensor]:
     """The global weights of a train message, decoded by the encoding it declares.
 
     A delta applies to the base the site kept (``wire``); a site without the base the message
@@ -245,11 +274,19 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         _classified(ERROR_NO_DATA, lambda: _trainer(site, run), only=ConfigError)  # load_site_data: nothing usable
         if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
             train_fn = lambda g, r: _classified(ERROR_TRAINING, lambda: train_round(site, run, g, r))
-            return _classified(ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range))
+            return _classified(
+                ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range)
+            )
         server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])  # type: ignore[arg-type]
         wire = _wire_state(site, run)
-        state = _classified(ERROR_NO_BASE, lambda: received_state(msg, run, _trainer(site, run).model, wire, server_round), only=MissingBase)
-        return Message(content=_classified(ERROR_TRAINING, lambda: train_round(site, run, state, server_round, wire)), reply_to=msg)
+        state = _classified(
+            ERROR_NO_BASE,
+            lambda: received_state(msg, run, _trainer(site, run).model, wire, server_round),
+            only=MissingBase,
+        )
+        return Message(
+            content=_classified(ERROR_TRAINING, lambda: train_round(site, run, state, server_round, wire)), reply_to=msg
+        )
 
     def _site(context: Context) -> tuple[RunConfig, SiteConfig]:
         run = RunConfig.from_flat({**dict(context.run_config), **dict(overrides or {})})

@@ -15,7 +15,16 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY
 from fedvlp.core.privacy import (
-    DPPlan, DPSGDTrainer, PrivacyLedger, clip_and_noise, ledger_path, plan_privacy, round_mechanisms, run_key, source_epsilon, source_key,
+    DPPlan,
+    DPSGDTrainer,
+    PrivacyLedger,
+    clip_and_noise,
+    ledger_path,
+    plan_privacy,
+    round_mechanisms,
+    run_key,
+    source_epsilon,
+    source_key,
 )
 from fedvlp.core.train import LocalResult, LocalTrainer
 
@@ -41,17 +50,30 @@ def check_pins(site: SiteConfig, run: RunConfig, plan: DPPlan) -> None:
     """
     pins = site.pins
     if plan.level == "sample":
-        checks = [("dp-noise-multiplier", run.dp_noise_multiplier, pins.min_noise_multiplier, ">="),
-                  ("dp-max-grad-norm", run.dp_max_grad_norm, pins.max_grad_norm, "<=")]
+        checks = [
+            ("dp-noise-multiplier", run.dp_noise_multiplier, pins.min_noise_multiplier, ">="),
+            ("dp-max-grad-norm", run.dp_max_grad_norm, pins.max_grad_norm, "<="),
+        ]
     else:
-        checks = [("dp-client-noise-multiplier", run.dp_client_noise_multiplier, pins.min_client_noise_multiplier, ">="),
-                  ("dp-client-clip", run.dp_client_clip, pins.max_client_clip, "<=")]
-    pin_names = {"dp-noise-multiplier": "min_noise_multiplier", "dp-max-grad-norm": "max_grad_norm",
-                 "dp-client-noise-multiplier": "min_client_noise_multiplier", "dp-client-clip": "max_client_clip"}
+        checks = [
+            ("dp-client-noise-multiplier", run.dp_client_noise_multiplier, pins.min_client_noise_multiplier, ">="),
+            ("dp-client-clip", run.dp_client_clip, pins.max_client_clip, "<="),
+        ]
+    pin_names = {
+        "dp-noise-multiplier": "min_noise_multiplier",
+        "dp-max-grad-norm": "max_grad_norm",
+        "dp-client-noise-multiplier": "min_client_noise_multiplier",
+        "dp-client-clip": "max_client_clip",
+    }
     for key, value, pin, op in checks:
         if pin is not None and (value < pin if op == ">=" else value > pin):
-            raise ConfigError("run_config", key, f"{op} {pin:g}, the pin privacy.{pin_names[key]} of site file {site.path}; "
-                              "this site does not train with less noise or a larger clip", value)
+            raise ConfigError(
+                "run_config",
+                key,
+                f"{op} {pin:g}, the pin privacy.{pin_names[key]} of site file {site.path}; "
+                "this site does not train with less noise or a larger clip",
+                value,
+            )
 
 
 class SitePrivacy:
@@ -71,7 +93,9 @@ class SitePrivacy:
         Source of the DP noise and the Poisson sampling; secret (OS-seeded) when omitted.
     """
 
-    def __init__(self, site: SiteConfig, run: RunConfig, trainer: LocalTrainer, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, site: SiteConfig, run: RunConfig, trainer: LocalTrainer, generator: torch.Generator | None = None
+    ) -> None:
         assert site.epsilon is not None
         self.site, self.run, self.trainer, self.generator = site, run, trainer, generator
         self.budget, self.delta = float(site.epsilon), float(site.delta)
@@ -103,8 +127,10 @@ class SitePrivacy:
         """Whether one more round would exceed the run budget or the lifetime budget, of the
         site or of one of its data sources (over every site ledger of the state folder)."""
         ledger = self.ledger()
-        if (ledger.epsilon(self.delta, self.mechanisms, run=self.run_key) > self.budget
-                or ledger.epsilon(self.delta, self.mechanisms) > self.lifetime_budget):
+        if (
+            ledger.epsilon(self.delta, self.mechanisms, run=self.run_key) > self.budget
+            or ledger.epsilon(self.delta, self.mechanisms) > self.lifetime_budget
+        ):
             return True
         for key in {k for keys in self.mechanism_sources for k in keys}:
             extra = [m for m, keys in zip(self.mechanisms, self.mechanism_sources) if key in keys]
@@ -126,16 +152,33 @@ class SitePrivacy:
     def exhausted_reply(self) -> RecordDict:
         """A reply that trains nothing: no arrays, no counts, and a metric saying why."""
         spent, lifetime = self.spent(), self.lifetime_spent()
-        log.warning("Site %s: another round would exceed the privacy budget (this run: spent %.3f of %g; lifetime: spent %.3f of %g, ledger %s); not contributing",
-                    self.site.name, spent, self.budget, lifetime, self.lifetime_budget, self.ledger_path)
-        return RecordDict({ARRAYS_KEY: ArrayRecord({}), COUNTS_KEY: MetricRecord({}), METRICS_KEY: MetricRecord(self._metrics(spent, True))})
+        log.warning(
+            "Site %s: another round would exceed the privacy budget (this run: spent %.3f of %g; lifetime: spent %.3f of %g, ledger %s); not contributing",
+            self.site.name,
+            spent,
+            self.budget,
+            lifetime,
+            self.lifetime_budget,
+            self.ledger_path,
+        )
+        return RecordDict(
+            {
+                ARRAYS_KEY: ArrayRecord({}),
+                COUNTS_KEY: MetricRecord({}),
+                METRICS_KEY: MetricRecord(self._metrics(spent, True)),
+            }
+        )
 
     def train(self, steps: int, seed: int = 0) -> LocalResult:
         """DP-SGD at sample level; plain local training at client level (noise comes on release)."""
         return self._dpsgd.train(steps, seed) if self._dpsgd is not None else self.trainer.train(steps, seed)
 
     def release(
-        self, global_state: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor], metrics: Mapping[str, float], server_round: int
+        self,
+        global_state: Mapping[str, torch.Tensor],
+        trained: Mapping[str, torch.Tensor],
+        metrics: Mapping[str, float],
+        server_round: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """What may leave the site, and the round's spend recorded in the ledger.
 
@@ -146,7 +189,9 @@ class SitePrivacy:
         parameters = {name for name, _ in self.trainer.model.named_parameters()}
         out = {k: v for k, v in trained.items() if k in parameters}
         if self.plan.level == "client":
-            out, _ = clip_and_noise(global_state, out, self.run.dp_client_clip, self.run.dp_client_noise_multiplier, self.generator)
+            out, _ = clip_and_noise(
+                global_state, out, self.run.dp_client_clip, self.run.dp_client_noise_multiplier, self.generator
+            )
         ledger = self.ledger()
         ledger.record(server_round, self.mechanisms, self.run_key, self.mechanism_sources)
         released = {k: v for k, v in metrics.items() if not k.startswith("loss/")}

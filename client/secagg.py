@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import Context, Message, MessageType, RecordDict
+
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
 from fedvlp.core.secagg_codec import (
     FLOWER_NUM_EXAMPLES,
@@ -26,7 +28,6 @@ from fedvlp.core.secagg_codec import (
     encode_update,
     size_metrics,
 )
-from flwr.app import Context, Message, MessageType, RecordDict
 
 __all__ = [
     "SECAGG_CONFIGS_KEY",

@@ -159,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run ``flower-supernode`` with ``argv`` minus ``--poll-interval`` (see the module doc)."""
     args = sys.argv[1:] if argv is None else argv
     if "-h" in args or "--help" in args:
-        print(f"--poll-interval SECONDS  pause between two idle pulls (default {POLL_INTERVAL}; Flower's is {IDLE_SLEEP_SECONDS:g})\n")
+        print(
+            f"--poll-interval SECONDS  pause between two idle pulls (default {POLL_INTERVAL}; Flower's is {IDLE_SLEEP_SECONDS:g})\n"
+        )
     poll_interval, rest = split_args(args)
     try:
         install_poll_interval(poll_interval)

@@ -44,7 +44,9 @@ def _fab_clientapp(fab_content: bytes) -> str:
     return str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["clientapp"])
 
 
-def run_task(runtime_api_address: str, token: str, *, insecure: bool = True, root_certificates: bytes | None = None) -> bool:
+def run_task(
+    runtime_api_address: str, token: str, *, insecure: bool = True, root_certificates: bytes | None = None
+) -> bool:
     """Execute one ClientApp task in this process, as ``flwr-clientapp --token`` would.
 
     Parameters
@@ -71,11 +73,11 @@ def run_task(runtime_api_address: str, token: str, *, insecure: bool = True, roo
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime import run_clientapp
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
     from fedvlp.client.app import app
     from fedvlp.client.supernode import shorten_pull_retry
-    from flwr.supernode.runtime import run_clientapp
 
     # The task comes before its arrays are at the SuperNode: retry them soon, not after 1+2+4 s.
     shorten_pull_retry(run_clientapp, "pull_and_inflate_object_from_tree")
@@ -84,7 +86,10 @@ def run_task(runtime_api_address: str, token: str, *, insecure: bool = True, roo
         server_address=runtime_api_address,
         insecure=insecure,
         root_certificates=root_certificates,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)],
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        ],
         retry_invoker=retry,
     )
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
@@ -124,7 +129,14 @@ def run_task(runtime_api_address: str, token: str, *, insecure: bool = True, roo
     return status == SubStatus.COMPLETED
 
 
-def serve(runtime_api_address: str, *, insecure: bool = True, root_certificates_path: str | None = None, poll_seconds: float = 0.2, max_tasks: int | None = None) -> int:
+def serve(
+    runtime_api_address: str,
+    *,
+    insecure: bool = True,
+    root_certificates_path: str | None = None,
+    poll_seconds: float = 0.2,
+    max_tasks: int | None = None,
+) -> int:
     """Poll the SuperNode for ClientApp tasks and run them in this process until stopped.
 
     Parameters
@@ -193,7 +205,13 @@ def serve(runtime_api_address: str, *, insecure: bool = True, root_certificates_
                 finally:
                     busy.clear()
                 done += 1
-                log.info("Task %d (run %d) %s in %.1fs", res.task.task_id, res.task.run_id, "done" if ok else "FAILED", time.perf_counter() - started)
+                log.info(
+                    "Task %d (run %d) %s in %.1fs",
+                    res.task.task_id,
+                    res.task.run_id,
+                    "done" if ok else "FAILED",
+                    time.perf_counter() - started,
+                )
                 continue
             stop.wait(poll_seconds)
     finally:
@@ -210,7 +228,6 @@ def check_site(site_config: str) -> bool:
     import sys
 
     from fedvlp.core.config import ConfigError, load_site, resolve_path
-
     from fedvlp.core.distributed import with_worker_processes
 
     try:
@@ -248,11 +265,21 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m fedvlp.client.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--runtime-api-address", default="127.0.0.1:9094", help="the SuperNode's --host:--port")
-    parser.add_argument("--root-certificates", help="CA of the runtime API's certificate (omit for plain HTTP on 127.0.0.1)")
+    parser.add_argument(
+        "--root-certificates", help="CA of the runtime API's certificate (omit for plain HTTP on 127.0.0.1)"
+    )
     parser.add_argument("--poll-seconds", type=float, default=0.2)
-    parser.add_argument("--site-config", help="this SuperNode's site YAML (the node config's site-config): checked before serving")
-    parser.add_argument("--devices", help="train this site with DDP over these devices, e.g. cuda:0,cuda:1 (overrides the site file's devices)")
-    parser.add_argument("--nproc", help="train this site with DDP over this many processes on its device (overrides the site file's nproc)")
+    parser.add_argument(
+        "--site-config", help="this SuperNode's site YAML (the node config's site-config): checked before serving"
+    )
+    parser.add_argument(
+        "--devices",
+        help="train this site with DDP over these devices, e.g. cuda:0,cuda:1 (overrides the site file's devices)",
+    )
+    parser.add_argument(
+        "--nproc",
+        help="train this site with DDP over this many processes on its device (overrides the site file's nproc)",
+    )
     args = parser.parse_args(argv)
     if not _set_processes(args.devices, args.nproc):
         return 2
@@ -267,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(os.environ["FEDVLP_TORCH_THREADS"])))
-    serve(args.runtime_api_address, insecure=args.root_certificates is None, root_certificates_path=args.root_certificates, poll_seconds=args.poll_seconds)
+    serve(
+        args.runtime_api_address,
+        insecure=args.root_certificates is None,
+        root_certificates_path=args.root_certificates,
+        poll_seconds=args.poll_seconds,
+    )
     return 0
 
 

@@ -63,7 +63,10 @@ def alignment_metrics(model: nn.Module, batch: dict[str, torch.Tensor], groups: 
         if "matching" in heads:
             image, text = heads["matching"].embed(view)
             # Negatives: for each image, the first later row (cyclically) of another group.
-            negatives = [next(((i + k) % n for k in range(1, n) if groups[(i + k) % n] != groups[i]), (i + 1) % n) for i in range(n)]
+            negatives = [
+                next(((i + k) % n for k in range(1, n) if groups[(i + k) % n] != groups[i]), (i + 1) % n)
+                for i in range(n)
+            ]
             classifier = heads["matching"].classifier
             positive = classifier((text - image).abs()).squeeze(-1)
             negative = classifier((text[negatives] - image).abs()).squeeze(-1)

@@ -47,7 +47,16 @@ from .data.tokenizer import load_run_tokenizer
 from .models import build_model, family_of
 from .train import LocalTrainer, SiteData, add_source, load_site_data, resolve_device
 
-__all__ = ["PretrainResult", "pool_rows", "pooled_datasets", "pooled_data", "steps_per_round", "pretrain_central", "pretrain_local", "MODES"]
+__all__ = [
+    "PretrainResult",
+    "pool_rows",
+    "pooled_datasets",
+    "pooled_data",
+    "steps_per_round",
+    "pretrain_central",
+    "pretrain_local",
+    "MODES",
+]
 
 log = logging.getLogger("fedvlp.central")
 
@@ -81,7 +90,9 @@ def pool_rows(parts: Sequence[tuple[str, ManifestRows]]) -> ManifestRows:
     if len(keys) != 1:
         raise ValueError(f"sources of different kinds cannot be pooled: {sorted(keys)}")
     first = parts[0][1]
-    pooled = ManifestRows(first.source, [], [] if first.images is not None else None, [] if first.reports is not None else None)
+    pooled = ManifestRows(
+        first.source, [], [] if first.images is not None else None, [] if first.reports is not None else None
+    )
     for site, rows in parts:
         pooled.ids.extend(f"{site}/{i}" for i in rows.ids)
         if pooled.images is not None:
@@ -93,7 +104,9 @@ def pool_rows(parts: Sequence[tuple[str, ManifestRows]]) -> ManifestRows:
     return pooled
 
 
-def pooled_datasets(sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
+def pooled_datasets(
+    sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augment: bool = True
+) -> list[SiteDataset]:
     """The training datasets of :func:`pooled_data`."""
     return pooled_data(sites, run, max_len, augment).datasets
 
@@ -135,8 +148,16 @@ def steps_per_round(run: RunConfig, sites: Sequence[SiteConfig], pooled_groups: 
     return int(math.ceil(run.local_steps * sources / max(1, pooled_groups)))
 
 
-def _run_rounds(model: torch.nn.Module, trainer: LocalTrainer, run: RunConfig, out_dir: Path, mode: str,
-                sites: list[str], steps: int, on_round: Callable[[dict[str, Any]], None] | None) -> PretrainResult:
+def _run_rounds(
+    model: torch.nn.Module,
+    trainer: LocalTrainer,
+    run: RunConfig,
+    out_dir: Path,
+    mode: str,
+    sites: list[str],
+    steps: int,
+    on_round: Callable[[dict[str, Any]], None] | None,
+) -> PretrainResult:
     checkpoint_dir = out_dir / "checkpoints"
     identity = {"mode": mode, "sites": sites, "steps_per_round": steps}
     start, history = 1, []
@@ -144,32 +165,53 @@ def _run_rounds(model: torch.nn.Module, trainer: LocalTrainer, run: RunConfig, o
     if latest is not None:
         old = {k: latest.state.get(k) for k in identity}
         if latest.state.get("config_hash") != run.config_hash() or old != identity:
-            raise ConfigError(str(checkpoint_dir), "config_hash",
-                              f"the same configuration and {mode} pretraining as the checkpoints there "
-                              f"(hash {latest.state.get('config_hash')}, {old}); use another --out", run.config_hash())
+            raise ConfigError(
+                str(checkpoint_dir),
+                "config_hash",
+                f"the same configuration and {mode} pretraining as the checkpoints there "
+                f"(hash {latest.state.get('config_hash')}, {old}); use another --out",
+                run.config_hash(),
+            )
         model.load_state_dict(latest.weights)
         history = list(latest.state.get("history", []))
         start = latest.round + 1
         log.info("Resuming %s pretraining from round %d in %s", mode, latest.round, checkpoint_dir)
     else:
-        save_round(checkpoint_dir, 0, model.state_dict(), {"config_hash": run.config_hash(), "run_config": run.to_flat(),
-                                                           "history": [], **identity})
+        save_round(
+            checkpoint_dir,
+            0,
+            model.state_dict(),
+            {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": [], **identity},
+        )
     for round_ in range(start, run.rounds + 1):
         started = time.perf_counter()
         # The client's seeding: a restarted run repeats a round bit for bit.
         result = trainer.train(steps, seed=run.seed * 100_003 + round_)
-        record = {"round": round_, "seconds": time.perf_counter() - started, "steps": steps,
-                  "metrics": {k: float(v) for k, v in result.metrics.items()}, "counts": result.group_counts}
+        record = {
+            "round": round_,
+            "seconds": time.perf_counter() - started,
+            "steps": steps,
+            "metrics": {k: float(v) for k, v in result.metrics.items()},
+            "counts": result.group_counts,
+        }
         history.append(record)
-        save_round(checkpoint_dir, round_, model.state_dict(), {"config_hash": run.config_hash(), "run_config": run.to_flat(),
-                                                                "history": history, **identity})
+        save_round(
+            checkpoint_dir,
+            round_,
+            model.state_dict(),
+            {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history, **identity},
+        )
         if on_round is not None:
             on_round(record)
     return PretrainResult(checkpoint_dir, max(run.rounds, start - 1), steps, history)
 
 
-def pretrain_central(run: RunConfig, out_dir: str | Path, on_round: Callable[[dict[str, Any]], None] | None = None,
-                     steps: int | None = None) -> PretrainResult:
+def pretrain_central(
+    run: RunConfig,
+    out_dir: str | Path,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    steps: int | None = None,
+) -> PretrainResult:
     """Centralised pretraining on the pooled data of all site files of ``run.sites``.
 
     Parameters
@@ -195,13 +237,23 @@ def pretrain_central(run: RunConfig, out_dir: str | Path, on_round: Callable[[di
     per_round = steps or steps_per_round(run, sites, len(datasets))
     device = resolve_device(run.device)
     trainer = LocalTrainer(model, data, run, device)
-    log.info("central: %d sites pooled into %d datasets (%s), %d steps per round",
-             len(sites), len(datasets), ", ".join(f"{len(d)} rows {sorted(d.modalities)}" for d in datasets), per_round)
+    log.info(
+        "central: %d sites pooled into %d datasets (%s), %d steps per round",
+        len(sites),
+        len(datasets),
+        ", ".join(f"{len(d)} rows {sorted(d.modalities)}" for d in datasets),
+        per_round,
+    )
     return _run_rounds(model, trainer, run, Path(out_dir), "central", [s.name for s in sites], per_round, on_round)
 
 
-def pretrain_local(run: RunConfig, site: str | Path, out_dir: str | Path,
-                   on_round: Callable[[dict[str, Any]], None] | None = None, steps: int | None = None) -> PretrainResult:
+def pretrain_local(
+    run: RunConfig,
+    site: str | Path,
+    out_dir: str | Path,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    steps: int | None = None,
+) -> PretrainResult:
     """Local-only pretraining: one site alone, ``local-steps`` steps per round.
 
     ``site`` is a site file, or the name (``name:`` or file stem) of a site of ``run.sites``.
@@ -228,4 +280,3 @@ def _find_site(run: RunConfig, site: str | Path) -> Path:
             return path
     names = [p.stem for p in files]
     raise ConfigError("--local", "site", f"a site file or one of the sites of {run.sites} ({names})", str(site))
-

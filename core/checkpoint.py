@@ -137,8 +137,10 @@ def _check_config(folder: Path, config_hash: str) -> None:
             continue  # a damaged round is load_latest's business, not a configuration clash
         if other is not None and other != config_hash:
             raise CheckpointError(
-                str(folder), f"holds rounds of another configuration ({path.name}: hash {other}, this run: {config_hash}); "
-                "pick another out-dir or pass the same configuration")
+                str(folder),
+                f"holds rounds of another configuration ({path.name}: hash {other}, this run: {config_hash}); "
+                "pick another out-dir or pass the same configuration",
+            )
     _CHECKED[folder.resolve()] = config_hash
 
 
@@ -225,11 +227,16 @@ def _read_tensors(path: Path, digest: str | None) -> dict[str, torch.Tensor]:
     if not data:
         raise CheckpointError(str(path), "empty file")
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        raise CheckpointError(str(path), f"SHA-256 differs from the one recorded in its round JSON ({len(data)} bytes; truncated or changed after writing)")
+        raise CheckpointError(
+            str(path),
+            f"SHA-256 differs from the one recorded in its round JSON ({len(data)} bytes; truncated or changed after writing)",
+        )
     try:
         tensors = load_bytes(data)
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise CheckpointError(str(path), f"not a safetensors file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+        raise CheckpointError(
+            str(path), f"not a safetensors file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(str(path), f"tensor '{key}' holds NaN or Inf")
@@ -307,7 +314,9 @@ def load_latest(folder: str | os.PathLike[str]) -> RoundCheckpoint | None:
         checkpoint.problems = problems
         return checkpoint
     if rounds:
-        raise CheckpointError(str(folder), f"no intact round ({'; '.join(problems)}); move the folder away or pick another out-dir")
+        raise CheckpointError(
+            str(folder), f"no intact round ({'; '.join(problems)}); move the folder away or pick another out-dir"
+        )
     for problem in problems:
         log.warning("Damaged checkpoint %s; no round to resume from, starting afresh", problem)
     return None

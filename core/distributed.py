@@ -52,8 +52,18 @@ from torch.overrides import TorchFunctionMode
 from .config import ConfigError, RunConfig, SiteConfig, load_processes
 from .train import LocalResult, LocalTrainer, load_site_data, resolve_device
 
-__all__ = ["DEVICES_ENV", "NPROC_ENV", "DistributedOutcome", "free_port", "shard_bounds", "site_devices", "train_distributed",
-           "train_site", "with_worker_processes", "worker_processes"]
+__all__ = [
+    "DEVICES_ENV",
+    "NPROC_ENV",
+    "DistributedOutcome",
+    "free_port",
+    "shard_bounds",
+    "site_devices",
+    "train_distributed",
+    "train_site",
+    "with_worker_processes",
+    "worker_processes",
+]
 
 # How the SuperNode worker's --devices / --nproc (client/worker.py) reach the ClientApp it runs.
 DEVICES_ENV = "FEDVLP_DEVICES"
@@ -86,7 +96,12 @@ def with_worker_processes(site: SiteConfig, environ: Mapping[str, str] = os.envi
         return site
     devices, nproc = chosen
     if nproc > 1 and site.epsilon is not None:
-        raise ConfigError(WORKER_ORIGIN, "nproc", f"1 for site {site.name}, which has a privacy budget (DP-SGD trains in one process)", nproc)
+        raise ConfigError(
+            WORKER_ORIGIN,
+            "nproc",
+            f"1 for site {site.name}, which has a privacy budget (DP-SGD trains in one process)",
+            nproc,
+        )
     return dataclasses.replace(site, devices=devices, nproc=nproc)
 
 
@@ -111,7 +126,12 @@ def site_devices(site: SiteConfig, run: RunConfig) -> list[torch.device]:
     key = "devices" if site.devices else "nproc"
     cuda = [d for d in devices if d.type == "cuda"]
     if cuda and max(d.index or 0 for d in cuda) >= torch.cuda.device_count():
-        raise ConfigError(str(site.path), key, f"GPUs this machine has ({torch.cuda.device_count()} visible)", [str(d) for d in devices])
+        raise ConfigError(
+            str(site.path),
+            key,
+            f"GPUs this machine has ({torch.cuda.device_count()} visible)",
+            [str(d) for d in devices],
+        )
     return devices
 
 
@@ -165,7 +185,9 @@ class _GlobalDraws(TorchFunctionMode):
         super().__init__()
         self.rows = rows
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func in (torch.rand, torch.randn) and args and "out" not in kwargs:
             size = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
@@ -187,7 +209,9 @@ class _RankTrainer(LocalTrainer):
         if cuda and self.run.image_bn == "train":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self._rows: dict[int, tuple[int, int, int] | None] = {}  # this step's shard size -> (batch rows, start, end)
-        self.ddp = DistributedDataParallel(_Step(self), device_ids=[self.device] if cuda else None, find_unused_parameters=True)
+        self.ddp = DistributedDataParallel(
+            _Step(self), device_ids=[self.device] if cuda else None, find_unused_parameters=True
+        )
 
     def _shard(self, raw: dict[str, Any]) -> dict[str, Any]:
         rows = len(raw["ids"])
@@ -199,10 +223,14 @@ class _RankTrainer(LocalTrainer):
         if start == end:
             return {"ids": [], "skipped": raw["skipped"]}  # nothing to train here this step
         # skips were recorded from the whole batch (every process sees them all); tensors and ids split
-        return {k: (v[start:end] if k == "ids" or (isinstance(v, torch.Tensor) and v.dim() and len(v) == rows) else v) for k, v in raw.items()}
+        return {
+            k: (v[start:end] if k == "ids" or (isinstance(v, torch.Tensor) and v.dim() and len(v) == rows) else v)
+            for k, v in raw.items()
+        }
 
-    def _forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: Any,
-                 step: int) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+    def _forward(
+        self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: Any, step: int
+    ) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
         with _GlobalDraws(self._rows):
             total = self.ddp(batches, teacher)
         self._rows = {}
@@ -235,11 +263,16 @@ class _RankTrainer(LocalTrainer):
     def alignment(self) -> dict[str, float]:
         return super().alignment() if self.rank == 0 else {}
 
-    def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:
+    def result(
+        self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]
+    ) -> LocalResult:
         # Mean losses over every process's shards; a source trained if it did in any process.
         names = sorted(set(totals) | set(seen))
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, ({n: totals.get(n, 0.0) for n in names}, {n: seen.get(n, 0) for n in names}, self._trained_sources))
+        dist.all_gather_object(
+            gathered,
+            ({n: totals.get(n, 0.0) for n in names}, {n: seen.get(n, 0) for n in names}, self._trained_sources),
+        )
         summed: Counter[str] = Counter()
         count: Counter[str] = Counter()
         sources: set[int] = set()
@@ -266,7 +299,9 @@ class DistributedOutcome:
     problems: list[str]
 
 
-def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: RunConfig, folder: str, steps: int, seed: int) -> None:
+def _worker(
+    rank: int, devices: list[str], port: int, site: SiteConfig, run: RunConfig, folder: str, steps: int, seed: int
+) -> None:
     """One DDP process (``torch.multiprocessing.spawn`` calls it with its rank)."""
     world = len(devices)
     device = torch.device(devices[rank])
@@ -295,14 +330,31 @@ def _worker(rank: int, devices: list[str], port: int, site: SiteConfig, run: Run
         if rank == 0:
             # SyncBatchNorm has BatchNorm's keys: the state loads into the site's one-process model
             state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-            torch.save({"state": state, "result": result, "trained_sources": trainer._trained_sources, "unusable": trainer._unusable, "skipped_ids": trainer._skipped_ids,
-                        "problems": trainer.problems}, Path(folder) / "output.pt")
+            torch.save(
+                {
+                    "state": state,
+                    "result": result,
+                    "trained_sources": trainer._trained_sources,
+                    "unusable": trainer._unusable,
+                    "skipped_ids": trainer._skipped_ids,
+                    "problems": trainer.problems,
+                },
+                Path(folder) / "output.pt",
+            )
     finally:
         dist.destroy_process_group()
 
 
-def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int,
-                      devices: Sequence[torch.device | str], *, carry: LocalTrainer | None = None) -> DistributedOutcome:
+def train_distributed(
+    site: SiteConfig,
+    run: RunConfig,
+    global_state: Mapping[str, torch.Tensor],
+    steps: int,
+    seed: int,
+    devices: Sequence[torch.device | str],
+    *,
+    carry: LocalTrainer | None = None,
+) -> DistributedOutcome:
     """Train ``site`` for ``steps`` local steps from ``global_state`` with DDP over ``devices``.
 
     Parameters
@@ -335,26 +387,48 @@ def train_distributed(site: SiteConfig, run: RunConfig, global_state: Mapping[st
     if world < 1:
         raise ConfigError(str(site.path), key, "at least one training process")
     if run.batch_size % world:
-        raise ConfigError(str(site.path), key, f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / processes)", world)
+        raise ConfigError(
+            str(site.path),
+            key,
+            f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / processes)",
+            world,
+        )
     if run.persistent_optimizer:
-        raise ConfigError("run_config", "persistent-optimizer", f"false for site {site.name}, which trains in {world} processes (its optimizer is fresh every round)")
+        raise ConfigError(
+            "run_config",
+            "persistent-optimizer",
+            f"false for site {site.name}, which trains in {world} processes (its optimizer is fresh every round)",
+        )
     if run.prox_mu > 0:
-        raise ConfigError("run_config", "prox-mu", f"0 for site {site.name}, which trains in {world} processes (the proximal term is not in DDP's forward)")
+        raise ConfigError(
+            "run_config",
+            "prox-mu",
+            f"0 for site {site.name}, which trains in {world} processes (the proximal term is not in DDP's forward)",
+        )
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="fedvlp-ddp-") as folder:
-        torch.save({"global": {k: v.detach().cpu() for k, v in global_state.items()},
-                    "unusable": carry._unusable if carry is not None else None,
-                    "skipped_ids": carry._skipped_ids if carry is not None else set(),
-                    "skipped": dict(carry.skipped) if carry is not None else {},
-                    "problems": list(carry.problems) if carry is not None else []}, Path(folder) / "input.pt")
+        torch.save(
+            {
+                "global": {k: v.detach().cpu() for k, v in global_state.items()},
+                "unusable": carry._unusable if carry is not None else None,
+                "skipped_ids": carry._skipped_ids if carry is not None else set(),
+                "skipped": dict(carry.skipped) if carry is not None else {},
+                "problems": list(carry.problems) if carry is not None else [],
+            },
+            Path(folder) / "input.pt",
+        )
         names = [str(d) for d in devices]
         mp.spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed), nprocs=world, join=True)
         out = torch.load(Path(folder) / "output.pt", weights_only=False)
-    return DistributedOutcome(out["state"], out["result"], out["trained_sources"], out["unusable"], out["skipped_ids"], out["problems"])
+    return DistributedOutcome(
+        out["state"], out["result"], out["trained_sources"], out["unusable"], out["skipped_ids"], out["problems"]
+    )
 
 
-def train_site(trainer: LocalTrainer, site: SiteConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int) -> LocalResult:
+def train_site(
+    trainer: LocalTrainer, site: SiteConfig, global_state: Mapping[str, torch.Tensor], steps: int, seed: int
+) -> LocalResult:
     """One round of a big site: :func:`train_distributed` over :func:`site_devices`, with the
     weights and skip records put back into ``trainer`` (the site's one-process trainer, which
     the ClientApp keeps across rounds and reads counts and weights from)."""

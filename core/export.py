@@ -91,10 +91,15 @@ def find_checkpoint(spec: str | Path) -> tuple[RoundCheckpoint, Path, Path]:
     """
     path = resolve_path(str(spec))
     checkpoint: RoundCheckpoint | None = None
-    if path.is_file() and path.name.startswith("round_") and path.name.endswith(".safetensors") and ".extra." not in path.name:
+    if (
+        path.is_file()
+        and path.name.startswith("round_")
+        and path.name.endswith(".safetensors")
+        and ".extra." not in path.name
+    ):
         folder = path.parent
         try:
-            round_ = int(path.name[len("round_"):].split(".")[0])
+            round_ = int(path.name[len("round_") :].split(".")[0])
         except ValueError:
             round_ = -1
         if round_ >= 0 and (folder / f"round_{round_:04d}.json").is_file():
@@ -105,10 +110,18 @@ def find_checkpoint(spec: str | Path) -> tuple[RoundCheckpoint, Path, Path]:
                 checkpoint = load_latest(folder)
                 break
     if checkpoint is None:
-        raise ConfigError(str(spec), "CHECKPOINT", "a run folder (with checkpoints/latest.json), a checkpoints folder, "
-                          "or a round_NNNN.safetensors file next to its round_NNNN.json")
+        raise ConfigError(
+            str(spec),
+            "CHECKPOINT",
+            "a run folder (with checkpoints/latest.json), a checkpoints folder, "
+            "or a round_NNNN.safetensors file next to its round_NNNN.json",
+        )
     if "run_config" not in checkpoint.state:
-        raise ConfigError(str(folder / f"round_{checkpoint.round:04d}.json"), "run_config", "the run config of the round (written by fedvlp pretraining)")
+        raise ConfigError(
+            str(folder / f"round_{checkpoint.round:04d}.json"),
+            "run_config",
+            "the run config of the round (written by fedvlp pretraining)",
+        )
     run_folder = folder.parent if folder.name == "checkpoints" else folder
     return checkpoint, folder / f"round_{checkpoint.round:04d}.safetensors", run_folder
 
@@ -154,7 +167,11 @@ def timm_vit_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in encoder.state_dict().items():
-        name = key.replace("patch_embed.", "patch_embed.proj.").replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")
+        name = (
+            key.replace("patch_embed.", "patch_embed.proj.")
+            .replace(".mlp.0.", ".mlp.fc1.")
+            .replace(".mlp.3.", ".mlp.fc2.")
+        )
         out[name] = value.detach().clone()
     out["patch_embed.proj.weight"] = _rgb_stem(out["patch_embed.proj.weight"])
     return out
@@ -314,46 +331,89 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
     from .models.vit import ViTEncoder
 
     grey = {"mean": [PIXEL_MEAN] * 3, "std": [PIXEL_STD] * 3}
-    meta: dict[str, Any] = {"image_size": image_size, "in_chans": 3, "feature_dim": int(encoder.out_dim),
-                            "input": "grey image in [0, 1] repeated to 3 channels, then (x - mean) / std per channel",
-                            "stem": "fedvlp's 1-channel stem weights repeated over 3 channels and divided by 3"}
+    meta: dict[str, Any] = {
+        "image_size": image_size,
+        "in_chans": 3,
+        "feature_dim": int(encoder.out_dim),
+        "input": "grey image in [0, 1] repeated to 3 channels, then (x - mean) / std per channel",
+        "stem": "fedvlp's 1-channel stem weights repeated over 3 channels and divided by 3",
+    }
     if isinstance(encoder, ResNetEncoder):
         arch = torchvision_arch(encoder)
         files = _save_state(out, torchvision_resnet_state(encoder), grey["mean"], grey["std"])
         norm_arg = ", norm_layer=group_norm" if encoder.norm == "group" else ""
-        params = {"arch": arch, "dim": encoder.out_dim, "norm_arg": norm_arg, "block": encoder.config.block,
-                  "layers": tuple(encoder.config.layers), "widths": tuple(encoder.config.widths)}
-        body = (_GROUP_NORM if encoder.norm == "group" else "") + (_LOADER_TORCHVISION if arch else _LOADER_BLOCKS).format(**params)
-        meta.update(grey, library="torchvision", norm=encoder.norm, block=encoder.config.block,
-                    layers=list(encoder.config.layers), widths=list(encoder.config.widths),
-                    model=f"torchvision.models.{arch}" if arch else None,
-                    features="global average pool of layer4 (fc = nn.Identity())")
+        params = {
+            "arch": arch,
+            "dim": encoder.out_dim,
+            "norm_arg": norm_arg,
+            "block": encoder.config.block,
+            "layers": tuple(encoder.config.layers),
+            "widths": tuple(encoder.config.widths),
+        }
+        body = (_GROUP_NORM if encoder.norm == "group" else "") + (
+            _LOADER_TORCHVISION if arch else _LOADER_BLOCKS
+        ).format(**params)
+        meta.update(
+            grey,
+            library="torchvision",
+            norm=encoder.norm,
+            block=encoder.config.block,
+            layers=list(encoder.config.layers),
+            widths=list(encoder.config.widths),
+            model=f"torchvision.models.{arch}" if arch else None,
+            features="global average pool of layer4 (fc = nn.Identity())",
+        )
         if arch is None:
-            meta["note"] = (f"no torchvision constructor has widths {tuple(encoder.config.widths)} and depths {tuple(encoder.config.layers)} "
-                            f"(torchvision fixes 64-128-256-512); the keys are torchvision's ResNet names, and {IMAGE_LOADER} builds the "
-                            "trunk from torchvision's own blocks")
+            meta["note"] = (
+                f"no torchvision constructor has widths {tuple(encoder.config.widths)} and depths {tuple(encoder.config.layers)} "
+                f"(torchvision fixes 64-128-256-512); the keys are torchvision's ResNet names, and {IMAGE_LOADER} builds the "
+                "trunk from torchvision's own blocks"
+            )
         if encoder.norm == "group":
-            meta["norm_note"] = "GroupNorm: pass norm_layer=group_norm (see load_image_encoder.py); there are no running statistics"
+            meta["norm_note"] = (
+                "GroupNorm: pass norm_layer=group_norm (see load_image_encoder.py); there are no running statistics"
+            )
     elif isinstance(encoder, EfficientNetLiteEncoder):
         grey = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-        files = _save_state(out, {k: v.detach().clone() for k, v in encoder.net.state_dict().items()}, grey["mean"], grey["std"])
+        files = _save_state(
+            out, {k: v.detach().clone() for k, v in encoder.net.state_dict().items()}, grey["mean"], grey["std"]
+        )
         body = _LOADER_EFFICIENTNET.format(size=image_size)
-        meta.update(grey, library="efficientnet-lite-pytorch", model="efficientnet_lite_pytorch.EfficientNet('efficientnet-lite0')",
-                    stem="3-channel ImageNet stem (fedvlp repeats grey images to RGB before it)",
-                    features="global average pool after the 1x1 head conv (_fc = nn.Identity())")
+        meta.update(
+            grey,
+            library="efficientnet-lite-pytorch",
+            model="efficientnet_lite_pytorch.EfficientNet('efficientnet-lite0')",
+            stem="3-channel ImageNet stem (fedvlp repeats grey images to RGB before it)",
+            features="global average pool after the 1x1 head conv (_fc = nn.Identity())",
+        )
     elif isinstance(encoder, ViTEncoder):
         files = _save_state(out, timm_vit_state(encoder), grey["mean"], grey["std"])
         cfg = encoder.config
-        body = _LOADER_TIMM.format(size=cfg.image_size, patch=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
-        meta.update(grey, library="timm", model="timm.models.vision_transformer.VisionTransformer",
-                    vit={k: v for k, v in dataclasses.asdict(cfg).items() if k != "in_chans"},
-                    features="class token after the final LayerNorm (num_classes=0, global_pool='token')",
-                    layout=("timm VisionTransformer names; without timm: patch_embed.proj = Conv2d(3, dim, patch, stride=patch), "
-                            "cls_token, pos_embed (1, 1 + patches, dim), blocks.i = pre-norm (norm1, attn.qkv fused q|k|v, "
-                            "attn.proj, norm2, mlp.fc1, GELU, mlp.fc2), norm; LayerNorm eps 1e-6"))
+        body = _LOADER_TIMM.format(
+            size=cfg.image_size,
+            patch=cfg.patch_size,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            mlp_ratio=cfg.mlp_ratio,
+        )
+        meta.update(
+            grey,
+            library="timm",
+            model="timm.models.vision_transformer.VisionTransformer",
+            vit={k: v for k, v in dataclasses.asdict(cfg).items() if k != "in_chans"},
+            features="class token after the final LayerNorm (num_classes=0, global_pool='token')",
+            layout=(
+                "timm VisionTransformer names; without timm: patch_embed.proj = Conv2d(3, dim, patch, stride=patch), "
+                "cls_token, pos_embed (1, 1 + patches, dim), blocks.i = pre-norm (norm1, attn.qkv fused q|k|v, "
+                "attn.proj, norm2, mlp.fc1, GELU, mlp.fc2), norm; LayerNorm eps 1e-6"
+            ),
+        )
     else:
         raise TypeError(f"no standard format for image encoder {type(encoder).__name__}")
-    loader = _LOADER_HEAD.format(size=image_size, mean=tuple(meta["mean"]), std=tuple(meta["std"]), file=IMAGE_FILE) + body
+    loader = (
+        _LOADER_HEAD.format(size=image_size, mean=tuple(meta["mean"]), std=tuple(meta["std"]), file=IMAGE_FILE) + body
+    )
     (out / IMAGE_LOADER).write_text(loader, encoding="utf-8")
     meta["files"] = [*files, IMAGE_LOADER]
     return meta
@@ -398,11 +458,17 @@ def export_text_encoder(encoder: nn.Module, tokenizer: Any, out: Path) -> dict[s
         (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in tokens), encoding="utf-8")
     cfg = bert.config
     return {
-        "folder": TEXT_FOLDER, "library": "transformers", "model_type": cfg.model_type, "hidden": cfg.hidden_size,
-        "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads, "vocab_size": cfg.vocab_size,
-        "max_length": max_len, "lowercase": bool(getattr(tokenizer, "do_lower_case", True)),
+        "folder": TEXT_FOLDER,
+        "library": "transformers",
+        "model_type": cfg.model_type,
+        "hidden": cfg.hidden_size,
+        "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "vocab_size": cfg.vocab_size,
+        "max_length": max_len,
+        "lowercase": bool(getattr(tokenizer, "do_lower_case", True)),
         "features": "last_hidden_state (token states); fedvlp's heads pool them (contrastive: max over tokens, "
-                    "matching: 1x1 conv + average); the pooler is not part of the export",
+        "matching: 1x1 conv + average); the pooler is not part of the export",
     }
 
 
@@ -413,13 +479,17 @@ def _shared_encoder_export(model: nn.Module, out: Path) -> dict[str, Any]:
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
     save_file(state, str(out / SHARED_FILE), metadata={"format": "pt"})
     return {
-        "files": [SHARED_FILE], "library": None, "keys": len(state),
+        "files": [SHARED_FILE],
+        "library": None,
+        "keys": len(state),
         "groups": sorted({k.split(".")[0] for k in state}),
-        "why_not_bert": ("the text embedding is LayerNorm(word) + LayerNorm(position) (two norms, summed), where BERT has one "
-                         "LayerNorm(word + position + type); and a UWOX layer follows the BERT layers. No BertModel computes "
-                         "the same features, so the shared encoder is exported as fedvlp's own state dict: image.* (patch "
-                         "and 6-value position embeddings of the image pyramid), text.* (token and position embeddings), "
-                         "joint.encoder.layer.i.* (transformers BertLayer names) and joint.uwox.*"),
+        "why_not_bert": (
+            "the text embedding is LayerNorm(word) + LayerNorm(position) (two norms, summed), where BERT has one "
+            "LayerNorm(word + position + type); and a UWOX layer follows the BERT layers. No BertModel computes "
+            "the same features, so the shared encoder is exported as fedvlp's own state dict: image.* (patch "
+            "and 6-value position embeddings of the image pyramid), text.* (token and position embeddings), "
+            "joint.encoder.layer.i.* (transformers BertLayer names) and joint.uwox.*"
+        ),
     }
 
 
@@ -445,8 +515,12 @@ def _sites(run: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
             name = str(site.get("site") or site.get("name") or site.get("node_id", ""))
             if name and name not in seen:
                 seen.append(name)
-    return {"folder": run.sites, "files": files, "replied": seen,
-            "replies_by_round": {str(r["round"]): r.get("replies") for r in history if "round" in r}}
+    return {
+        "folder": run.sites,
+        "files": files,
+        "replied": seen,
+        "replies_by_round": {str(r["round"]): r.get("replies") for r in history if "round" in r},
+    }
 
 
 def _find_sweep(run_folder: Path) -> Path | None:
@@ -468,25 +542,34 @@ def _sweep_table(results: Path) -> str:
 def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
     run = meta["run_config"]
     lines = [
-        f"# fedvlp {run['recipe']} encoders ({run['model-size']}, round {meta['source']['round']})", "",
+        f"# fedvlp {run['recipe']} encoders ({run['model-size']}, round {meta['source']['round']})",
+        "",
         f"Exported by `fedvlp export` from `{meta['source']['checkpoint']}` (config hash `{meta['source']['config_hash']}`) "
-        f"on {meta['exported_at']}. Machine-readable: `{META_FILE}`.", "",
-        "## Training", "",
+        f"on {meta['exported_at']}. Machine-readable: `{META_FILE}`.",
+        "",
+        "## Training",
+        "",
         f"- {meta['training']['mode']} pretraining: recipe `{run['recipe']}`, model size `{run['model-size']}`, image size "
         f"{run['image-size']} px, {meta['rounds']} completed round(s) of {meta['training']['steps_per_round']} "
         f"{meta['training']['steps_unit']}",
         f"- sites: {', '.join(meta['sites']['files']) or '(site files not found)'} (folder `{meta['sites']['folder']}`)",
     ]
     if meta["sites"]["replied"]:
-        lines.append(f"- replied: {', '.join(meta['sites']['replied'])}; replies by round: "
-                     + ", ".join(f"{k}: {v}" for k, v in meta["sites"]["replies_by_round"].items()))
+        lines.append(
+            f"- replied: {', '.join(meta['sites']['replied'])}; replies by round: "
+            + ", ".join(f"{k}: {v}" for k, v in meta["sites"]["replies_by_round"].items())
+        )
     lines += ["", "## Image encoder", ""]
     image = meta.get("image")
     if image and image.get("library"):
-        target = image["model"] or f"a {image['block']} ResNet with layers {tuple(image['layers'])} and widths {tuple(image['widths'])}"
+        target = (
+            image["model"]
+            or f"a {image['block']} ResNet with layers {tuple(image['layers'])} and widths {tuple(image['widths'])}"
+        )
         lines += [
             f"`{IMAGE_FILE}` (and `{IMAGE_PT_FILE}`): a state dict that loads with `strict=True` into {target} "
-            f"(library `{image['library']}`; `{IMAGE_LOADER}` builds it and loads the file without fedvlp).", "",
+            f"(library `{image['library']}`; `{IMAGE_LOADER}` builds it and loads the file without fedvlp).",
+            "",
             f"- input: {image['input']}; mean {image['mean']}, std {image['std']}, {image['image_size']} px as trained",
             f"- stem: {image['stem']}",
             f"- features: {image['features']} ({image['feature_dim']} values)",
@@ -495,39 +578,58 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
             lines.append(f"- note: {image['note']}")
         if image.get("norm_note"):
             lines.append(f"- {image['norm_note']}")
-        lines += ["", "```python", "import importlib.util, torch",
-                  f"spec = importlib.util.spec_from_file_location('loader', 'DIR/{IMAGE_LOADER}')",
-                  "loader = importlib.util.module_from_spec(spec); spec.loader.exec_module(loader)",
-                  "model = loader.load()  # eval mode",
-                  f"features = model(loader.preprocess(grey))  # grey: (B, 1, {image['image_size']}, {image['image_size']}) in [0, 1]",
-                  "```"]
+        lines += [
+            "",
+            "```python",
+            "import importlib.util, torch",
+            f"spec = importlib.util.spec_from_file_location('loader', 'DIR/{IMAGE_LOADER}')",
+            "loader = importlib.util.module_from_spec(spec); spec.loader.exec_module(loader)",
+            "model = loader.load()  # eval mode",
+            f"features = model(loader.preprocess(grey))  # grey: (B, 1, {image['image_size']}, {image['image_size']}) in [0, 1]",
+            "```",
+        ]
     shared = meta.get("shared")
     if shared:
-        lines += [f"`{SHARED_FILE}`: the shared transformer (groups {', '.join(shared['groups'])}, {shared['keys']} tensors) "
-                  "as fedvlp's own state dict; load it with fedvlp (`build_model` of the run config in "
-                  f"`{META_FILE}`, then `load_state_dict(strict=False)`).", "",
-                  f"No Hugging Face BERT folder: {shared['why_not_bert']}."]
+        lines += [
+            f"`{SHARED_FILE}`: the shared transformer (groups {', '.join(shared['groups'])}, {shared['keys']} tensors) "
+            "as fedvlp's own state dict; load it with fedvlp (`build_model` of the run config in "
+            f"`{META_FILE}`, then `load_state_dict(strict=False)`).",
+            "",
+            f"No Hugging Face BERT folder: {shared['why_not_bert']}.",
+        ]
     lines += ["", "## Text encoder", ""]
     text = meta.get("text")
     if text:
         lines += [
             f"`{TEXT_FOLDER}/`: a Hugging Face {text['model_type']} ({text['layers']} layers, {text['hidden']} hidden, "
-            f"vocabulary {text['vocab_size']}) with its tokenizer (lower-casing: {text['lowercase']}).", "",
+            f"vocabulary {text['vocab_size']}) with its tokenizer (lower-casing: {text['lowercase']}).",
+            "",
             f"- at most {text['max_length']} tokens (the position table is cut to the run's text length): tokenize with "
             "`truncation=True`",
             f"- features: {text['features']}",
-            "", "```python", "from transformers import AutoModel, AutoTokenizer",
+            "",
+            "```python",
+            "from transformers import AutoModel, AutoTokenizer",
             f"tokenizer = AutoTokenizer.from_pretrained('DIR/{TEXT_FOLDER}')",
             f"model = AutoModel.from_pretrained('DIR/{TEXT_FOLDER}', add_pooling_layer=False)",
             "batch = tokenizer(['no acute cardiopulmonary process'], return_tensors='pt', padding=True, truncation=True)",
-            "states = model(**batch).last_hidden_state", "```",
+            "states = model(**batch).last_hidden_state",
+            "```",
         ]
     else:
-        lines.append("Not exported separately: " + ("see the shared encoder above." if shared else "this recipe has no text encoder."))
+        lines.append(
+            "Not exported separately: "
+            + ("see the shared encoder above." if shared else "this recipe has no text encoder.")
+        )
     lines += ["", "## Label-efficiency sweep", ""]
     if sweep_table is not None:
-        lines += [f"From `{meta['sweep']['results']}` (mean test AUC; full report: `{meta['sweep']['report'] or 'not found'}`):",
-                  "", "```", sweep_table, "```"]
+        lines += [
+            f"From `{meta['sweep']['results']}` (mean test AUC; full report: `{meta['sweep']['report'] or 'not found'}`):",
+            "",
+            "```",
+            sweep_table,
+            "```",
+        ]
     else:
         lines.append("No sweep `results.csv` found next to the run.")
     lines += ["", "## Run config", "", "```toml"]
@@ -593,7 +695,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = Fal
     meta: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "source": {"checkpoint": str(weights_file), "round": found.round, "config_hash": found.state.get("config_hash")},
+        "source": {
+            "checkpoint": str(weights_file),
+            "round": found.round,
+            "config_hash": found.state.get("config_hash"),
+        },
         "rounds": found.round,
         "run_config": run.to_flat(),
         "training": _training(found.state, run),

@@ -93,4 +93,4 @@ def filter_groups(state: Mapping[str, torch.Tensor], groups: Iterable[str]) -> d
 def strip_group(state: Mapping[str, torch.Tensor], group: str) -> dict[str, torch.Tensor]:
     """Entries of one group with the ``group.`` prefix removed (to load into the bare module)."""
     prefix = group + "."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -43,10 +43,10 @@ from torch import nn
 from .checkpoint import atomic_write_bytes
 from .config import ConfigError, RunConfig, SiteConfig
 from .data.datasets import collate_samples
+from .models.registry import family_of
 from .objectives import BatchView
 from .objectives.masked import MLMObjective
 from .params import group_of
-from .models.registry import family_of
 from .train import LocalResult, LocalTrainer, tally_losses
 
 __all__ = [
@@ -109,18 +109,37 @@ def plan_privacy(trainer: LocalTrainer, run: RunConfig) -> DPPlan:
     sources, names = _active(trainer)
     coupled = [n for n in names if n not in PER_SAMPLE_OBJECTIVES]
     if not family_of(run).per_sample_dp:
-        level, reason = "client", f"recipe '{run.recipe}' ({run.spec.family} family) is not validated for opacus per-sample gradients"
+        level, reason = (
+            "client",
+            f"recipe '{run.recipe}' ({run.spec.family} family) is not validated for opacus per-sample gradients",
+        )
     elif coupled:
-        level, reason = "client", f"objective(s) {', '.join(coupled)} couple the samples of a batch, so per-sample DP does not hold"
+        level, reason = (
+            "client",
+            f"objective(s) {', '.join(coupled)} couple the samples of a batch, so per-sample DP does not hold",
+        )
     elif run.weight_anchor > 0 or run.prox_mu > 0:
-        level, reason = "client", "weight-anchor / prox-mu pull towards the global model outside opacus' per-sample gradients"
+        level, reason = (
+            "client",
+            "weight-anchor / prox-mu pull towards the global model outside opacus' per-sample gradients",
+        )
     elif run.mlm_decoder == "tied" and "mlm" in names:
-        level, reason = "client", "mlm-decoder 'tied' shares the word embeddings between two layers, which opacus cannot split per sample"
+        level, reason = (
+            "client",
+            "mlm-decoder 'tied' shares the word embeddings between two layers, which opacus cannot split per sample",
+        )
     else:
         level, reason = "sample", f"objective(s) {', '.join(names)} are means of per-sample terms"
-        trains_image = any("image" in o.groups for i in sources for o in trainer.objectives_for(trainer.datasets[i].modalities))
+        trains_image = any(
+            "image" in o.groups for i in sources for o in trainer.objectives_for(trainer.datasets[i].modalities)
+        )
         if trains_image and run.norm != "group":
-            raise ConfigError("run_config", "norm", "'group' for sample-level DP on images (BatchNorm mixes samples; set it for the whole federation)", run.norm)
+            raise ConfigError(
+                "run_config",
+                "norm",
+                "'group' for sample-level DP on images (BatchNorm mixes samples; set it for the whole federation)",
+                run.norm,
+            )
     return DPPlan(level, reason, tuple(names), tuple(sources))
 
 
@@ -133,7 +152,10 @@ def round_mechanisms(plan: DPPlan, trainer: LocalTrainer, run: RunConfig) -> lis
     """
     if plan.level == "client":
         return [(run.dp_client_noise_multiplier, 1.0, 1)]
-    return [(run.dp_noise_multiplier, sample_rate(len(trainer.datasets[i]), run.batch_size), run.local_steps) for i in plan.sources]
+    return [
+        (run.dp_noise_multiplier, sample_rate(len(trainer.datasets[i]), run.batch_size), run.local_steps)
+        for i in plan.sources
+    ]
 
 
 def sample_rate(rows: int, batch_size: int) -> float:
@@ -220,12 +242,24 @@ class PrivacyLedger:
             runs = [str(r) for r in raw.get("runs", [""] * len(history))]
             sources = [[str(x) for x in s] for s in raw.get("sources", [[] for _ in history])]
         except (OSError, ValueError, TypeError, KeyError) as err:
-            raise ConfigError(str(path), "(file)", f"a privacy ledger ({type(err).__name__}: {err}); restore it from a backup, never delete it") from err
+            raise ConfigError(
+                str(path),
+                "(file)",
+                f"a privacy ledger ({type(err).__name__}: {err}); restore it from a backup, never delete it",
+            ) from err
         if not len(runs) == len(sources) == len(history):
-            raise ConfigError(str(path), "history", f"as many 'runs' and 'sources' entries as mechanisms ({len(history)})")
+            raise ConfigError(
+                str(path), "history", f"as many 'runs' and 'sources' entries as mechanisms ({len(history)})"
+            )
         return cls(path, history, rounds, runs, sources)
 
-    def record(self, server_round: int, mechanisms: Sequence[Mechanism], run: str = "", sources: Sequence[Sequence[str]] | None = None) -> None:
+    def record(
+        self,
+        server_round: int,
+        mechanisms: Sequence[Mechanism],
+        run: str = "",
+        sources: Sequence[Sequence[str]] | None = None,
+    ) -> None:
         """Append a round's releases (of ``run``, touching ``sources[i]`` for mechanism i) and
         write the file atomically (fsynced before the rename)."""
         self.history.extend(mechanisms)
@@ -235,10 +269,16 @@ class PrivacyLedger:
         payload = {"history": self.history, "rounds": self.rounds, "runs": self.runs, "sources": self.sources}
         atomic_write_bytes(self.path, json.dumps(payload).encode("utf-8"), mode=0o644)
 
-    def epsilon(self, delta: float, extra: Sequence[Mechanism] = (), run: str | None = None, source: str | None = None) -> float:
+    def epsilon(
+        self, delta: float, extra: Sequence[Mechanism] = (), run: str | None = None, source: str | None = None
+    ) -> float:
         """Epsilon spent so far, or after ``extra`` more releases; only the mechanisms of
         ``run`` and/or touching ``source`` when given (default: the lifetime total)."""
-        kept = [m for m, r, s in zip(self.history, self.runs, self.sources) if (run is None or r == run) and (source is None or source in s)]
+        kept = [
+            m
+            for m, r, s in zip(self.history, self.runs, self.sources)
+            if (run is None or r == run) and (source is None or source in s)
+        ]
         return epsilon_spent([*kept, *extra], delta)
 
 
@@ -287,7 +327,9 @@ def clip_update(
     return {k: u * scale for k, u in update.items()}, norm
 
 
-def gaussian_noise(update: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def gaussian_noise(
+    update: Mapping[str, torch.Tensor], std: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """``N(0, std^2)`` noise shaped like each tensor of ``update``, drawn in key order."""
     return {k: torch.randn(u.shape, generator=generator, dtype=torch.float64) * std for k, u in update.items()}
 
@@ -341,7 +383,9 @@ class DPSGDTrainer:
         When a module to train is not valid for opacus (``ModuleValidator``), e.g. BatchNorm.
     """
 
-    def __init__(self, trainer: LocalTrainer, run: RunConfig, sources: Sequence[int], generator: torch.Generator | None = None):
+    def __init__(
+        self, trainer: LocalTrainer, run: RunConfig, sources: Sequence[int], generator: torch.Generator | None = None
+    ):
         self.trainer, self.run, self.sources = trainer, run, list(sources)
         self.generator = generator or secret_generator()
         model = trainer.model
@@ -355,13 +399,22 @@ class DPSGDTrainer:
                     continue
                 errors = ModuleValidator.validate(module, strict=False)
                 if errors:
-                    raise ConfigError("run_config", "norm" if any("BatchNorm" in str(e) for e in errors) else "recipe", f"modules opacus supports in group '{group}' ({errors[0]})")
+                    raise ConfigError(
+                        "run_config",
+                        "norm" if any("BatchNorm" in str(e) for e in errors) else "recipe",
+                        f"modules opacus supports in group '{group}' ({errors[0]})",
+                    )
                 # Hooks go on the module in place; the model keeps its attribute and key names.
                 self._hooked[group] = GradSampleModule(module, loss_reduction="mean")
 
     def _batches(self, index: int, steps: int) -> Iterator[dict[str, Any] | None]:
         dataset = self.trainer.datasets[index]
-        sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate(len(dataset), self.run.batch_size), generator=self.generator, steps=steps)
+        sampler = UniformWithReplacementSampler(
+            num_samples=len(dataset),
+            sample_rate=sample_rate(len(dataset), self.run.batch_size),
+            generator=self.generator,
+            steps=steps,
+        )
         collate = getattr(dataset, "collate_fn", collate_samples)
         for indices in sampler:
             yield collate([dataset[i] for i in indices]) if len(indices) else None
@@ -379,8 +432,11 @@ class DPSGDTrainer:
             rows = len(trainer.datasets[index])
             inner = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
             optimizers[index] = DPOptimizer(
-                inner, noise_multiplier=run.dp_noise_multiplier, max_grad_norm=run.dp_max_grad_norm,
-                expected_batch_size=sample_rate(rows, run.batch_size) * rows, generator=self.generator,
+                inner,
+                noise_multiplier=run.dp_noise_multiplier,
+                max_grad_norm=run.dp_max_grad_norm,
+                expected_batch_size=sample_rate(rows, run.batch_size) * rows,
+                generator=self.generator,
             )
             batches[index] = self._batches(index, steps)
         touched = {n for n, p in named if any(p is q for o in optimizers.values() for q in o.params)}

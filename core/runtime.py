@@ -93,10 +93,17 @@ def check_device(name: str, gpu_count: int, origin: str = "run_config", key: str
     if name == "cuda" or name.startswith("cuda:"):
         index = name.partition(":")[2]
         if gpu_count == 0:
-            raise ConfigError(origin, key, "'auto' or 'cpu' on this machine: no CUDA GPU is visible "
-                              "(CUDA_VISIBLE_DEVICES, driver, or a CPU-only torch)", name)
+            raise ConfigError(
+                origin,
+                key,
+                "'auto' or 'cpu' on this machine: no CUDA GPU is visible "
+                "(CUDA_VISIBLE_DEVICES, driver, or a CPU-only torch)",
+                name,
+            )
         if index and (not index.isdigit() or int(index) >= gpu_count):
-            raise ConfigError(origin, key, f"'cuda' or 'cuda:0'..'cuda:{gpu_count - 1}' ({gpu_count} GPU visible)", name)
+            raise ConfigError(
+                origin, key, f"'cuda' or 'cuda:0'..'cuda:{gpu_count - 1}' ({gpu_count} GPU visible)", name
+            )
     return name
 
 
@@ -181,12 +188,18 @@ def plan_devices(
     if gpus_per_client is not None and not 0.0 <= gpus_per_client <= 1.0:
         raise ConfigError("--gpus-per-client", "gpus-per-client", "a share of one GPU between 0 and 1", gpus_per_client)
     if gpus_per_client and gpu_count == 0:
-        raise ConfigError("--gpus-per-client", "gpus-per-client", "0 on this machine: no CUDA GPU is visible", gpus_per_client)
+        raise ConfigError(
+            "--gpus-per-client", "gpus-per-client", "0 on this machine: no CUDA GPU is visible", gpus_per_client
+        )
     check_device(run_device, gpu_count)
     wanted = {name: (device if device != "auto" else run_device) for name, device in site_devices.items()}
     resolved = {name: check_device(device, gpu_count, origin=f"site {name}") for name, device in wanted.items()}
     on_gpu = any(device.startswith("cuda") for device in resolved.values())
-    share = default_gpu_share(gpu_count, len(site_devices)) if gpus_per_client is None and on_gpu else (gpus_per_client or 0.0)
+    share = (
+        default_gpu_share(gpu_count, len(site_devices))
+        if gpus_per_client is None and on_gpu
+        else (gpus_per_client or 0.0)
+    )
     effective_run = run_device
     if share == 0.0 and run_device == "auto":
         # Ray no longer hides GPUs from clients without a share (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0),

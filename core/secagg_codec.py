@@ -72,7 +72,9 @@ def decode_keys(value: Any) -> list[str]:
     return str(value).split("\n")
 
 
-def checked_counts(counts: Mapping[str, Any], groups: set[str], max_weight: float, clipping_range: float) -> dict[str, int]:
+def checked_counts(
+    counts: Mapping[str, Any], groups: set[str], max_weight: float, clipping_range: float
+) -> dict[str, int]:
     """The counts of the groups a site sends, refused unless each makes a valid weight.
 
     Under SecAgg+ nobody can check one site's weight after it is masked, so an honest site
@@ -89,7 +91,9 @@ def checked_counts(counts: Mapping[str, Any], groups: set[str], max_weight: floa
     for group in sorted(groups):
         count = counts.get(group)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"group '{group}': count {count!r} is not an integer >= 1; SecAgg+ needs a positive weight per sent group")
+            raise ValueError(
+                f"group '{group}': count {count!r} is not an integer >= 1; SecAgg+ needs a positive weight per sent group"
+            )
         weight = count / max_weight
         if weight > clipping_range:
             raise ValueError(
@@ -157,7 +161,9 @@ def encode_update(
         clipped += int((np.abs(encoded) > clipping_range).sum())
         vectors.append(encoded)
     if clipped:
-        log.warning("SecAgg+: %d update values exceed secagg-clipping-range %g and are clipped", clipped, clipping_range)
+        log.warning(
+            "SecAgg+: %d update values exceed secagg-clipping-range %g and are clipped", clipped, clipping_range
+        )
     vectors.append(weights)
     return vectors
 
@@ -211,6 +217,11 @@ def declared_sizes(metrics: Mapping[str, Any]) -> dict[str, int]:
     """The ``site-size/<group>`` metrics of one SecAgg+ reply: the site's declared sizes."""
     out: dict[str, int] = {}
     for name, value in metrics.items():
-        if name.startswith(SIZE_METRIC_PREFIX) and isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            out[name[len(SIZE_METRIC_PREFIX):]] = int(value)
+        if (
+            name.startswith(SIZE_METRIC_PREFIX)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value >= 0
+        ):
+            out[name[len(SIZE_METRIC_PREFIX) :]] = int(value)
     return out

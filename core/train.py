@@ -25,12 +25,20 @@ from .models.family import STUDIES
 from .models.protocol import VLPModel
 from .models.registry import family_of
 from .objectives import BatchView
-from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .objectives.pooling import masked_mean
+from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .optim import build_optimizer, warmup_factor
 
-__all__ = ["LocalResult", "LocalTrainer", "SiteData", "add_source", "load_site_datasets", "load_site_data",
-           "resolve_device", "tally_losses"]
+__all__ = [
+    "LocalResult",
+    "LocalTrainer",
+    "SiteData",
+    "add_source",
+    "load_site_datasets",
+    "load_site_data",
+    "resolve_device",
+    "tally_losses",
+]
 
 
 def resolve_device(name: str, origin: str = "run_config", key: str = "device") -> torch.device:
@@ -84,7 +92,9 @@ def load_site_data(site: SiteConfig, run: RunConfig, max_len: int, augment: bool
     return data
 
 
-def add_source(data: SiteData, rows: ManifestRows, run: RunConfig, tokenizer: Any, max_len: int, augment: bool = True) -> None:
+def add_source(
+    data: SiteData, rows: ManifestRows, run: RunConfig, tokenizer: Any, max_len: int, augment: bool = True
+) -> None:
     """Append the training dataset of one source's ``rows`` to ``data`` (and its held-out pairs).
 
     Pair sources of a family that trains on studies (REFERS) become study datasets; other sources get a second
@@ -102,8 +112,18 @@ def add_source(data: SiteData, rows: ManifestRows, run: RunConfig, tokenizer: An
     train, held = holdout_split(rows, run.align_holdout) if "pair" in rows.source.modalities else (None, ())
     if len(held):
         data.holdout.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, False, indices=held, **options))
-    data.datasets.append(SiteDataset(rows, run.image_size, text_tokenizer, max_len, augment, views=views,
-                                     indices=train if len(held) else None, **options))
+    data.datasets.append(
+        SiteDataset(
+            rows,
+            run.image_size,
+            text_tokenizer,
+            max_len,
+            augment,
+            views=views,
+            indices=train if len(held) else None,
+            **options,
+        )
+    )
 
 
 def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
@@ -154,8 +174,14 @@ class LocalTrainer:
         ``None``: ``$FEDVLP_LOADER_WORKERS``.
     """
 
-    def __init__(self, model: VLPModel, datasets: Sequence[SiteDataset] | SiteData, run: RunConfig, device: torch.device,
-                 num_workers: int | None = 0):
+    def __init__(
+        self,
+        model: VLPModel,
+        datasets: Sequence[SiteDataset] | SiteData,
+        run: RunConfig,
+        device: torch.device,
+        num_workers: int | None = 0,
+    ):
         self.model = model.to(device)
         data = datasets if isinstance(datasets, SiteData) else SiteData(list(datasets))
         self.datasets = list(data.datasets)
@@ -294,9 +320,13 @@ class LocalTrainer:
             terms.append(anchor_loss(masked_mean(view.text_states, mask), target))
         return torch.stack(terms).mean() if terms else None
 
-    def step_losses(self, model: torch.nn.Module, batches: Sequence[tuple[int, dict[str, torch.Tensor]]],
-                    teacher: GlobalTeacher | None,
-                    amp: bool | None = None) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+    def step_losses(
+        self,
+        model: torch.nn.Module,
+        batches: Sequence[tuple[int, dict[str, torch.Tensor]]],
+        teacher: GlobalTeacher | None,
+        amp: bool | None = None,
+    ) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
         """The losses of one local step: every objective that fits each source's batch.
 
         The one loss loop of local training: :meth:`train` calls it for all sources of a step,
@@ -348,8 +378,9 @@ class LocalTrainer:
         """This process's part of a drawn batch (all of it)."""
         return raw
 
-    def _forward(self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: GlobalTeacher | None,
-                 step: int) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
+    def _forward(
+        self, batches: Sequence[tuple[int, dict[str, torch.Tensor]]], teacher: GlobalTeacher | None, step: int
+    ) -> tuple[torch.Tensor | None, list[tuple[str, float]], set[int]]:
         """:meth:`step_losses` of ``self.model``."""
         return self.step_losses(self.model, batches, teacher)
 
@@ -393,7 +424,13 @@ class LocalTrainer:
         trained_sources: set[int] = set()
         started = time.perf_counter()
         # A bar for a site daemon's terminal; off when stderr is no TTY (simulation actors) or quiet
-        for step in tqdm(range(steps), desc="local steps", unit="step", leave=False, disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None):
+        for step in tqdm(
+            range(steps),
+            desc="local steps",
+            unit="step",
+            leave=False,
+            disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None,
+        ):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             batches = []
@@ -439,11 +476,16 @@ class LocalTrainer:
             if "input_ids" not in batch or len(batch["ids"]) < 2:
                 continue
             rows = dataset.rows
-            study = {rows.ids[i]: (rows.study_ids[i] if rows.study_ids is not None else "") or rows.ids[i] for i in dataset.indices}
+            study = {
+                rows.ids[i]: (rows.study_ids[i] if rows.study_ids is not None else "") or rows.ids[i]
+                for i in dataset.indices
+            }
             metrics.update(alignment_metrics(self.model, self.to_device(batch), [study[i] for i in batch["ids"]]))
         return metrics
 
-    def result(self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]) -> LocalResult:
+    def result(
+        self, totals: dict[str, float], seen: dict[str, int], started: float, steps: int, touched: set[str]
+    ) -> LocalResult:
         """A round's :class:`LocalResult`: mean loss per objective, their weighted total, time, steps, skips."""
         metrics = {f"loss/{name}": totals[name] / seen[name] for name in totals}
         term_weights = {**self.weights, "anchor": self.run.weight_anchor, "prox": self.run.prox_mu}

@@ -24,8 +24,16 @@ from typing import Any
 
 # The study's settings (sites/cxr/federation.toml [general-pretrained]) with the image sites only.
 STUDY = {
-    "image-init": "efficientnet-lite0", "image-size": 128, "local-steps": 25, "lr": 0.001, "image-lr-scale": 0.1,
-    "warmup-steps": 5, "image-bn": "frozen", "freeze-image-stages": 5, "weight-distill": 1.0, "weight-mim": 0.0,
+    "image-init": "efficientnet-lite0",
+    "image-size": 128,
+    "local-steps": 25,
+    "lr": 0.001,
+    "image-lr-scale": 0.1,
+    "warmup-steps": 5,
+    "image-bn": "frozen",
+    "freeze-image-stages": 5,
+    "weight-distill": 1.0,
+    "weight-mim": 0.0,
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "study settings": {},
@@ -50,12 +58,39 @@ def _sites(out: Path, split: Path, which: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     nih = load_site(project_root() / "sites" / "cxr" / "nih_images.yaml")
     source = nih.sources[0]
-    (folder / "nih_images.yaml").write_text(yaml.safe_dump({"name": nih.name, "sources": [{
-        "manifest": str(source.manifest), "kind": "images", "id_column": source.id_column, "image_column": source.image_column}]}))
+    (folder / "nih_images.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": nih.name,
+                "sources": [
+                    {
+                        "manifest": str(source.manifest),
+                        "kind": "images",
+                        "id_column": source.id_column,
+                        "image_column": source.image_column,
+                    }
+                ],
+            }
+        )
+    )
     if which != "nih":
         labeled = project_root().parent / "shared" / "data" / "cxr" / "kermany_labeled"  # where the split's images are
-        (folder / "kermany_train.yaml").write_text(yaml.safe_dump({"name": "kermany_train_images", "image_roots": [str(labeled.resolve())], "sources": [{
-            "manifest": str((split / "train.csv").resolve()), "kind": "images", "id_column": "sample_id", "image_column": "image"}]}))
+        (folder / "kermany_train.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": "kermany_train_images",
+                    "image_roots": [str(labeled.resolve())],
+                    "sources": [
+                        {
+                            "manifest": str((split / "train.csv").resolve()),
+                            "kind": "images",
+                            "id_column": "sample_id",
+                            "image_column": "image",
+                        }
+                    ],
+                }
+            )
+        )
     return folder
 
 
@@ -79,38 +114,76 @@ def main() -> None:
     out = args.out.resolve()
     probe_split = out / "probe-split"
     if not (probe_split / "train.csv").is_file():  # patient-level split of the study's train split only
-        split_manifest(args.split / "train.csv", probe_split, by="patient_id", fractions=(0.75, 0.25, 0.0),
-                       image_column="image", id_column="sample_id")
-    config = SweepConfig(fractions=(0.01, 0.1, 1.0), seeds=tuple(range(args.seeds)), protocols=("linear",), num_threads=2)
+        split_manifest(
+            args.split / "train.csv",
+            probe_split,
+            by="patient_id",
+            fractions=(0.75, 0.25, 0.0),
+            image_column="image",
+            id_column="sample_id",
+        )
+    config = SweepConfig(
+        fractions=(0.01, 0.1, 1.0), seeds=tuple(range(args.seeds)), protocols=("linear",), num_threads=2
+    )
     rows = []
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
             continue
         slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
         sites = _sites(out, args.split, overrides.get("_sites", "all"))
-        flat = {**STUDY, **{k: v for k, v in overrides.items() if not k.startswith("_")}, "rounds": args.rounds,
-                "sites": str(sites), "out-dir": str(out / slug)}
+        flat = {
+            **STUDY,
+            **{k: v for k, v in overrides.items() if not k.startswith("_")},
+            "rounds": args.rounds,
+            "sites": str(sites),
+            "out-dir": str(out / slug),
+        }
         started = time.perf_counter()
         simulate(RunConfig.from_flat(flat))
         seconds = time.perf_counter() - started
-        results = sweep_and_report([InitSpec(slug, str(out / slug))], out / f"probe-{slug}", probe_split / "trainval.csv",
-                                   ["label_pneumonia_vs_normal"], config, test_path=args.split / "val.csv",
-                                   id_column="sample_id", extras=())
+        results = sweep_and_report(
+            [InitSpec(slug, str(out / slug))],
+            out / f"probe-{slug}",
+            probe_split / "trainval.csv",
+            ["label_pneumonia_vs_normal"],
+            config,
+            test_path=args.split / "val.csv",
+            id_column="sample_id",
+            extras=(),
+        )
         auc = results[(results.metric == "auc") & (results["class"] == "mean")]
         cells = auc.groupby("label_fraction")["value"].agg(["mean", "std"])
-        rows.append(f"| {name} | " + " | ".join(f"{cells.loc[f, 'mean']:.3f} +- {cells.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0))
-                    + f" | {seconds / 60:.1f} |")
+        rows.append(
+            f"| {name} | "
+            + " | ".join(f"{cells.loc[f, 'mean']:.3f} +- {cells.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0))
+            + f" | {seconds / 60:.1f} |"
+        )
         print(rows[-1], flush=True)
-    baseline = sweep_and_report([InitSpec("general-pretrained@128", "general-pretrained@128")], out / "probe-imagenet",
-                                probe_split / "trainval.csv", ["label_pneumonia_vs_normal"], config,
-                                test_path=args.split / "val.csv", id_column="sample_id", overrides={"image-size": 128}, extras=())
-    auc = baseline[(baseline.metric == "auc") & (baseline["class"] == "mean")].groupby("label_fraction")["value"].agg(["mean", "std"])
+    baseline = sweep_and_report(
+        [InitSpec("general-pretrained@128", "general-pretrained@128")],
+        out / "probe-imagenet",
+        probe_split / "trainval.csv",
+        ["label_pneumonia_vs_normal"],
+        config,
+        test_path=args.split / "val.csv",
+        id_column="sample_id",
+        overrides={"image-size": 128},
+        extras=(),
+    )
+    auc = (
+        baseline[(baseline.metric == "auc") & (baseline["class"] == "mean")]
+        .groupby("label_fraction")["value"]
+        .agg(["mean", "std"])
+    )
     print()
     print(f"Validation AUC (linear probe, {args.seeds} seeds, mean +- std), {args.rounds} rounds x 25 local steps:")
     print("| variant | 1% | 10% | 100% | pretraining minutes |")
     print("|---|---|---|---|---|")
-    print("| ImageNet EfficientNet-Lite0, no federated training | "
-          + " | ".join(f"{auc.loc[f, 'mean']:.3f} +- {auc.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0)) + " | 0 |")
+    print(
+        "| ImageNet EfficientNet-Lite0, no federated training | "
+        + " | ".join(f"{auc.loc[f, 'mean']:.3f} +- {auc.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0))
+        + " | 0 |"
+    )
     print("\n".join(rows))
 
 

@@ -35,7 +35,11 @@ FORBIDDEN = [
     ("fedvlp.core", "fedvlp.client", "core never imports the client"),
     ("fedvlp.core", "flwr", "core never imports Flower"),
     ("fedvlp.client", "fedvlp.server", "the client never imports the server"),
-    ("fedvlp.server", "fedvlp.client", "the server never imports the client (it names the ClientApp by its component string)"),
+    (
+        "fedvlp.server",
+        "fedvlp.client",
+        "the server never imports the client (it names the ClientApp by its component string)",
+    ),
     ("fedvlp.server.app", "fedvlp.server.cli", "the ServerApp never imports the CLI and tooling around it"),
 ]
 

@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .images import ImageDecodeError, load_image
 from ..config import ConfigError
+from .images import ImageDecodeError, load_image
 from .manifest import ManifestRows, StringColumn, read_manifest
 from .reports import text_view
 
@@ -93,7 +93,11 @@ class SiteDataset(Dataset[dict[str, Any]]):
             frame = read_manifest(source.unpaired_text_pool, [source.pool_report_column])
             self.pool = StringColumn.from_strings(t.strip() for t in frame[source.pool_report_column] if str(t).strip())
             if not self.pool:
-                raise ConfigError(str(source.unpaired_text_pool), source.pool_report_column, "at least one non-empty report in the unpaired text pool")
+                raise ConfigError(
+                    str(source.unpaired_text_pool),
+                    source.pool_report_column,
+                    "at least one non-empty report in the unpaired text pool",
+                )
         if (rows.reports is not None or self.pool is not None) and tokenizer is None:
             raise ValueError(f"{rows.source.manifest}: reports need a tokenizer")
 

@@ -77,10 +77,25 @@ __all__ = [
 ]
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-DICOM_REASONS = ("dicom_multiframe", "dicom_color", "dicom_burned_in", "dicom_not_image", "dicom_codec", "dicom_bad_header")
+DICOM_REASONS = (
+    "dicom_multiframe",
+    "dicom_color",
+    "dicom_burned_in",
+    "dicom_not_image",
+    "dicom_codec",
+    "dicom_bad_header",
+)
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # What :func:`header_refusal` reads: importers read these (and their own few) and nothing else.
-REFUSAL_TAGS = ("SOPClassUID", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation", "BurnedInAnnotation")
+REFUSAL_TAGS = (
+    "SOPClassUID",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BurnedInAnnotation",
+)
 # Files with these suffixes go to PIL without a look at their bytes: no extra read per image.
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jp2", ".pgm", ".ppm"})
 # Elements bigger than this are read from the file only when used: the header checks (size,
@@ -144,8 +159,13 @@ def read_dicom(path: str | Path, stop_before_pixels: bool = False, specific_tags
             # pydicom warns about every non-conforming value (a lower-case code string, a long
             # UID ...): nothing a site can act on per image, and the outcome has its reason code
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, defer_size=None if stop_before_pixels else _DEFER_SIZE, stop_before_pixels=stop_before_pixels,
-                                   force=path.suffix.lower() in DICOM_SUFFIXES, specific_tags=specific_tags)
+            return pydicom.dcmread(
+                path,
+                defer_size=None if stop_before_pixels else _DEFER_SIZE,
+                stop_before_pixels=stop_before_pixels,
+                force=path.suffix.lower() in DICOM_SUFFIXES,
+                specific_tags=specific_tags,
+            )
     except FileNotFoundError as err:
         raise ImageDecodeError(path, "image_missing", "file not found") from err
     except IsADirectoryError as err:
@@ -153,7 +173,9 @@ def read_dicom(path: str | Path, stop_before_pixels: bool = False, specific_tags
     except EOFError as err:
         raise ImageDecodeError(path, "image_truncated", f"DICOM file ends early ({err})") from err
     except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
-        raise ImageDecodeError(path, "image_corrupt", f"not a readable DICOM file ({type(err).__name__}: {_one_line(err)})") from err
+        raise ImageDecodeError(
+            path, "image_corrupt", f"not a readable DICOM file ({type(err).__name__}: {_one_line(err)})"
+        ) from err
 
 
 def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
@@ -185,7 +207,10 @@ def header_refusal(ds: Dataset) -> tuple[str, str] | None:
         return "dicom_multiframe", f"{frames} frames; fedvlp reads single-frame radiographs"
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in MONOCHROME or samples != 1:
-        return "dicom_color", f"PhotometricInterpretation {photometric or '(none)'} with {samples} samples per pixel; expected MONOCHROME1/2 grey"
+        return (
+            "dicom_color",
+            f"PhotometricInterpretation {photometric or '(none)'} with {samples} samples per pixel; expected MONOCHROME1/2 grey",
+        )
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         return "dicom_burned_in", "BurnedInAnnotation is YES: the pixels may show identifying text"
     return None
@@ -253,7 +278,9 @@ def display_unit(values: np.ndarray, ds: Dataset) -> np.ndarray:
     if ds.get("VOILUTSequence"):
         unit = _voi_lut(values, ds)
     elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
-        unit = value_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), str(ds.get("VOILUTFunction", "") or "LINEAR"))
+        unit = value_window(
+            values, _first(ds.WindowCenter), _first(ds.WindowWidth), str(ds.get("VOILUTFunction", "") or "LINEAR")
+        )
     else:
         unit = percentile_window(values)
     if str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1":
@@ -285,7 +312,9 @@ def _codec_check(ds: Dataset, path: Path) -> None:
         available = False
     if not available:
         package = _CODEC_PACKAGES.get(str(syntax), "python-gdcm")
-        raise ImageDecodeError(path, "dicom_codec", f"transfer syntax {syntax.name} ({syntax}): no installed decoder; install {package}")
+        raise ImageDecodeError(
+            path, "dicom_codec", f"transfer syntax {syntax.name} ({syntax}): no installed decoder; install {package}"
+        )
 
 
 def dicom_unit(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> np.ndarray:
@@ -311,16 +340,26 @@ def _dicom_unit(path: Path, policy: ImagePolicy) -> np.ndarray:
         allocated, bits = int(ds.BitsAllocated), int(ds.BitsStored)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     except (AttributeError, TypeError, ValueError) as err:
-        raise ImageDecodeError(path, "dicom_bad_header", f"BitsAllocated/BitsStored/PixelRepresentation missing or not integers ({err})") from err
+        raise ImageDecodeError(
+            path, "dicom_bad_header", f"BitsAllocated/BitsStored/PixelRepresentation missing or not integers ({err})"
+        ) from err
     if not 1 <= bits <= allocated <= 32:
-        raise ImageDecodeError(path, "dicom_bad_header", f"BitsStored {bits} with BitsAllocated {allocated}; expected 1 <= BitsStored <= BitsAllocated <= 32")
+        raise ImageDecodeError(
+            path,
+            "dicom_bad_header",
+            f"BitsStored {bits} with BitsAllocated {allocated}; expected 1 <= BitsStored <= BitsAllocated <= 32",
+        )
     _codec_check(ds, path)
     try:
         # the unused high bits are dropped by stored_values below, not by pydicom (one rule, tested here)
         raw = pixel_array(ds, raw=True, correct_unused_bits=False)
     except (EOFError, ValueError) as err:
         text = str(err).lower()
-        reason = "image_truncated" if ("less than expected" in text or "truncat" in text or "end of" in text or isinstance(err, EOFError)) else "image_corrupt"
+        reason = (
+            "image_truncated"
+            if ("less than expected" in text or "truncat" in text or "end of" in text or isinstance(err, EOFError))
+            else "image_corrupt"
+        )
         raise ImageDecodeError(path, reason, f"cannot decode the pixel data ({_one_line(err)})") from err
     except (RuntimeError, NotImplementedError) as err:
         raise ImageDecodeError(path, "dicom_codec", f"cannot decode the pixel data ({_one_line(err)})") from err
@@ -332,7 +371,9 @@ def _dicom_unit(path: Path, policy: ImagePolicy) -> np.ndarray:
         values = apply_modality_lut(stored_values(raw, bits, signed), ds)
         return display_unit(values, ds)
     except (ValueError, TypeError, IndexError, AttributeError, NotImplementedError) as err:
-        raise ImageDecodeError(path, "dicom_bad_header", f"Modality/VOI LUT or window not usable ({type(err).__name__}: {err})") from err
+        raise ImageDecodeError(
+            path, "dicom_bad_header", f"Modality/VOI LUT or window not usable ({type(err).__name__}: {err})"
+        ) from err
 
 
 def decode_dicom(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY, size: int | None = None) -> Image.Image:
@@ -358,4 +399,8 @@ def dicom_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
     path = Path(path)
     ds = read_dicom(path, stop_before_pixels=True)
     _check(ds, path, policy, pixels=False)
-    return int(ds.Columns), int(ds.Rows), f"DICOM {str(ds.PhotometricInterpretation).strip()} {ds.get('BitsStored', '?')}-bit"
+    return (
+        int(ds.Columns),
+        int(ds.Rows),
+        f"DICOM {str(ds.PhotometricInterpretation).strip()} {ds.get('BitsStored', '?')}-bit",
+    )

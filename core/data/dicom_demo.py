@@ -88,7 +88,9 @@ def write_dicom_copies(manifest: str | Path, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def dicom_demo_sites(world: str | Path, sites: str | Path, out_dir: str | Path, *, salt_file: str | Path | None = None) -> tuple[Path, ImportResult]:
+def dicom_demo_sites(
+    world: str | Path, sites: str | Path, out_dir: str | Path, *, salt_file: str | Path | None = None
+) -> tuple[Path, ImportResult]:
     """A copy of the demo's site folder in which ``hospital_b`` is imported from DICOM files.
 
     ``hospital_b``'s PNGs are written as DICOM into ``out_dir/export``, imported into

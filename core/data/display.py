@@ -34,7 +34,9 @@ PERCENTILE_SAMPLES = 1 << 20
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
-def percentile_bounds(values: np.ndarray, low: float = PERCENTILE_WINDOW[0], high: float = PERCENTILE_WINDOW[1]) -> tuple[float, float]:
+def percentile_bounds(
+    values: np.ndarray, low: float = PERCENTILE_WINDOW[0], high: float = PERCENTILE_WINDOW[1]
+) -> tuple[float, float]:
     """``(lo, hi)``: the ``low`` and ``high`` percentiles of the finite values of a 2-D image.
 
     When they are equal (an image that is mostly one value) the minimum and maximum are used
@@ -56,7 +58,9 @@ def percentile_bounds(values: np.ndarray, low: float = PERCENTILE_WINDOW[0], hig
     return lo, hi
 
 
-def percentile_window(values: np.ndarray, low: float = PERCENTILE_WINDOW[0], high: float = PERCENTILE_WINDOW[1]) -> np.ndarray:
+def percentile_window(
+    values: np.ndarray, low: float = PERCENTILE_WINDOW[0], high: float = PERCENTILE_WINDOW[1]
+) -> np.ndarray:
     """``values`` mapped linearly from ``[lo, hi]`` (:func:`percentile_bounds`) onto ``[0, 1]``, clipped.
 
     Returns a ``float32`` array; a flat image (one value) is all 0, and so are non-finite pixels.
@@ -88,8 +92,14 @@ def value_window(values: np.ndarray, center: float, width: float, function: str 
     function = (function or "LINEAR").strip().upper()
     if function not in WINDOW_FUNCTIONS:
         raise ValueError(f"VOI LUT Function {function!r}: expected one of {list(WINDOW_FUNCTIONS)}")
-    if not (math.isfinite(center) and math.isfinite(width)) or width < (1.0 if function == "LINEAR" else 0.0) or width == 0.0:
-        raise ValueError(f"window width {width} (center {center}): expected {'>= 1' if function == 'LINEAR' else '> 0'} for {function}")
+    if (
+        not (math.isfinite(center) and math.isfinite(width))
+        or width < (1.0 if function == "LINEAR" else 0.0)
+        or width == 0.0
+    ):
+        raise ValueError(
+            f"window width {width} (center {center}): expected {'>= 1' if function == 'LINEAR' else '> 0'} for {function}"
+        )
     # float32 and in place: a radiograph has millions of pixels, and 8 bits are the output
     out = np.array(values, dtype=np.float32)
     if function == "SIGMOID":

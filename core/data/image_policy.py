@@ -16,7 +16,16 @@ __all__ = ["DEFAULT_POLICY", "IMAGE_REASONS", "MAX_PIXELS", "ImageDecodeError", 
 # or a decompression bomb and would exhaust a worker's memory.
 MAX_PIXELS = 8192 * 8192
 
-IMAGE_REASONS = ("image_missing", "image_not_file", "image_corrupt", "image_truncated", "image_huge", "image_16bit", "image_nonfinite", "image_rgb")
+IMAGE_REASONS = (
+    "image_missing",
+    "image_not_file",
+    "image_corrupt",
+    "image_truncated",
+    "image_huge",
+    "image_16bit",
+    "image_nonfinite",
+    "image_rgb",
+)
 
 
 class ImageDecodeError(ValueError):

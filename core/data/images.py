@@ -51,7 +51,16 @@ from .dicom import decode_dicom, dicom_header, is_dicom
 from .display import percentile_window, unit_to_gray
 from .image_policy import DEFAULT_POLICY, IMAGE_REASONS, MAX_PIXELS, ImageDecodeError, ImagePolicy
 
-__all__ = ["ImageDecodeError", "ImagePolicy", "DEFAULT_POLICY", "load_image", "check_header", "decode_gray", "MAX_PIXELS", "IMAGE_REASONS"]
+__all__ = [
+    "ImageDecodeError",
+    "ImagePolicy",
+    "DEFAULT_POLICY",
+    "load_image",
+    "check_header",
+    "decode_gray",
+    "MAX_PIXELS",
+    "IMAGE_REASONS",
+]
 
 # JPEG's YCbCr round trip can leave +-1 differences between the channels of a grey image.
 GREY_TOLERANCE = 2
@@ -60,8 +69,13 @@ _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -108,6 +122,7 @@ def _tiff_sample(img: Image.Image) -> tuple[int, int] | None:
         return None
     tags = getattr(img, "tag_v2", {})
     fmt, bits = tags.get(339, 1), tags.get(258, 8)
+
     def first(value: Any) -> int:  # one value per channel
         return int(value[0] if isinstance(value, tuple) else value)
 
@@ -158,7 +173,9 @@ def check_header(path: str | Path, policy: ImagePolicy = DEFAULT_POLICY) -> tupl
     img = _open_checked(path, policy)
     with img:
         if _is_high_depth(img) and not policy.accept_16bit:
-            raise ImageDecodeError(path, "image_16bit", f"mode {img.mode}; add 16bit to the source's accept list to rescale it")
+            raise ImageDecodeError(
+                path, "image_16bit", f"mode {img.mode}; add 16bit to the source's accept list to rescale it"
+            )
         return img.width, img.height, img.mode
 
 
@@ -217,9 +234,15 @@ def _to_gray(path: Path, img: Image.Image, policy: ImagePolicy, draft_size: int 
     if policy.accept_rgb:
         return rgb.convert("L")
     channels = np.asarray(rgb, dtype=np.int16)
-    spread = max(int(np.abs(channels[..., 0] - channels[..., 1]).max()), int(np.abs(channels[..., 0] - channels[..., 2]).max()))
+    spread = max(
+        int(np.abs(channels[..., 0] - channels[..., 1]).max()), int(np.abs(channels[..., 0] - channels[..., 2]).max())
+    )
     if spread > GREY_TOLERANCE:
-        raise ImageDecodeError(path, "image_rgb", f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to convert it")
+        raise ImageDecodeError(
+            path,
+            "image_rgb",
+            f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to convert it",
+        )
     return rgb.getchannel("R")  # grey saved as colour: any channel is the image
 
 

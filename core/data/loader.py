@@ -80,7 +80,13 @@ def site_rows(site: SiteConfig) -> list[ManifestRows]:
         rows = load_source_rows(source)
         failures = probe_failures(rows)
         if failures is not None:
-            log.warning("%s: none of the %d images of %s can be used (%s)", site.path, len(rows), source.manifest, _counts(failures))
+            log.warning(
+                "%s: none of the %d images of %s can be used (%s)",
+                site.path,
+                len(rows),
+                source.manifest,
+                _counts(failures),
+            )
             rows.skipped.update(failures)
         if len(rows) and failures is None:
             kept.append(rows)
@@ -89,7 +95,11 @@ def site_rows(site: SiteConfig) -> list[ManifestRows]:
             carried_problems.extend(rows.problems)
     if not kept:
         total = sum(carried.values())
-        raise ConfigError(str(site.path), "sources", f"at least one manifest row that can train (all rows were skipped: {_counts(carried) or 'the manifests are empty'}, {total} in all)")
+        raise ConfigError(
+            str(site.path),
+            "sources",
+            f"at least one manifest row that can train (all rows were skipped: {_counts(carried) or 'the manifests are empty'}, {total} in all)",
+        )
     kept[0].skipped.update(carried)
     kept[0].problems.extend(carried_problems)
     return kept
@@ -106,5 +116,6 @@ def rows_from_files(paths: Sequence[Path], accept: Sequence[str] = ()) -> Manife
     source = SourceConfig(base / "(files).csv", image_column="image", report_column=None, accept=frozenset(accept))
     relative = StringColumn.from_strings(str(p.relative_to(base)) for p in paths)
     ids = StringColumn.from_strings(str(i) for i in range(len(paths)))
-    return ManifestRows(source, ids, PathColumn(base, relative), None, row_numbers=np.arange(2, len(paths) + 2), rows_in_file=len(paths))
-
+    return ManifestRows(
+        source, ids, PathColumn(base, relative), None, row_numbers=np.arange(2, len(paths) + 2), rows_in_file=len(paths)
+    )

@@ -63,8 +63,17 @@ __all__ = [
 
 CHUNK_ROWS = 50_000
 MAX_STORED_PROBLEMS = 10_000  # per source; counts stay exact beyond it
-ROW_REASONS = ("csv_fields", "csv_quote", "non_utf8", "empty_id", "empty_image_path", "empty_report", "bad_label",
-               "image_outside_roots", "duplicate_id")
+ROW_REASONS = (
+    "csv_fields",
+    "csv_quote",
+    "non_utf8",
+    "empty_id",
+    "empty_image_path",
+    "empty_report",
+    "bad_label",
+    "image_outside_roots",
+    "duplicate_id",
+)
 PROBLEM_COLUMN = "__csv_problem"  # with ``problems=True``: "" or "<reason> (<what is wrong>)" per row
 OPTIONAL_COLUMNS = ("study_id", "view")  # read when present: studies (refers) and view counts
 # Bytes that are not UTF-8 come through ``surrogateescape`` as lone surrogates U+DC80-U+DCFF.
@@ -243,7 +252,9 @@ class ManifestRows:
 
 def image_policy(source: SourceConfig) -> ImagePolicy:
     """The image policy a source's site-file settings (``accept``, ``max_image_pixels``) ask for."""
-    return ImagePolicy(accept_16bit="16bit" in source.accept, accept_rgb="rgb" in source.accept, max_pixels=source.max_image_pixels)
+    return ImagePolicy(
+        accept_16bit="16bit" in source.accept, accept_rgb="rgb" in source.accept, max_pixels=source.max_image_pixels
+    )
 
 
 class _Lines:
@@ -277,7 +288,9 @@ def _id_shape(value: str) -> str:
     return re.sub(r"[0-9]+", "0", re.sub(r"[^\W\d_]+", "a", value.strip()))
 
 
-def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | None, image_index: int | None, record_id: str = "") -> int | None:
+def _swallowed_row(
+    lines: list[tuple[int, str]], width: int, id_index: int | None, image_index: int | None, record_id: str = ""
+) -> int | None:
     """The number of a line inside a multi-line record that reads as a row of its own, if any.
 
     A quote left open in one row and closed by a stray quote at the end of a later row (``5"``
@@ -307,7 +320,9 @@ def _swallowed_row(lines: list[tuple[int, str]], width: int, id_index: int | Non
     return None
 
 
-def _csv_records(path: Path, id_column: str | None = None, image_column: str | None = None) -> Iterator[tuple[list[str], str]]:
+def _csv_records(
+    path: Path, id_column: str | None = None, image_column: str | None = None
+) -> Iterator[tuple[list[str], str]]:
     """``(fields, problem)`` of every record of a CSV file, the header first.
 
     ``problem`` is ``""`` or ``"<reason> (<detail>)"`` with reason ``csv_fields`` or
@@ -340,14 +355,22 @@ def _csv_records(path: Path, id_column: str | None = None, image_column: str | N
                     yield fields, ""
                     continue
                 record_id = fields[id_index] if id_index is not None and id_index < len(fields) else ""
-                swallowed = _swallowed_row(lines.taken, width, id_index, image_index, record_id) if len(lines.taken) > 1 else None
+                swallowed = (
+                    _swallowed_row(lines.taken, width, id_index, image_index, record_id)
+                    if len(lines.taken) > 1
+                    else None
+                )
                 if len(fields) == width and swallowed is None:
                     yield fields, ""
                     continue
                 if swallowed is not None:
                     problem = f"csv_quote (line {lines.taken[0][0]}: a quote left open swallows line {swallowed}, which reads as a row of its own)"
                 else:
-                    span = f"lines {lines.taken[0][0]}-{lines.taken[-1][0]}" if len(lines.taken) > 1 else f"line {lines.taken[0][0]}"
+                    span = (
+                        f"lines {lines.taken[0][0]}-{lines.taken[-1][0]}"
+                        if len(lines.taken) > 1
+                        else f"line {lines.taken[0][0]}"
+                    )
                     problem = f"csv_fields ({span}: {len(fields)} fields, the header has {width})"
                 fields = []
             if width is None:
@@ -374,7 +397,9 @@ def _parquet_columns(path: Path) -> list[str]:
     return list(pq.ParquetFile(path).schema_arrow.names)
 
 
-def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: int, row_shape: tuple[str | None, str | None]) -> Iterator[pd.DataFrame]:
+def _csv_chunks(
+    path: Path, header: list[str], wanted: list[str], chunk_rows: int, row_shape: tuple[str | None, str | None]
+) -> Iterator[pd.DataFrame]:
     positions = [header.index(c) for c in wanted]
     blank = [""] * len(header)  # the cells of a row that could not be parsed
     records = _csv_records(path, *row_shape)
@@ -384,7 +409,10 @@ def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: in
 
     def frame() -> pd.DataFrame:
         columns = [[row[p] for row in rows] for p in positions]
-        return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(wanted, columns)} | {PROBLEM_COLUMN: pd.Series(problems, dtype=object)})
+        return pd.DataFrame(
+            {c: pd.Series(v, dtype=object) for c, v in zip(wanted, columns)}
+            | {PROBLEM_COLUMN: pd.Series(problems, dtype=object)}
+        )
 
     for fields, problem in records:
         problems.append(problem)
@@ -396,8 +424,14 @@ def _csv_chunks(path: Path, header: list[str], wanted: list[str], chunk_rows: in
         yield frame()
 
 
-def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS,
-                         problems: bool = False, row_shape: tuple[str | None, str | None] = (None, None)) -> Iterator[pd.DataFrame]:
+def iter_manifest_chunks(
+    path: Path,
+    columns: list[str],
+    optional: Sequence[str] = (),
+    chunk_rows: int = CHUNK_ROWS,
+    problems: bool = False,
+    row_shape: tuple[str | None, str | None] = (None, None),
+) -> Iterator[pd.DataFrame]:
     """Yield ``columns`` (plus those of ``optional`` the file has) as object-dtype strings, in chunks.
 
     Blank cells are ``""``. Bytes that are not UTF-8 reach the caller as lone surrogates
@@ -426,7 +460,9 @@ def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str]
         header = _csv_header(path) if is_csv else _parquet_columns(path)
         missing = [c for c in columns if c not in header]
         if missing:
-            raise ConfigError(str(path), missing[0], f"a column of the manifest (has {[_printable(h) for h in header]})")
+            raise ConfigError(
+                str(path), missing[0], f"a column of the manifest (has {[_printable(h) for h in header]})"
+            )
         wanted = list(dict.fromkeys(list(columns) + [c for c in optional if c in header]))
         if is_csv:
             offset = 0
@@ -434,7 +470,9 @@ def iter_manifest_chunks(path: Path, columns: list[str], optional: Sequence[str]
                 bad = np.flatnonzero(chunk[PROBLEM_COLUMN].to_numpy(object) != "")
                 if len(bad) and not problems:
                     row = offset + int(bad[0]) + 2
-                    raise ConfigError(str(path), f"(row {row})", f"a well-formed CSV row: {chunk[PROBLEM_COLUMN].iloc[int(bad[0])]}")
+                    raise ConfigError(
+                        str(path), f"(row {row})", f"a well-formed CSV row: {chunk[PROBLEM_COLUMN].iloc[int(bad[0])]}"
+                    )
                 offset += len(chunk)
                 yield chunk if problems else chunk[wanted]
         else:
@@ -461,7 +499,9 @@ def read_manifest(path: Path, columns: list[str]) -> pd.DataFrame:
         When the file is missing, unreadable, lacks one of ``columns`` or is not UTF-8.
     """
     chunks = list(iter_manifest_chunks(path, columns))
-    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = (
+        pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    )
     for column in columns:
         bad = frame[column].str.contains(_SURROGATES, regex=True)
         if bad.any():
@@ -513,7 +553,11 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
     text_columns = [c for c in (source.id_column, source.image_column, source.report_column) if c]
     columns = list(dict.fromkeys(text_columns + list(source.label_columns)))
     allowed_labels = [0.0, 1.0] + ([-1.0] if "uncertain_labels" in source.accept else [])
-    label_text = "0, 1, -1 or blank" if "uncertain_labels" in source.accept else "0, 1 or blank (add uncertain_labels to accept for -1)"
+    label_text = (
+        "0, 1, -1 or blank"
+        if "uncertain_labels" in source.accept
+        else "0, 1 or blank (add uncertain_labels to accept for -1)"
+    )
     ids, images, reports, studies = _ColumnBuilder(), _ColumnBuilder(), _ColumnBuilder(), _ColumnBuilder()
     row_numbers: list[np.ndarray] = []
     rows = ManifestRows(source, [], None, None)
@@ -524,7 +568,9 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
     offset = 0
     roots = _image_roots(source)
     shape = (source.id_column, source.image_column)
-    for chunk in iter_manifest_chunks(source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows, problems=True, row_shape=shape):
+    for chunk in iter_manifest_chunks(
+        source.manifest, columns, OPTIONAL_COLUMNS, chunk_rows, problems=True, row_shape=shape
+    ):
         csv_problem = chunk.pop(PROBLEM_COLUMN).to_numpy(object)
         parsed = csv_problem == ""
         n = len(chunk)
@@ -541,10 +587,18 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
         if not parsed.all():
             codes = np.array([p.split(" ", 1)[0] for p in csv_problem], dtype=object)
             for code in ("csv_fields", "csv_quote"):
-                mark(codes == code, code, np.array([" " + p.split(" ", 1)[1] if " " in p else "" for p in csv_problem], dtype=object))
+                mark(
+                    codes == code,
+                    code,
+                    np.array([" " + p.split(" ", 1)[1] if " " in p else "" for p in csv_problem], dtype=object),
+                )
         for column in chunk.columns:
             if column in columns or column == "study_id":
-                mark(chunk[column].str.contains(_SURROGATES, regex=True).to_numpy(bool), "non_utf8", f" (bytes that are not UTF-8 in column '{column}')")
+                mark(
+                    chunk[column].str.contains(_SURROGATES, regex=True).to_numpy(bool),
+                    "non_utf8",
+                    f" (bytes that are not UTF-8 in column '{column}')",
+                )
         stripped = {c: chunk[c].str.strip() for c in text_columns}
         mark((stripped[source.id_column] == "").to_numpy(bool), "empty_id")
         if source.image_column:
@@ -556,21 +610,35 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
             numeric = pd.to_numeric(values, errors="coerce")
             bad = ~((values == "") | numeric.isin(allowed_labels)).to_numpy(bool)
             if bad.any():
-                why = np.array([f" (column '{column}' = {_printable(v)!r}, expected {label_text})" for v in values], dtype=object)
+                why = np.array(
+                    [f" (column '{column}' = {_printable(v)!r}, expected {label_text})" for v in values], dtype=object
+                )
                 full_bad, full_why = np.zeros(n, dtype=bool), np.full(n, "", dtype=object)
                 full_bad[parsed], full_why[parsed] = bad, why
                 mark(full_bad, "bad_label", full_why)
             counts = values.where(values != "", "(blank)").value_counts()
             rows.labels[column].update({_printable(str(k)): int(v) for k, v in counts.items()})
         if source.image_column:
-            outside = _outside_roots(source.manifest.parent, stripped[source.image_column].to_numpy(object), roots, reason == "")
+            outside = _outside_roots(
+                source.manifest.parent, stripped[source.image_column].to_numpy(object), roots, reason == ""
+            )
             if outside.any():
-                mark(outside, "image_outside_roots", np.array(
-                    [f" (image {_printable(str(v))!r} is outside {[str(r) for r in roots]}; list other folders in the site file's image_roots)"
-                     for v in stripped[source.image_column]], dtype=object))
+                mark(
+                    outside,
+                    "image_outside_roots",
+                    np.array(
+                        [
+                            f" (image {_printable(str(v))!r} is outside {[str(r) for r in roots]}; list other folders in the site file's image_roots)"
+                            for v in stripped[source.image_column]
+                        ],
+                        dtype=object,
+                    ),
+                )
         if "view" in chunk.columns:
             views = chunk["view"].str.strip()[parsed]
-            rows.views.update({_printable(str(k)): int(v) for k, v in views.where(views != "", "(blank)").value_counts().items()})
+            rows.views.update(
+                {_printable(str(k)): int(v) for k, v in views.where(views != "", "(blank)").value_counts().items()}
+            )
         has_study = "study_id" in chunk.columns
 
         # Duplicates: exact within the chunk, by 64-bit hash (confirmed by string) across chunks.
@@ -582,13 +650,23 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
         duplicate = ~first_in_chunk
         if len(seen_hashes):
             pos = np.searchsorted(seen_hashes, hashes)
-            hit = np.flatnonzero((pos < len(seen_hashes)) & (seen_hashes[np.minimum(pos, len(seen_hashes) - 1)] == hashes))
+            hit = np.flatnonzero(
+                (pos < len(seen_hashes)) & (seen_hashes[np.minimum(pos, len(seen_hashes) - 1)] == hashes)
+            )
             for k in hit:
                 if ids.get(int(seen_index[pos[k]])) == cand_ids[k]:
                     duplicate[k] = True
         dup_rows = np.zeros(n, dtype=bool)
         dup_rows[candidates[duplicate]] = True
-        mark(dup_rows, "duplicate_id", np.array([f" (id {_printable(str(v))!r} is already used by an earlier row)" for v in id_values], dtype=object) if dup_rows.any() else "")
+        mark(
+            dup_rows,
+            "duplicate_id",
+            np.array(
+                [f" (id {_printable(str(v))!r} is already used by an earlier row)" for v in id_values], dtype=object
+            )
+            if dup_rows.any()
+            else "",
+        )
 
         keep = reason == ""
         kept_ids = list(id_values[keep])

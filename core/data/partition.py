@@ -38,7 +38,16 @@ import yaml
 
 from ..config import ConfigError
 
-__all__ = ["PartitionSpec", "PartitionResult", "site_kinds", "dirichlet_assign", "partition_manifest", "image_roots_of", "MAX_DRAWS", "KINDS"]
+__all__ = [
+    "PartitionSpec",
+    "PartitionResult",
+    "site_kinds",
+    "dirichlet_assign",
+    "partition_manifest",
+    "image_roots_of",
+    "MAX_DRAWS",
+    "KINDS",
+]
 
 MAX_DRAWS = 100
 KINDS = ("pairs", "images", "reports")
@@ -106,8 +115,9 @@ def site_kinds(sites: int, pairs_share: float, images_only_share: float, reports
     return [kind for kind, n in zip(KINDS, counts) for _ in range(n)]
 
 
-def dirichlet_assign(classes: Sequence[str], sizes: Sequence[int], sites: int, alpha: float, seed: int,
-                     min_rows: int = 2) -> tuple[np.ndarray, int]:
+def dirichlet_assign(
+    classes: Sequence[str], sizes: Sequence[int], sites: int, alpha: float, seed: int, min_rows: int = 2
+) -> tuple[np.ndarray, int]:
     """A site for each group: per class, ``Dirichlet(alpha)`` shares of its shuffled groups.
 
     Parameters
@@ -151,8 +161,13 @@ def dirichlet_assign(classes: Sequence[str], sizes: Sequence[int], sites: int, a
         rows = np.bincount(site_of, weights=sizes_arr, minlength=sites)
         if rows.min() >= min_rows:
             return site_of, draw
-    raise ConfigError("fedvlp partition", "--dirichlet/--sites", f"a draw that gives each of {sites} sites >= {min_rows} rows within "
-                      f"{MAX_DRAWS} draws (raise alpha, lower --sites or --min-rows)", alpha)
+    raise ConfigError(
+        "fedvlp partition",
+        "--dirichlet/--sites",
+        f"a draw that gives each of {sites} sites >= {min_rows} rows within "
+        f"{MAX_DRAWS} draws (raise alpha, lower --sites or --min-rows)",
+        alpha,
+    )
 
 
 def image_roots_of(images: Sequence[str], manifest_dir: Path) -> list[str]:
@@ -225,8 +240,14 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
     has_image, has_report = spec.image_column in frame.columns, spec.report_column in frame.columns
     for kind, needs in (("pairs", (has_image and has_report)), ("images", has_image), ("reports", has_report)):
         if kind in kinds and not needs:
-            missing = [c for c, present in ((spec.image_column, has_image), (spec.report_column, has_report)) if not present]
-            raise ConfigError(origin, missing[0], f"a column of the manifest for {kind} sites (set the shares so that no site needs it)")
+            missing = [
+                c for c, present in ((spec.image_column, has_image), (spec.report_column, has_report)) if not present
+            ]
+            raise ConfigError(
+                origin,
+                missing[0],
+                f"a column of the manifest for {kind} sites (set the shares so that no site needs it)",
+            )
     if frame.empty:
         raise ConfigError(origin, "(rows)", "at least one row")
     codes, classes, sizes = _groups(frame, spec)
@@ -243,7 +264,9 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
     ours = {f"site_{site:0{width}d}.yaml" for site in range(spec.sites)}
     others = sorted(p.name for p in out.glob("*.y*ml") if p.name not in ours) if out.is_dir() else []
     if others:  # they would join the federation (every *.yaml of the folder is a site)
-        raise ConfigError(str(out), "--out", "a new folder, or one written by fedvlp partition with the same --sites", others[:3])
+        raise ConfigError(
+            str(out), "--out", "a new folder, or one written by fedvlp partition with the same --sites", others[:3]
+        )
     out.mkdir(parents=True, exist_ok=True)
     result = PartitionResult(out, draws=draws)
     for site, kind in enumerate(kinds):
@@ -268,8 +291,14 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
         result.kinds.append(kind)
         result.rows.append(len(rows))
         result.classes.append({str(k): int(v) for k, v in sorted(rows[spec.by].value_counts().items())})
-    summary = {"manifest": str(manifest), "spec": spec.__dict__, "draws": draws,
-               "sites": [{"file": p.name, "kind": k, "rows": r, "classes": c}
-                         for p, k, r, c in zip(result.site_files, result.kinds, result.rows, result.classes)]}
+    summary = {
+        "manifest": str(manifest),
+        "spec": spec.__dict__,
+        "draws": draws,
+        "sites": [
+            {"file": p.name, "kind": k, "rows": r, "classes": c}
+            for p, k, r, c in zip(result.site_files, result.kinds, result.rows, result.classes)
+        ],
+    }
     (out / "partition.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return result

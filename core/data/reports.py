@@ -116,7 +116,9 @@ def join_sections(sections: dict[str, str]) -> str:
 
     :func:`split_sections` of the result gives the same sections back.
     """
-    return " ".join(f"{name.upper()}: {sections[name].strip()}" for name in SECTIONS if (sections.get(name) or "").strip())
+    return " ".join(
+        f"{name.upper()}: {sections[name].strip()}" for name in SECTIONS if (sections.get(name) or "").strip()
+    )
 
 
 def split_sentences(text: str) -> list[str]:

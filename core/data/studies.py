@@ -43,7 +43,9 @@ def study_ids_of(rows: ManifestRows, study_column: str | None) -> tuple[list[str
         raise
     mapping: dict[str, str] = {}
     for row_id, study in zip(frame[source.id_column], frame[study_column]):
-        mapping.setdefault(str(row_id).strip(), str(study).strip())  # the first row of an id wins, as in load_source_rows
+        mapping.setdefault(
+            str(row_id).strip(), str(study).strip()
+        )  # the first row of an id wins, as in load_source_rows
     return [mapping.get(row_id) or None for row_id in rows.ids], True
 
 

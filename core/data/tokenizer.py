@@ -92,9 +92,13 @@ def build_vocab(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 800
     # their ids and so the whole vocabulary. Only lookups use the file, so the extra pieces of
     # characters never seen inside a word cost a few rows and nothing else.
     normalizer, pre_tokenizer = trainer.normalizer, trainer.pre_tokenizer
-    characters = {c for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)) for c in word}
+    characters = {
+        c for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)) for c in word
+    }
     pieces = [f"##{c}" for c in sorted(characters)]
-    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*SPECIAL_TOKENS, *pieces])
+    trainer.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*SPECIAL_TOKENS, *pieces]
+    )
     tokens = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
     path = out / "vocab.txt"
     path.write_text("".join(f"{token}\n" for token, _ in tokens), encoding="utf-8")

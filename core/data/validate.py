@@ -65,9 +65,17 @@ def image_failures(rows: ManifestRows, decode_size: int = 32, workers: int = 0) 
     """
     if rows.images is None or not len(rows):
         return
-    loader = DataLoader(_ImageCheck(rows, rows.policy, decode_size), batch_size=64, num_workers=workers, collate_fn=list)
+    loader = DataLoader(
+        _ImageCheck(rows, rows.policy, decode_size), batch_size=64, num_workers=workers, collate_fn=list
+    )
     quiet = True if os.environ.get("FEDVLP_QUIET") == "1" else None  # None: bar only on a terminal
-    with tqdm(total=len(rows), desc=f"images of {rows.source.manifest.parent.name}/{rows.source.manifest.name}", unit="img", leave=False, disable=quiet) as bar:
+    with tqdm(
+        total=len(rows),
+        desc=f"images of {rows.source.manifest.parent.name}/{rows.source.manifest.name}",
+        unit="img",
+        leave=False,
+        disable=quiet,
+    ) as bar:
         for batch in loader:
             bar.update(len(batch))
             for index, reason, problem in batch:
@@ -90,8 +98,14 @@ def validate_site(site: SiteConfig, decode_size: int = 32, workers: int = 0) -> 
     for source in site.sources:
         rows = load_source_rows(source)
         report = SourceReport(
-            source.manifest, source.modalities, rows=rows.rows_in_file, skipped=Counter(rows.skipped),
-            problems=list(rows.problems), labels=rows.labels, views=rows.views, problems_omitted=rows.problems_omitted,
+            source.manifest,
+            source.modalities,
+            rows=rows.rows_in_file,
+            skipped=Counter(rows.skipped),
+            problems=list(rows.problems),
+            labels=rows.labels,
+            views=rows.views,
+            problems_omitted=rows.problems_omitted,
         )
         usable = len(rows)
         for _, reason, problem in image_failures(rows, decode_size, workers):
@@ -107,7 +121,9 @@ def format_report(site: SiteConfig, reports: list[SourceReport], max_problems: i
     """A readable summary: rows, usable rows per modality, skips by reason, labels, views, problems."""
     lines = [f"site {site.name} ({site.path})"]
     for report in reports:
-        modalities = "+".join(sorted(m for m in report.modalities if m != "pair")) + (" pairs" if "pair" in report.modalities else "")
+        modalities = "+".join(sorted(m for m in report.modalities if m != "pair")) + (
+            " pairs" if "pair" in report.modalities else ""
+        )
         lines.append(f"  {report.manifest}: {report.rows} rows, {report.usable} usable ({modalities})")
         for reason, count in sorted(report.skipped.items()):
             lines.append(f"    skipped {reason}: {count}")

@@ -20,16 +20,54 @@ from .encoders import Init, build_encoder, encoder_state, state_hash
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .metrics import accuracy, auc_per_class, average_precision_per_class, f1, mean_auc
 from .probe import ProbeResult, extract_features, fit_logistic, linear_probe
-from .report import format_table, label_efficiency, markdown_report, plot_auc_vs_labels, summarise, t_tests, write_outputs
+from .report import (
+    format_table,
+    label_efficiency,
+    markdown_report,
+    plot_auc_vs_labels,
+    summarise,
+    t_tests,
+    write_outputs,
+)
 from .sweep import PROTOCOLS, RESULT_COLUMNS, SweepConfig, cell_file, load_results, run_sweep
 from .tasks import Task
 
 __all__ = [
-    "SPLITS", "LabeledSet", "load_labeled", "patient_split", "sample_fraction", "derive_patient_id", "split_manifest",
-    "Init", "build_encoder", "encoder_state", "state_hash", "Task", "cell_file",
-    "FinetuneConfig", "FinetuneResult", "finetune",
-    "accuracy", "auc_per_class", "average_precision_per_class", "f1", "mean_auc",
-    "ProbeResult", "extract_features", "fit_logistic", "linear_probe",
-    "format_table", "label_efficiency", "markdown_report", "t_tests", "plot_auc_vs_labels", "summarise", "write_outputs",
-    "PROTOCOLS", "RESULT_COLUMNS", "SweepConfig", "load_results", "run_sweep",
+    "SPLITS",
+    "LabeledSet",
+    "load_labeled",
+    "patient_split",
+    "sample_fraction",
+    "derive_patient_id",
+    "split_manifest",
+    "Init",
+    "build_encoder",
+    "encoder_state",
+    "state_hash",
+    "Task",
+    "cell_file",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "finetune",
+    "accuracy",
+    "auc_per_class",
+    "average_precision_per_class",
+    "f1",
+    "mean_auc",
+    "ProbeResult",
+    "extract_features",
+    "fit_logistic",
+    "linear_probe",
+    "format_table",
+    "label_efficiency",
+    "markdown_report",
+    "t_tests",
+    "plot_auc_vs_labels",
+    "summarise",
+    "write_outputs",
+    "PROTOCOLS",
+    "RESULT_COLUMNS",
+    "SweepConfig",
+    "load_results",
+    "run_sweep",
 ]

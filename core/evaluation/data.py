@@ -21,16 +21,29 @@ import torch
 from ..data.images import ImageDecodeError, load_image
 from .tasks import Task, binary_tasks, coverage_matrix, encode_column
 
-__all__ = ["SPLITS", "LabeledSet", "load_labeled", "patient_split", "sample_fraction", "derive_patient_id",
-           "split_manifest", "PATIENT_PATTERN"]
+__all__ = [
+    "SPLITS",
+    "LabeledSet",
+    "load_labeled",
+    "patient_split",
+    "sample_fraction",
+    "derive_patient_id",
+    "split_manifest",
+    "PATIENT_PATTERN",
+]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
 }
 _HASH_SALT = "fedvlp-split"
 _VAL_SALT = "fedvlp-split-val"  # train/val inside a labelled manifest that may itself come from a hash split
@@ -96,7 +109,9 @@ class LabeledSet:
             raise ValueError(f"tasks {[t.name for t in self.tasks]} do not match label names {list(self.label_names)}")
         n = self.images.shape[0]
         if self.images.ndim != 4 or self.labels.ndim != 2:
-            raise ValueError(f"images must be (N, 1, S, S) and labels (N, C), got {tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"images must be (N, 1, S, S) and labels (N, C), got {tuple(self.images.shape)} and {tuple(self.labels.shape)}"
+            )
         if not (self.labels.shape[0] == len(self.ids) == len(self.patient_ids) == len(self.split) == n):
             raise ValueError("images, labels, ids, patient_ids and split must have the same length")
         if self.labels.shape[1] != len(self.label_names):
@@ -161,8 +176,12 @@ def _unit_hash(key: str, salt: str = _HASH_SALT) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def patient_split(groups: Sequence[str], fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                  names: Sequence[str] = SPLITS, salt: str = _HASH_SALT) -> np.ndarray:
+def patient_split(
+    groups: Sequence[str],
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    names: Sequence[str] = SPLITS,
+    salt: str = _HASH_SALT,
+) -> np.ndarray:
     """Assign every row to a split by a hash of its group (patient), so no patient spans two splits.
 
     Parameters
@@ -219,8 +238,10 @@ def _assign_splits(frame: pd.DataFrame, groups: np.ndarray, split_column: str, o
     raw = frame[split_column]
     blank = _blank(raw)
     if blank.any():
-        raise ValueError(f"{origin}: column '{split_column}' is blank in {int(blank.sum())} row(s); "
-                         "fill it for every row or leave it empty everywhere (then a patient-level split is made)")
+        raise ValueError(
+            f"{origin}: column '{split_column}' is blank in {int(blank.sum())} row(s); "
+            "fill it for every row or leave it empty everywhere (then a patient-level split is made)"
+        )
     normalised = raw.astype(str).str.strip().str.lower().map(_SPLIT_ALIASES)
     if normalised.isna().any():
         bad = sorted(set(raw[normalised.isna()].astype(str)))[:5]
@@ -243,8 +264,11 @@ def _assign_splits(frame: pd.DataFrame, groups: np.ndarray, split_column: str, o
 def _patients(frame: pd.DataFrame, ids: np.ndarray, patient_column: str, image_column: str) -> np.ndarray:
     """Patient id per row: the column, else one derived from the image file name, else the row id."""
     blank = _blank(frame[patient_column]) if patient_column in frame.columns else np.ones(len(frame), dtype=bool)
-    out = frame[patient_column].astype("string").str.strip().fillna("").to_numpy(dtype=object) \
-        if patient_column in frame.columns else ids.copy()
+    out = (
+        frame[patient_column].astype("string").str.strip().fillna("").to_numpy(dtype=object)
+        if patient_column in frame.columns
+        else ids.copy()
+    )
     out = np.asarray(out, dtype=object)
     for row in np.flatnonzero(blank):
         derived = derive_patient_id(str(frame[image_column].iloc[row]))
@@ -254,8 +278,14 @@ def _patients(frame: pd.DataFrame, ids: np.ndarray, patient_column: str, image_c
     return out
 
 
-def _read_images(frame: pd.DataFrame, folders: Sequence[Path], image_column: str, id_column: str,
-                 image_size: int, skipped: dict[str, int]) -> tuple[list[torch.Tensor], list[int]]:
+def _read_images(
+    frame: pd.DataFrame,
+    folders: Sequence[Path],
+    image_column: str,
+    id_column: str,
+    image_size: int,
+    skipped: dict[str, int],
+) -> tuple[list[torch.Tensor], list[int]]:
     images, keep = [], []
     for row in range(len(frame)):
         relative = frame[image_column].iloc[row]
@@ -272,7 +302,9 @@ def _read_images(frame: pd.DataFrame, folders: Sequence[Path], image_column: str
     return images, keep
 
 
-def _encode_labels(frame: pd.DataFrame, label_columns: Sequence[str], origin: Path) -> tuple[tuple[Task, ...], np.ndarray, np.ndarray]:
+def _encode_labels(
+    frame: pd.DataFrame, label_columns: Sequence[str], origin: Path
+) -> tuple[tuple[Task, ...], np.ndarray, np.ndarray]:
     """Tasks, ``(N, T)`` targets (NaN = unknown) and a per-row "invalid value" flag."""
     tasks, columns, invalid = [], [], np.zeros(len(frame), dtype=bool)
     for name in label_columns:
@@ -289,8 +321,10 @@ def _encode_labels(frame: pd.DataFrame, label_columns: Sequence[str], origin: Pa
             continue
         task, values, _ = encode_column(name, raw.tolist())
         if len(task.classes) < 2:
-            raise ValueError(f"{origin}: label column '{name}' has a single value {list(task.classes)}; "
-                             "expected 0/1 (binary) or at least two categories (softmax head)")
+            raise ValueError(
+                f"{origin}: label column '{name}' has a single value {list(task.classes)}; "
+                "expected 0/1 (binary) or at least two categories (softmax head)"
+            )
         tasks.append(task)
         columns.append(values)
     return tuple(tasks), np.stack(columns, axis=1), invalid
@@ -376,7 +410,12 @@ def load_labeled(
             if origin == "test" and (normalised == "test").any():
                 frame = frame[(normalised == "test").to_numpy()]
             elif origin == "labeled" and (normalised == "test").any():
-                log.info("%s: %d 'test' row(s) left out (the test set is %s)", path, int((normalised == "test").sum()), test_manifest)
+                log.info(
+                    "%s: %d 'test' row(s) left out (the test set is %s)",
+                    path,
+                    int((normalised == "test").sum()),
+                    test_manifest,
+                )
                 frame = frame[(normalised != "test").to_numpy()]
         frame = frame.reset_index(drop=True).copy()
         frame["__origin"] = origin
@@ -391,8 +430,9 @@ def load_labeled(
         skipped["no_label"] = int(no_label.sum())
     usable = np.flatnonzero(~invalid & ~no_label)
     candidates = frame.iloc[usable].reset_index(drop=True)
-    images, keep_local = _read_images(candidates, [Path(f) for f in candidates["__folder"]], image_column, id_column,
-                                      image_size, skipped)
+    images, keep_local = _read_images(
+        candidates, [Path(f) for f in candidates["__folder"]], image_column, id_column, image_size, skipped
+    )
     keep = usable[keep_local]
     if not len(keep):
         raise ValueError(f"{manifest}: no usable rows out of {len(frame)} (skipped: {skipped})")
@@ -409,12 +449,16 @@ def load_labeled(
         train_val = set(patients[split != "test"])
         shared = sorted(train_val & set(patients[split == "test"]))
         if shared:
-            raise ValueError(f"{manifest} and {test_manifest}: {len(shared)} patient(s) are in both the labelled and the test "
-                             f"manifest (e.g. {shared[:5]}); split by patient first (fedvlp split)")
+            raise ValueError(
+                f"{manifest} and {test_manifest}: {len(shared)} patient(s) are in both the labelled and the test "
+                f"manifest (e.g. {shared[:5]}); split by patient first (fedvlp split)"
+            )
     empty = [s for s in SPLITS if not (split == s).any()]
     if empty:
-        raise ValueError(f"{manifest}: split(s) {empty} are empty ({len(kept)} usable rows, split from {split_source}); "
-                         "more rows or patients are needed")
+        raise ValueError(
+            f"{manifest}: split(s) {empty} are empty ({len(kept)} usable rows, split from {split_source}); "
+            "more rows or patients are needed"
+        )
     return LabeledSet(
         images=torch.stack(images),
         labels=torch.from_numpy(labels[keep].astype(np.float32)),
@@ -429,8 +473,9 @@ def load_labeled(
     )
 
 
-def _assign_with_test(frame: pd.DataFrame, groups: np.ndarray, split_column: str, origin: Path,
-                      val_fraction: float) -> tuple[np.ndarray, str]:
+def _assign_with_test(
+    frame: pd.DataFrame, groups: np.ndarray, split_column: str, origin: Path, val_fraction: float
+) -> tuple[np.ndarray, str]:
     """Test rows from the test manifest; train/val from the split column or a patient hash."""
     split = np.where(frame["__origin"].to_numpy() == "test", "test", "train").astype(object)
     labeled = split == "train"
@@ -440,12 +485,21 @@ def _assign_with_test(frame: pd.DataFrame, groups: np.ndarray, split_column: str
         if labeled.any() and (normalised[labeled] == "val").any() and (normalised[labeled] == "train").any():
             split[labeled] = normalised[labeled]
             return split, "column+test manifest"
-    split[labeled] = patient_split(groups[labeled], [1.0 - val_fraction, val_fraction], ["train", "val"], salt=_VAL_SALT)
+    split[labeled] = patient_split(
+        groups[labeled], [1.0 - val_fraction, val_fraction], ["train", "val"], salt=_VAL_SALT
+    )
     return split, "hash+test manifest"
 
 
-def split_manifest(manifest: Path, out_dir: Path, by: str = "patient_id", fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                   names: Sequence[str] = SPLITS, image_column: str = "image", id_column: str = "id") -> dict[str, Path]:
+def split_manifest(
+    manifest: Path,
+    out_dir: Path,
+    by: str = "patient_id",
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    names: Sequence[str] = SPLITS,
+    image_column: str = "image",
+    id_column: str = "id",
+) -> dict[str, Path]:
     """Write ``out_dir/<name>.csv`` (train/val/test) manifests, split by patient, deterministically.
 
     Every row goes with its group (column ``by``; blank or absent: derived from the image file
@@ -466,14 +520,22 @@ def split_manifest(manifest: Path, out_dir: Path, by: str = "patient_id", fracti
     frame = _read_manifest(manifest, (id_column, image_column, by, "split"))
     if image_column not in frame.columns:
         raise ValueError(f"{manifest}: missing image column '{image_column}'; available: {list(frame.columns)}")
-    ids = (frame[id_column] if id_column in frame.columns else pd.Series(np.arange(len(frame)))).astype(str).to_numpy(dtype=object)
+    ids = (
+        (frame[id_column] if id_column in frame.columns else pd.Series(np.arange(len(frame))))
+        .astype(str)
+        .to_numpy(dtype=object)
+    )
     groups = _patients(frame, ids, by, image_column)
     frame[by] = groups
     frame["split"] = patient_split(groups, fractions, names)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = frame[image_column].astype("string")
-    frame[image_column] = [p if pd.isna(p) or not str(p).strip() or os.path.isabs(str(p))
-                           else os.path.relpath(manifest.parent.resolve() / str(p).strip(), out_dir.resolve()) for p in images]
+    frame[image_column] = [
+        p
+        if pd.isna(p) or not str(p).strip() or os.path.isabs(str(p))
+        else os.path.relpath(manifest.parent.resolve() / str(p).strip(), out_dir.resolve())
+        for p in images
+    ]
     written = {}
     for name in names:
         path = out_dir / f"{name}.csv"
@@ -487,8 +549,13 @@ def split_manifest(manifest: Path, out_dir: Path, by: str = "patient_id", fracti
     return written
 
 
-def sample_fraction(train_indices: np.ndarray, labels: np.ndarray | torch.Tensor, fraction: float, seed: int,
-                    tasks: Sequence[Task] | None = None) -> np.ndarray:
+def sample_fraction(
+    train_indices: np.ndarray,
+    labels: np.ndarray | torch.Tensor,
+    fraction: float,
+    seed: int,
+    tasks: Sequence[Task] | None = None,
+) -> np.ndarray:
     """A seeded random subset of the training rows, of size ``max(2, round(fraction * n))``.
 
     Class coverage: before filling the subset at random, one positive and one negative row

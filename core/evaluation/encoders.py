@@ -69,7 +69,7 @@ def encoder_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
     ValueError
         When no key starts with ``prefix``.
     """
-    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not out:
         sample = ", ".join(list(state)[:5])
         raise ValueError(f"no state-dict key starts with {prefix!r} (keys look like: {sample})")

@@ -40,7 +40,9 @@ class FinetuneConfig:
     eval_every: int | None = None  # steps between validations; None: budget // 10 (at least 5)
     patience: int = 4  # validations without improvement before stopping
     warmup_fraction: float = 0.1  # share of the step budget that trains the head only (encoder frozen)
-    plateau_patience: int | None = 1  # validations without improvement before the learning rates are halved; None: never
+    plateau_patience: int | None = (
+        1  # validations without improvement before the learning rates are halved; None: never
+    )
     shift: float = 0.0625  # random translation, as a fraction of the image side
     flip: bool = False  # random horizontal flips (off: chest X-rays are not left-right symmetric)
     eval_batch_size: int = 256
@@ -99,15 +101,21 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str | torch.device,
-            precision: str = "fp32", channels_last: bool = False) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: str | torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> np.ndarray:
     """Logits of ``model`` on ``images`` in eval mode, as a float64 ``(N, C)`` array."""
     device = torch.device(device)
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         with _autocast(device, precision):
-            logits = model(_to_device(images[i:i + batch_size], device, channels_last))
+            logits = model(_to_device(images[i : i + batch_size], device, channels_last))
         out.append(logits.double().cpu())
     return torch.cat(out).numpy()
 
@@ -119,7 +127,7 @@ def _augment(images: torch.Tensor, shift: float, flip: bool, generator: torch.Ge
     if pad > 0:
         padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
         offsets = torch.randint(0, 2 * pad + 1, (len(images), 2), generator=generator).tolist()
-        images = torch.stack([padded[i, :, dy:dy + size, dx:dx + size] for i, (dy, dx) in enumerate(offsets)])
+        images = torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
     if flip:
         mask = torch.rand(len(images), generator=generator) < 0.5
         images = torch.where(mask[:, None, None, None], images.flip(-1), images)
@@ -205,12 +213,19 @@ def finetune(
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(
-            [{"params": model.encoder.parameters(), "lr": config.lr_encoder},
-             {"params": model.head.parameters(), "lr": config.lr_head}],
+            [
+                {"params": model.encoder.parameters(), "lr": config.lr_encoder},
+                {"params": model.head.parameters(), "lr": config.lr_head},
+            ],
             weight_decay=config.weight_decay,
         )
-        plateau = None if config.plateau_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
+        plateau = (
+            None
+            if config.plateau_patience is None
+            else torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.5, patience=config.plateau_patience
+            )
+        )
 
         def validate() -> float:
             logits = predict(model, val_images, config.eval_batch_size, device, config.precision, config.channels_last)
@@ -255,7 +270,13 @@ def finetune(
         set_frozen(False)
         if best_state is not None:
             model.load_state_dict(best_state)
-        test_scores = predict(model, images[torch.as_tensor(test_idx)], config.eval_batch_size, device,
-                              config.precision, config.channels_last)
+        test_scores = predict(
+            model,
+            images[torch.as_tensor(test_idx)],
+            config.eval_batch_size,
+            device,
+            config.precision,
+            config.channels_last,
+        )
     val_auc = best_score if val_has_auc else math.nan
     return FinetuneResult(test_scores=test_scores, val_auc=float(val_auc), best_step=best_step, steps=step)

@@ -28,8 +28,9 @@ def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
     return array[:, None] if array.ndim == 1 else array
 
 
-def _checked(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor,
-             names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _checked(
+    y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor, names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     y, s = _as_numpy(y_true), _as_numpy(scores)
     names = list(names)
     if y.shape != s.shape or y.shape[1] != len(names):
@@ -41,8 +42,12 @@ def _checked(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tenso
     return y, s, names
 
 
-def _per_class(score: Callable[[np.ndarray, np.ndarray], float], y_true: np.ndarray | torch.Tensor,
-               scores: np.ndarray | torch.Tensor, names: Sequence[str]) -> dict[str, float]:
+def _per_class(
+    score: Callable[[np.ndarray, np.ndarray], float],
+    y_true: np.ndarray | torch.Tensor,
+    scores: np.ndarray | torch.Tensor,
+    names: Sequence[str],
+) -> dict[str, float]:
     """``score`` per class (NaN where the targets hold one value) and their ``"mean"``."""
     y, s, names = _checked(y_true, scores, names)
     out: dict[str, float] = {}
@@ -53,8 +58,9 @@ def _per_class(score: Callable[[np.ndarray, np.ndarray], float], y_true: np.ndar
     return out
 
 
-def auc_per_class(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor,
-                  names: Sequence[str]) -> dict[str, float]:
+def auc_per_class(
+    y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor, names: Sequence[str]
+) -> dict[str, float]:
     """ROC AUC of every class, plus their mean under the key ``"mean"``.
 
     Parameters
@@ -82,8 +88,9 @@ def auc_per_class(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.
     return _per_class(roc_auc_score, y_true, scores, names)
 
 
-def average_precision_per_class(y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor,
-                                names: Sequence[str]) -> dict[str, float]:
+def average_precision_per_class(
+    y_true: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor, names: Sequence[str]
+) -> dict[str, float]:
     """Average precision (area under the precision-recall curve) of every class, plus ``"mean"``.
 
     Same inputs, shape checks and NaN rule as :func:`auc_per_class`: each value equals

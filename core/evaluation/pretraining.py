@@ -56,15 +56,19 @@ def pretraining_markdown(name: str, history: Sequence[Mapping[str, Any]]) -> str
     rows = round_metrics(history)
     if not rows:
         return f"### Pretraining of `{name}`\n\nNo rounds recorded.\n"
-    keys = sorted({k for row in rows for k in row if k != "round"},
-                  key=lambda k: (not k.startswith(ALIGNMENT_PREFIX), k))
+    keys = sorted(
+        {k for row in rows for k in row if k != "round"}, key=lambda k: (not k.startswith(ALIGNMENT_PREFIX), k)
+    )
     keys = [k for k in keys if k not in (f"{ALIGNMENT_PREFIX}pairs", f"{ALIGNMENT_PREFIX}chance-top1")]
     chance = rows[-1].get(f"{ALIGNMENT_PREFIX}chance-top1")
     pairs = rows[-1].get(f"{ALIGNMENT_PREFIX}pairs")
     lines = [f"### Pretraining of `{name}`", ""]
     if chance is not None:
-        lines += [f"Alignment on {int(pairs or 0)} held-out pairs of the paired site, after each round's local training: "
-                  f"top-1 retrieval chance is {chance:.3f}, the matching head's chance 0.5.", ""]
+        lines += [
+            f"Alignment on {int(pairs or 0)} held-out pairs of the paired site, after each round's local training: "
+            f"top-1 retrieval chance is {chance:.3f}, the matching head's chance 0.5.",
+            "",
+        ]
     lines.append("| round | " + " | ".join(keys) + " |")
     lines.append("|---|" + "---|" * len(keys))
     for row in rows:

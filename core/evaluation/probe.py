@@ -19,8 +19,9 @@ DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 256,
-                     device: str | torch.device = "cpu") -> torch.Tensor:
+def extract_features(
+    encoder: nn.Module, images: torch.Tensor, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Pooled encoder features of all ``images``, in eval mode, without gradients.
 
     Parameters
@@ -42,14 +43,17 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     was_training = encoder.training
     encoder.eval().to(device)
     try:
-        chunks = [encoder(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+        chunks = [
+            encoder(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)
+        ]
     finally:
         encoder.train(was_training)
     return torch.cat(chunks)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter: int = 200,
-                 tasks: Sequence[Task] | None = None) -> nn.Linear:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter: int = 200, tasks: Sequence[Task] | None = None
+) -> nn.Linear:
     """Logistic regression per task (sigmoid for binary, softmax for categorical) by full-batch L-BFGS.
 
     Minimises ``task loss + weight_decay * ||W||^2`` (the bias is not penalised; the task loss
@@ -74,8 +78,15 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, weight_decay: float, max_iter
     layer = nn.Linear(x.shape[1], output_dim(tasks)).double()
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
-    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        layer.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

@@ -25,8 +25,16 @@ from torch.nn import functional as F
 
 from ..models.protocol import VLPModel
 
-__all__ = ["gaussian_window", "ssim", "psnr", "mse", "supports_regeneration", "regenerate", "regeneration_metrics",
-           "save_grid"]
+__all__ = [
+    "gaussian_window",
+    "ssim",
+    "psnr",
+    "mse",
+    "supports_regeneration",
+    "regenerate",
+    "regeneration_metrics",
+    "save_grid",
+]
 
 
 def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
@@ -43,8 +51,14 @@ def _filter(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, w.view(1, 1, 1, -1))
 
 
-def ssim(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, data_range: float = 1.0, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor | np.ndarray,
+    b: torch.Tensor | np.ndarray,
+    data_range: float = 1.0,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
     """Mean SSIM per image of ``(B, 1, H, W)`` (or one ``(H, W)``) batches, as float64 ``(B,)``.
 
     Raises
@@ -57,7 +71,9 @@ def ssim(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, data_range:
     if a.ndim == 2:
         a, b = a[None, None], b[None, None]
     if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
-        raise ValueError(f"ssim needs two (B, 1, H, W) or (H, W) arrays of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"ssim needs two (B, 1, H, W) or (H, W) arrays of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     w = gaussian_window(sigma)
     if min(a.shape[-2:]) < len(w):
         raise ValueError(f"images of {tuple(a.shape[-2:])} px are smaller than the {len(w)}-tap SSIM window")
@@ -87,8 +103,9 @@ def supports_regeneration(model: VLPModel) -> bool:
 
 
 @torch.no_grad()
-def regenerate(model: VLPModel, images: torch.Tensor, seed: int = 0, batch_size: int = 128,
-               device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def regenerate(
+    model: VLPModel, images: torch.Tensor, seed: int = 0, batch_size: int = 128, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask ``images`` as in pretraining and regenerate them.
 
     Returns
@@ -98,14 +115,15 @@ def regenerate(model: VLPModel, images: torch.Tensor, seed: int = 0, batch_size:
         ``(B, 1, S, S)`` mask; the same ``seed`` gives the same masks.
     """
     if not model.supports_regeneration():
-        raise ValueError(f"regeneration needs a masked-patch (MIM) head (recipes mixed, uwox, unit); "
-                         f"{type(model).__name__} has none")
+        raise ValueError(
+            f"regeneration needs a masked-patch (MIM) head (recipes mixed, uwox, unit); {type(model).__name__} has none"
+        )
     model.eval().to(device)
     masked_out, regen_out, masks = [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(device)
+            x = images[i : i + batch_size].to(device)
             mask, prediction = model.regenerate_masked(x)
             corrupted = x.masked_fill(mask, 0.5)
             masked_out.append(corrupted.cpu())
@@ -114,8 +132,9 @@ def regenerate(model: VLPModel, images: torch.Tensor, seed: int = 0, batch_size:
     return torch.cat(masked_out), torch.cat(regen_out), torch.cat(masks)
 
 
-def regeneration_metrics(model: VLPModel, images: torch.Tensor, seed: int = 0,
-                         device: str = "cpu") -> tuple[list[tuple[str, str, float]], tuple[torch.Tensor, torch.Tensor]]:
+def regeneration_metrics(
+    model: VLPModel, images: torch.Tensor, seed: int = 0, device: str = "cpu"
+) -> tuple[list[tuple[str, str, float]], tuple[torch.Tensor, torch.Tensor]]:
     """``(metric, "mean", value)`` rows (``mse``, ``mse_masked``, ``psnr``, ``ssim``) and the
     ``(masked, regenerated)`` images for a grid."""
     masked, regenerated, mask = regenerate(model, images, seed, device=device)
@@ -123,14 +142,27 @@ def regeneration_metrics(model: VLPModel, images: torch.Tensor, seed: int = 0,
     m = mask.expand_as(diff)
     masked_mse = float(diff[m].mean()) if bool(m.any()) else math.nan
     values = psnr(regenerated, images)
-    rows = [("mse", "mean", float(mse(regenerated, images).mean())), ("mse_masked", "mean", masked_mse),
-            ("psnr", "mean", float(values[torch.isfinite(values)].mean()) if bool(torch.isfinite(values).any()) else math.inf),
-            ("ssim", "mean", float(ssim(regenerated, images).mean()))]
+    rows = [
+        ("mse", "mean", float(mse(regenerated, images).mean())),
+        ("mse_masked", "mean", masked_mse),
+        (
+            "psnr",
+            "mean",
+            float(values[torch.isfinite(values)].mean()) if bool(torch.isfinite(values).any()) else math.inf,
+        ),
+        ("ssim", "mean", float(ssim(regenerated, images).mean())),
+    ]
     return rows, (masked, regenerated)
 
 
-def save_grid(path: str | Path, originals: torch.Tensor, masked: torch.Tensor, regenerated: torch.Tensor,
-              n: int = 8, scale: int = 2) -> Path:
+def save_grid(
+    path: str | Path,
+    originals: torch.Tensor,
+    masked: torch.Tensor,
+    regenerated: torch.Tensor,
+    n: int = 8,
+    scale: int = 2,
+) -> Path:
     """A PNG with three rows (originals / masked / regenerated) of the first ``n`` images."""
     from PIL import Image
 

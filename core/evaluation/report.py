@@ -13,9 +13,22 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["summarise", "markdown_report", "format_table", "plot_auc_vs_labels", "write_outputs", "fraction_label",
-           "t_tests", "label_efficiency", "plot_per_class", "plot_retrieval", "EXTRA_PROTOCOLS", "readable_label",
-           "auc_vs_labels_figure", "per_class_figure"]
+__all__ = [
+    "summarise",
+    "markdown_report",
+    "format_table",
+    "plot_auc_vs_labels",
+    "write_outputs",
+    "fraction_label",
+    "t_tests",
+    "label_efficiency",
+    "plot_per_class",
+    "plot_retrieval",
+    "EXTRA_PROTOCOLS",
+    "readable_label",
+    "auc_vs_labels_figure",
+    "per_class_figure",
+]
 
 # Protocols that are scored once per init, without labels (rows use label fraction 0, seed 0).
 EXTRA_PROTOCOLS = ("retrieval", "regeneration")
@@ -49,13 +62,15 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     grouped = df.groupby(_KEYS, sort=False, dropna=False)["value"]
     out = grouped.agg(mean="mean", std="std", n="count").reset_index()
     ranks = {c: _first_seen_rank(df[c]) for c in ("init", "protocol", "metric", "class")}
-    sort_frame = pd.DataFrame({
-        "init": out["init"].map(dict(zip(df["init"], ranks["init"]))),
-        "protocol": out["protocol"].map(dict(zip(df["protocol"], ranks["protocol"]))),
-        "label_fraction": out["label_fraction"],
-        "metric": out["metric"].map(dict(zip(df["metric"], ranks["metric"]))),
-        "class": out["class"].map(dict(zip(df["class"], ranks["class"]))),
-    })
+    sort_frame = pd.DataFrame(
+        {
+            "init": out["init"].map(dict(zip(df["init"], ranks["init"]))),
+            "protocol": out["protocol"].map(dict(zip(df["protocol"], ranks["protocol"]))),
+            "label_fraction": out["label_fraction"],
+            "metric": out["metric"].map(dict(zip(df["metric"], ranks["metric"]))),
+            "class": out["class"].map(dict(zip(df["class"], ranks["class"]))),
+        }
+    )
     order = sort_frame.sort_values(list(sort_frame.columns), kind="stable").index
     return out.loc[order].reset_index(drop=True)
 
@@ -77,7 +92,11 @@ def _cell(summary: pd.DataFrame, **where: object) -> str:
     mask = np.ones(len(summary), dtype=bool)
     for key, value in where.items():
         column = summary[key]
-        mask &= np.isclose(column.astype(float), float(cast(float, value))) if key == "label_fraction" else (column == value).to_numpy()
+        mask &= (
+            np.isclose(column.astype(float), float(cast(float, value)))
+            if key == "label_fraction"
+            else (column == value).to_numpy()
+        )
     rows = summary[mask]
     if rows.empty:
         return "-"
@@ -97,9 +116,17 @@ def _fractions(summary: pd.DataFrame) -> list[float]:
 def _mean_auc_grid(summary: pd.DataFrame, metric: str = "auc") -> tuple[list[str], list[list[str]]]:
     fractions = _fractions(summary)
     headers = ["init", "protocol", *(fraction_label(f) for f in fractions)]
-    rows = [[init, protocol, *(_cell(summary, init=init, protocol=protocol, label_fraction=f, metric=metric, **{"class": "mean"})
-                                for f in fractions)]
-            for init, protocol in _runs(summary)]
+    rows = [
+        [
+            init,
+            protocol,
+            *(
+                _cell(summary, init=init, protocol=protocol, label_fraction=f, metric=metric, **{"class": "mean"})
+                for f in fractions
+            ),
+        ]
+        for init, protocol in _runs(summary)
+    ]
     return headers, rows
 
 
@@ -124,7 +151,18 @@ def t_tests(df: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
         all labels is deterministic), and whenever scipy gives NaN. Protocols and inits keep their order of
         first appearance, fractions are ascending; no rows for a single init.
     """
-    columns = ["protocol", "label_fraction", "best", "other", "best_mean", "other_mean", "n_best", "n_other", "t", "p_value"]
+    columns = [
+        "protocol",
+        "label_fraction",
+        "best",
+        "other",
+        "best_mean",
+        "other_mean",
+        "n_best",
+        "n_other",
+        "t",
+        "p_value",
+    ]
     rows = _mean_rows(df, metric)
     rows = rows[np.isfinite(rows["value"].astype(float))]
     out: list[dict[str, Any]] = []
@@ -133,7 +171,9 @@ def t_tests(df: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
         of_protocol = rows[rows["protocol"] == protocol]
         for fraction in sorted(of_protocol["label_fraction"].astype(float).unique()):
             cell = of_protocol[np.isclose(of_protocol["label_fraction"].astype(float), fraction)]
-            values = {i: cell.loc[cell["init"] == i, "value"].to_numpy(float) for i in inits if (cell["init"] == i).any()}
+            values = {
+                i: cell.loc[cell["init"] == i, "value"].to_numpy(float) for i in inits if (cell["init"] == i).any()
+            }
             if len(values) < 2:
                 continue
             best = max(values, key=lambda i: float(np.mean(values[i])))  # first seen wins a tie
@@ -149,9 +189,20 @@ def t_tests(df: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
                         warnings.filterwarnings("ignore", message="Precision loss", category=RuntimeWarning)
                         result = stats.ttest_ind(a, b, equal_var=False)
                     t, p = float(result.statistic), float(result.pvalue)
-                out.append({"protocol": protocol, "label_fraction": float(fraction), "best": best, "other": other,
-                            "best_mean": float(np.mean(a)), "other_mean": float(np.mean(b)),
-                            "n_best": len(a), "n_other": len(b), "t": t, "p_value": p})
+                out.append(
+                    {
+                        "protocol": protocol,
+                        "label_fraction": float(fraction),
+                        "best": best,
+                        "other": other,
+                        "best_mean": float(np.mean(a)),
+                        "other_mean": float(np.mean(b)),
+                        "n_best": len(a),
+                        "n_other": len(b),
+                        "t": t,
+                        "p_value": p,
+                    }
+                )
     return pd.DataFrame(out, columns=columns)
 
 
@@ -175,8 +226,11 @@ def label_efficiency(df: pd.DataFrame, baseline: str = "random", metric: str = "
     summary = summarise(_mean_rows(df, metric))
     out: list[dict[str, Any]] = []
     for init, protocol in dict.fromkeys(zip(summary["init"], summary["protocol"])):
-        ref = summary[(summary["init"] == baseline) & (summary["protocol"] == protocol)
-                      & np.isclose(summary["label_fraction"].astype(float), 1.0)]
+        ref = summary[
+            (summary["init"] == baseline)
+            & (summary["protocol"] == protocol)
+            & np.isclose(summary["label_fraction"].astype(float), 1.0)
+        ]
         target = float(ref["mean"].iloc[0]) if len(ref) else math.nan
         fraction = None
         if math.isfinite(target):
@@ -184,10 +238,21 @@ def label_efficiency(df: pd.DataFrame, baseline: str = "random", metric: str = "
             reached = runs[runs["mean"].astype(float) >= target]
             if len(reached):
                 fraction = float(reached["label_fraction"].iloc[0])
-        out.append({"init": init, "protocol": protocol, "target": target, "fraction": fraction,
-                    "labels_saved": None if fraction is None else 1.0 - fraction})
-    return pd.DataFrame({c: pd.Series([row[c] for row in out], dtype=object if c in ("fraction", "labels_saved") else None)
-                         for c in columns})
+        out.append(
+            {
+                "init": init,
+                "protocol": protocol,
+                "target": target,
+                "fraction": fraction,
+                "labels_saved": None if fraction is None else 1.0 - fraction,
+            }
+        )
+    return pd.DataFrame(
+        {
+            c: pd.Series([row[c] for row in out], dtype=object if c in ("fraction", "labels_saved") else None)
+            for c in columns
+        }
+    )
 
 
 def _p_value(p: float) -> str:
@@ -198,17 +263,33 @@ def _p_value(p: float) -> str:
 
 def _t_test_table(tests: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = ["protocol", "labels", "best", "vs", "best AUC", "other AUC", "p (Welch)"]
-    rows = [[r.protocol, fraction_label(r.label_fraction), r.best, r.other, f"{r.best_mean:.3f}", f"{r.other_mean:.3f}",
-             _p_value(r.p_value)] for r in tests.itertuples(index=False)]
+    rows = [
+        [
+            r.protocol,
+            fraction_label(r.label_fraction),
+            r.best,
+            r.other,
+            f"{r.best_mean:.3f}",
+            f"{r.other_mean:.3f}",
+            _p_value(r.p_value),
+        ]
+        for r in tests.itertuples(index=False)
+    ]
     return headers, rows
 
 
 def _efficiency_table(efficiency: pd.DataFrame, baseline: str) -> tuple[list[str], list[list[str]]]:
     headers = ["init", "protocol", f"{baseline} AUC at 100%", "labels needed", "labels saved"]
-    rows = [[r.init, r.protocol, f"{r.target:.3f}" if math.isfinite(r.target) else "n/a",
-             "n/a" if r.fraction is None else fraction_label(r.fraction),
-             "n/a" if r.labels_saved is None else fraction_label(r.labels_saved)]
-            for r in efficiency.itertuples(index=False)]
+    rows = [
+        [
+            r.init,
+            r.protocol,
+            f"{r.target:.3f}" if math.isfinite(r.target) else "n/a",
+            "n/a" if r.fraction is None else fraction_label(r.fraction),
+            "n/a" if r.labels_saved is None else fraction_label(r.labels_saved),
+        ]
+        for r in efficiency.itertuples(index=False)
+    ]
     return headers, rows
 
 
@@ -216,9 +297,17 @@ def _class_grid(summary: pd.DataFrame, fraction: float) -> tuple[list[str], list
     auc = summary[summary["metric"] == "auc"]
     classes = [c for c in pd.unique(auc["class"]) if c != "mean"] + ["mean"]
     headers = ["init", "protocol", *classes]
-    rows = [[init, protocol, *(_cell(summary, init=init, protocol=protocol, label_fraction=fraction, metric="auc", **{"class": c})
-                                for c in classes)]
-            for init, protocol in _runs(summary)]
+    rows = [
+        [
+            init,
+            protocol,
+            *(
+                _cell(summary, init=init, protocol=protocol, label_fraction=fraction, metric="auc", **{"class": c})
+                for c in classes
+            ),
+        ]
+        for init, protocol in _runs(summary)
+    ]
     return headers, rows
 
 
@@ -258,19 +347,35 @@ def markdown_report(df: pd.DataFrame, title: str) -> str:
         return "\n".join(lines + ["No results yet.", ""])
     lines += [_describe(df, summary), "", "## Mean AUC over classes", "", _markdown_table(*_mean_auc_grid(summary)), ""]
     smallest = _fractions(summary)[0]
-    lines += [f"## Per-class AUC at {fraction_label(smallest)} labels", "", _markdown_table(*_class_grid(summary, smallest)), ""]
+    lines += [
+        f"## Per-class AUC at {fraction_label(smallest)} labels",
+        "",
+        _markdown_table(*_class_grid(summary, smallest)),
+        "",
+    ]
     if (summary["metric"] == "ap").any():
         lines += ["## Mean average precision over classes", "", _markdown_table(*_mean_auc_grid(summary, "ap")), ""]
     tests = t_tests(df)
     if np.isfinite(tests["p_value"].to_numpy(float)).any():
-        lines += ["## Best init vs the others (Welch t-test over seeds, mean AUC)", "",
-                  _markdown_table(*_t_test_table(tests)), ""]
+        lines += [
+            "## Best init vs the others (Welch t-test over seeds, mean AUC)",
+            "",
+            _markdown_table(*_t_test_table(tests)),
+            "",
+        ]
     efficiency = label_efficiency(df)
     if np.isfinite(efficiency["target"].to_numpy(float)).any():
-        lines += ["## Label efficiency", "",
-                  ("Smallest label fraction at which the mean AUC reaches that of `random` with 100% labels "
-                   "(same protocol); labels saved = 1 - that fraction."), "",
-                  _markdown_table(*_efficiency_table(efficiency, "random")), ""]
+        lines += [
+            "## Label efficiency",
+            "",
+            (
+                "Smallest label fraction at which the mean AUC reaches that of `random` with 100% labels "
+                "(same protocol); labels saved = 1 - that fraction."
+            ),
+            "",
+            _markdown_table(*_efficiency_table(efficiency, "random")),
+            "",
+        ]
     lines += _extras_sections(df)
     return "\n".join(lines)
 
@@ -291,23 +396,40 @@ def _extras_sections(df: pd.DataFrame) -> list[str]:
     if len(retrieval):
         ks = sorted({int(m.split("@")[1]) for m in retrieval["metric"]})
         metrics = [f"i2i_p@{k}" for k in ks] + [f"t2i_p@{k}" for k in ks]
-        lines += ["## Zero-shot retrieval (test set, precision@k, relevance = identical label set)", "",
-                  "`i2i`: every test image queries the others; `t2i`: one text query per class (mean over classes).", "",
-                  _markdown_table(*_extra_table(df, "retrieval", metrics)), ""]
+        lines += [
+            "## Zero-shot retrieval (test set, precision@k, relevance = identical label set)",
+            "",
+            "`i2i`: every test image queries the others; `t2i`: one text query per class (mean over classes).",
+            "",
+            _markdown_table(*_extra_table(df, "retrieval", metrics)),
+            "",
+        ]
         per_class = retrieval[(retrieval["class"] != "mean") & retrieval["metric"].str.startswith("t2i")]
         if len(per_class):
             k = ks[min(1, len(ks) - 1)]
             classes = list(pd.unique(per_class["class"]))
             rows = []
             for init in pd.unique(per_class["init"]):
-                sel = per_class[(per_class["init"] == init) & (per_class["metric"] == f"t2i_p@{k}")].set_index("class")["value"]
+                sel = per_class[(per_class["init"] == init) & (per_class["metric"] == f"t2i_p@{k}")].set_index("class")[
+                    "value"
+                ]
                 rows.append([init, "retrieval", *(f"{float(sel[c]):.3f}" if c in sel.index else "-" for c in classes)])
-            lines += [f"Text-to-image precision@{k} per class:", "", _markdown_table(["init", "protocol", *classes], rows), ""]
+            lines += [
+                f"Text-to-image precision@{k} per class:",
+                "",
+                _markdown_table(["init", "protocol", *classes], rows),
+                "",
+            ]
     if (df["protocol"] == "regeneration").any():
-        lines += ["## Masked image regeneration (test set)", "",
-                  "MSE and PSNR (dB) of the regenerated image against the original, SSIM (Gaussian window, sigma 1.5), "
-                  "MSE over the masked pixels only; grids in `regeneration_<init>.png`.", "",
-                  _markdown_table(*_extra_table(df, "regeneration", ["mse", "mse_masked", "psnr", "ssim"])), ""]
+        lines += [
+            "## Masked image regeneration (test set)",
+            "",
+            "MSE and PSNR (dB) of the regenerated image against the original, SSIM (Gaussian window, sigma 1.5), "
+            "MSE over the masked pixels only; grids in `regeneration_<init>.png`.",
+            "",
+            _markdown_table(*_extra_table(df, "regeneration", ["mse", "mse_masked", "psnr", "ssim"])),
+            "",
+        ]
     return lines
 
 
@@ -400,8 +522,15 @@ def _bars(ax: Any, groups: list[str], series: dict[str, tuple[list[float], list[
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
     for i, (label, (means, stds)) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=np.nan_to_num(stds), label=label,
-               color=f"C{i % 10}", capsize=2)
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            means,
+            width,
+            yerr=np.nan_to_num(stds),
+            label=label,
+            color=f"C{i % 10}",
+            capsize=2,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
@@ -443,8 +572,10 @@ def per_class_figure(df: pd.DataFrame, fractions: list[float] | None = None) -> 
         series = {}
         for init, protocol in runs:
             sel = at[(at["init"] == init) & (at["protocol"] == protocol)].set_index("class")
-            series[f"{init} / {protocol}"] = ([float(sel["mean"].get(c, np.nan)) for c in classes],
-                                              [float(sel["std"].get(c, np.nan)) for c in classes])
+            series[f"{init} / {protocol}"] = (
+                [float(sel["mean"].get(c, np.nan)) for c in classes],
+                [float(sel["std"].get(c, np.nan)) for c in classes],
+            )
         _bars(ax, labels, series)
         ax.set_title(f"{fraction_label(fraction)} labels", fontsize=10)
         ax.set_ylim(0.0, 1.0)
@@ -494,7 +625,10 @@ def write_outputs(df: pd.DataFrame, out_dir: Path, title: str) -> dict[str, Path
     paths["report"].write_text(markdown_report(df, title), encoding="utf-8")
     summarise(df).to_csv(paths["summary"], index=False, na_rep="nan")
     plot_auc_vs_labels(df, paths["plot"], title)
-    for key, plot, name in (("per_class", plot_per_class, "auc_per_class.png"), ("retrieval", plot_retrieval, "retrieval.png")):
+    for key, plot, name in (
+        ("per_class", plot_per_class, "auc_per_class.png"),
+        ("retrieval", plot_retrieval, "retrieval.png"),
+    ):
         written = plot(df, out_dir / name)
         if written is not None:
             paths[key] = written

@@ -28,8 +28,17 @@ from torch.nn import functional as F
 from ..models.protocol import VLPModel
 from .tasks import BINARY, Task
 
-__all__ = ["KS", "DEFAULT_QUERIES", "precision_at_k", "load_queries", "label_sets", "supports_retrieval",
-           "embed_images", "embed_texts", "retrieval_metrics"]
+__all__ = [
+    "KS",
+    "DEFAULT_QUERIES",
+    "precision_at_k",
+    "load_queries",
+    "label_sets",
+    "supports_retrieval",
+    "embed_images",
+    "embed_texts",
+    "retrieval_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +56,12 @@ DEFAULT_QUERIES: dict[str, list[str]] = {
 }
 
 
-def precision_at_k(similarity: np.ndarray | torch.Tensor, relevant: np.ndarray | torch.Tensor, ks: Sequence[int] = KS,
-                   exclude_self: bool = False) -> dict[int, np.ndarray]:
+def precision_at_k(
+    similarity: np.ndarray | torch.Tensor,
+    relevant: np.ndarray | torch.Tensor,
+    ks: Sequence[int] = KS,
+    exclude_self: bool = False,
+) -> dict[int, np.ndarray]:
     """Per-query precision@k of a ``(Q, G)`` similarity matrix.
 
     Parameters
@@ -67,7 +80,11 @@ def precision_at_k(similarity: np.ndarray | torch.Tensor, relevant: np.ndarray |
     dict[int, np.ndarray]
         ``{k: (Q,) precision}`` = relevant items among the top ``k`` / ``k``.
     """
-    s = similarity.detach().cpu().numpy() if isinstance(similarity, torch.Tensor) else np.asarray(similarity, dtype=np.float64)
+    s = (
+        similarity.detach().cpu().numpy()
+        if isinstance(similarity, torch.Tensor)
+        else np.asarray(similarity, dtype=np.float64)
+    )
     r = relevant.detach().cpu().numpy() if isinstance(relevant, torch.Tensor) else np.asarray(relevant)
     s = s.astype(np.float64).copy()
     r = r.astype(bool)
@@ -133,8 +150,10 @@ def supports_retrieval(model: VLPModel) -> bool:
 
 def _check(model: VLPModel) -> None:
     if not model.supports_retrieval():
-        raise ValueError(f"retrieval needs a ResNet + BERT model with a contrastive or matching head (recipes mixed, convirt, "
-                         f"timnet); {type(model).__name__} has none")
+        raise ValueError(
+            f"retrieval needs a ResNet + BERT model with a contrastive or matching head (recipes mixed, convirt, "
+            f"timnet); {type(model).__name__} has none"
+        )
 
 
 @torch.no_grad()
@@ -144,7 +163,7 @@ def embed_images(model: VLPModel, images: torch.Tensor, batch_size: int = 256, d
     model.eval().to(device)
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(model.embed_images(images[i:i + batch_size].to(device)).float().cpu())
+        out.append(model.embed_images(images[i : i + batch_size].to(device)).float().cpu())
     return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -165,9 +184,16 @@ def _class_key(name: str, label_names: Sequence[str]) -> str | None:
     return None
 
 
-def retrieval_metrics(model: VLPModel, tokenizer: Any, images: torch.Tensor, labels: torch.Tensor, tasks: Sequence[Task],
-                      queries: Mapping[str, Sequence[str]] | None = None, ks: Sequence[int] = KS,
-                      device: str = "cpu") -> list[tuple[str, str, float]]:
+def retrieval_metrics(
+    model: VLPModel,
+    tokenizer: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    tasks: Sequence[Task],
+    queries: Mapping[str, Sequence[str]] | None = None,
+    ks: Sequence[int] = KS,
+    device: str = "cpu",
+) -> list[tuple[str, str, float]]:
     """Image-to-image and text-to-image precision@k on a (test) set, as ``(metric, class, value)`` rows.
 
     - ``i2i_p@k`` / class ``mean``: every fully labelled image queries all the others;

@@ -30,8 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_bytes
-from .data import LabeledSet, sample_fraction
 from ..models.stages import UpperStages, is_staged, lock_stages, num_stages
+from .data import LabeledSet, sample_fraction
 from .encoders import EncoderSource, Init, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, finetune
 from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
@@ -39,7 +39,14 @@ from .report import write_outputs
 from .tasks import task_metrics
 
 __all__ = [
-    "PROTOCOLS", "RESULT_COLUMNS", "RESULTS_FILE", "SweepConfig", "run_sweep", "load_results", "cell_file", "write_results",
+    "PROTOCOLS",
+    "RESULT_COLUMNS",
+    "RESULTS_FILE",
+    "SweepConfig",
+    "run_sweep",
+    "load_results",
+    "cell_file",
+    "write_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,13 +116,25 @@ class SweepConfig:
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`FinetuneConfig` of these settings."""
         return FinetuneConfig(
-            batch_size=self.batch_size, lr_head=self.ft_lr_head, lr_encoder=self.ft_lr_encoder,
-            weight_decay=self.ft_weight_decay, dropout=self.ft_dropout, min_steps=self.ft_min_steps,
-            epochs=self.ft_epochs, max_steps=self.ft_max_steps, eval_every=self.ft_eval_every,
-            patience=self.ft_patience, warmup_fraction=self.ft_warmup_fraction,
-            plateau_patience=self.ft_plateau_patience, shift=self.ft_shift, flip=self.ft_flip,
-            eval_batch_size=self.eval_batch_size, device=self.device, precision=self.ft_precision,
-            channels_last=self.ft_channels_last, trainable_stages=self.ft_trainable_stages,
+            batch_size=self.batch_size,
+            lr_head=self.ft_lr_head,
+            lr_encoder=self.ft_lr_encoder,
+            weight_decay=self.ft_weight_decay,
+            dropout=self.ft_dropout,
+            min_steps=self.ft_min_steps,
+            epochs=self.ft_epochs,
+            max_steps=self.ft_max_steps,
+            eval_every=self.ft_eval_every,
+            patience=self.ft_patience,
+            warmup_fraction=self.ft_warmup_fraction,
+            plateau_patience=self.ft_plateau_patience,
+            shift=self.ft_shift,
+            flip=self.ft_flip,
+            eval_batch_size=self.eval_batch_size,
+            device=self.device,
+            precision=self.ft_precision,
+            channels_last=self.ft_channels_last,
+            trainable_stages=self.ft_trainable_stages,
         )
 
     def settings(self) -> dict[str, Any]:
@@ -143,7 +162,9 @@ def load_results(path: Path) -> pd.DataFrame:
     """Read a sweep's ``results.csv`` with the right column types (empty frame if absent)."""
     path = Path(path)
     if not path.is_file():
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(RESULT_COLUMNS, (str, str, float, int, str, str, float))})
+        return pd.DataFrame(
+            {c: pd.Series(dtype=t) for c, t in zip(RESULT_COLUMNS, (str, str, float, int, str, str, float))}
+        )
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
@@ -188,12 +209,16 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
                 diff = meta[key]
                 if isinstance(diff, dict) and isinstance(old.get(key), dict):
                     diff = {k: (old[key].get(k), v) for k, v in meta[key].items() if old[key].get(k) != v}
-                raise ValueError(f"{out_dir}: existing results were made with different {key} ({diff}); "
-                                 f"use a new output folder or delete {RESULTS_FILE} and {META_FILE}")
+                raise ValueError(
+                    f"{out_dir}: existing results were made with different {key} ({diff}); "
+                    f"use a new output folder or delete {RESULTS_FILE} and {META_FILE}"
+                )
         for name, digest in meta["inits"].items():
             if old.get("inits", {}).get(name, digest) != digest:
-                raise ValueError(f"{out_dir}: init '{name}' has different weights than in the existing results; "
-                                 "give it a new name or use a new output folder")
+                raise ValueError(
+                    f"{out_dir}: init '{name}' has different weights than in the existing results; "
+                    "give it a new name or use a new output folder"
+                )
         meta = {**meta, "inits": {**old.get("inits", {}), **meta["inits"]}}
     # Atomic: a sweep stopped mid-write (fedvlp demo --sites stops its background cells) leaves the old file.
     atomic_write_bytes(path, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
@@ -226,7 +251,9 @@ class _Context:
         key = (init, seed if spec.state is None else None)
         if key not in self.features:
             encoder = build_encoder(spec.source, spec.state, seed)
-            self.features[key] = extract_features(encoder, self.labeled_for(init).images, self.config.eval_batch_size, self.config.device)
+            self.features[key] = extract_features(
+                encoder, self.labeled_for(init).images, self.config.eval_batch_size, self.config.device
+            )
         return self.features[key]
 
     def finetune_inputs(self, init: str, seed: int) -> tuple[nn.Module, torch.Tensor, bool]:
@@ -248,8 +275,10 @@ class _Context:
         if key not in self.lower:
             encoder.eval()
             with torch.no_grad():
-                chunks = [upper.lower(images[i:i + self.config.eval_batch_size].to(self.config.device)).cpu()
-                          for i in range(0, len(images), self.config.eval_batch_size)]
+                chunks = [
+                    upper.lower(images[i : i + self.config.eval_batch_size].to(self.config.device)).cpu()
+                    for i in range(0, len(images), self.config.eval_batch_size)
+                ]
             self.lower[key] = (torch.cat(chunks), start)
         return upper, self.lower[key][0], True
 
@@ -261,17 +290,40 @@ def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: in
     train_idx = sample_fraction(train_split, labeled.labels, fraction, seed, labeled.tasks)
     if protocol == "linear":
         features = ctx.probe_features(init, seed)
-        result = linear_probe(features, labeled.labels, train_idx, val_idx, test_idx, config.probe_weight_decays,
-                              config.probe_max_iter, standardise_idx=train_split, tasks=labeled.tasks)
+        result = linear_probe(
+            features,
+            labeled.labels,
+            train_idx,
+            val_idx,
+            test_idx,
+            config.probe_weight_decays,
+            config.probe_max_iter,
+            standardise_idx=train_split,
+            tasks=labeled.tasks,
+        )
     elif protocol == "finetune":
         module, inputs, cached = ctx.finetune_inputs(init, seed)
-        result = finetune(module, module.out_dim, inputs, labeled.labels, train_idx, val_idx, test_idx,
-                          seed, config.finetune_config(), tasks=labeled.tasks, cached=cached)
+        result = finetune(
+            module,
+            module.out_dim,
+            inputs,
+            labeled.labels,
+            train_idx,
+            val_idx,
+            test_idx,
+            seed,
+            config.finetune_config(),
+            tasks=labeled.tasks,
+            cached=cached,
+        )
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     test_y = labeled.labels[torch.as_tensor(test_idx)]
     base = {"init": init, "protocol": protocol, "label_fraction": float(fraction), "seed": int(seed)}
-    rows = [{**base, "metric": m, "class": c, "value": v} for m, c, v in task_metrics(test_y, result.test_scores, labeled.tasks)]
+    rows = [
+        {**base, "metric": m, "class": c, "value": v}
+        for m, c, v in task_metrics(test_y, result.test_scores, labeled.tasks)
+    ]
     rows.append({**base, "metric": "val_auc", "class": "mean", "value": result.val_auc})
     rows.append({**base, "metric": "n_train", "class": "all", "value": float(len(train_idx))})
     return rows
@@ -312,7 +364,9 @@ def _labeled_sets(labeled: Labeled, specs: Mapping[str, Init]) -> tuple[dict[int
             raise ValueError(f"the labelled sets at {default} and {size} px differ in rows or splits")
     for name, spec in specs.items():
         if spec.image_size is not None and spec.image_size not in sets:
-            raise ValueError(f"init '{name}' is evaluated at {spec.image_size} px but no labelled set of that size was given")
+            raise ValueError(
+                f"init '{name}' is evaluated at {spec.image_size} px but no labelled set of that size was given"
+            )
     return sets, default
 
 
@@ -391,14 +445,22 @@ def run_sweep(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Plain state-dict inits keep their historical digest (existing sweep folders stay valid).
-    digests = {name: (spec.digest() if isinstance(inits[name], Init) else state_hash(spec.state)) for name, spec in specs.items()}
-    _check_meta(out_dir, {
-        "settings": config.settings(),
-        "encoder": _jsonable(describe_encoder(encoder_config)) if encoder_config is not None else None,
-        # One labelled set keeps its historical fingerprint; several sizes list theirs.
-        "data": first.fingerprint() if len(sets) == 1 else {str(k): v.fingerprint() for k, v in sorted(sets.items())},
-        "inits": digests,
-    })
+    digests = {
+        name: (spec.digest() if isinstance(inits[name], Init) else state_hash(spec.state))
+        for name, spec in specs.items()
+    }
+    _check_meta(
+        out_dir,
+        {
+            "settings": config.settings(),
+            "encoder": _jsonable(describe_encoder(encoder_config)) if encoder_config is not None else None,
+            # One labelled set keeps its historical fingerprint; several sizes list theirs.
+            "data": first.fingerprint()
+            if len(sets) == 1
+            else {str(k): v.fingerprint() for k, v in sorted(sets.items())},
+            "inits": digests,
+        },
+    )
     results_path = out_dir / RESULTS_FILE
     results = load_results(results_path)
     for path in sorted((out_dir / CELLS_DIR).glob("*.csv")):  # finished cells not yet in results.csv
@@ -429,8 +491,13 @@ def run_sweep(
         results = frame if results.empty else pd.concat([results, frame], ignore_index=True)
         write_results(results, results_path)
 
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="label-efficiency sweep",
-              unit="run", disable=not progress) as bar:
+    with tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc="label-efficiency sweep",
+        unit="run",
+        disable=not progress,
+    ) as bar:
         if jobs == 1 or len(todo) <= 1:
             previous_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
@@ -443,10 +510,15 @@ def run_sweep(
                 torch.set_num_threads(previous_threads)
         else:
             # spawn: a clean interpreter per worker (fork after OpenMP/torch threads can hang).
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(ctx, threads)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(jobs, len(todo)),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(ctx, threads),
+            ) as pool:
                 pending: dict[Future[list[dict[str, Any]]], tuple[str, str, float, int]] = {
-                    pool.submit(_worker_cell, cell): cell for cell in todo}
+                    pool.submit(_worker_cell, cell): cell for cell in todo
+                }
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:

@@ -23,8 +23,17 @@ from torch.nn import functional as F
 
 from .metrics import auc_per_class, average_precision_per_class
 
-__all__ = ["Task", "binary_tasks", "output_dim", "task_loss", "task_metrics", "validation_score",
-           "coverage_matrix", "encode_column", "has_auc"]
+__all__ = [
+    "Task",
+    "binary_tasks",
+    "output_dim",
+    "task_loss",
+    "task_metrics",
+    "validation_score",
+    "coverage_matrix",
+    "encode_column",
+    "has_auc",
+]
 
 BINARY, CATEGORICAL = "binary", "categorical"
 
@@ -54,7 +63,12 @@ def output_dim(tasks: Sequence[Task]) -> int:
 
 
 def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "" or str(value).strip().lower() == "nan"
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or str(value).strip() == ""
+        or str(value).strip().lower() == "nan"
+    )
 
 
 def encode_column(name: str, values: Sequence[object]) -> tuple[Task, np.ndarray, np.ndarray]:
@@ -127,8 +141,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
-def task_metrics(targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor,
-                 tasks: Sequence[Task]) -> list[tuple[str, str, float]]:
+def task_metrics(
+    targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor, tasks: Sequence[Task]
+) -> list[tuple[str, str, float]]:
     """``(metric, class, value)`` rows for the test set.
 
     - binary task ``c``: ``auc``/``ap`` of class ``c`` (known rows only);
@@ -154,8 +169,16 @@ def task_metrics(targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.
         known = ~np.isnan(y[:, t])
         yt = y[known, t]
         if task.kind == BINARY:
-            auc = auc_per_class(yt[:, None], s[known, cols.start][:, None], [task.name])[task.name] if known.any() else math.nan
-            ap = average_precision_per_class(yt[:, None], s[known, cols.start][:, None], [task.name])[task.name] if known.any() else math.nan
+            auc = (
+                auc_per_class(yt[:, None], s[known, cols.start][:, None], [task.name])[task.name]
+                if known.any()
+                else math.nan
+            )
+            ap = (
+                average_precision_per_class(yt[:, None], s[known, cols.start][:, None], [task.name])[task.name]
+                if known.any()
+                else math.nan
+            )
         else:
             names = [f"{task.name}={c}" for c in task.classes]
             if known.any():
@@ -180,8 +203,9 @@ def task_metrics(targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.
     return rows
 
 
-def validation_score(targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor,
-                     tasks: Sequence[Task]) -> float:
+def validation_score(
+    targets: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor, tasks: Sequence[Task]
+) -> float:
     """Mean AUC over tasks (the model-selection score); NaN when no task has an AUC."""
     y, s = _np(targets), _np(logits)
     if not np.isfinite(s).all():

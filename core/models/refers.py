@@ -61,7 +61,9 @@ class REFERSConfig:
 class REFERSModel(nn.Module):
     """``image`` (ViT), ``text`` (BERT) and ``head[<objective>]``; attribute names are the groups."""
 
-    def __init__(self, config: REFERSConfig, objectives: Mapping[str, Objective], image: ViTEncoder, text: TextEncoder) -> None:
+    def __init__(
+        self, config: REFERSConfig, objectives: Mapping[str, Objective], image: ViTEncoder, text: TextEncoder
+    ) -> None:
         super().__init__()
         self.config = config
         self.image = image
@@ -146,7 +148,17 @@ def build_refers_model(
     if weights.get("generation", 0.0) > 0:
         dec = config.decoder
         objectives["generation"] = GenerationObjective(
-            image.out_dim, vocab_size, dec.hidden, dec.layers, dec.heads, dec.feedforward, config.text.max_len,
-            pad_id, bos_id, eos_id, special_ids, dec.dropout,
+            image.out_dim,
+            vocab_size,
+            dec.hidden,
+            dec.layers,
+            dec.heads,
+            dec.feedforward,
+            config.text.max_len,
+            pad_id,
+            bos_id,
+            eos_id,
+            special_ids,
+            dec.dropout,
         )
     return REFERSModel(config, objectives, image, text)

@@ -22,8 +22,16 @@ from .family import Family
 from .pretrained import check_inits
 from .protocol import VLPModel
 
-__all__ = ["register_family", "get_family", "list_families", "family_of", "family_knobs", "check_run", "build_model",
-           "create_model"]
+__all__ = [
+    "register_family",
+    "get_family",
+    "list_families",
+    "family_of",
+    "family_knobs",
+    "check_run",
+    "build_model",
+    "create_model",
+]
 
 _FAMILIES: dict[str, Family] = {}
 
@@ -102,8 +110,10 @@ def check_run(run: RunConfig, origin: str = "run_config") -> Family:
         value = getattr(run, name)
         if value != defaults[name]:
             uses = ", ".join(sorted(family.knobs)) or "none of them"
-            expected = (f"its default {defaults[name]!r} with recipe '{run.recipe}' "
-                        f"(the {family.name} family does not use it; of the family-specific keys it uses {uses})")
+            expected = (
+                f"its default {defaults[name]!r} with recipe '{run.recipe}' "
+                f"(the {family.name} family does not use it; of the family-specific keys it uses {uses})"
+            )
             raise ConfigError(origin, key, expected, value)
     return family
 

@@ -43,7 +43,9 @@ class TextEncoder(nn.Module):
         # Token types too: BERT's default is a (1, L) buffer broadcast over the batch, which
         # gives opacus' per-sample embedding gradients a batch of one.
         token_types = torch.zeros_like(input_ids)
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, token_type_ids=token_types)
+        out = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, token_type_ids=token_types
+        )
         return out.last_hidden_state
 
 

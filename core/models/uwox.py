@@ -91,8 +91,10 @@ class UWOXConfig:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         if self.image_size % 4 != 0 or self.image_size % self.patch != 0:
             raise ConfigError(
-                "run_config", "image-size",
-                f"a multiple of 4 (the pyramid) and of the patch size {self.patch}", self.image_size,
+                "run_config",
+                "image-size",
+                f"a multiple of 4 (the pyramid) and of the patch size {self.patch}",
+                self.image_size,
             )
 
     @staticmethod
@@ -208,7 +210,9 @@ class UWOXImageEmbedding(nn.Module):
         """Reject anything but ``(B, 1, image_size, image_size)``."""
         size = self.config.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (1, size, size):
-            raise ValueError(f"the uwox image embedding expects (B, 1, {size}, {size}) images, got {tuple(images.shape)}")
+            raise ValueError(
+                f"the uwox image embedding expects (B, 1, {size}, {size}) images, got {tuple(images.shape)}"
+            )
 
     def forward(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """``(B, 1, S, S)`` images in ``[0, 1]`` to one ``(B, N_level, D)`` token tensor per level.
@@ -266,7 +270,9 @@ class CrossFusion(nn.Module):
         self.f_img = SAM(config.hidden, config.heads, config.intermediate, config.dropout)
         init_bert_style(self)
 
-    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(F_img (B, L, D), F_txt (B, N, D))``: report-query states, image-query states."""
         f_txt = self.f_txt(image, text, text, key_mask=text_mask)
         f_img = self.f_img(text, image, image)
@@ -284,8 +290,13 @@ class UWOXJoint(nn.Module):
     Passing ``encoder`` / ``uwox`` reuses existing modules (the image backbone shares them).
     """
 
-    def __init__(self, config: UWOXConfig, encoder: BertEncoder | None = None, uwox: BertLayer | None = None,
-                 with_fusion: bool | None = None) -> None:
+    def __init__(
+        self,
+        config: UWOXConfig,
+        encoder: BertEncoder | None = None,
+        uwox: BertLayer | None = None,
+        with_fusion: bool | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         bert = config.bert_config()
@@ -326,8 +337,9 @@ class UWOXJoint(nn.Module):
         return self.top(states, mask) if self.config.uwox_on_text else states
 
 
-def encode_image(embedding: UWOXImageEmbedding, joint: UWOXJoint, images: torch.Tensor,
-                 patch_mask: torch.Tensor | None = None) -> dict[str, Any]:
+def encode_image(
+    embedding: UWOXImageEmbedding, joint: UWOXJoint, images: torch.Tensor, patch_mask: torch.Tensor | None = None
+) -> dict[str, Any]:
     """``encode_levels`` of the embedded pyramid, plus ``patch_mask``."""
     out = joint.encode_levels(embedding(images, patch_mask))
     out["patch_mask"] = patch_mask
@@ -341,7 +353,9 @@ class UWOXImageBackbone(nn.Module):
     the full model's, so a pretrained checkpoint loads after dropping the other groups.
     """
 
-    def __init__(self, config: UWOXConfig, image: UWOXImageEmbedding | None = None, joint: UWOXJoint | None = None) -> None:
+    def __init__(
+        self, config: UWOXConfig, image: UWOXImageEmbedding | None = None, joint: UWOXJoint | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.image = image if image is not None else UWOXImageEmbedding(config)
@@ -400,7 +414,9 @@ class UWOXModel(nn.Module):
         """
         return encode_image(self.image, self.joint, images, patch_mask)
 
-    def pair_states(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_states(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The states the matching head correlates: ``(E_txt, E_img)``, or ``(F_img, F_txt)`` with fusion."""
         if self.joint.fusion is None:
             return text, image
@@ -462,7 +478,7 @@ class UWOXModel(nn.Module):
         prefix = next((k[: k.index("encoder.layer.")] for k in bert_state if "encoder.layer." in k), None)
         if prefix is None:
             raise ValueError("the state dict has no 'encoder.layer.' keys (expected a BertModel's state dict)")
-        state = {k[len(prefix):]: v for k, v in bert_state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in bert_state.items() if k.startswith(prefix)}
         available = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layer.")}
         layers = self.config.layers
         if not set(range(layers)) <= available:
@@ -477,10 +493,17 @@ class UWOXModel(nn.Module):
         ours = self.state_dict()
         rows: dict[str, slice | None] = {}
         if embeddings:
-            word, position = state.get("embeddings.word_embeddings.weight"), state.get("embeddings.position_embeddings.weight")
+            word, position = (
+                state.get("embeddings.word_embeddings.weight"),
+                state.get("embeddings.position_embeddings.weight"),
+            )
             if word is not None and word.shape == ours["text.token.weight"].shape:
                 mapping["text.token.weight"] = "embeddings.word_embeddings.weight"
-            if position is not None and position.shape[0] >= self.config.max_len and position.shape[1] == self.config.hidden:
+            if (
+                position is not None
+                and position.shape[0] >= self.config.max_len
+                and position.shape[1] == self.config.hidden
+            ):
                 mapping["text.position.weight"] = "embeddings.position_embeddings.weight"
                 rows["text.position.weight"] = slice(0, self.config.max_len)
         values = {}

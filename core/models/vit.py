@@ -38,7 +38,9 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size != 0:
-            raise ConfigError("run_config", "image-size", f"a multiple of the ViT patch size {self.patch_size}", self.image_size)
+            raise ConfigError(
+                "run_config", "image-size", f"a multiple of the ViT patch size {self.patch_size}", self.image_size
+            )
         if self.dim % self.heads != 0:
             raise ValueError(f"ViT dim {self.dim} is not divisible by heads {self.heads}")
 
@@ -86,7 +88,9 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = _Attention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -116,11 +120,15 @@ class ViTEncoder(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = config
-        self.patch_embed = nn.Conv2d(config.in_chans, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embed = nn.Conv2d(
+            config.in_chans, config.dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.dim))
         self.pos_drop = nn.Dropout(config.dropout)
-        self.blocks = nn.Sequential(*[_Block(config.dim, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)])
+        self.blocks = nn.Sequential(
+            *[_Block(config.dim, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)]
+        )
         self.norm = nn.LayerNorm(config.dim, eps=1e-6)
         self.out_dim = config.dim
         self.stride = config.patch_size  # pixels per token side, like ResNetEncoder.stride
@@ -150,7 +158,9 @@ class ViTEncoder(nn.Module):
             if index == 0:
                 size = self.config.image_size
                 if x.dim() != 4 or x.shape[-2:] != (size, size):
-                    raise ValueError(f"ViTEncoder expects (B, {self.config.in_chans}, {size}, {size}) images, got {tuple(x.shape)}")
+                    raise ValueError(
+                        f"ViTEncoder expects (B, {self.config.in_chans}, {size}, {size}) images, got {tuple(x.shape)}"
+                    )
                 x = self.patch_embed((x - PIXEL_MEAN) / PIXEL_STD).flatten(2).transpose(1, 2)
                 x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
                 x = self.pos_drop(x + self.pos_embed)

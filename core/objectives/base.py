@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -74,6 +74,7 @@ class BatchView:
 
         Shared by the local model and the teacher, whose locked stages are the same weights.
         """
+
         def compute() -> torch.Tensor:
             if not self.locked_stages:
                 return self.batch[key]
@@ -84,6 +85,7 @@ class BatchView:
 
     def image_map_of(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C, h, w)`` feature map of ``batch[key]`` by the local image encoder."""
+
         def compute() -> torch.Tensor:
             image = self.model.image
             if not self.locked_stages:

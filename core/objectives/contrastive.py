@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pooling import masked_max
 from .base import IMAGE, PAIR, TEXT, BatchView, Objective
+from .pooling import masked_max
 
 __all__ = ["info_nce", "ContrastiveObjective"]
 

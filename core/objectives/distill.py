@@ -55,7 +55,9 @@ class DistillObjective(Objective):
             raise RuntimeError("the distill objective needs the round's global model as teacher (LocalTrainer sets it)")
         student = torch.cat([view.image_vector(IMAGE), view.image_vector("image2")])
         with torch.no_grad():
-            target = teacher.projector(torch.cat([view.teacher_image_vector(IMAGE), view.teacher_image_vector("image2")]))
+            target = teacher.projector(
+                torch.cat([view.teacher_image_vector(IMAGE), view.teacher_image_vector("image2")])
+            )
         prediction = self.predictor(self.projector(student))
         first, second = prediction.chunk(2)
         target_first, target_second = target.chunk(2)

@@ -30,7 +30,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=pad_id)
 
 
-def teacher_forcing(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_forcing(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder inputs (tokens ``0 .. L-2``) and targets (tokens ``1 .. L-1``, ``pad_id`` at padding)."""
     inputs = input_ids[:, :-1].masked_fill(attention_mask[:, :-1] == 0, pad_id)
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, pad_id)
@@ -77,11 +79,15 @@ class GenerationObjective(Objective):
         self.pos_embed = nn.Embedding(max_len, hidden)
         self.embed_norm = nn.LayerNorm(hidden)
         self.embed_drop = nn.Dropout(dropout)
-        layer = nn.TransformerDecoderLayer(hidden, heads, feedforward, dropout, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            hidden, heads, feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.decoder = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(hidden))
         self.output = nn.Linear(hidden, vocab_size)
         self.max_len, self.pad_id, self.bos_id, self.eos_id = max_len, pad_id, bos_id, eos_id
-        self.register_buffer("blocked_ids", torch.tensor(sorted(set(special_ids) - {eos_id}), dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "blocked_ids", torch.tensor(sorted(set(special_ids) - {eos_id}), dtype=torch.long), persistent=False
+        )
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
@@ -97,7 +103,9 @@ class GenerationObjective(Objective):
         padding = (~mask).unsqueeze(-1).expand(batch, views, length).reshape(batch, views * length)
         return self.visual_proj(tokens.flatten(1, 2)), padding
 
-    def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, tokens: torch.Tensor, memory: torch.Tensor, memory_padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, T)`` tokens to ``(B, T, V)`` next-token logits (position ``t`` sees tokens ``<= t``)."""
         length = tokens.shape[1]
         if length > self.max_len:

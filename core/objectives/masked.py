@@ -44,7 +44,9 @@ def mask_tokens(
     masked = input_ids.clone()
     masked[picked & (action < 0.8)] = mask_id
     random_slots = picked & (action >= 0.8) & (action < 0.9)
-    masked[random_slots] = torch.randint(len(special_ids), vocab_size, (int(random_slots.sum()),), device=input_ids.device)
+    masked[random_slots] = torch.randint(
+        len(special_ids), vocab_size, (int(random_slots.sum()),), device=input_ids.device
+    )
     return masked, labels
 
 
@@ -80,8 +82,15 @@ class MLMObjective(Objective):
     modalities: ClassVar[frozenset[str]] = frozenset({TEXT})
     encoder_groups: ClassVar[tuple[str, ...]] = ("text",)
 
-    def __init__(self, hidden: int, vocab_size: int, special_ids: list[int], mask_id: int, ratio: float = 0.15,
-                 tied: bool = False) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        vocab_size: int,
+        special_ids: list[int],
+        mask_id: int,
+        ratio: float = 0.15,
+        tied: bool = False,
+    ) -> None:
         super().__init__()
         self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
         self.tied = tied
@@ -107,7 +116,9 @@ class MLMObjective(Objective):
         ids, mask = view.batch["input_ids"], view.batch["attention_mask"]
         return mask_tokens(ids, mask, self.special_ids, self.mask_id, self.vocab_size, self.ratio)
 
-    def masked_loss(self, model: nn.Module, masked: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def masked_loss(
+        self, model: nn.Module, masked: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """The loss of already masked reports (``model.text`` encodes them)."""
         hidden = model.text(masked, attention_mask)
         if self.per_sample:

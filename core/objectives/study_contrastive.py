@@ -44,8 +44,10 @@ def study_views(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
         mask = torch.zeros(image.shape[0], STUDY_VIEWS, dtype=torch.bool, device=image.device)
         mask[:, 0] = True
     if views.dim() != 5 or views.shape[1] != STUDY_VIEWS or mask.shape != views.shape[:2]:
-        raise ValueError(f"expected views (B, {STUDY_VIEWS}, C, S, S) and view_mask (B, {STUDY_VIEWS}), "
-                         f"got {tuple(views.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected views (B, {STUDY_VIEWS}, C, S, S) and view_mask (B, {STUDY_VIEWS}), "
+            f"got {tuple(views.shape)} and {tuple(mask.shape)}"
+        )
     if not bool(mask.any(dim=1).all()):
         raise ValueError("every study needs at least one real view (view_mask all False in some row)")
     return views, mask
@@ -90,7 +92,9 @@ class StudyContrastiveObjective(Objective):
 
     def __init__(self, image_dim: int, text_dim: int, embed_dim: int, tau: float = 0.1, lam: float = 0.75) -> None:
         super().__init__()
-        self.fusion = nn.Sequential(nn.Linear(STUDY_VIEWS * image_dim, image_dim), nn.ReLU(), nn.Linear(image_dim, STUDY_VIEWS))
+        self.fusion = nn.Sequential(
+            nn.Linear(STUDY_VIEWS * image_dim, image_dim), nn.ReLU(), nn.Linear(image_dim, STUDY_VIEWS)
+        )
         self.image_proj = _projection(image_dim, embed_dim)
         self.text_proj = _projection(text_dim, embed_dim)
         self.tau, self.lam = tau, lam

@@ -75,8 +75,9 @@ class SharedTransformer(Protocol):
 
     def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> dict[str, Any]: ...
 
-    def pair_states(self, text: torch.Tensor, text_mask: torch.Tensor,
-                    image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def pair_states(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 # --------------------------------------------------------------------------------- pure helpers
@@ -122,7 +123,9 @@ def comat_features(text: torch.Tensor, text_mask: torch.Tensor, image: torch.Ten
     weights = text_mask.to(text.dtype)
     comat = torch.einsum("bld,bnd->bln", text, image) / math.sqrt(dim)
     text_pooled = comat.mean(dim=2) * weights  # (B, L)
-    image_pooled = (comat * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, N)
+    image_pooled = (comat * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp_min(
+        1.0
+    )  # (B, N)
     return torch.cat([F.pad(text_pooled, (0, max_len - length)), image_pooled], dim=1)
 
 
@@ -180,7 +183,9 @@ class UWOXMIMObjective(Objective):
     modalities: ClassVar[frozenset[str]] = frozenset({IMAGE})
     encoder_groups: ClassVar[tuple[str, ...]] = ("image", "joint")
 
-    def __init__(self, hidden: int, heads: int, intermediate: int, patch: int, ratio: float = 0.15, dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden: int, heads: int, intermediate: int, patch: int, ratio: float = 0.15, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.decoder = MultiScaleDecoder(hidden, heads, intermediate, patch, dropout)
         self.patch, self.ratio = patch, ratio
@@ -219,7 +224,9 @@ class UWOXMatchingObjective(Objective):
         self.classifier = nn.Linear(max_len + image_tokens, 1)
         init_bert_style(self)
 
-    def logits(self, model: SharedTransformer, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, model: SharedTransformer, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
         """``(B,)`` match logits of encoded (report, image) tuples (fused first for ``unit``)."""
         if image.shape[1] != self.image_tokens:
             raise ValueError(

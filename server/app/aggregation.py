@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from fedvlp.core.config import AGGREGATIONS
 from fedvlp.core.params import group_of
 
@@ -83,7 +84,9 @@ def validate_update(update: SiteUpdate, reference: Mapping[str, torch.Tensor], l
             raise ReplyRejected(f"node {update.node_id}: unknown parameter '{key}'")
         expected = reference[key]
         if tensor.shape != expected.shape:
-            raise ReplyRejected(f"node {update.node_id}: '{key}' has shape {tuple(tensor.shape)}, expected {tuple(expected.shape)}")
+            raise ReplyRejected(
+                f"node {update.node_id}: '{key}' has shape {tuple(tensor.shape)}, expected {tuple(expected.shape)}"
+            )
         if tensor.dtype != expected.dtype:
             raise ReplyRejected(f"node {update.node_id}: '{key}' has dtype {tensor.dtype}, expected {expected.dtype}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -100,7 +103,9 @@ def _check_integer_buffer(node: int, key: str, tensor: torch.Tensor, expected: t
         high = int(expected.max()) + BN_FORWARDS_PER_STEP * local_steps
         low_seen, high_seen = int(tensor.min()), int(tensor.max())
         if low_seen < 0 or high_seen > high:
-            raise ReplyRejected(f"node {node}: '{key}' is {low_seen if low_seen < 0 else high_seen}, expected an integer in [0, {high}]")
+            raise ReplyRejected(
+                f"node {node}: '{key}' is {low_seen if low_seen < 0 else high_seen}, expected an integer in [0, {high}]"
+            )
     elif not torch.equal(tensor, expected):
         raise ReplyRejected(f"node {node}: integer buffer '{key}' changed, expected its global value")
 
@@ -141,7 +146,9 @@ def _canonical_key(update: SiteUpdate) -> tuple[object, ...]:
     return (sorted(update.counts.items()), len(update.weights), checksum)
 
 
-def aggregate(current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate], max_site_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def aggregate(
+    current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate], max_site_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Weighted mean per key over the updates that carry it; other keys unchanged.
 
     Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded. With
@@ -250,7 +257,9 @@ class NormHistory:
             return None
         return factor * float(torch.tensor(values, dtype=torch.float64).median())
 
-    def reject(self, updates: Sequence[SiteUpdate], reference: Mapping[str, torch.Tensor], factor: float) -> tuple[list[SiteUpdate], list[str]]:
+    def reject(
+        self, updates: Sequence[SiteUpdate], reference: Mapping[str, torch.Tensor], factor: float
+    ) -> tuple[list[SiteUpdate], list[str]]:
         """Split ``updates`` into kept ones and one reason per reply above the history bound."""
         kept: list[SiteUpdate] = []
         reasons: list[str] = []
@@ -259,7 +268,9 @@ class NormHistory:
             for group, norm in sorted(update_norms(update, reference).items()):
                 limit = self.bound(group, factor)
                 if limit is not None and norm > limit:
-                    outliers.append(f"group '{group}' update norm {norm:.4g} > {factor:g} x median {limit / factor:.4g} of earlier rounds")
+                    outliers.append(
+                        f"group '{group}' update norm {norm:.4g} > {factor:g} x median {limit / factor:.4g} of earlier rounds"
+                    )
             if outliers:
                 reasons.append(f"node {update.node_id}: " + "; ".join(outliers))
             else:
@@ -337,7 +348,11 @@ def aggregate_robust(
 
 
 def aggregate_with(
-    method: str, current: Mapping[str, torch.Tensor], updates: Sequence[SiteUpdate], trim_fraction: float = 0.1, max_site_weight: float = 1.0
+    method: str,
+    current: Mapping[str, torch.Tensor],
+    updates: Sequence[SiteUpdate],
+    trim_fraction: float = 0.1,
+    max_site_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Dispatch on the run-config ``aggregation``: ``fedavg``, ``median`` or ``trimmed-mean``.
 

@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import torch
+
 from fedvlp.core.config import SERVER_OPTIMIZERS
 
 __all__ = ["SERVER_OPTIMIZERS", "ServerOptimizer"]

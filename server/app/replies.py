@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import Message
+
 from fedvlp.core.compression import INT8_MAX, SCALE_SUFFIX, decode_upload, scale_shape
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, ERROR_REASONS, METRICS_KEY, SIZE_KEY, group_of
-from flwr.app import Message
 
 from .aggregation import ReplyRejected, SiteUpdate
 
@@ -65,7 +66,11 @@ class ParsedReply:
 
 
 def _record_kind(content: Any, key: str) -> str:
-    for kind, records in (("ArrayRecord", content.array_records), ("MetricRecord", content.metric_records), ("ConfigRecord", content.config_records)):
+    for kind, records in (
+        ("ArrayRecord", content.array_records),
+        ("MetricRecord", content.metric_records),
+        ("ConfigRecord", content.config_records),
+    ):
         if key in records:
             return kind
     return "nothing"
@@ -104,7 +109,9 @@ def _tensor(name: str, array: Any, allowed: frozenset[str] = _NUMERIC) -> torch.
     except Exception as err:  # corrupt bytes, shape and data that disagree, pickled objects
         raise ValueError(f"'{name}' does not decode as a numpy array ({type(err).__name__})") from None
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
-        raise ValueError(f"'{name}' decodes to {type(value).__name__} of dtype {getattr(value, 'dtype', None)}, expected a numeric array")
+        raise ValueError(
+            f"'{name}' decodes to {type(value).__name__} of dtype {getattr(value, 'dtype', None)}, expected a numeric array"
+        )
     return torch.from_numpy(value if value.flags.writeable else value.copy())
 
 
@@ -127,7 +134,9 @@ def _decoded(arrays: Any, mode: str, reference: Mapping[str, torch.Tensor]) -> d
             if owner not in wire:
                 raise ValueError(f"'{name}' sent without its tensor '{owner}'")
             if str(value.dtype) != "float32" or tuple(value.shape) != scale_shape(tuple(reference[owner].shape)):
-                raise ValueError(f"'{name}' is {value.dtype} {tuple(value.shape)}, expected float32 {scale_shape(tuple(reference[owner].shape))}")
+                raise ValueError(
+                    f"'{name}' is {value.dtype} {tuple(value.shape)}, expected float32 {scale_shape(tuple(reference[owner].shape))}"
+                )
             if not (np.isfinite(value).all() and (value >= 0).all()):
                 raise ValueError(f"'{name}' holds a negative or non-finite scale, expected finite scales >= 0")
             continue
@@ -135,7 +144,9 @@ def _decoded(arrays: Any, mode: str, reference: Mapping[str, torch.Tensor]) -> d
             raise ValueError(f"unknown parameter '{name}'")
         target, expected = reference[name], _wire_dtype(reference[name], mode)
         if str(value.dtype) != expected:
-            raise ValueError(f"'{name}' has wire dtype {value.dtype}, expected {expected} (upload-compression '{mode}')")
+            raise ValueError(
+                f"'{name}' has wire dtype {value.dtype}, expected {expected} (upload-compression '{mode}')"
+            )
         if tuple(value.shape) != tuple(target.shape):
             raise ValueError(f"'{name}' has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
         if mode == "int8" and target.is_floating_point():
@@ -151,9 +162,13 @@ def _count(record: str, group: str, value: Any) -> int:
     try:
         group_of(group + ".x")  # the record key must be a group name
     except KeyError:
-        raise ValueError(f"'{record}' has key '{group}', expected a group name (image, text, joint, head.<objective>)") from None
+        raise ValueError(
+            f"'{record}' has key '{group}', expected a group name (image, text, joint, head.<objective>)"
+        ) from None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"'{record}' of group '{group}' is {type(value).__name__} {_short(value)}, expected an integer")
+        raise ValueError(
+            f"'{record}' of group '{group}' is {type(value).__name__} {_short(value)}, expected an integer"
+        )
     if not 1 <= value <= MAX_COUNT:
         raise ValueError(f"'{record}' of group '{group}' is {_short(value)}, expected an integer in [1, {MAX_COUNT}]")
     return value
@@ -185,7 +200,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _parse(content: Any, node: int, upload: str = "none", reference: Mapping[str, torch.Tensor] | None = None) -> ParsedReply:
+def _parse(
+    content: Any, node: int, upload: str = "none", reference: Mapping[str, torch.Tensor] | None = None
+) -> ParsedReply:
     _check_layout(content)
     arrays = content.array_records[ARRAYS_KEY]
     if upload == "none":
@@ -209,7 +226,9 @@ def _parse(content: Any, node: int, upload: str = "none", reference: Mapping[str
         declared = {str(g): _count(SIZE_KEY, str(g), v) for g, v in content.metric_records[SIZE_KEY].items()}
         over = sorted(g for g, n in counts.items() if n > declared.get(g, 0))
         if over:
-            raise ValueError(f"group '{over[0]}' count {counts[over[0]]} exceeds the size {declared.get(over[0], 0)} the reply declares")
+            raise ValueError(
+                f"group '{over[0]}' count {counts[over[0]]} exceeds the size {declared.get(over[0], 0)} the reply declares"
+            )
     raw_metrics = content.metric_records.get(METRICS_KEY, {})
     if len(raw_metrics) > MAX_METRICS:
         raise ValueError(f"'{METRICS_KEY}' holds {len(raw_metrics)} values, expected at most {MAX_METRICS}")
@@ -217,7 +236,9 @@ def _parse(content: Any, node: int, upload: str = "none", reference: Mapping[str
     return ParsedReply(SiteUpdate(node, weights, counts), metrics, declared, int(arrays.count_bytes()))
 
 
-def parse_reply(reply: Message, upload: str = "none", reference: Mapping[str, torch.Tensor] | None = None) -> ParsedReply:
+def parse_reply(
+    reply: Message, upload: str = "none", reference: Mapping[str, torch.Tensor] | None = None
+) -> ParsedReply:
     """Turn a client's reply into an update, or reject it.
 
     Parameters
@@ -296,7 +317,9 @@ class SiteSizes:
                 raise ReplyRejected(f"node {node}: group '{group}' declared size grew from {known[group]} to {size}")
         for group, count in sorted(parsed.update.counts.items()):
             if group in known and count > known[group]:
-                raise ReplyRejected(f"node {node}: group '{group}' count {count} exceeds the site's declared size {known[group]}")
+                raise ReplyRejected(
+                    f"node {node}: group '{group}' count {count} exceeds the site's declared size {known[group]}"
+                )
 
     def remember(self, parsed: ParsedReply) -> None:
         """Record the groups an accepted reply declares for the first time."""

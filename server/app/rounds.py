@@ -19,11 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fedvlp.core.checkpoint import load_latest, save_round
-from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, apply_download, encode_download
-from fedvlp.core.config import ConfigError, RunConfig, resolve_path
-from fedvlp.core.models import build_model
-from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, ERROR_NO_BASE, SITE_NAME_KEY
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -34,6 +29,12 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
+
+from fedvlp.core.checkpoint import load_latest, save_round
+from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, apply_download, encode_download
+from fedvlp.core.config import ConfigError, RunConfig, resolve_path
+from fedvlp.core.models import build_model
+from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, ERROR_NO_BASE, SITE_NAME_KEY
 
 from .aggregation import (
     NormHistory,
@@ -46,9 +47,9 @@ from .aggregation import (
 )
 from .exchange import PromptGrid
 from .optimizers import ServerOptimizer
-from .sampling import sample_nodes, sample_size
 from .replies import SiteSizes, clean_metrics, error_summary, parse_reply
 from .run_log import log_round
+from .sampling import sample_nodes, sample_size
 
 __all__ = ["FederationResult", "app", "make_server_app", "round_summary", "run_federation"]
 
@@ -129,10 +130,14 @@ class Downloads:
     bases: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
     pending: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
 
-    def contents(self, state: Mapping[str, torch.Tensor], nodes: list[int], round_: int) -> tuple[dict[int, RecordDict], dict[int, int]]:
+    def contents(
+        self, state: Mapping[str, torch.Tensor], nodes: list[int], round_: int
+    ) -> tuple[dict[int, RecordDict], dict[int, int]]:
         """Each node's train message content and the bytes of weights it carries."""
         if self.mode == "none":
-            content = RecordDict({ARRAYS_KEY: ArrayRecord(dict(state)), CONFIG_KEY: ConfigRecord({"server-round": round_})})
+            content = RecordDict(
+                {ARRAYS_KEY: ArrayRecord(dict(state)), CONFIG_KEY: ConfigRecord({"server-round": round_})}
+            )
             size = int(content.array_records[ARRAYS_KEY].count_bytes())
             return {n: content for n in nodes}, {n: size for n in nodes}
         contents, sizes, shared = {}, {}, None
@@ -179,7 +184,10 @@ class Guards:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "Guards":
-        return cls(SiteSizes({int(n): g for n, g in state.get("site_sizes", {}).items()}), NormHistory(state.get("norm_history", {})))
+        return cls(
+            SiteSizes({int(n): g for n, g in state.get("site_sizes", {}).items()}),
+            NormHistory(state.get("norm_history", {})),
+        )
 
     def to_state(self) -> dict[str, Any]:
         return {"site_sizes": self.sizes.to_json(), "norm_history": self.norms.to_json()}
@@ -228,12 +236,20 @@ def check_replies(
         if one.update.node_id not in kept:
             continue
         guards.sizes.remember(one)
-        sites.append({"node_id": one.update.node_id, "counts": one.update.counts, "metrics": one.metrics, "bytes": one.bytes})
+        sites.append(
+            {"node_id": one.update.node_id, "counts": one.update.counts, "metrics": one.metrics, "bytes": one.bytes}
+        )
     return updates, sites, rejected
 
 
 def _plain_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards,
+    grid: Grid,
+    run: RunConfig,
+    state: dict[str, torch.Tensor],
+    nodes: list[int],
+    round_: int,
+    optimizer: ServerOptimizer,
+    guards: Guards,
     downloads: Downloads | None = None,
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
     """Send, validate, aggregate and step; returns (weights, accepted replies, sites, rejections)."""
@@ -248,7 +264,10 @@ def _plain_round(
             downloads.bases.pop(node, None)
         again, resent = downloads.contents(state, lost, round_)
         replies = [r for r in replies if r.metadata.src_node_id not in resent]
-        replies += grid.send_and_receive([Message(content=again[n], dst_node_id=n, message_type=MessageType.TRAIN) for n in lost], timeout=run.round_timeout)
+        replies += grid.send_and_receive(
+            [Message(content=again[n], dst_node_id=n, message_type=MessageType.TRAIN) for n in lost],
+            timeout=run.round_timeout,
+        )
         sent = {n: sent[n] + resent.get(n, 0) for n in sent}
     downloads.settle(replies)
     updates, sites, rejected = check_replies(replies, run, state, guards)
@@ -261,12 +280,23 @@ def _plain_round(
         carried = {k for u in updates for k in u.weights}
         state = optimizer.step(state, aggregated, carried)
     else:
-        log.warning("Round %d: %d valid replies < min-replies %d; global weights unchanged", round_, len(updates), run.min_replies)
+        log.warning(
+            "Round %d: %d valid replies < min-replies %d; global weights unchanged",
+            round_,
+            len(updates),
+            run.min_replies,
+        )
     return state, len(updates), sites, rejected
 
 
 def _secure_round(
-    grid: Grid, run: RunConfig, state: dict[str, torch.Tensor], nodes: list[int], round_: int, optimizer: ServerOptimizer, guards: Guards
+    grid: Grid,
+    run: RunConfig,
+    state: dict[str, torch.Tensor],
+    nodes: list[int],
+    round_: int,
+    optimizer: ServerOptimizer,
+    guards: Guards,
 ) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]], list[str]]:
     """One SecAgg+ round; the global weights stay when the protocol halts or the sum fails its checks."""
     from .secagg import secagg_round
@@ -282,7 +312,9 @@ def _secure_round(
     for reason in result.failures:
         log.warning("Round %d: SecAgg+ failure %s", round_, reason)
     if result.replies < run.min_replies:
-        log.warning("Round %d: %d replies < min-replies %d; global weights unchanged", round_, result.replies, run.min_replies)
+        log.warning(
+            "Round %d: %d replies < min-replies %d; global weights unchanged", round_, result.replies, run.min_replies
+        )
         return state, result.replies, result.sites, result.failures
     problems, declared = check_secure_sum(run, state, result, guards)
     if problems:
@@ -298,7 +330,9 @@ def _secure_round(
     return optimizer.step(state, result.aggregated, result.carried), result.replies, result.sites, result.failures
 
 
-def check_secure_sum(run: RunConfig, state: Mapping[str, torch.Tensor], result: Any, guards: Guards) -> tuple[list[str], dict[int, dict[str, int]]]:
+def check_secure_sum(
+    run: RunConfig, state: Mapping[str, torch.Tensor], result: Any, guards: Guards
+) -> tuple[list[str], dict[int, dict[str, int]]]:
     """What the server can check of a SecAgg+ round: declared sizes, summed weights, update norm.
 
     Returns the problems (empty: the aggregate may be applied) and each site's declared sizes.
@@ -329,7 +363,9 @@ def check_secure_sum(run: RunConfig, state: Mapping[str, torch.Tensor], result: 
     for group, norm in sorted(norms.items()):
         limit = guards.norms.bound(group, run.update_norm_factor)
         if limit is not None and norm > limit:
-            problems.append(f"group '{group}' aggregated update norm {norm:.4g} > {run.update_norm_factor:g} x median {limit / run.update_norm_factor:.4g} of earlier rounds")
+            problems.append(
+                f"group '{group}' aggregated update norm {norm:.4g} > {run.update_norm_factor:g} x median {limit / run.update_norm_factor:.4g} of earlier rounds"
+            )
     return problems, declared
 
 
@@ -356,7 +392,12 @@ def run_federation(
     model = build_model(run)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = ServerOptimizer(
-        run.server_optimizer, frozenset(n for n, _ in model.named_parameters()), run.server_lr, run.server_beta1, run.server_beta2, run.server_tau
+        run.server_optimizer,
+        frozenset(n for n, _ in model.named_parameters()),
+        run.server_lr,
+        run.server_beta1,
+        run.server_beta2,
+        run.server_tau,
     )
     history: list[dict[str, Any]] = []
     guards = Guards()
@@ -364,7 +405,12 @@ def run_federation(
     latest = load_latest(checkpoint_dir)
     if latest is not None:
         if latest.state.get("config_hash") != run.config_hash():
-            raise ConfigError(str(checkpoint_dir), "config_hash", f"the same configuration as the checkpoints there (hash {latest.state.get('config_hash')}); use another out-dir", run.config_hash())
+            raise ConfigError(
+                str(checkpoint_dir),
+                "config_hash",
+                f"the same configuration as the checkpoints there (hash {latest.state.get('config_hash')}); use another out-dir",
+                run.config_hash(),
+            )
         state = latest.weights
         optimizer.load_state_tensors(latest.extra)
         history = list(latest.state.get("history", []))
@@ -372,7 +418,13 @@ def run_federation(
         start = latest.round + 1
         log.info("Resuming from round %d in %s", latest.round, checkpoint_dir)
     else:
-        save_round(checkpoint_dir, 0, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": []}, _extra(optimizer))
+        save_round(
+            checkpoint_dir,
+            0,
+            state,
+            {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": []},
+            _extra(optimizer),
+        )
     if run.secure_aggregation != "off" and run.update_norm_factor:
         log.info("secure-aggregation: replies are only seen summed; update-norm-factor does not apply")
 
@@ -385,7 +437,9 @@ def run_federation(
         if run.secure_aggregation != "off":
             state, n_replies, sites, rejected = _secure_round(grid, run, state, nodes, round_, optimizer, guards)
         else:
-            state, n_replies, sites, rejected = _plain_round(grid, run, state, nodes, round_, optimizer, guards, downloads)
+            state, n_replies, sites, rejected = _plain_round(
+                grid, run, state, nodes, round_, optimizer, guards, downloads
+            )
         wall = time.perf_counter() - started
         compute = max((s["metrics"].get("train-seconds", 0.0) for s in sites), default=0.0)
         record = {
@@ -402,11 +456,30 @@ def run_federation(
         }
         log_round(grid, run, record)  # site_metrics.jsonl + TensorBoard, by site name (run_log.py)
         history.append(record)
-        save_round(checkpoint_dir, round_, state, {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history, **guards.to_state()}, _extra(optimizer))
+        save_round(
+            checkpoint_dir,
+            round_,
+            state,
+            {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history, **guards.to_state()},
+            _extra(optimizer),
+        )
         if on_round is not None:
             on_round(record)
-        losses = {k: round(v, 4) for s in sites for k, v in s["metrics"].items() if k.startswith("loss/") and k != "loss/total"}
-        log.info("Round %d/%d: %d replies, %.1fs (client compute %.1fs) %s", round_, run.rounds, n_replies, wall, compute, losses)
+        losses = {
+            k: round(v, 4)
+            for s in sites
+            for k, v in s["metrics"].items()
+            if k.startswith("loss/") and k != "loss/total"
+        }
+        log.info(
+            "Round %d/%d: %d replies, %.1fs (client compute %.1fs) %s",
+            round_,
+            run.rounds,
+            n_replies,
+            wall,
+            compute,
+            losses,
+        )
     return FederationResult(checkpoint_dir, max(run.rounds, start - 1), history)
 
 
@@ -419,7 +492,9 @@ def _ensure_log_handler() -> None:
         log.setLevel(logging.INFO)
 
 
-def make_server_app(overrides: Mapping[str, Any] | None = None, on_round: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
+def make_server_app(
+    overrides: Mapping[str, Any] | None = None, on_round: Callable[[dict[str, Any]], None] | None = None
+) -> ServerApp:
     """A ServerApp whose run config is ``context.run_config`` updated with ``overrides``.
 
     ``overrides`` serves in-process simulations, whose contexts carry no run config.

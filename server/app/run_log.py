@@ -77,7 +77,9 @@ def resolve_site_names(nodes: Iterable[Any], sites: str | None) -> dict[int, str
     """
     infos = list(nodes)
     names: dict[int, str] = {}
-    simulated = [n for n in infos if not getattr(n, "name", "") and getattr(n, "heartbeat_interval", 0.0) >= _SIMULATED_HEARTBEAT]
+    simulated = [
+        n for n in infos if not getattr(n, "name", "") and getattr(n, "heartbeat_interval", 0.0) >= _SIMULATED_HEARTBEAT
+    ]
     if simulated and sites:
         try:
             files = list_site_files(sites)
@@ -107,8 +109,12 @@ def site_rows(record: Mapping[str, Any], names: Mapping[int, str]) -> list[dict[
     rows = []
     for site in record.get("sites", []):
         node = int(site["node_id"])
-        row: dict[str, Any] = {"round": int(record["round"]), "site": names.get(node, f"node-{node}"), "node_id": node,
-                               "metrics": {k: float(v) for k, v in site.get("metrics", {}).items()}}
+        row: dict[str, Any] = {
+            "round": int(record["round"]),
+            "site": names.get(node, f"node-{node}"),
+            "node_id": node,
+            "metrics": {k: float(v) for k, v in site.get("metrics", {}).items()},
+        }
         if "counts" in site:
             row["counts"] = {k: int(v) for k, v in site["counts"].items()}
         if "bytes" in site:
@@ -144,10 +150,15 @@ class _RunLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 self.tensorboard = False
-                log.info("TensorBoard logs off: install the `watch` extra (pip install 'fedvlp[watch]'); %s is written", SITE_LOG)
+                log.info(
+                    "TensorBoard logs off: install the `watch` extra (pip install 'fedvlp[watch]'); %s is written",
+                    SITE_LOG,
+                )
                 return None
             # purge_step hides events of rounds a killed server logged but did not checkpoint
-            self.writers[run_name] = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR / run_name), purge_step=self.first_round)
+            self.writers[run_name] = SummaryWriter(
+                str(self.out_dir / TENSORBOARD_DIR / run_name), purge_step=self.first_round
+            )
         return self.writers[run_name]
 
 
@@ -162,7 +173,11 @@ def _open(out_dir: Path, first_round: int) -> _RunLog:
                 writer.close()
         path = out_dir / SITE_LOG
         if path.exists():  # resumed: drop rows of rounds that will be run again
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] < first_round]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["round"] < first_round
+            ]
             path.write_text("".join(line + "\n" for line in kept))
         state = _OPEN[out_dir] = _RunLog(out_dir, first_round)
     return state

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import group_of
 from fedvlp.core.secagg_codec import KEYS_CONFIG, ROUND_CONFIG, WORKFLOW_MAX_WEIGHT, decode_sum, encode_keys
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("fedvlp.server")
-
 
 
 @dataclass
@@ -89,11 +89,15 @@ def check_summed_weights(
         elif whole and abs(samples - round(samples)) > tolerance * max_weight:
             problems.append(f"'{key}': summed weight {total:.6g} is not a whole number of samples ({samples:.4f})")
         elif total > declared_total.get(group, 0) / max_weight + tolerance:
-            problems.append(f"'{key}': summed weight {total:.6g} = {samples:.1f} samples exceeds the {declared_total.get(group, 0)} the sites declared for '{group}'")
+            problems.append(
+                f"'{key}': summed weight {total:.6g} = {samples:.1f} samples exceeds the {declared_total.get(group, 0)} the sites declared for '{group}'"
+            )
     return problems
 
 
-def error_bound(clients: int, clipping_range: float, quantization_range: int, summed_weight: float, mean_update: float) -> float:
+def error_bound(
+    clients: int, clipping_range: float, quantization_range: int, summed_weight: float, mean_update: float
+) -> float:
     """Largest deviation of a SecAgg+ aggregated update from the exact one, per coordinate.
 
     Each of ``clients`` stochastic roundings is off by less than one step
@@ -114,7 +118,9 @@ def flower_share_settings(run: RunConfig) -> tuple[int | float, int | float]:
     return convert(run.secagg_num_shares), convert(run.secagg_reconstruction_threshold)
 
 
-def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], nodes: list[int], round_: int) -> SecAggRound:
+def secagg_round(
+    grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], nodes: list[int], round_: int
+) -> SecAggRound:
     """Run one round of training over SecAgg+ on ``nodes`` and decode the aggregate.
 
     Raises
@@ -150,20 +156,26 @@ def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], n
         def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, Any]]:
             return [(GridClientProxy(node, grid, 0), instructions) for node in nodes]
 
-        def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[Any, dict[str, Any]]:
+        def aggregate_fit(
+            self, server_round: int, results: list[Any], failures: list[Any]
+        ) -> tuple[Any, dict[str, Any]]:
             caught["results"], caught["failures"] = results, failures
             return (results[0][1].parameters if results else None), {}
 
         def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> list[Any]:
             return []
 
-        def aggregate_evaluate(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[None, dict[str, Any]]:
+        def aggregate_evaluate(
+            self, server_round: int, results: list[Any], failures: list[Any]
+        ) -> tuple[None, dict[str, Any]]:
             return None, {}
 
         def evaluate(self, server_round: int, parameters: Any) -> None:
             return None
 
-    context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=_Instructions())
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=_Instructions()
+    )
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: round_})
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, keep_input=True)
     num_shares, threshold = flower_share_settings(run)
@@ -178,7 +190,9 @@ def secagg_round(grid: Any, run: RunConfig, state: Mapping[str, torch.Tensor], n
     workflow(grid, context)
     results = caught.get("results")
     if not results:
-        raise RuntimeError(f"SecAgg+ halted in round {round_} ({len(nodes)} nodes; it needs at least 2 and enough shares to unmask)")
+        raise RuntimeError(
+            f"SecAgg+ halted in round {round_} ({len(nodes)} nodes; it needs at least 2 and enough shares to unmask)"
+        )
     mean = parameters_to_ndarrays(results[0][1].parameters)
     clients = len(results)
     summed = [np.asarray(a, dtype=np.float64) * clients for a in mean]

@@ -138,7 +138,10 @@ def compression_bytes(run: RunConfig) -> dict[str, Any]:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     # a round later: every floating value moved (the codec's sizes do not depend on the values)
-    moved = {k: v + 1e-3 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in state.items()}
+    moved = {
+        k: v + 1e-3 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
     out: dict[str, Any] = {}
     download = {}
     for mode in DOWNLOAD_MODES:
@@ -190,15 +193,27 @@ def simulation_figures(run: RunConfig) -> dict[str, Any]:
     return {
         "simulation-seconds": round(time.perf_counter() - started, 2),
         "first-round-seconds": round(summary["first-round-seconds"], 2),
-        **{key: round(summary[key], 3) for key in ("round-seconds", "round-client-compute-seconds", "round-other-seconds")},
+        **{
+            key: round(summary[key], 3)
+            for key in ("round-seconds", "round-client-compute-seconds", "round-other-seconds")
+        },
         "simulation-peak-rss-mb": round(peak[0] / 2**20, 1),
     }
 
 
 # What the study's keep-the-pretrained-start settings replace: every knob at its default
 # (the whole network trains, BatchNorm re-estimates, a dense MLM decoder, masked regeneration).
-_BEFORE = {"freeze-image-stages": 0, "freeze-text-layers": 0, "image-bn": "train", "mlm-decoder": "untied",
-           "weight-distill": 0.0, "weight-mim": 1.0, "image-lr-scale": 1.0, "text-lr-scale": 1.0, "warmup-steps": 0}
+_BEFORE = {
+    "freeze-image-stages": 0,
+    "freeze-text-layers": 0,
+    "image-bn": "train",
+    "mlm-decoder": "untied",
+    "weight-distill": 0.0,
+    "weight-mim": 1.0,
+    "image-lr-scale": 1.0,
+    "text-lr-scale": 1.0,
+    "warmup-steps": 0,
+}
 
 
 def site_step_seconds(folder: str | Path, steps: int = 3) -> dict[str, Any]:
@@ -219,12 +234,19 @@ def site_step_seconds(folder: str | Path, steps: int = 3) -> dict[str, Any]:
     offline_env(threads_per_client=1)
     torch.set_num_threads(1)
     federation = load_federation(folder)
-    after = RunConfig.from_flat({**federation.run, **(federation.general if pretrained_installed() else {}), "sites": str(federation.folder)})
+    after = RunConfig.from_flat(
+        {**federation.run, **(federation.general if pretrained_installed() else {}), "sites": str(federation.folder)}
+    )
     if after.text_init == "minilm":
         after = after.replace(tokenizer="minilm")
     before = RunConfig.from_flat({**after.to_flat(), **_BEFORE})
-    figures: dict[str, Any] = {"image-size": after.image_size, "batch-size": after.batch_size, "torch-threads": 1,
-                               "text-init": after.text_init or "random", "image-init": after.image_init or "random"}
+    figures: dict[str, Any] = {
+        "image-size": after.image_size,
+        "batch-size": after.batch_size,
+        "torch-threads": 1,
+        "text-init": after.text_init or "random",
+        "image-init": after.image_init or "random",
+    }
     for site_file in list_site_files(federation.folder):
         site = load_site(site_file)
         seconds = {}
@@ -252,7 +274,12 @@ def run_bench(quick: bool = False) -> dict[str, Any]:
     if quick:
         run = run.replace(model_size="tiny", image_size=32, batch_size=16)
     torch.set_num_threads(1)  # what one simulated client gets on this machine
-    figures: dict[str, Any] = {"model-size": run.model_size, "image-size": run.image_size, "batch-size": run.batch_size, "torch-threads": 1}
+    figures: dict[str, Any] = {
+        "model-size": run.model_size,
+        "image-size": run.image_size,
+        "batch-size": run.batch_size,
+        "torch-threads": 1,
+    }
     fedvlp_step, bare_step = _step_seconds(run, steps=5 if quick else 20)
     figures["step-seconds/fedvlp"] = round(fedvlp_step, 4)
     figures["step-seconds/bare-pytorch"] = round(bare_step, 4)

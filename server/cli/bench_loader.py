@@ -68,7 +68,9 @@ def bench_pil(paths: Sequence[Path], size: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def bench_fedvlp(paths: Sequence[Path], size: int, workers: int, batch_size: int = 32, augment: bool = False) -> tuple[float, int]:
+def bench_fedvlp(
+    paths: Sequence[Path], size: int, workers: int, batch_size: int = 32, augment: bool = False
+) -> tuple[float, int]:
     """Images/s of fedvlp's dataset + DataLoader (worker start-up included), and images skipped."""
     from torch.utils.data import DataLoader
 
@@ -85,7 +87,9 @@ def bench_fedvlp(paths: Sequence[Path], size: int, workers: int, batch_size: int
     return done / (time.perf_counter() - started), skipped
 
 
-def run_bench_loader(folder: Path, sizes: Sequence[int], workers: Sequence[int], limit: int, augment: bool = False, repeat: int = 3) -> list[tuple[str, float]]:
+def run_bench_loader(
+    folder: Path, sizes: Sequence[int], workers: Sequence[int], limit: int, augment: bool = False, repeat: int = 3
+) -> list[tuple[str, float]]:
     """``(name, value)`` figures for every size and worker count; each rate is the best of
     ``repeat`` passes (on a shared machine the slower passes measure the neighbours)."""
     import torch
@@ -112,7 +116,11 @@ def run_bench_loader(folder: Path, sizes: Sequence[int], workers: Sequence[int],
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of ``fedvlp bench-loader`` (also used by ``python -m``)."""
     parser = parser or argparse.ArgumentParser(prog="bench_loader", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", nargs="?", help="images (or a folder with manifest.csv); default: ../shared/data/cxr/nih_images, else the demo world")
+    parser.add_argument(
+        "folder",
+        nargs="?",
+        help="images (or a folder with manifest.csv); default: ../shared/data/cxr/nih_images, else the demo world",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="image-size values to resize to")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
     parser.add_argument("--limit", type=int, default=1000, help="at most this many images")

@@ -36,7 +36,15 @@ def bench(rounds: int = 3, local_steps: int = 3) -> dict[str, float]:
     generate_world(world, WorldSpec.quick())
     os.environ["FEDVLP_DEMO_DATA"] = str(world)
     out = Path(tempfile.mkdtemp(prefix="fedvlp-secagg-bench-"))
-    base = RunConfig(sites=str(project_root() / "sites" / "demo"), model_size="tiny", image_size=32, batch_size=16, rounds=rounds, local_steps=local_steps, update_norm_factor=0.0)
+    base = RunConfig(
+        sites=str(project_root() / "sites" / "demo"),
+        model_size="tiny",
+        image_size=32,
+        batch_size=16,
+        rounds=rounds,
+        local_steps=local_steps,
+        update_norm_factor=0.0,
+    )
     histories: dict[str, list[dict[str, Any]]] = {}
     for mode in ("off", "secagg+"):
         run = base.replace(secure_aggregation=mode, out_dir=str(out / mode.replace("+", "")))
@@ -45,8 +53,12 @@ def bench(rounds: int = 3, local_steps: int = 3) -> dict[str, float]:
     start = load_round(out / "off" / "checkpoints", 0).weights
     plain = load_round(out / "off" / "checkpoints", 1).weights
     secure = load_round(out / "secagg" / "checkpoints", 1).weights
-    errors = [float((secure[k].double() - plain[k].double()).abs().max()) for k in start if start[k].is_floating_point()]
-    updates = [float((plain[k].double() - start[k].double()).abs().max()) for k in start if start[k].is_floating_point()]
+    errors = [
+        float((secure[k].double() - plain[k].double()).abs().max()) for k in start if start[k].is_floating_point()
+    ]
+    updates = [
+        float((plain[k].double() - start[k].double()).abs().max()) for k in start if start[k].is_floating_point()
+    ]
     plain_s, secure_s = round_summary(histories["off"]), round_summary(histories["secagg+"])
     return {
         "plain-round-seconds": plain_s["round-seconds"],

@@ -18,21 +18,40 @@ import pandas as pd
 __all__ = ["sites_bench", "ABNORMAL_WORDS"]
 
 # A report that names one of these is "abnormal": the column the partition skews.
-ABNORMAL_WORDS = ("nodule", "effusion", "cardiomegaly", "enlarged", "pneumothorax", "consolidation", "device", "tube", "line")
+ABNORMAL_WORDS = (
+    "nodule",
+    "effusion",
+    "cardiomegaly",
+    "enlarged",
+    "pneumothorax",
+    "consolidation",
+    "device",
+    "tube",
+    "line",
+)
 
 
 def _labelled_pairs(world: Path, out: Path) -> Path:
     frame = pd.read_csv(world / "hospital_a" / "manifest.csv", dtype=str, keep_default_na=False)
     impression = frame["report"].str.lower().str.split("impression:").str[-1]
-    frame["finding"] = ["abnormal" if any(w in text and f"no {w}" not in text for w in ABNORMAL_WORDS) else "normal" for text in impression]
+    frame["finding"] = [
+        "abnormal" if any(w in text and f"no {w}" not in text for w in ABNORMAL_WORDS) else "normal"
+        for text in impression
+    ]
     frame["image"] = [str((world / "hospital_a" / p).resolve()) for p in frame["image"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     return out
 
 
-def sites_bench(sites: int, fraction_train: float = 0.1, rounds: int = 3, rows_per_site: int = 16, seed: int = 0,
-                workdir: Path | None = None) -> dict[str, Any]:
+def sites_bench(
+    sites: int,
+    fraction_train: float = 0.1,
+    rounds: int = 3,
+    rows_per_site: int = 16,
+    seed: int = 0,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """Partition a generated world into ``sites`` sites and simulate ``rounds`` rounds.
 
     Everything is written under ``workdir`` (default: a temporary folder, removed afterwards).
@@ -56,14 +75,32 @@ def sites_bench(sites: int, fraction_train: float = 0.1, rounds: int = 3, rows_p
             return sites_bench(sites, fraction_train, rounds, rows_per_site, seed, Path(tmp))
     root = Path(workdir)
     world = root / "world"
-    generate_world(world, WorldSpec(n_pairs=rows_per_site * sites, n_images=8, n_reports=8, n_labeled=40, seed=seed, size_a=64))
+    generate_world(
+        world, WorldSpec(n_pairs=rows_per_site * sites, n_images=8, n_reports=8, n_labeled=40, seed=seed, size_a=64)
+    )
     manifest = _labelled_pairs(world, root / "pairs" / "manifest.csv")
-    spec = PartitionSpec(sites=sites, by="finding", alpha=1.0, pairs_share=0.5, images_only_share=0.3, reports_only_share=0.2, seed=seed)
+    spec = PartitionSpec(
+        sites=sites, by="finding", alpha=1.0, pairs_share=0.5, images_only_share=0.3, reports_only_share=0.2, seed=seed
+    )
     partition = partition_manifest(manifest, root / "sites", spec)
-    run = RunConfig(model_size="tiny", image_size=32, rounds=rounds, local_steps=2, batch_size=8, fraction_train=fraction_train,
-                    min_train_nodes=1, sites=str(partition.folder), out_dir=str(root / "run"), seed=seed)
-    figures: dict[str, Any] = {"sites": sites, **{f"sites-{k}": partition.kinds.count(k) for k in ("pairs", "images", "reports")},
-                               "fraction-train": fraction_train, "rounds": rounds}
+    run = RunConfig(
+        model_size="tiny",
+        image_size=32,
+        rounds=rounds,
+        local_steps=2,
+        batch_size=8,
+        fraction_train=fraction_train,
+        min_train_nodes=1,
+        sites=str(partition.folder),
+        out_dir=str(root / "run"),
+        seed=seed,
+    )
+    figures: dict[str, Any] = {
+        "sites": sites,
+        **{f"sites-{k}": partition.kinds.count(k) for k in ("pairs", "images", "reports")},
+        "fraction-train": fraction_train,
+        "rounds": rounds,
+    }
     figures.update(simulation_figures(run))
     from fedvlp.core.checkpoint import load_latest
 

@@ -44,8 +44,16 @@ from typing import Any
 
 import tomli_w
 
-__all__ = ["write_flwr_config", "federation_config_path", "local_superlink_pids", "stop_local_superlink", "SIM_CONNECTION", "DEPLOYMENT_CONNECTION",
-           "CONFIG_FILE", "FEDERATION_CONFIG_FILE"]
+__all__ = [
+    "write_flwr_config",
+    "federation_config_path",
+    "local_superlink_pids",
+    "stop_local_superlink",
+    "SIM_CONNECTION",
+    "DEPLOYMENT_CONNECTION",
+    "CONFIG_FILE",
+    "FEDERATION_CONFIG_FILE",
+]
 
 SIM_CONNECTION = "local-sim"
 DEPLOYMENT_CONNECTION = "local-deployment"
@@ -56,6 +64,7 @@ FEDERATION_CONFIG_FILE = "local-sim-federation.toml"
 def federation_config_path(flwr_home: Path) -> Path:
     """The ``--federation-config`` file of ``flwr run . local-sim`` that :func:`write_flwr_config` writes."""
     return Path(flwr_home).expanduser() / FEDERATION_CONFIG_FILE
+
 
 # What Flower writes itself the first time any `flwr` command runs without a config file
 # (flwr.cli.constant.DEFAULT_FLOWER_CONFIG_TOML); kept so that `flwr run . local` still works.
@@ -143,7 +152,11 @@ def write_flwr_config(
         not valid TOML, ``root_certificates`` does not exist, or ``gpus_per_client`` is not
         in [0, 1].
     """
-    if isinstance(gpus_per_client, bool) or not isinstance(gpus_per_client, (int, float)) or not 0.0 <= gpus_per_client <= 1.0:
+    if (
+        isinstance(gpus_per_client, bool)
+        or not isinstance(gpus_per_client, (int, float))
+        or not 0.0 <= gpus_per_client <= 1.0
+    ):
         raise ValueError(f"gpus_per_client: expected a share of one GPU between 0 and 1, got {gpus_per_client!r}")
     if isinstance(num_supernodes, bool) or not isinstance(num_supernodes, int) or num_supernodes < 1:
         raise ValueError(f"num_supernodes: expected an integer >= 1, got {num_supernodes!r}")
@@ -160,7 +173,9 @@ def write_flwr_config(
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: not valid TOML ({err}); fix or remove it") from err
     else:
-        document = {"superlink": {k: (dict(v) if isinstance(v, dict) else v) for k, v in _FLOWER_DEFAULTS["superlink"].items()}}
+        document = {
+            "superlink": {k: (dict(v) if isinstance(v, dict) else v) for k, v in _FLOWER_DEFAULTS["superlink"].items()}
+        }
     connections = document.setdefault("superlink", {})
     if not isinstance(connections, dict):
         raise ValueError(f"{path}: 'superlink' must be a table, got {type(connections).__name__}")
@@ -182,7 +197,11 @@ def write_flwr_config(
     _write_atomic(path, _dumps(document))
     # Keys are SimulationConfig's fields with dashes (flwr.cli.run: `-` -> `_`); Flower takes
     # CPUs as an integer and the GPU share as a float.
-    federation = {"num-supernodes": num_supernodes, "client-resources-num-cpus": 1, "client-resources-num-gpus": float(gpus_per_client)}
+    federation = {
+        "num-supernodes": num_supernodes,
+        "client-resources-num-cpus": 1,
+        "client-resources-num-gpus": float(gpus_per_client),
+    }
     _write_atomic(federation_config_path(flwr_home), tomli_w.dumps(federation))
     return path
 

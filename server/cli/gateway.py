@@ -33,7 +33,20 @@ __all__ = ["FORWARDED_PREFIXES", "is_forwarded", "make_gateway_app", "main"]
 FORWARDED_PREFIXES = ("/v1/fleet/",)
 FORWARDED_PATHS = frozenset({"/health"})
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones the HTTP clients below set themselves.
-_DROPPED = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "content-encoding"})
+_DROPPED = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "content-encoding",
+    }
+)
 
 
 def is_forwarded(path: str) -> bool:
@@ -67,7 +80,9 @@ def make_gateway_app(upstream: str, ca_cert: Path | None = None, timeout: float 
         if not is_forwarded(path):
             return JSONResponse({"detail": "not served here: this address serves the Fleet API only"}, status_code=404)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROPPED}
-        reply = await client.request(request.method, path, params=request.query_params, headers=headers, content=await request.body())
+        reply = await client.request(
+            request.method, path, params=request.query_params, headers=headers, content=await request.body()
+        )
         back = {k: v for k, v in reply.headers.items() if k.lower() not in _DROPPED}
         return Response(content=reply.content, status_code=reply.status_code, headers=back)
 
@@ -87,9 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedvlp.server.cli.gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="0.0.0.0", help="address the hospitals reach (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9092)
-    parser.add_argument("--upstream", default="https://127.0.0.1:9093", help="the SuperLink's --host/--port on this machine")
+    parser.add_argument(
+        "--upstream", default="https://127.0.0.1:9093", help="the SuperLink's --host/--port on this machine"
+    )
     parser.add_argument("--ssl-ca-certfile", type=Path, help="CA of the SuperLink's certificate (verifies --upstream)")
-    parser.add_argument("--ssl-certfile", type=Path, help="certificate the gateway presents (the SuperLink's server.pem)")
+    parser.add_argument(
+        "--ssl-certfile", type=Path, help="certificate the gateway presents (the SuperLink's server.pem)"
+    )
     parser.add_argument("--ssl-keyfile", type=Path, help="its key (server.key)")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP on both sides (one machine only)")
     args = parser.parse_args(argv)

@@ -23,7 +23,9 @@ from typing import Any
 
 __all__ = ["main", "build_parser", "check_args", "parse_run_config", "UsageError"]
 
-DESCRIPTION = "fedvlp: federated vision-language pretraining for chest X-rays (demo, simulation, sweeps, operator tools)"
+DESCRIPTION = (
+    "fedvlp: federated vision-language pretraining for chest X-rays (demo, simulation, sweeps, operator tools)"
+)
 
 
 class UsageError(ValueError):
@@ -36,7 +38,11 @@ def _demo_run_config(args: argparse.Namespace, out: Path) -> Any:
     base = RunConfig(out_dir=str(out / "federated"), sites=str(project_root() / "sites" / "demo"))
     if args.quick:
         base = base.replace(model_size="tiny", rounds=2, local_steps=5, batch_size=16, image_size=32)
-    changes = {k: v for k, v in {"rounds": args.rounds, "local_steps": args.local_steps, "recipe": args.recipe}.items() if v is not None}
+    changes = {
+        k: v
+        for k, v in {"rounds": args.rounds, "local_steps": args.local_steps, "recipe": args.recipe}.items()
+        if v is not None
+    }
     return base.replace(**changes) if changes else base
 
 
@@ -46,22 +52,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from fedvlp.core.checkpoint import load_latest
     from fedvlp.core.data.synthetic import FINDINGS, WorldSpec, generate_world
+    from fedvlp.core.data.validate import skipped_in_history
     from fedvlp.core.evaluation import SweepConfig, format_table, load_labeled, run_sweep
     from fedvlp.core.models import BackboneFactory, backbone_state, build_model
     from fedvlp.core.runtime import offline_env, state_dir
-
-    from fedvlp.core.data.validate import skipped_in_history
-
     from fedvlp.server.app import round_summary
+
     from .progress import round_bar
     from .simulation import simulate
 
     if args.sites:  # checked by _check_demo
         from .pipeline import run_study
 
-        run_study(args.sites, args.out, baselines=args.baselines, quick=args.quick, jobs=args.jobs, seeds=args.seeds,
-                  fractions=tuple(args.fractions) if args.fractions else None, protocols=tuple(args.protocols) if args.protocols else None,
-                  gpus_per_client=args.gpus_per_client, early_sweep=args.early_sweep)
+        run_study(
+            args.sites,
+            args.out,
+            baselines=args.baselines,
+            quick=args.quick,
+            jobs=args.jobs,
+            seeds=args.seeds,
+            fractions=tuple(args.fractions) if args.fractions else None,
+            protocols=tuple(args.protocols) if args.protocols else None,
+            gpus_per_client=args.gpus_per_client,
+            early_sweep=args.early_sweep,
+        )
         return 0
     started = time.perf_counter()
     offline_env(threads_per_client=1)
@@ -84,7 +98,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         site = load_site(site_dir / "hospital_b.yaml")
         print(format_report(site, validate_site(site, workers=1)))
         run = run.replace(sites=str(site_dir))
-    print(f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)")
+    print(
+        f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)"
+    )
     print(f"      model parameters: {sum(p.numel() for p in build_model(run).parameters()):,}")
     rounds: list[dict[str, Any]] = []
     pretrain_started = time.perf_counter()
@@ -107,13 +123,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fractions = tuple(args.fractions) if args.fractions else ((0.1, 1.0) if args.quick else (0.01, 0.1, 1.0))
     title = f"fedvlp demo ({run.recipe}): random vs federated pretraining (synthetic world)"
-    sweep = SweepConfig(seeds=tuple(range(3 if args.seeds is None else args.seeds)), fractions=fractions,
-                        protocols=tuple(args.protocols or ("linear", "finetune")), device=device, title=title)
+    sweep = SweepConfig(
+        seeds=tuple(range(3 if args.seeds is None else args.seeds)),
+        fractions=fractions,
+        protocols=tuple(args.protocols or ("linear", "finetune")),
+        device=device,
+        title=title,
+    )
     results = run_sweep(inits, BackboneFactory(run), labeled, out, sweep, progress=True)
 
     history = final.state.get("history", [])
     summary = round_summary(history)
-    summary.update({"wall-seconds": time.perf_counter() - started, "pretrain-seconds": pretrain_seconds, "final-round": final.round})
+    summary.update(
+        {
+            "wall-seconds": time.perf_counter() - started,
+            "pretrain-seconds": pretrain_seconds,
+            "final-round": final.round,
+        }
+    )
     summary["skipped"] = skipped_in_history(history)  # rows the sites skipped, by reason
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
@@ -146,8 +173,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     offline_env(threads_per_client=max(1, int(args.cpus_per_client)))
     # The bar only: the server logs every round ("Round i/N: ...") at INFO already.
     with round_bar(run.rounds, Path(run.out_dir) / "checkpoints") as on_round:
-        simulate(run, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, on_round=on_round,
-                 ray_address=args.ray_address)
+        simulate(
+            run,
+            cpus_per_client=args.cpus_per_client,
+            gpus_per_client=args.gpus_per_client,
+            on_round=on_round,
+            ray_address=args.ray_address,
+        )
     return 0
 
 
@@ -199,8 +231,11 @@ def cmd_flwr_config(args: argparse.Namespace) -> int:
         from .flwr_config import stop_local_superlink
 
         stopped = stop_local_superlink(Path(os.environ["FLWR_HOME"]))
-        print(f"stopped the local SuperLink (pid {', '.join(map(str, stopped))}) and its SuperExec" if stopped
-              else f"no local SuperLink of {os.environ['FLWR_HOME']} is running")
+        print(
+            f"stopped the local SuperLink (pid {', '.join(map(str, stopped))}) and its SuperExec"
+            if stopped
+            else f"no local SuperLink of {os.environ['FLWR_HOME']} is running"
+        )
         return 0
     root = Path(args.root_certificates).resolve() if args.root_certificates else None
     share = args.gpus_per_client
@@ -211,9 +246,19 @@ def cmd_flwr_config(args: argparse.Namespace) -> int:
 
         gpus = torch.cuda.device_count()
         share = default_gpu_share(gpus, args.num_supernodes)
-        print(f"{gpus} GPU visible: each of {args.num_supernodes} virtual SuperNodes gets {share:g} GPU" if gpus else "no GPU visible: virtual SuperNodes train on CPU")
+        print(
+            f"{gpus} GPU visible: each of {args.num_supernodes} virtual SuperNodes gets {share:g} GPU"
+            if gpus
+            else "no GPU visible: virtual SuperNodes train on CPU"
+        )
     home = Path(os.environ["FLWR_HOME"])
-    path = write_flwr_config(home, num_supernodes=args.num_supernodes, superlink=args.superlink, root_certificates=root, gpus_per_client=share)
+    path = write_flwr_config(
+        home,
+        num_supernodes=args.num_supernodes,
+        superlink=args.superlink,
+        root_certificates=root,
+        gpus_per_client=share,
+    )
     print(f"wrote {path} and {federation_config_path(home)}")
     print(f"export FLWR_HOME={home}")
     print(f"flwr run . local-sim --federation-config {federation_config_path(home)} --stream")
@@ -225,8 +270,13 @@ def cmd_certs(args: argparse.Namespace) -> int:
     from .operator import make_certificates
 
     try:
-        files = make_certificates(Path(args.out), args.server_address or [], days=args.days, overwrite=args.force,
-                                  ca_key_dir=Path(args.ca_key_out) if args.ca_key_out else None)
+        files = make_certificates(
+            Path(args.out),
+            args.server_address or [],
+            days=args.days,
+            overwrite=args.force,
+            ca_key_dir=Path(args.ca_key_out) if args.ca_key_out else None,
+        )
     except (ValueError, OSError) as err:  # an existing file, a symlink, a bad address: one line, no traceback
         print(f"fedvlp certs: {err}", file=sys.stderr)
         return 2
@@ -276,7 +326,9 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
         print("fedvlp: no report text in these site files", file=sys.stderr)
         return 2
     vocab = build_vocab(texts, args.out, vocab_size=args.vocab_size)
-    print(f"wrote {vocab} ({len(vocab.read_text().splitlines())} tokens from {len(texts)} reports); use --run-config tokenizer='\"{args.out}\"'")
+    print(
+        f"wrote {vocab} ({len(vocab.read_text().splitlines())} tokens from {len(texts)} reports); use --run-config tokenizer='\"{args.out}\"'"
+    )
     return 0
 
 
@@ -285,8 +337,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     from fedvlp.core.data.importers import import_layout, parse_mapping, site_yaml
 
     options: dict[str, Any] = {}
-    for name in ("uncertain", "reports", "images", "labeler", "patient_pattern", "min_label_count",
-                 "report_key", "report_key_column", "report_column", "salt_file", "modalities"):
+    for name in (
+        "uncertain",
+        "reports",
+        "images",
+        "labeler",
+        "patient_pattern",
+        "min_label_count",
+        "report_key",
+        "report_key_column",
+        "report_column",
+        "salt_file",
+        "modalities",
+    ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     for name in ("no_reports", "absolute_paths"):
@@ -338,7 +401,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     offline_env()
     result = export_checkpoint(args.checkpoint, args.out, force=args.force)
-    print(f"exported round {result.meta['source']['round']} of {result.meta['source']['checkpoint']} to {result.out}: {', '.join(result.files)}")
+    print(
+        f"exported round {result.meta['source']['round']} of {result.meta['source']['checkpoint']} to {result.out}: {', '.join(result.files)}"
+    )
     return 0
 
 
@@ -346,14 +411,25 @@ def cmd_partition(args: argparse.Namespace) -> int:
     """One labelled manifest -> N site files with a Dirichlet label skew and a modality mix."""
     from fedvlp.core.data.partition import PartitionSpec, partition_manifest
 
-    spec = PartitionSpec(sites=args.sites, by=args.by, alpha=args.dirichlet, pairs_share=args.pairs_share,
-                         images_only_share=args.images_only_share, reports_only_share=args.reports_only_share, seed=args.seed,
-                         min_rows=args.min_rows, id_column=args.id_column, image_column=args.image_column,
-                         report_column=args.report_column, patient_column=args.patient_column)
+    spec = PartitionSpec(
+        sites=args.sites,
+        by=args.by,
+        alpha=args.dirichlet,
+        pairs_share=args.pairs_share,
+        images_only_share=args.images_only_share,
+        reports_only_share=args.reports_only_share,
+        seed=args.seed,
+        min_rows=args.min_rows,
+        id_column=args.id_column,
+        image_column=args.image_column,
+        report_column=args.report_column,
+        patient_column=args.patient_column,
+    )
     result = partition_manifest(args.manifest, args.out, spec)
     print(result.summary())
     print(f"simulate them: fedvlp simulate --run-config sites='\"{result.folder}\"' fraction-train=0.1")
     return 0
+
 
 # ------------------------------------------------------------------ argument checks
 # They run in main() after parsing and before the command imports torch or Flower, so that a
@@ -408,7 +484,9 @@ def _check_demo(args: argparse.Namespace) -> None:
     _out_folder(args.data, "--data")
     _input(args.sites, "--sites", "dir")
     if args.dicom and args.sites:
-        raise UsageError("--dicom: only for the synthetic world (without --sites); import DICOM sites with `fedvlp import dicom`")
+        raise UsageError(
+            "--dicom: only for the synthetic world (without --sites); import DICOM sites with `fedvlp import dicom`"
+        )
     for flag in ("rounds", "local_steps", "seeds", "jobs"):
         _at_least(getattr(args, flag), f"--{flag.replace('_', '-')}", 1)
     _fractions(args.fractions)
@@ -419,7 +497,9 @@ def _check_demo(args: argparse.Namespace) -> None:
         try:
             _demo_run_config(args, Path(args.out))
         except ConfigError as err:  # name the flag the user typed, not RunConfig's key
-            raise UsageError(f"--{err.key} {getattr(args, err.key.replace('-', '_'), '')}: expected {err.expected}") from err
+            raise UsageError(
+                f"--{err.key} {getattr(args, err.key.replace('-', '_'), '')}: expected {err.expected}"
+            ) from err
 
 
 def _check_simulate(args: argparse.Namespace) -> Any:
@@ -442,7 +522,12 @@ def _check_flwr_config(args: argparse.Namespace) -> None:
 # Inputs that must exist and output folders that must not be files, per command.
 _INPUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "validate-site": (("site", "SITE", "file"),),
-    "import": (("src", "SRC", "any"), ("reports", "--reports", "any"), ("map_file", "--map-file", "file"), ("images", "--images", "dir")),
+    "import": (
+        ("src", "SRC", "any"),
+        ("reports", "--reports", "any"),
+        ("map_file", "--map-file", "file"),
+        ("images", "--images", "dir"),
+    ),
     "export": (("checkpoint", "CHECKPOINT", "any"),),
     "partition": (("manifest", "MANIFEST", "file"),),
     "split": (("manifest", "MANIFEST", "file"),),
@@ -450,10 +535,21 @@ _INPUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "bench": (("site_steps", "--site-steps", "dir"),),
 }
 _OUT_FOLDERS: dict[str, tuple[str, ...]] = {
-    "generate-demo": ("out",), "build-vocab": ("out",), "certs": ("out", "ca_key_out"), "node-keys": ("out",),
-    "sweep": ("out",), "pretrain": ("out",), "split": ("out",), "export": ("out",), "partition": ("out",),
+    "generate-demo": ("out",),
+    "build-vocab": ("out",),
+    "certs": ("out", "ca_key_out"),
+    "node-keys": ("out",),
+    "sweep": ("out",),
+    "pretrain": ("out",),
+    "split": ("out",),
+    "export": ("out",),
+    "partition": ("out",),
 }
-_CHECKS: dict[str, Callable[[argparse.Namespace], Any]] = {"demo": _check_demo, "simulate": _check_simulate, "flwr-config": _check_flwr_config}
+_CHECKS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "demo": _check_demo,
+    "simulate": _check_simulate,
+    "flwr-config": _check_flwr_config,
+}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -472,13 +568,18 @@ def check_args(args: argparse.Namespace) -> None:
         for site in args.sites:
             _input(site, "SITES", "file")
     for name in _OUT_FOLDERS.get(args.command, ()):
-        _out_folder(getattr(args, name, None), f"--{name.replace('_', '-')}" if name != "out" or args.command != "generate-demo" else "OUT")
+        _out_folder(
+            getattr(args, name, None),
+            f"--{name.replace('_', '-')}" if name != "out" or args.command != "generate-demo" else "OUT",
+        )
     if args.command in _CHECKS:
         _CHECKS[args.command](args)
 
 
-_GPU_HELP = ("GPU share of each virtual client (0.5: two per GPU; 0: train on CPU). "
-             "Default: GPUs / sites, at most 1, when GPUs are visible, else 0")
+_GPU_HELP = (
+    "GPU share of each virtual client (0.5: two per GPU; 0: train on CPU). "
+    "Default: GPUs / sites, at most 1, when GPUs are visible, else 0"
+)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -501,10 +602,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedvlp`` command."""
     parser = argparse.ArgumentParser(prog="fedvlp", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; fedvlp logs warnings and errors only")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
-                        help="level of fedvlp's own log (default INFO, WARNING with --quiet)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also FEDVLP_DEBUG=1)")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars; fedvlp logs warnings and errors only"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="level of fedvlp's own log (default INFO, WARNING with --quiet)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also FEDVLP_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="synthetic world -> federated pretraining -> label-efficiency sweep")
@@ -517,14 +626,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, help="seeds of the sweep (default 3)")
     demo.add_argument("--fractions", type=float, nargs="+", help="label fractions of the sweep (default 0.01 0.1 1)")
     demo.add_argument("--protocols", nargs="+", choices=["linear", "finetune"], help="default: linear finetune")
-    demo.add_argument("--dicom", action="store_true", help="hospital_b trains from a DICOM export of its images "
-                      "(written into OUT/dicom and imported with the `fedvlp import dicom` code)")
-    demo.add_argument("--sites", help="a real federation instead of the synthetic world: a folder of site files with a "
-                      "federation.toml (e.g. sites/cxr); runs its whole study, see server/cli/pipeline.py")
-    demo.add_argument("--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining")
-    demo.add_argument("--jobs", type=int, default=2, help="with --sites: sweep cells in this many processes (results do not depend on it)")
-    demo.add_argument("--no-early-sweep", dest="early_sweep", action="store_false",
-                      help="with --sites: do not run the random/general-pretrained sweep cells at low priority during pretraining")
+    demo.add_argument(
+        "--dicom",
+        action="store_true",
+        help="hospital_b trains from a DICOM export of its images "
+        "(written into OUT/dicom and imported with the `fedvlp import dicom` code)",
+    )
+    demo.add_argument(
+        "--sites",
+        help="a real federation instead of the synthetic world: a folder of site files with a "
+        "federation.toml (e.g. sites/cxr); runs its whole study, see server/cli/pipeline.py",
+    )
+    demo.add_argument(
+        "--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining"
+    )
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="with --sites: sweep cells in this many processes (results do not depend on it)",
+    )
+    demo.add_argument(
+        "--no-early-sweep",
+        dest="early_sweep",
+        action="store_false",
+        help="with --sites: do not run the random/general-pretrained sweep cells at low priority during pretraining",
+    )
     demo.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
     demo.set_defaults(func=cmd_demo)
 
@@ -535,22 +662,40 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     sim = sub.add_parser("simulate", help="federated pretraining in the simulation engine")
-    sim.add_argument("--run-config", nargs="*", help="key=value, as in flwr run --run-config: TOML values (3, 0.5, true, "
-                     "\"text\"); a bare word is a string (recipe=convirt)")
+    sim.add_argument(
+        "--run-config",
+        nargs="*",
+        help="key=value, as in flwr run --run-config: TOML values (3, 0.5, true, "
+        '"text"); a bare word is a string (recipe=convirt)',
+    )
     sim.add_argument("--cpus-per-client", type=float, default=1.0)
     sim.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
-    sim.add_argument("--ray-address", metavar="HOST:PORT", help="run the virtual clients on this running Ray cluster "
-                     "(`ray start --head` / `ray start --address`) instead of a Ray started on 127.0.0.1 for this run")
+    sim.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the virtual clients on this running Ray cluster "
+        "(`ray start --head` / `ray start --address`) instead of a Ray started on 127.0.0.1 for this run",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="print speed, upload size and memory figures")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--site-steps", metavar="FOLDER", help="instead: seconds per local step of every site of a study "
-                       "folder (e.g. sites/cxr), before and after its federation.toml settings, at its image size")
+    bench.add_argument(
+        "--site-steps",
+        metavar="FOLDER",
+        help="instead: seconds per local step of every site of a study "
+        "folder (e.g. sites/cxr), before and after its federation.toml settings, at its image size",
+    )
     bench.add_argument("--steps", type=int, default=3, help="timed steps per site and setting with --site-steps")
-    bench.add_argument("--sites", type=int, help="instead: peak memory and seconds per round of an N-site simulation (tiny, 32 px) "
-                       "partitioned from a generated world (server/cli/bench_sites.py)")
-    bench.add_argument("--fraction-train", type=float, default=0.1, help="with --sites: share of the sites that train each round")
+    bench.add_argument(
+        "--sites",
+        type=int,
+        help="instead: peak memory and seconds per round of an N-site simulation (tiny, 32 px) "
+        "partitioned from a generated world (server/cli/bench_sites.py)",
+    )
+    bench.add_argument(
+        "--fraction-train", type=float, default=0.1, help="with --sites: share of the sites that train each round"
+    )
     bench.add_argument("--rounds", type=int, default=3, help="with --sites: rounds simulated")
     bench.set_defaults(func=cmd_bench)
 
@@ -577,20 +722,51 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="manifest CSV to write; image paths in it are relative to its folder")
     imp.add_argument("--site-out", help="also write a site YAML for the manifest here (default: print it)")
     imp.add_argument("--site-name", help="name in the site YAML (default: the manifest's folder name)")
-    imp.add_argument("--uncertain", choices=["blank", "zero", "one"], help="CheXpert-style -1 labels become unknown (default), 0 or 1")
-    imp.add_argument("--reports", help="mimic-cxr-jpg: folder with MIMIC-CXR's files/pXX/pSUBJECT/sSTUDY.txt (default: SRC); "
-                     "dicom: a CSV of reports to join")
-    imp.add_argument("--report-key", choices=["accession", "study"], help="dicom: join --reports on AccessionNumber (default) or StudyInstanceUID")
-    imp.add_argument("--report-key-column", help="dicom: the --reports column holding the key (default AccessionNumber / StudyInstanceUID)")
-    imp.add_argument("--report-column", nargs="+", metavar="[SECTION=]COLUMN", help="dicom: the report text column (default report) and/or findings=COL impression=COL ...")
-    imp.add_argument("--salt-file", help="dicom: the site's secret salt for hashed ids (default $FEDVLP_HOME/dicom-salt, created on first use)")
+    imp.add_argument(
+        "--uncertain",
+        choices=["blank", "zero", "one"],
+        help="CheXpert-style -1 labels become unknown (default), 0 or 1",
+    )
+    imp.add_argument(
+        "--reports",
+        help="mimic-cxr-jpg: folder with MIMIC-CXR's files/pXX/pSUBJECT/sSTUDY.txt (default: SRC); "
+        "dicom: a CSV of reports to join",
+    )
+    imp.add_argument(
+        "--report-key",
+        choices=["accession", "study"],
+        help="dicom: join --reports on AccessionNumber (default) or StudyInstanceUID",
+    )
+    imp.add_argument(
+        "--report-key-column",
+        help="dicom: the --reports column holding the key (default AccessionNumber / StudyInstanceUID)",
+    )
+    imp.add_argument(
+        "--report-column",
+        nargs="+",
+        metavar="[SECTION=]COLUMN",
+        help="dicom: the report text column (default report) and/or findings=COL impression=COL ...",
+    )
+    imp.add_argument(
+        "--salt-file",
+        help="dicom: the site's secret salt for hashed ids (default $FEDVLP_HOME/dicom-salt, created on first use)",
+    )
     imp.add_argument("--modalities", nargs="+", help="dicom: Modality values to import (default CR DX; 'any' for all)")
     imp.add_argument("--no-reports", action="store_true", help="mimic-cxr-jpg: images and labels only")
     imp.add_argument("--labeler", choices=["chexpert", "negbio"], help="mimic-cxr-jpg: label file (default chexpert)")
     imp.add_argument("--images", help="openi, nih, generic: the image folder when not the default")
-    imp.add_argument("--patient-pattern", help="folder: 'kermany' (default), 'none' or a regex with (?P<patient>...) on file stems")
-    imp.add_argument("--min-label-count", type=int, help="openi: MeSH terms given to fewer reports get no label column (default 1)")
-    imp.add_argument("--map", nargs="+", metavar="KEY=COLUMN", help="generic: id=, image=, report=, findings=, ..., labels=a,b or label.NAME=col")
+    imp.add_argument(
+        "--patient-pattern", help="folder: 'kermany' (default), 'none' or a regex with (?P<patient>...) on file stems"
+    )
+    imp.add_argument(
+        "--min-label-count", type=int, help="openi: MeSH terms given to fewer reports get no label column (default 1)"
+    )
+    imp.add_argument(
+        "--map",
+        nargs="+",
+        metavar="KEY=COLUMN",
+        help="generic: id=, image=, report=, findings=, ..., labels=a,b or label.NAME=col",
+    )
     imp.add_argument("--map-file", help="generic: the same mapping as a YAML file")
     imp.add_argument("--absolute-paths", action="store_true", help="write absolute image paths")
     imp.add_argument("--max-problems", type=int, default=20, help="skipped rows to list")
@@ -598,17 +774,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("flwr-config", help="write $FLWR_HOME/config.toml (local-sim, local-deployment)")
     cfg.add_argument("--num-supernodes", type=int, default=3)
-    cfg.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's address (flower-superlink --port serves every API in Flower 1.41)")
+    cfg.add_argument(
+        "--superlink",
+        default="127.0.0.1:9093",
+        help="the SuperLink's address (flower-superlink --port serves every API in Flower 1.41)",
+    )
     cfg.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink")
     cfg.add_argument("--gpus-per-client", type=float, default=None, help=_GPU_HELP)
-    cfg.add_argument("--stop", action="store_true", help="instead: stop the local SuperLink (and its SuperExec) that "
-                     "`flwr run . local-sim` started and left running")
+    cfg.add_argument(
+        "--stop",
+        action="store_true",
+        help="instead: stop the local SuperLink (and its SuperExec) that "
+        "`flwr run . local-sim` started and left running",
+    )
     cfg.set_defaults(func=cmd_flwr_config)
 
     certs = sub.add_parser("certs", help="create a CA and the SuperLink's TLS certificate (docs/deployment.md)")
     certs.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key (and ca-private/ca.key)")
     certs.add_argument("--ca-key-out", help="folder for ca.key (created 0700); default OUT/ca-private")
-    certs.add_argument("--server-address", nargs="*", help="names/IPs hospitals dial (127.0.0.1 and localhost are always in the SAN)")
+    certs.add_argument(
+        "--server-address", nargs="*", help="names/IPs hospitals dial (127.0.0.1 and localhost are always in the SAN)"
+    )
     certs.add_argument("--days", type=int, default=365)
     certs.add_argument("--force", action="store_true", help="replace existing files")
     certs.set_defaults(func=cmd_certs)
@@ -619,22 +805,43 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--force", action="store_true", help="replace existing files")
     keys.set_defaults(func=cmd_node_keys)
 
-    swp = sub.add_parser("sweep", help="label-efficiency sweep: inits x protocols x label fractions x seeds (docs/evaluation.md)")
+    swp = sub.add_parser(
+        "sweep", help="label-efficiency sweep: inits x protocols x label fractions x seeds (docs/evaluation.md)"
+    )
     swp.add_argument("--labeled", required=True, help="labelled manifest (train/val rows)")
     swp.add_argument("--test", help="separate test manifest (without it, test rows come from --labeled's split)")
-    swp.add_argument("--label-columns", nargs="+", required=True, help="0/1 columns (sigmoid) or categorical columns (softmax); blank = unknown")
-    swp.add_argument("--init", nargs="+", default=["random"], metavar="NAME=SPEC",
-                     help="SPEC: random, general-pretrained, or a checkpoint (folder with latest.json, its run folder, or round_NNNN.safetensors)")
+    swp.add_argument(
+        "--label-columns",
+        nargs="+",
+        required=True,
+        help="0/1 columns (sigmoid) or categorical columns (softmax); blank = unknown",
+    )
+    swp.add_argument(
+        "--init",
+        nargs="+",
+        default=["random"],
+        metavar="NAME=SPEC",
+        help="SPEC: random, general-pretrained, or a checkpoint (folder with latest.json, its run folder, or round_NNNN.safetensors)",
+    )
     swp.add_argument("--protocols", nargs="+", default=["linear", "finetune"], choices=["linear", "finetune"])
     swp.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     swp.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     swp.add_argument("--out", required=True, help="output folder (re-running resumes it)")
     swp.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (same results as 1)")
-    swp.add_argument("--threads", type=int, default=1, help="torch threads per cell (results depend on it, not on --jobs)")
-    swp.add_argument("--extras", nargs="*", default=["retrieval", "regeneration"], choices=["retrieval", "regeneration"],
-                     help="zero-shot evaluations of checkpoint inits that support them")
+    swp.add_argument(
+        "--threads", type=int, default=1, help="torch threads per cell (results depend on it, not on --jobs)"
+    )
+    swp.add_argument(
+        "--extras",
+        nargs="*",
+        default=["retrieval", "regeneration"],
+        choices=["retrieval", "regeneration"],
+        help="zero-shot evaluations of checkpoint inits that support them",
+    )
     swp.add_argument("--queries", help="YAML: class -> text query (or list) for text-to-image retrieval")
-    swp.add_argument("--run-config", nargs="*", help="key=value overrides of the architecture of random/general-pretrained inits")
+    swp.add_argument(
+        "--run-config", nargs="*", help="key=value overrides of the architecture of random/general-pretrained inits"
+    )
     swp.add_argument("--set", nargs="*", help="sweep training knobs, e.g. ft_max_steps=200 probe_max_iter=100")
     swp.add_argument("--id-column", default="id")
     swp.add_argument("--image-column", default="image")
@@ -649,7 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--central", action="store_true", help="pool the data of all site files of `sites`")
     mode.add_argument("--local", metavar="SITE", help="one site alone (site file, or name of a site of `sites`)")
     pre.add_argument("--run-config", nargs="*", help="key=value (TOML values): the federated run's settings")
-    pre.add_argument("--out", help="output folder (checkpoints/ inside; resumed); default runs/central or runs/local-SITE")
+    pre.add_argument(
+        "--out", help="output folder (checkpoints/ inside; resumed); default runs/central or runs/local-SITE"
+    )
     pre.add_argument("--steps", type=int, help="optimizer steps per round instead of the matched budget")
     pre.add_argument("--threads", type=int, default=2)
     pre.set_defaults(func=cmd_pretrain)
@@ -664,28 +873,47 @@ def build_parser() -> argparse.ArgumentParser:
     spl.add_argument("--id-column", default="id")
     spl.set_defaults(func=cmd_split)
 
-    exp = sub.add_parser("export", help="a checkpoint's encoders for torchvision / timm / transformers, with a model card")
+    exp = sub.add_parser(
+        "export", help="a checkpoint's encoders for torchvision / timm / transformers, with a model card"
+    )
     exp.add_argument("checkpoint", help="run folder, checkpoints folder, or round_NNNN.safetensors")
     exp.add_argument("--out", required=True, help="export folder (new or empty)")
     exp.add_argument("--force", action="store_true", help="replace the files of an earlier export in --out")
     exp.set_defaults(func=cmd_export)
 
-    part = sub.add_parser("partition", help="one labelled manifest -> N simulated sites (Dirichlet label skew, modality mix)")
+    part = sub.add_parser(
+        "partition", help="one labelled manifest -> N simulated sites (Dirichlet label skew, modality mix)"
+    )
     part.add_argument("manifest", help="CSV or Parquet manifest with an id, image and/or report, and the --by column")
     part.add_argument("--sites", type=int, required=True)
     part.add_argument("--by", required=True, help="the column whose classes are skewed across sites (e.g. a label)")
-    part.add_argument("--dirichlet", type=float, required=True, metavar="ALPHA", help="concentration: 0.1 very skewed, 100 near uniform")
+    part.add_argument(
+        "--dirichlet",
+        type=float,
+        required=True,
+        metavar="ALPHA",
+        help="concentration: 0.1 very skewed, 100 near uniform",
+    )
     part.add_argument("--out", required=True, help="folder for site_NNN.yaml, site_NNN/manifest.csv and partition.json")
-    part.add_argument("--pairs-share", type=float, default=1.0, help="share of sites keeping image and report (default 1)")
+    part.add_argument(
+        "--pairs-share", type=float, default=1.0, help="share of sites keeping image and report (default 1)"
+    )
     part.add_argument("--images-only-share", type=float, default=0.0, help="share of sites whose report is dropped")
     part.add_argument("--reports-only-share", type=float, default=0.0, help="share of sites whose image is dropped")
     part.add_argument("--seed", type=int, default=0)
-    part.add_argument("--min-rows", type=int, default=2, help="redraw until every site has at least this many rows "
-                      "(default 2: BatchNorm cannot train on a single image)")
+    part.add_argument(
+        "--min-rows",
+        type=int,
+        default=2,
+        help="redraw until every site has at least this many rows "
+        "(default 2: BatchNorm cannot train on a single image)",
+    )
     part.add_argument("--id-column", default="id")
     part.add_argument("--image-column", default="image")
     part.add_argument("--report-column", default="report")
-    part.add_argument("--patient-column", default="patient_id", help="rows of one patient stay in one site (when the column exists)")
+    part.add_argument(
+        "--patient-column", default="patient_id", help="rows of one patient stay in one site (when the column exists)"
+    )
     part.set_defaults(func=cmd_partition)
 
     rep = sub.add_parser("report", help="per-site curves of a run (site_metrics.jsonl) -> one PNG per metric family")
@@ -740,7 +968,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("FEDVLP_DEBUG", "") not in ("", "0")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     configure_output(quiet=args.quiet, log_level=args.log_level, verbose=args.verbose)
     try:
         check_args(args)  # before any heavy import and before anything is written

@@ -36,7 +36,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedvlp.core.checkpoint import atomic_write_bytes
 
-__all__ = ["CertificateFiles", "CredentialError", "NodeKeyFiles", "make_certificates", "make_node_keys", "subject_alt_names"]
+__all__ = [
+    "CertificateFiles",
+    "CredentialError",
+    "NodeKeyFiles",
+    "make_certificates",
+    "make_node_keys",
+    "subject_alt_names",
+]
 
 # A node name becomes a file name; keep it to what every file system and shell accepts.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -139,7 +146,9 @@ def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
     """Refuse a symlink at any target (even with ``overwrite``) and, without it, an existing file."""
     links = [str(p) for p in paths if p.is_symlink()]
     if links:
-        raise CredentialError(f"refusing to write {', '.join(links)}: a symbolic link (remove it; keys are never written through links)")
+        raise CredentialError(
+            f"refusing to write {', '.join(links)}: a symbolic link (remove it; keys are never written through links)"
+        )
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True / --force)")
@@ -153,7 +162,12 @@ def _private_folder(folder: Path) -> None:
 
 
 def make_certificates(
-    out: Path, server_addresses: Sequence[str] = (), *, days: int = 365, overwrite: bool = False, ca_key_dir: Path | None = None
+    out: Path,
+    server_addresses: Sequence[str] = (),
+    *,
+    days: int = 365,
+    overwrite: bool = False,
+    ca_key_dir: Path | None = None,
 ) -> CertificateFiles:
     """Create a CA and a SuperLink certificate signed by it (ECDSA P-384, SHA-384).
 
@@ -231,7 +245,9 @@ def make_certificates(
         .sign(ca_key, hashes.SHA384())
     )
     pem = serialization.Encoding.PEM
-    private = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption())
+    private = dict(
+        encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption()
+    )
     _write(files.ca_key, ca_key.private_bytes(**private), private=True)
     _write(files.ca_cert, ca_cert.public_bytes(pem), private=False)
     _write(files.server_key, server_key.private_bytes(**private), private=True)
@@ -279,7 +295,9 @@ def make_node_keys(out: Path, names: Sequence[str], *, overwrite: bool = False) 
     out.mkdir(parents=True, exist_ok=True)
     for files in result:
         key = ec.generate_private_key(ec.SECP384R1())
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         _write(files.private_key, private, private=True)
         _write(files.public_key, public + f" {files.name}\n".encode(), private=False)

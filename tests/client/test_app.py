@@ -19,7 +19,11 @@ def test_site_config_in_node_config_wins(demo_env: Path, tiny_run: RunConfig) ->
 
 
 def test_partition_id_indexes_the_sorted_site_files(demo_env: Path, tiny_run: RunConfig) -> None:
-    assert [site_for({"partition-id": i}, tiny_run).name for i in range(3)] == ["hospital_a", "hospital_b", "hospital_c"]
+    assert [site_for({"partition-id": i}, tiny_run).name for i in range(3)] == [
+        "hospital_a",
+        "hospital_b",
+        "hospital_c",
+    ]
 
 
 def test_a_partition_without_site_file_is_a_clear_error(demo_env: Path, tiny_run: RunConfig) -> None:

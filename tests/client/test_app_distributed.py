@@ -22,13 +22,16 @@ def _site_with_a_corrupt_image(tmp_path: Path, world: Path) -> Path:
     rows.loc[5, "image"] = str(tmp_path / "corrupt.png")
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     site = tmp_path / "big.yaml"
-    site.write_text(f"name: big\ndevice: cpu\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n")
+    site.write_text(
+        f"name: big\ndevice: cpu\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n"
+    )
     return site
 
 
 @pytest.mark.slow
-def test_the_worker_nproc_trains_a_site_in_two_processes_with_the_same_reply(world: Path, tmp_path: Path, tiny_run: RunConfig,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_worker_nproc_trains_a_site_in_two_processes_with_the_same_reply(
+    world: Path, tmp_path: Path, tiny_run: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tiny_run.replace(norm="group", seed=3, batch_size=8, local_steps=3)  # 24 draws: every row of 16 seen
     site = load_site(_site_with_a_corrupt_image(tmp_path, world))
     state = build_model(run).state_dict()
@@ -42,7 +45,9 @@ def test_the_worker_nproc_trains_a_site_in_two_processes_with_the_same_reply(wor
     assert {group_of(k) for k in arrays} == {"image", "head.mim"}
     assert max(float((arrays[k] - state[k]).abs().max()) for k in arrays) > 1e-4  # trained
     # the corrupt image is found, counted once and left out of the counts, as in one process
-    assert dict(ddp.metric_records[COUNTS_KEY]) == dict(single.metric_records[COUNTS_KEY]) == {"image": 15, "head.mim": 15}
+    assert (
+        dict(ddp.metric_records[COUNTS_KEY]) == dict(single.metric_records[COUNTS_KEY]) == {"image": 15, "head.mim": 15}
+    )
     assert dict(ddp.metric_records[SIZE_KEY]) == dict(single.metric_records[SIZE_KEY])
     metrics = dict(ddp.metric_records[METRICS_KEY])
     assert metrics["skipped/image_corrupt"] == single.metric_records[METRICS_KEY]["skipped/image_corrupt"] == 1.0

@@ -63,7 +63,11 @@ def recording_client_app(overrides: Mapping[str, Any] | None = None) -> Any:
 
     def record_outgoing(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
         reply = call_next(msg, context)
-        entry = {"node_config": dict(context.node_config), "message_type": msg.metadata.message_type, **_describe(reply)}
+        entry = {
+            "node_config": dict(context.node_config),
+            "message_type": msg.metadata.message_type,
+            **_describe(reply),
+        }
         (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps(entry))
         return reply
 
@@ -105,26 +109,37 @@ def test_replies_carry_only_model_arrays_counts_and_scalar_metrics(
     for reply in replies:
         site = reply["node_config"]
         # Only these four records, of these kinds; no config record (strings travel there).
-        assert reply["records"] == {ARRAYS_KEY: "ArrayRecord", COUNTS_KEY: "MetricRecord", METRICS_KEY: "MetricRecord", SIZE_KEY: "MetricRecord"}, site
+        assert reply["records"] == {
+            ARRAYS_KEY: "ArrayRecord",
+            COUNTS_KEY: "MetricRecord",
+            METRICS_KEY: "MetricRecord",
+            SIZE_KEY: "MetricRecord",
+        }, site
         assert reply["configs"] == {}
         arrays = reply["arrays"][ARRAYS_KEY]
         assert arrays, f"{site}: uploaded nothing"
         for name, meta in arrays.items():
             assert name in model_state, f"{site}: unknown array {name!r}"
             expected = model_state[name]
-            assert meta["shape"] == list(expected.shape), f"{site}: {name} has shape {meta['shape']}, the model {list(expected.shape)}"
+            assert meta["shape"] == list(expected.shape), (
+                f"{site}: {name} has shape {meta['shape']}, the model {list(expected.shape)}"
+            )
             assert meta["dtype"] == str(expected.dtype).removeprefix("torch."), f"{site}: {name} is {meta['dtype']}"
         counts = reply["metrics"][COUNTS_KEY]
         assert set(counts) <= groups and counts, f"{site}: counts {counts}"
         assert all(isinstance(n, int) and n > 0 for n in counts.values()), f"{site}: counts {counts}"
         # The declared size: one integer per counted group, never below its count.
         sizes = reply["metrics"][SIZE_KEY]
-        assert sizes.keys() == counts.keys() and all(isinstance(sizes[g], int) and sizes[g] >= counts[g] for g in counts), f"{site}: sizes {sizes}"
+        assert sizes.keys() == counts.keys() and all(
+            isinstance(sizes[g], int) and sizes[g] >= counts[g] for g in counts
+        ), f"{site}: sizes {sizes}"
         # Uploaded arrays belong to the groups that were counted, and nothing else.
         assert {group_of(k) for k in arrays} == set(counts), site
         for key, value in reply["metrics"][METRICS_KEY].items():
             assert _plain_key(key, world), f"{site}: metric key {key!r}"
-            assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), f"{site}: {key}={value!r}"
+            assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), (
+                f"{site}: {key}={value!r}"
+            )
     # The three kinds of site really took part: one uploads image groups only, one text only.
     uploads = {frozenset(r["metrics"][COUNTS_KEY]) for r in replies}
     assert frozenset({"image", "head.mim"}) in uploads and frozenset({"text", "head.mlm"}) in uploads

@@ -14,7 +14,6 @@ from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, group_of
 from fedvlp.core.privacy import clip_update, epsilon_spent
 from fedvlp.core.train import LocalTrainer, load_site_datasets
-
 from tests.conftest import DEMO_SITES
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -34,8 +33,12 @@ def dp_run(tiny_run: RunConfig) -> RunConfig:
     return tiny_run.replace(norm="group", dp_noise_multiplier=1.1)
 
 
-@pytest.mark.parametrize(("name", "groups"), [("hospital_b", {"image", "head.mim"}), ("hospital_c", {"text", "head.mlm"})])
-def test_dp_round_at_a_single_modality_site_reports_its_epsilon(world: Path, tmp_path: Path, dp_run: RunConfig, name: str, groups: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "groups"), [("hospital_b", {"image", "head.mim"}), ("hospital_c", {"text", "head.mlm"})]
+)
+def test_dp_round_at_a_single_modality_site_reports_its_epsilon(
+    world: Path, tmp_path: Path, dp_run: RunConfig, name: str, groups: set[str]
+) -> None:
     site = load_site(dp_site(world, tmp_path / "sites", name, epsilon=50.0))
     content = train_round(site, dp_run, build_model(dp_run).state_dict(), server_round=1)
     metrics = dict(content.metric_records[METRICS_KEY])
@@ -47,7 +50,9 @@ def test_dp_round_at_a_single_modality_site_reports_its_epsilon(world: Path, tmp
     assert set(content.metric_records[COUNTS_KEY]) == groups
 
 
-def test_pair_site_sends_a_clipped_update_with_noise_of_the_right_std(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
+def test_pair_site_sends_a_clipped_update_with_noise_of_the_right_std(
+    world: Path, tmp_path: Path, dp_run: RunConfig
+) -> None:
     run = dp_run.replace(dp_client_clip=0.1, dp_client_noise_multiplier=0.3)
     site = load_site(dp_site(world, tmp_path / "sites", "hospital_a", epsilon=100.0))
     model = build_model(run)
@@ -68,14 +73,18 @@ def test_pair_site_sends_a_clipped_update_with_noise_of_the_right_std(world: Pat
     assert metrics["dp/level"] == 2.0 and metrics["dp/epsilon"] == pytest.approx(epsilon_spent([(0.3, 1.0, 1)], 1e-5))
 
 
-def test_a_site_stops_sending_arrays_when_the_next_round_would_exceed_its_budget(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
+def test_a_site_stops_sending_arrays_when_the_next_round_would_exceed_its_budget(
+    world: Path, tmp_path: Path, dp_run: RunConfig
+) -> None:
     per_round = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)
     two_rounds = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 2, 1e-5)
     site = load_site(dp_site(world, tmp_path / "sites", "hospital_c", epsilon=(per_round + two_rounds) / 2))
     state = build_model(dp_run).state_dict()
     first = train_round(site, dp_run, state, server_round=1)
     second = train_round(site, dp_run, state, server_round=2)
-    assert len(first.array_records[ARRAYS_KEY]) > 0 and dict(first.metric_records[METRICS_KEY])["dp/epsilon"] == pytest.approx(per_round)
+    assert len(first.array_records[ARRAYS_KEY]) > 0 and dict(first.metric_records[METRICS_KEY])[
+        "dp/epsilon"
+    ] == pytest.approx(per_round)
     assert len(second.array_records[ARRAYS_KEY]) == 0 and len(second.metric_records[COUNTS_KEY]) == 0
     metrics = dict(second.metric_records[METRICS_KEY])
     assert metrics["dp/budget-exhausted"] == 1.0 and metrics["dp/epsilon"] == pytest.approx(per_round)
@@ -112,7 +121,11 @@ def test_federation_goes_on_when_a_site_exhausts_its_budget(world: Path, tmp_pat
     exhausted = [[s["metrics"]["dp/budget-exhausted"] for s in r["sites"]] for r in records]
     assert sorted(exhausted[0]) == [0.0, 0.0, 0.0] and sorted(exhausted[1]) == [0.0, 0.0, 1.0]
     stopped = next(s for s in records[1]["sites"] if s["metrics"]["dp/budget-exhausted"] == 1.0)
-    assert stopped["counts"] == {} and stopped["bytes"] == 0 and stopped["metrics"]["dp/epsilon"] == pytest.approx(one_round)
+    assert (
+        stopped["counts"] == {}
+        and stopped["bytes"] == 0
+        and stopped["metrics"]["dp/epsilon"] == pytest.approx(one_round)
+    )
     assert all(s["metrics"]["dp/epsilon"] > 0 for r in records for s in r["sites"])
 
 
@@ -124,32 +137,48 @@ def pinned_site(world: Path, folder: Path, name: str, privacy: str) -> Path:
     return path
 
 
-def test_the_lifetime_ledger_sums_runs_of_any_out_dir_and_refuses_the_third(world: Path, tmp_path: Path, dp_run: RunConfig,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_lifetime_ledger_sums_runs_of_any_out_dir_and_refuses_the_third(
+    world: Path, tmp_path: Path, dp_run: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FEDVLP_DP_LEDGER", raising=False)
     one = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)
     two = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 2, 1e-5)
     three = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 3, 1e-5)
     # Each run may spend 50, the site's data at most enough for two rounds in its life.
-    site = load_site(pinned_site(world, tmp_path / "sites", "hospital_c", f"{{epsilon: 50.0, lifetime_epsilon: {(two + three) / 2!r}}}"))
+    site = load_site(
+        pinned_site(
+            world, tmp_path / "sites", "hospital_c", f"{{epsilon: 50.0, lifetime_epsilon: {(two + three) / 2!r}}}"
+        )
+    )
     state = build_model(dp_run).state_dict()
     replies = []
     for index, out in enumerate(("run_a", "run_b", "run_c")):  # the server picks a new out-dir and seed each time
         run = dp_run.replace(out_dir=str(tmp_path / out), seed=dp_run.seed + index)
         replies.append(dict(train_round(site, run, state, server_round=1).metric_records[METRICS_KEY]))
     assert [r["dp/epsilon"] for r in replies[:2]] == pytest.approx([one, one])  # each run's own spend
-    assert replies[0]["dp/lifetime-epsilon"] == pytest.approx(one) and replies[1]["dp/lifetime-epsilon"] == pytest.approx(two)
+    assert replies[0]["dp/lifetime-epsilon"] == pytest.approx(one) and replies[1][
+        "dp/lifetime-epsilon"
+    ] == pytest.approx(two)
     assert one < two < 2 * one  # RDP composition: more than one run's epsilon, less than their plain sum
     assert replies[2]["dp/budget-exhausted"] == 1.0 and replies[2]["dp/lifetime-epsilon"] == pytest.approx(two)
     assert replies[2]["dp/epsilon"] == 0.0  # the third run spent nothing: it was refused before training
     assert sorted(p.name for p in (tmp_path / "sites" / ".dp-ledger").iterdir()) == ["hospital_c.json"]
-    assert not any((tmp_path / out).exists() and any((tmp_path / out).rglob("*.json")) for out in ("run_a", "run_b", "run_c"))
+    assert not any(
+        (tmp_path / out).exists() and any((tmp_path / out).rglob("*.json")) for out in ("run_a", "run_b", "run_c")
+    )
 
 
 def test_a_third_run_is_refused_without_arrays_or_counts(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
     one = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)
     two = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 2, 1e-5)
-    site = load_site(pinned_site(world, tmp_path / "sites", "hospital_c", f"{{epsilon: 50.0, lifetime_epsilon: {(one + two) / 2!r}, state_dir: state}}"))
+    site = load_site(
+        pinned_site(
+            world,
+            tmp_path / "sites",
+            "hospital_c",
+            f"{{epsilon: 50.0, lifetime_epsilon: {(one + two) / 2!r}, state_dir: state}}",
+        )
+    )
     state = build_model(dp_run).state_dict()
     first = train_round(site, dp_run.replace(out_dir=str(tmp_path / "a")), state, server_round=1)
     second = train_round(site, dp_run.replace(out_dir=str(tmp_path / "b")), state, server_round=1)
@@ -163,7 +192,12 @@ def test_a_third_run_is_refused_without_arrays_or_counts(world: Path, tmp_path: 
     [
         ("hospital_c", "min_noise_multiplier: 1.5", {}, "dp-noise-multiplier"),  # run asks for 1.1
         ("hospital_c", "max_grad_norm: 0.5", {}, "dp-max-grad-norm"),  # run asks for 1.0
-        ("hospital_a", "min_client_noise_multiplier: 2.0", {"dp_client_noise_multiplier": 1.0}, "dp-client-noise-multiplier"),
+        (
+            "hospital_a",
+            "min_client_noise_multiplier: 2.0",
+            {"dp_client_noise_multiplier": 1.0},
+            "dp-client-noise-multiplier",
+        ),
         ("hospital_a", "max_client_clip: 0.1", {"dp_client_clip": 1.0}, "dp-client-clip"),
     ],
 )
@@ -174,17 +208,29 @@ def test_a_run_asking_for_less_noise_or_a_larger_clip_than_the_site_pins_is_refu
     with pytest.raises(ConfigError) as err:
         train_round(load_site(path), dp_run.replace(**change), build_model(dp_run).state_dict(), server_round=1)
     message = str(err.value)
-    assert message.startswith(f"run_config: key '{key}': expected ") and f"the pin privacy.{pin.split(':')[0]} of site file {path}" in message
+    assert (
+        message.startswith(f"run_config: key '{key}': expected ")
+        and f"the pin privacy.{pin.split(':')[0]} of site file {path}" in message
+    )
     assert not (tmp_path / "sites" / ".dp-ledger").exists()  # nothing trained, nothing spent
 
 
-def test_pins_at_the_runs_values_or_of_the_other_level_let_it_train(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
-    path = pinned_site(world, tmp_path / "sites", "hospital_c", "{epsilon: 50.0, min_noise_multiplier: 1.1, max_grad_norm: 1.0, max_client_clip: 0.01}")
+def test_pins_at_the_runs_values_or_of_the_other_level_let_it_train(
+    world: Path, tmp_path: Path, dp_run: RunConfig
+) -> None:
+    path = pinned_site(
+        world,
+        tmp_path / "sites",
+        "hospital_c",
+        "{epsilon: 50.0, min_noise_multiplier: 1.1, max_grad_norm: 1.0, max_client_clip: 0.01}",
+    )
     content = train_round(load_site(path), dp_run, build_model(dp_run).state_dict(), server_round=1)
     assert len(content.array_records[ARRAYS_KEY]) > 0
 
 
-def test_a_renamed_site_file_over_the_same_manifest_keeps_the_datas_lifetime_spend(world: Path, tmp_path: Path, dp_run: RunConfig) -> None:
+def test_a_renamed_site_file_over_the_same_manifest_keeps_the_datas_lifetime_spend(
+    world: Path, tmp_path: Path, dp_run: RunConfig
+) -> None:
     one = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)], 1e-5)
     two = epsilon_spent([(1.1, 8 / 64, dp_run.local_steps)] * 2, 1e-5)
     privacy = f"{{epsilon: 50.0, lifetime_epsilon: {(one + two) / 2!r}}}"
@@ -197,4 +243,6 @@ def test_a_renamed_site_file_over_the_same_manifest_keeps_the_datas_lifetime_spe
     assert len(first.array_records[ARRAYS_KEY]) > 0
     metrics = dict(second.metric_records[METRICS_KEY])
     assert len(second.array_records[ARRAYS_KEY]) == 0 and metrics["dp/budget-exhausted"] == 1.0
-    assert metrics["dp/lifetime-epsilon"] == 0.0  # the renamed site's own ledger is empty: the source's spend refused it
+    assert (
+        metrics["dp/lifetime-epsilon"] == 0.0
+    )  # the renamed site's own ledger is empty: the source's spend refused it

@@ -50,8 +50,19 @@ def test_a_poll_interval_that_is_not_positive_is_refused() -> None:
 
 
 def test_poll_interval_is_taken_out_and_everything_else_passes_through() -> None:
-    argv = ["--insecure", "--poll-interval", "0.2", "--superlink", "127.0.0.1:9092", "--node-config", "site-config='a.yaml'"]
-    assert split_args(argv) == (0.2, ["--insecure", "--superlink", "127.0.0.1:9092", "--node-config", "site-config='a.yaml'"])
+    argv = [
+        "--insecure",
+        "--poll-interval",
+        "0.2",
+        "--superlink",
+        "127.0.0.1:9092",
+        "--node-config",
+        "site-config='a.yaml'",
+    ]
+    assert split_args(argv) == (
+        0.2,
+        ["--insecure", "--superlink", "127.0.0.1:9092", "--node-config", "site-config='a.yaml'"],
+    )
     assert split_args(["--insecure"]) == (0.3, ["--insecure"])
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedvlp.client import app as client_app
 from fedvlp.core.compression import SCALE_SUFFIX, MissingBase, encode_download
 from fedvlp.core.config import RunConfig, list_site_files, load_site
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,11 @@ def test_int8_reply_from_real_training_keeps_the_residual(demo_env: Path, tiny_r
     # the residual is what rounding lost: at most half a step of each row's scale
     key = max(floats, key=lambda k: global_state[k].numel())
     scale = torch.from_numpy(arrays[key + SCALE_SUFFIX].numpy())
-    rows = wire.pending[key].reshape(scale.shape[0], -1) if wire.pending[key].dim() >= 2 else wire.pending[key].reshape(1, -1)
+    rows = (
+        wire.pending[key].reshape(scale.shape[0], -1)
+        if wire.pending[key].dim() >= 2
+        else wire.pending[key].reshape(1, -1)
+    )
     assert bool((rows.abs().amax(dim=1) <= scale / 2 * (1 + 1e-5)).all())
 
 

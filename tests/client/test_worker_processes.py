@@ -25,8 +25,9 @@ def test_a_bad_nproc_stops_the_worker_naming_the_flag(capsys: pytest.CaptureFixt
     )
 
 
-def test_several_processes_for_a_private_site_stop_the_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_processes_for_a_private_site_stop_the_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _unset(monkeypatch)
     (tmp_path / "m.csv").write_text("id,image\n")
     site = tmp_path / "dp.yaml"

@@ -27,10 +27,14 @@ def _pairs_sites(world: Path, root: Path) -> tuple[Path, Path]:
     sites.mkdir(parents=True)
     for name, part in (("s1", frame.iloc[:half]), ("s2", frame.iloc[half:])):
         part.to_csv(root / f"{name}.csv", index=False)
-        (sites / f"{name}.yaml").write_text(f"name: {name}\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / name}.csv\n    kind: pairs\n")
+        (sites / f"{name}.yaml").write_text(
+            f"name: {name}\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / name}.csv\n    kind: pairs\n"
+        )
     frame.to_csv(root / "all.csv", index=False)
     whole = root / "whole.yaml"
-    whole.write_text(f"name: whole\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / 'all.csv'}\n    kind: pairs\n")
+    whole.write_text(
+        f"name: whole\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / 'all.csv'}\n    kind: pairs\n"
+    )
     return sites, whole
 
 
@@ -50,7 +54,9 @@ def test_central_run_equals_a_trainer_on_the_hand_pooled_manifest(world, tmp_pat
     assert central.state["run_config"] == run.to_flat() and central.state["config_hash"] == run.config_hash()
 
     model = build_model(run)
-    trainer = LocalTrainer(model, load_site_datasets(load_site(whole), run, model.max_text_len), run, torch.device("cpu"))
+    trainer = LocalTrainer(
+        model, load_site_datasets(load_site(whole), run, model.max_text_len), run, torch.device("cpu")
+    )
     trainer.train(result.steps_per_round, seed=run.seed * 100_003 + 1)
     by_hand = model.state_dict()
     assert set(by_hand) == set(central.weights)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fedvlp.core.checkpoint import CheckpointError, latest_round, load_latest, load_round, save_round
 
 
@@ -52,7 +53,9 @@ def test_extra_tensors_are_saved_beside_the_weights(tmp_path: Path) -> None:
 def four_rounds(folder: Path) -> None:
     """Rounds 0-3 whose weight 'image.w' is [r, r, r, r] and whose extra 'm' is [10 r]."""
     for r in range(4):
-        save_round(folder, r, {"image.w": torch.full((4,), float(r))}, {"config_hash": "h1"}, {"m": torch.tensor([10.0 * r])})
+        save_round(
+            folder, r, {"image.w": torch.full((4,), float(r))}, {"config_hash": "h1"}, {"m": torch.tensor([10.0 * r])}
+        )
 
 
 def _truncate(path: Path) -> None:
@@ -81,15 +84,32 @@ DAMAGE = {
     "truncated extra tensors": ("round_0003.extra.safetensors", _truncate, 2, "SHA-256 differs"),
     "missing round JSON": ("round_0003.json", lambda p: p.unlink(), 2, "missing"),
     "empty round JSON": ("round_0003.json", lambda p: p.write_bytes(b""), 2, "empty file"),
-    "round JSON of another round": ("round_0003.json", lambda p: p.write_text(p.with_name("round_0002.json").read_text()), 2, "not the state of round 3"),
+    "round JSON of another round": (
+        "round_0003.json",
+        lambda p: p.write_text(p.with_name("round_0002.json").read_text()),
+        2,
+        "not the state of round 3",
+    ),
     "empty latest.json": ("latest.json", lambda p: p.write_bytes(b""), 3, "empty file"),
-    "latest.json not a pointer": ("latest.json", lambda p: p.write_text('{"round": "three"}'), 3, "not a round pointer"),
-    "pointer to a missing round": ("latest.json", lambda p: p.write_text('{"round": 9}'), 3, "points at round 9, which has no files"),
+    "latest.json not a pointer": (
+        "latest.json",
+        lambda p: p.write_text('{"round": "three"}'),
+        3,
+        "not a round pointer",
+    ),
+    "pointer to a missing round": (
+        "latest.json",
+        lambda p: p.write_text('{"round": 9}'),
+        3,
+        "points at round 9, which has no files",
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
-def test_resume_falls_back_to_the_newest_intact_round_and_names_the_damage(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_resume_falls_back_to_the_newest_intact_round_and_names_the_damage(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     name, damage, expected_round, reason = DAMAGE[kind]
     four_rounds(tmp_path)
     damage(tmp_path / name)
@@ -100,7 +120,11 @@ def test_resume_falls_back_to_the_newest_intact_round_and_names_the_damage(tmp_p
     assert loaded.extra["m"].tolist() == [10.0 * expected_round]
     assert len(loaded.problems) == 1 and str(tmp_path / name) in loaded.problems[0] and reason in loaded.problems[0]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and str(tmp_path / name) in warnings[0] and f"resuming from round {expected_round}" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and str(tmp_path / name) in warnings[0]
+        and f"resuming from round {expected_round}" in warnings[0]
+    )
 
 
 def test_two_damaged_rounds_cost_those_two_rounds_only(tmp_path: Path) -> None:
@@ -141,7 +165,10 @@ def test_a_folder_with_no_intact_round_is_a_one_line_error(tmp_path: Path) -> No
 def test_the_json_records_the_sha256_of_each_tensor_file(tmp_path: Path) -> None:
     four_rounds(tmp_path)
     recorded = json.loads((tmp_path / "round_0002.json").read_text())["sha256"]
-    assert recorded == {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("round_0002.safetensors", "round_0002.extra.safetensors")}
+    assert recorded == {
+        n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()
+        for n in ("round_0002.safetensors", "round_0002.extra.safetensors")
+    }
     assert "sha256" not in load_round(tmp_path, 2).state
 
 
@@ -167,12 +194,17 @@ def test_a_folder_holding_rounds_of_another_configuration_is_refused(tmp_path: P
         save_round(tmp_path, 0, {"image.w": torch.ones(4)}, {"config_hash": "h2"})
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{tmp_path}: holds rounds of another configuration")
-    assert "round_0000.json: hash h1, this run: h2" in message and "pick another out-dir or pass the same configuration" in message
+    assert (
+        "round_0000.json: hash h1, this run: h2" in message
+        and "pick another out-dir or pass the same configuration" in message
+    )
     assert (tmp_path / "round_0000.safetensors").read_bytes() == before  # nothing overwritten
 
 
 # ------------------------------------------------------------------ a real writer and resumer
-def test_a_real_run_resumed_over_a_damaged_round_redoes_only_that_round(demo_env: Path, tmp_path: Path, tiny_run) -> None:
+def test_a_real_run_resumed_over_a_damaged_round_redoes_only_that_round(
+    demo_env: Path, tmp_path: Path, tiny_run
+) -> None:
     from fedvlp.core.central import pretrain_local
 
     run = tiny_run.replace(rounds=3, local_steps=2)
@@ -188,7 +220,9 @@ def test_a_real_run_resumed_over_a_damaged_round_redoes_only_that_round(demo_env
     assert all(torch.equal(straight.weights[k], resumed.weights[k]) for k in straight.weights)
 
 
-def test_a_real_run_of_another_configuration_refuses_a_folder_without_latest_json(demo_env: Path, tmp_path: Path, tiny_run) -> None:
+def test_a_real_run_of_another_configuration_refuses_a_folder_without_latest_json(
+    demo_env: Path, tmp_path: Path, tiny_run
+) -> None:
     from fedvlp.core.central import pretrain_local
     from fedvlp.core.config import ConfigError
 

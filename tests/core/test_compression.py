@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from fedvlp.core.compression import (
     SCALE_SUFFIX,
     WireState,
@@ -22,11 +23,13 @@ from fedvlp.core.config import ConfigError, RunConfig
 
 def test_bf16_equals_torch_bit_for_bit() -> None:
     generator = torch.Generator().manual_seed(0)
-    values = torch.cat([
-        torch.randn(10_000, generator=generator) * 100,
-        torch.randn(1000, generator=generator) * 1e-39,  # subnormals
-        torch.tensor([0.0, -0.0, 3.4e38, -3.4e38, float("inf"), float("-inf"), 1 + 2**-8, 1 + 3 * 2**-8]),
-    ])
+    values = torch.cat(
+        [
+            torch.randn(10_000, generator=generator) * 100,
+            torch.randn(1000, generator=generator) * 1e-39,  # subnormals
+            torch.tensor([0.0, -0.0, 3.4e38, -3.4e38, float("inf"), float("-inf"), 1 + 2**-8, 1 + 3 * 2**-8]),
+        ]
+    )
     expected = values.to(torch.bfloat16).float()
     got = bf16_decode(bf16_encode(values))
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
@@ -58,7 +61,9 @@ def test_int8_one_dimensional_tensor_has_one_scale() -> None:
 
 
 def test_int8_round_trip_error_at_most_half_a_scale() -> None:
-    values = torch.randn(64, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * torch.logspace(-4, 1, 64).reshape(-1, 1, 1, 1)
+    values = torch.randn(64, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * torch.logspace(-4, 1, 64).reshape(
+        -1, 1, 1, 1
+    )
     q, scale = int8_quantize(values)
     error = (int8_dequantize(q, scale) - values).abs().reshape(64, -1).amax(dim=1)
     assert bool((error <= torch.from_numpy(scale) / 2 * (1 + 1e-5)).all())
@@ -75,9 +80,13 @@ def test_error_feedback_delivers_k_times_a_constant_update() -> None:
     for _ in range(rounds):
         sent = encode_upload("int8", {"image.w": update}, received, wire)
         with_feedback += decode_upload("int8", sent, received)["image.w"]
-        without += decode_upload("int8", encode_upload("int8", {"image.w": update}, received, None), received)["image.w"]
+        without += decode_upload("int8", encode_upload("int8", {"image.w": update}, received, None), received)[
+            "image.w"
+        ]
     assert (with_feedback - rounds * update).abs().max() <= scale / 2 + 1e-6
-    assert (without - rounds * update)[1] == pytest.approx(-rounds * 0.1 * scale, rel=1e-3)  # 38 steps a round, not 38.1
+    assert (without - rounds * update)[1] == pytest.approx(
+        -rounds * 0.1 * scale, rel=1e-3
+    )  # 38 steps a round, not 38.1
     assert wire.pending["image.w"].abs().max() <= scale / 2 + 1e-6
 
 
@@ -86,7 +95,9 @@ def test_int8_upload_sends_the_update_and_keeps_integer_buffers_exact() -> None:
     trained = {"image.w": torch.tensor([[10.5, 19.0]]), "image.bn.num_batches_tracked": torch.tensor(7)}
     sent = encode_upload("int8", trained, received)
     assert sorted(sent) == ["image.bn.num_batches_tracked", "image.w", "image.w" + SCALE_SUFFIX]
-    assert sent["image.w"].tolist() == [[64, -127]] and sent["image.w" + SCALE_SUFFIX].tolist() == pytest.approx([1 / 127])
+    assert sent["image.w"].tolist() == [[64, -127]] and sent["image.w" + SCALE_SUFFIX].tolist() == pytest.approx(
+        [1 / 127]
+    )
     assert sent["image.bn.num_batches_tracked"].dtype == np.int64 and int(sent["image.bn.num_batches_tracked"]) == 7
     decoded = decode_upload("int8", sent, received)
     assert decoded["image.w"][0].tolist() == pytest.approx([10.0 + 64 / 127, 19.0])
@@ -99,7 +110,11 @@ def test_delta_download_leaves_out_unchanged_keys_and_sends_integers_whole() -> 
     assert encoding == "delta-bf16" and sorted(arrays) == ["image.n", "image.w"]
     assert arrays["image.w"].dtype == np.uint16
     decoded = apply_download(encoding, arrays, base, state)
-    assert decoded["image.w"].tolist() == [1.5, 2.0] and decoded["text.w"].tolist() == [3.0] and int(decoded["image.n"]) == 6
+    assert (
+        decoded["image.w"].tolist() == [1.5, 2.0]
+        and decoded["text.w"].tolist() == [3.0]
+        and int(decoded["image.n"]) == 6
+    )
 
 
 def test_delta_download_without_a_base_sends_the_whole_model_in_bf16() -> None:

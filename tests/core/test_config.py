@@ -30,7 +30,7 @@ def test_pyproject_defaults_equal_the_dataclass_defaults() -> None:
 def test_pyproject_table_is_the_rendering_of_the_dataclass() -> None:
     text = (project_root() / "pyproject.toml").read_text()
     start = text.index("[tool.flwr.app.config]\n")
-    block = text[start:text.index("\n\n", start) + 1]
+    block = text[start : text.index("\n\n", start) + 1]
     assert block == flower_config_table(), "paste fedvlp.core.config.flower_config_table() into pyproject.toml"
 
 
@@ -38,15 +38,32 @@ def test_every_field_has_a_known_hash_policy() -> None:
     policies = {f.name: f.metadata.get("hash", "always") for f in dataclasses.fields(RunConfig)}
     assert set(policies.values()) <= set(HASH_POLICIES)
     never = sorted(name for name, policy in policies.items() if policy == "never")
-    assert never == ["device", "loader_workers", "min_nodes", "min_replies", "out_dir", "round_timeout", "rounds",
-                     "trainer_cache_size"]
+    assert never == [
+        "device",
+        "loader_workers",
+        "min_nodes",
+        "min_replies",
+        "out_dir",
+        "round_timeout",
+        "rounds",
+        "trainer_cache_size",
+    ]
 
 
-@pytest.mark.parametrize(("run_value", "env", "node_default", "expected"), [
-    (0, None, None, 0), (0, "3", None, 3), (2, "3", None, 2), (2, None, 5, 2), (0, "3", 1, 1), (0, " ", None, 0),
-])
-def test_loader_workers_run_config_wins_over_the_node_default(monkeypatch, run_value, env, node_default,
-                                                                expected) -> None:
+@pytest.mark.parametrize(
+    ("run_value", "env", "node_default", "expected"),
+    [
+        (0, None, None, 0),
+        (0, "3", None, 3),
+        (2, "3", None, 2),
+        (2, None, 5, 2),
+        (0, "3", 1, 1),
+        (0, " ", None, 0),
+    ],
+)
+def test_loader_workers_run_config_wins_over_the_node_default(
+    monkeypatch, run_value, env, node_default, expected
+) -> None:
     if env is None:
         monkeypatch.delenv(LOADER_WORKERS_ENV, raising=False)
     else:
@@ -93,8 +110,14 @@ def test_config_hash_ignores_rounds_but_not_the_model() -> None:
 
 
 def test_recipes_switch_objectives() -> None:
-    assert RunConfig(recipe="convirt").objective_weights() == {"contrastive": 1.0, "matching": 0.0, "mlm": 0.0, "mim": 0.0, "generation": 0.0,
-                                                               "distill": 0.0}
+    assert RunConfig(recipe="convirt").objective_weights() == {
+        "contrastive": 1.0,
+        "matching": 0.0,
+        "mlm": 0.0,
+        "mim": 0.0,
+        "generation": 0.0,
+        "distill": 0.0,
+    }
     assert RunConfig(recipe="refers").objective_weights()["generation"] == 1.0
     assert RunConfig(recipe="mixed").objective_weights()["mim"] == 1.0
     assert RunConfig(recipe="mixed").objective_weights()["distill"] == 0.0  # opt-in
@@ -170,7 +193,9 @@ def test_expand_vars_supports_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_image_roots_are_relative_to_the_site_file_and_apply_to_every_source(tmp_path: Path) -> None:
     (tmp_path / "pacs").mkdir()
     site = tmp_path / "s.yaml"
-    site.write_text("name: t\nimage_roots: [pacs]\nsources:\n  - manifest: a.csv\n  - manifest: b.csv\n    kind: images\n")
+    site.write_text(
+        "name: t\nimage_roots: [pacs]\nsources:\n  - manifest: a.csv\n  - manifest: b.csv\n    kind: images\n"
+    )
     loaded = load_site(site)
     assert [s.image_roots for s in loaded.sources] == [((tmp_path / "pacs").resolve(),)] * 2
 
@@ -189,9 +214,14 @@ def test_run_file_roots_pin_the_files_a_run_config_may_make_a_site_read(tmp_path
     check_run_files(outside, load_site(tmp_path / "open.yaml"))  # no pin: anything goes
     check_run_files(inside, load_site(tmp_path / "pinned.yaml"))
     check_run_files(RunConfig(tokenizer="demo"), load_site(tmp_path / "packaged.yaml"))  # packaged names need no folder
-    with pytest.raises(ConfigError, match=r"pinned\.yaml: key 'run_file_roots': expected run-config 'tokenizer' inside the site's pinned folders \(.*approved\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pinned\.yaml: key 'run_file_roots': expected run-config 'tokenizer' inside the site's pinned folders \(.*approved\)",
+    ):
         check_run_files(outside, load_site(tmp_path / "pinned.yaml"))
-    with pytest.raises(ConfigError, match=r"packaged\.yaml: key 'run_file_roots': expected .*\(none: packaged names only\)"):
+    with pytest.raises(
+        ConfigError, match=r"packaged\.yaml: key 'run_file_roots': expected .*\(none: packaged names only\)"
+    ):
         check_run_files(inside, load_site(tmp_path / "packaged.yaml"))
     with pytest.raises(ConfigError, match=r"key 'run_file_roots\[0\]': expected an existing folder"):
         (tmp_path / "bad.yaml").write_text(body + "run_file_roots: [missing]\n")

@@ -9,9 +9,9 @@ import torch
 
 from fedvlp.core.config import ConfigError, RunConfig, load_site
 from fedvlp.core.distributed import (
-    _GlobalDraws,
     DEVICES_ENV,
     NPROC_ENV,
+    _GlobalDraws,
     shard_bounds,
     site_devices,
     train_distributed,
@@ -77,11 +77,19 @@ def test_devices_in_the_site_file_set_the_processes(tmp_path: Path) -> None:
     [
         ("nproc: 0\n", "nproc", "a whole number of training processes >= 1"),
         ("nproc: two\n", "nproc", "a whole number of training processes >= 1"),
-        ("devices: [gpu0, gpu1]\n", "devices", "a non-empty list of devices such as [cuda:0, cuda:1] (or cpu repeated)"),
+        (
+            "devices: [gpu0, gpu1]\n",
+            "devices",
+            "a non-empty list of devices such as [cuda:0, cuda:1] (or cpu repeated)",
+        ),
         ("devices: [cuda:0, cpu]\n", "devices", "devices of one kind (all cuda:N or all cpu: one collective backend)"),
         ("devices: [cuda:1, cuda:1]\n", "devices", "each GPU once (NCCL runs one process per GPU)"),
         ("devices: [cpu, cpu]\nnproc: 3\n", "nproc", "2 (the length of devices) or no nproc"),
-        ("nproc: 2\nprivacy: {epsilon: 8}\n", "nproc", "one process when the site has a privacy budget (DP-SGD trains in one process)"),
+        (
+            "nproc: 2\nprivacy: {epsilon: 8}\n",
+            "nproc",
+            "one process when the site has a privacy budget (DP-SGD trains in one process)",
+        ),
     ],
 )
 def test_a_bad_process_count_names_the_site_file_and_key(tmp_path: Path, extra: str, key: str, expected: str) -> None:

@@ -78,14 +78,21 @@ def _with_statistics(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
         if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)) and module.affine:
-            module.weight.data.copy_(torch.rand(module.num_features if hasattr(module, "num_features") else module.num_channels, generator=generator) + 0.5)
+            module.weight.data.copy_(
+                torch.rand(
+                    module.num_features if hasattr(module, "num_features") else module.num_channels, generator=generator
+                )
+                + 0.5
+            )
             module.bias.data.normal_(0, 0.1, generator=generator)
     return encoder.eval()
 
 
 def _resnet(block: str, layers: tuple[int, ...], widths: tuple[int, ...], norm: str = "batch") -> ResNetEncoder:
     torch.manual_seed(0)
-    return _with_statistics(ResNetEncoder(ImageEncoderConfig(block=block, layers=layers, widths=widths, image_size=32), norm), 1)  # type: ignore[return-value]
+    return _with_statistics(
+        ResNetEncoder(ImageEncoderConfig(block=block, layers=layers, widths=widths, image_size=32), norm), 1
+    )  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +177,9 @@ def test_text_folder_tokenizes_and_encodes_like_fedvlp(exported) -> None:
 def test_text_folder_keeps_the_vocabulary_and_the_length_limit(exported) -> None:
     root, _, _ = exported
     saved = (root / "text" / "text_encoder" / "vocab.txt").read_text(encoding="utf-8").split()
-    demo = [t for t in (project_root() / "core" / "data" / "vocab" / "demo.txt").read_text(encoding="utf-8").split() if t]
+    demo = [
+        t for t in (project_root() / "core" / "data" / "vocab" / "demo.txt").read_text(encoding="utf-8").split() if t
+    ]
     assert saved == list(dict.fromkeys(demo))
     config = json.loads((root / "text" / "text_encoder" / "tokenizer_config.json").read_text())
     assert config["model_max_length"] == 48  # the tiny preset's text length = rows of the position table
@@ -205,14 +214,26 @@ def test_exported_files_hold_the_same_tensors(exported) -> None:
 
 # ----------------------------------------------------------------------- whole checkpoints
 def _checkpoint(tmp_path: Path, **changes: object) -> tuple[RunConfig, Path]:
-    run = RunConfig(model_size="tiny", image_size=32, rounds=2, out_dir=str(tmp_path / "run"), sites=str(project_root() / "sites" / "demo"))
+    run = RunConfig(
+        model_size="tiny",
+        image_size=32,
+        rounds=2,
+        out_dir=str(tmp_path / "run"),
+        sites=str(project_root() / "sites" / "demo"),
+    )
     run = run.replace(**changes) if changes else run
     model = build_model(run)
-    history = [{"round": 1, "replies": 2, "sites": [{"node_id": 11, "metrics": {}}, {"node_id": 12, "metrics": {}}]},
-               {"round": 2, "replies": 1, "sites": [{"node_id": 12, "metrics": {}}]}]
+    history = [
+        {"round": 1, "replies": 2, "sites": [{"node_id": 11, "metrics": {}}, {"node_id": 12, "metrics": {}}]},
+        {"round": 2, "replies": 1, "sites": [{"node_id": 12, "metrics": {}}]},
+    ]
     for round_ in (1, 2):
-        save_round(tmp_path / "run" / "checkpoints", round_, model.state_dict(),
-                   {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history[:round_]})
+        save_round(
+            tmp_path / "run" / "checkpoints",
+            round_,
+            model.state_dict(),
+            {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": history[:round_]},
+        )
     return run, tmp_path / "run"
 
 
@@ -257,15 +278,30 @@ def test_card_and_meta_describe_the_run_and_sweep(tmp_path: Path) -> None:
     result = export_checkpoint(run_folder, tmp_path / "out")
     meta = json.loads((tmp_path / "out" / "fedvlp.json").read_text())
     assert meta["rounds"] == 2 and meta["run_config"]["model-size"] == "tiny"
-    assert meta["training"] == {"mode": "federated", "steps_per_round": 50, "steps_unit": "local steps per site", "pooled_sites": None}
+    assert meta["training"] == {
+        "mode": "federated",
+        "steps_per_round": 50,
+        "steps_unit": "local steps per site",
+        "pooled_sites": None,
+    }
     assert meta["sites"]["files"] == ["hospital_a", "hospital_b", "hospital_c"]
     assert meta["sites"]["replied"] == ["11", "12"] and meta["sites"]["replies_by_round"] == {"1": 2, "2": 1}
     assert meta["image"]["mean"] == [0.5] * 3 and meta["image"]["std"] == [0.25] * 3 and meta["image"]["model"] is None
     card = (tmp_path / "out" / "README.md").read_text()
     assert "federated  linear    0.750 +- 0.071" in card  # mean and sample std of 0.7 and 0.8
     assert "no torchvision constructor has widths (8, 16, 32, 64)" in card
-    assert "- federated pretraining: recipe `mixed`, model size `tiny`, image size 32 px, 2 completed round(s) of 50 local steps per site" in card
-    assert result.files == ("README.md", "fedvlp.json", "image_encoder.pt", "image_encoder.safetensors", "load_image_encoder.py", "text_encoder")
+    assert (
+        "- federated pretraining: recipe `mixed`, model size `tiny`, image size 32 px, 2 completed round(s) of 50 local steps per site"
+        in card
+    )
+    assert result.files == (
+        "README.md",
+        "fedvlp.json",
+        "image_encoder.pt",
+        "image_encoder.safetensors",
+        "load_image_encoder.py",
+        "text_encoder",
+    )
 
 
 def test_uwox_exports_the_shared_encoder_and_says_why_not_bert(tmp_path: Path) -> None:
@@ -282,7 +318,15 @@ def test_refers_exports_a_timm_vit_and_its_bert(tmp_path: Path) -> None:
     _, run_folder = _checkpoint(tmp_path, recipe="refers")
     result = export_checkpoint(run_folder, tmp_path / "out")
     assert result.meta["image"]["library"] == "timm"
-    assert result.meta["image"]["vit"] == {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 4.0, "dropout": 0.0}
+    assert result.meta["image"]["vit"] == {
+        "image_size": 32,
+        "patch_size": 8,
+        "dim": 32,
+        "depth": 2,
+        "heads": 2,
+        "mlp_ratio": 4.0,
+        "dropout": 0.0,
+    }
     state = load_file(str(tmp_path / "out" / "image_encoder.safetensors"))
     assert state["patch_embed.proj.weight"].shape == (32, 3, 8, 8) and "blocks.1.mlp.fc2.weight" in state
     assert (tmp_path / "out" / "text_encoder" / "config.json").is_file()

@@ -136,7 +136,9 @@ def test_layer_depths_of_bert_put_embeddings_below_every_layer() -> None:
     class _Text(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.text = TextEncoder(TextEncoderConfig(hidden=8, layers=2, heads=2, intermediate=8, max_len=8), vocab_size=10)
+            self.text = TextEncoder(
+                TextEncoderConfig(hidden=8, layers=2, heads=2, intermediate=8, max_len=8), vocab_size=10
+            )
 
     depths = layer_depths(_Text())
     # 2 layers: embeddings 2, layer 0 -> 2 - 1 - 0 = 1, layer 1 -> 0.
@@ -147,7 +149,9 @@ def test_layer_depths_of_bert_put_embeddings_below_every_layer() -> None:
 
 # ----------------------------------------------------------------------------- build_optimizer
 def test_build_optimizer_uses_the_group_rates() -> None:
-    optimizer = build_optimizer(_Towers(), RunConfig(lr=1e-3, image_lr_scale=0.1, text_lr_scale=0.05, weight_decay=0.01))
+    optimizer = build_optimizer(
+        _Towers(), RunConfig(lr=1e-3, image_lr_scale=0.1, text_lr_scale=0.05, weight_decay=0.01)
+    )
     assert isinstance(optimizer, torch.optim.AdamW)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-4, 5e-5])
     assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2, 4]

@@ -10,7 +10,12 @@ from fedvlp.core.params import filter_groups, group_of, strip_group
 
 @pytest.mark.parametrize(
     ("name", "group"),
-    [("image.stem.0.weight", "image"), ("text.bert.embeddings.word_embeddings.weight", "text"), ("joint.layer.0.w", "joint"), ("head.mlm.decoder.bias", "head.mlm")],
+    [
+        ("image.stem.0.weight", "image"),
+        ("text.bert.embeddings.word_embeddings.weight", "text"),
+        ("joint.layer.0.w", "joint"),
+        ("head.mlm.decoder.bias", "head.mlm"),
+    ],
 )
 def test_group_of_reads_the_prefix(name: str, group: str) -> None:
     assert group_of(name) == group

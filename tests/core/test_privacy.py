@@ -15,7 +15,15 @@ from torch import nn
 from fedvlp.core.config import ConfigError, RunConfig, load_site
 from fedvlp.core.models import build_model
 from fedvlp.core.objectives import BatchView
-from fedvlp.core.privacy import DPSGDTrainer, PrivacyLedger, clip_update, epsilon_spent, gaussian_noise, plan_privacy, round_mechanisms
+from fedvlp.core.privacy import (
+    DPSGDTrainer,
+    PrivacyLedger,
+    clip_update,
+    epsilon_spent,
+    gaussian_noise,
+    plan_privacy,
+    round_mechanisms,
+)
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
 # The stem's input (pixels) needs no gradient; torch warns about opacus' backward hooks there.
@@ -36,7 +44,9 @@ def _no_dropout(model: nn.Module) -> nn.Module:
 
 def _trainer(site_file: Path, run: RunConfig) -> LocalTrainer:
     model = build_model(run)
-    return LocalTrainer(model, load_site_datasets(load_site(site_file), run, model.max_text_len), run, torch.device("cpu"))
+    return LocalTrainer(
+        model, load_site_datasets(load_site(site_file), run, model.max_text_len), run, torch.device("cpu")
+    )
 
 
 def test_dp_modules_are_valid_for_opacus(dp_run: RunConfig) -> None:
@@ -54,10 +64,16 @@ def test_group_norm_keeps_parameter_names_and_drops_running_stats(tiny_run: RunC
     batch_keys = set(build_model(tiny_run).state_dict())
     group_keys = set(build_model(dp_run).state_dict())
     assert group_keys < batch_keys
-    assert {k.rsplit(".", 1)[1] for k in batch_keys - group_keys} == {"running_mean", "running_var", "num_batches_tracked"}
+    assert {k.rsplit(".", 1)[1] for k in batch_keys - group_keys} == {
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    }
 
 
-def _per_sample_check(model: nn.Module, modules: list[nn.Module], loss_of: Callable[[slice], torch.Tensor], size: int) -> None:
+def _per_sample_check(
+    model: nn.Module, modules: list[nn.Module], loss_of: Callable[[slice], torch.Tensor], size: int
+) -> None:
     hooked = [GradSampleModule(m, loss_reduction="mean") for m in modules]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     loss_of(slice(None)).backward()
@@ -97,7 +113,10 @@ def test_opacus_mim_per_sample_gradients_equal_each_samples_own_gradient(dp_run:
 
 
 def test_level_follows_the_objectives_of_each_demo_site(demo_env: Path, dp_run: RunConfig) -> None:
-    levels = {name: plan_privacy(_trainer(demo_env / f"{name}.yaml", dp_run), dp_run).level for name in ("hospital_a", "hospital_b", "hospital_c")}
+    levels = {
+        name: plan_privacy(_trainer(demo_env / f"{name}.yaml", dp_run), dp_run).level
+        for name in ("hospital_a", "hospital_b", "hospital_c")
+    }
     assert levels == {"hospital_a": "client", "hospital_b": "sample", "hospital_c": "sample"}
 
 
@@ -106,7 +125,9 @@ def test_sample_level_dp_on_images_needs_group_norm(demo_env: Path, tiny_run: Ru
         plan_privacy(_trainer(demo_env / "hospital_b.yaml", tiny_run), tiny_run)
 
 
-def test_epsilon_after_five_rounds_equals_opacus_accountant_stepped_by_hand(demo_env: Path, dp_run: RunConfig, tmp_path: Path) -> None:
+def test_epsilon_after_five_rounds_equals_opacus_accountant_stepped_by_hand(
+    demo_env: Path, dp_run: RunConfig, tmp_path: Path
+) -> None:
     trainer = _trainer(demo_env / "hospital_c.yaml", dp_run)  # 64 reports, batch 8, 3 steps a round
     plan = plan_privacy(trainer, dp_run)
     ledger = PrivacyLedger(tmp_path / "ledger.json")
@@ -132,13 +153,17 @@ def test_update_is_clipped_to_the_norm_as_one_vector() -> None:
     local = {"a": torch.tensor([3.0, 0.0, 0.0]), "b": torch.tensor([1.0, 5.0]), "n": torch.tensor(5)}
     clipped, norm = clip_update(glob, local, clip=2.5)
     assert norm == pytest.approx(5.0) and set(clipped) == {"a", "b"}  # integer buffers are not updates
-    assert clipped["a"].tolist() == pytest.approx([1.5, 0.0, 0.0]) and clipped["b"].tolist() == pytest.approx([0.0, 2.0])
+    assert clipped["a"].tolist() == pytest.approx([1.5, 0.0, 0.0]) and clipped["b"].tolist() == pytest.approx(
+        [0.0, 2.0]
+    )
     small, _ = clip_update(glob, local, clip=10.0)
     assert small["b"].tolist() == pytest.approx([0.0, 4.0])  # under the norm: unchanged
 
 
 def test_noise_has_std_noise_multiplier_times_clip() -> None:
-    noise = gaussian_noise({"w": torch.zeros(1_000_000)}, std=0.7 * 2.0, generator=torch.Generator().manual_seed(3))["w"]
+    noise = gaussian_noise({"w": torch.zeros(1_000_000)}, std=0.7 * 2.0, generator=torch.Generator().manual_seed(3))[
+        "w"
+    ]
     assert abs(float(noise.mean())) < 0.01
     assert float(noise.std()) == pytest.approx(1.4, rel=0.005)
 
@@ -146,9 +171,15 @@ def test_noise_has_std_noise_multiplier_times_clip() -> None:
 def test_dpsgd_round_trains_with_noise_and_touches_only_the_site_groups(demo_env: Path, dp_run: RunConfig) -> None:
     trainer = _trainer(demo_env / "hospital_b.yaml", dp_run)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    result = DPSGDTrainer(trainer, dp_run, plan_privacy(trainer, dp_run).sources, torch.Generator().manual_seed(0)).train(2, seed=1)
+    result = DPSGDTrainer(
+        trainer, dp_run, plan_privacy(trainer, dp_run).sources, torch.Generator().manual_seed(0)
+    ).train(2, seed=1)
     after = trainer.model.state_dict()
-    changed = {k.split(".")[0] if not k.startswith("head.") else ".".join(k.split(".")[:2]) for k in after if not torch.equal(before[k], after[k])}
+    changed = {
+        k.split(".")[0] if not k.startswith("head.") else ".".join(k.split(".")[:2])
+        for k in after
+        if not torch.equal(before[k], after[k])
+    }
     assert changed == {"image", "head.mim"}
     assert {n.split(".")[0] for n in result.touched} == {"image", "head"} and "loss/mim" in result.metrics
 
@@ -181,7 +212,9 @@ def _site(tmp_path: Path, privacy: str) -> Path:
     return path
 
 
-def test_the_ledger_path_depends_on_the_site_only_never_on_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_ledger_path_depends_on_the_site_only_never_on_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fedvlp.core.privacy import ledger_path
 
     monkeypatch.delenv("FEDVLP_DP_LEDGER", raising=False)
@@ -220,16 +253,24 @@ def test_a_damaged_ledger_stops_the_site_instead_of_resetting_its_budget(tmp_pat
 
 
 def test_site_privacy_keys_lifetime_budget_state_dir_and_pins(tmp_path: Path) -> None:
-    site = load_site(_site(tmp_path, "{lifetime_epsilon: 6, state_dir: state, min_noise_multiplier: 1.1, max_client_clip: 0.5}"))
+    site = load_site(
+        _site(tmp_path, "{lifetime_epsilon: 6, state_dir: state, min_noise_multiplier: 1.1, max_client_clip: 0.5}")
+    )
     assert site.epsilon == 6.0 and site.lifetime_epsilon == 6.0  # a lifetime budget alone turns DP on
     assert site.state_dir == tmp_path / "sites" / "state"
-    assert site.pins.min_noise_multiplier == 1.1 and site.pins.max_client_clip == 0.5 and site.pins.max_grad_norm is None
+    assert (
+        site.pins.min_noise_multiplier == 1.1 and site.pins.max_client_clip == 0.5 and site.pins.max_grad_norm is None
+    )
 
 
 @pytest.mark.parametrize(
     ("privacy", "key"),
-    [("{epsilon: 4.0, lifetime_epsilon: -1}", "privacy.lifetime_epsilon"), ("{epsilon: 4.0, min_noise_multipler: 1.0}", "privacy.min_noise_multipler"),
-     ("{epsilon: 4.0, max_client_clip: .inf}", "privacy.max_client_clip"), ("{epsilon: 4.0, state_dir: 3}", "privacy.state_dir")],
+    [
+        ("{epsilon: 4.0, lifetime_epsilon: -1}", "privacy.lifetime_epsilon"),
+        ("{epsilon: 4.0, min_noise_multipler: 1.0}", "privacy.min_noise_multipler"),
+        ("{epsilon: 4.0, max_client_clip: .inf}", "privacy.max_client_clip"),
+        ("{epsilon: 4.0, state_dir: 3}", "privacy.state_dir"),
+    ],
 )
 def test_bad_site_privacy_keys_are_refused_by_name(tmp_path: Path, privacy: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"h\.yaml: key '{key}'"):

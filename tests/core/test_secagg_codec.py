@@ -37,14 +37,19 @@ def _pairs_site() -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """What a site with image-text pairs sends in plain mode: its trained keys and counts."""
     torch.manual_seed(0)
     step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
-    return {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")}, {"image": 120, "text": 120}
+    return {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")}, {
+        "image": 120,
+        "text": 120,
+    }
 
 
 def test_a_site_encodes_weighted_updates_and_per_key_weights() -> None:
     sent, counts = _pairs_site()
     vectors = encode_update(KEYS, GLOBAL, sent, counts, MAX_WEIGHT, 8.0)
     assert len(vectors) == len(KEYS) + 1
-    np.testing.assert_allclose(vectors[0], 0.12 * (sent["image.w"].double() - GLOBAL["image.w"].double()).numpy().reshape(-1))
+    np.testing.assert_allclose(
+        vectors[0], 0.12 * (sent["image.w"].double() - GLOBAL["image.w"].double()).numpy().reshape(-1)
+    )
     assert vectors[1].shape == (1,)  # flat, never 0-d (Flower's unmasking mishandles 0-d arrays)
     assert vectors[1][0] == pytest.approx(0.12 * 3 / INTEGER_SCALE)  # 13 - 10 local steps, scaled
     assert not vectors[3].any() and not vectors[4].any()  # keys it did not send are zeros
@@ -53,7 +58,9 @@ def test_a_site_encodes_weighted_updates_and_per_key_weights() -> None:
 
 def test_one_site_decodes_back_to_its_own_weights() -> None:
     sent, counts = _pairs_site()
-    decoded, carried = decode_sum(KEYS, GLOBAL, encode_update(KEYS, GLOBAL, sent, counts, MAX_WEIGHT, 8.0), min_weight=0.5 / MAX_WEIGHT)
+    decoded, carried = decode_sum(
+        KEYS, GLOBAL, encode_update(KEYS, GLOBAL, sent, counts, MAX_WEIGHT, 8.0), min_weight=0.5 / MAX_WEIGHT
+    )
     assert carried == set(sent)
     for key in KEYS:
         expected = sent.get(key, GLOBAL[key])
@@ -68,7 +75,10 @@ def test_a_weight_beyond_the_clipping_range_is_refused() -> None:
         encode_update(KEYS, GLOBAL, sent, {"image": 9000, "text": 1}, MAX_WEIGHT, 8.0)
 
 
-@pytest.mark.parametrize(("count", "shown"), [(-99, "-99"), (0, "0"), (True, "True"), (120.5, "120.5"), (float("nan"), "nan"), (None, "None")])
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [(-99, "-99"), (0, "0"), (True, "True"), (120.5, "120.5"), (float("nan"), "nan"), (None, "None")],
+)
 def test_an_honest_client_cannot_encode_a_negative_or_odd_weight(count: object, shown: str) -> None:
     sent, _ = _pairs_site()
     with pytest.raises(ValueError, match=f"group 'image': count {shown} is not an integer >= 1"):
@@ -80,7 +90,10 @@ def test_the_key_order_survives_the_fit_config() -> None:
 
 
 def test_declared_sizes_come_from_the_clear_metrics() -> None:
-    assert declared_sizes({"loss/mlm": 2.0, "site-size/text": 165, "site-size/head.mlm": 45.0, "site-size/x": -1}) == {"text": 165, "head.mlm": 45}
+    assert declared_sizes({"loss/mlm": 2.0, "site-size/text": 165, "site-size/head.mlm": 45.0, "site-size/x": -1}) == {
+        "text": 165,
+        "head.mlm": 45,
+    }
 
 
 def test_declared_sizes_read_what_a_site_writes() -> None:

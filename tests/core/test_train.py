@@ -33,7 +33,9 @@ def _changed_groups(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
         ("hospital_c.yaml", {"text", "head.mlm"}),
     ],
 )
-def test_a_site_changes_exactly_the_groups_its_data_reaches(demo_env: Path, tiny_run: RunConfig, site: str, groups: set[str]) -> None:
+def test_a_site_changes_exactly_the_groups_its_data_reaches(
+    demo_env: Path, tiny_run: RunConfig, site: str, groups: set[str]
+) -> None:
     trainer = _trainer(demo_env / site, tiny_run)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     result = trainer.train(steps=2)
@@ -76,7 +78,9 @@ def _broken_site(tmp_path: Path, world: Path) -> Path:
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     site = tmp_path / "site.yaml"
     # the rows name the world's images by absolute path: that folder is an image root of the site
-    site.write_text(f"name: broken\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: manifest.csv\n    kind: pairs\n")
+    site.write_text(
+        f"name: broken\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: manifest.csv\n    kind: pairs\n"
+    )
     return site
 
 
@@ -105,7 +109,9 @@ def test_missing_manifest_column_names_file_and_column(tmp_path: Path, tiny_run:
 
 
 @pytest.mark.parametrize("recipe", ["mixed", "convirt", "timnet", "refers", "uwox", "unit"])
-def test_thirty_steps_lower_each_recipes_loss_on_the_pair_site(demo_env: Path, tiny_run: RunConfig, recipe: str) -> None:
+def test_thirty_steps_lower_each_recipes_loss_on_the_pair_site(
+    demo_env: Path, tiny_run: RunConfig, recipe: str
+) -> None:
     run = tiny_run.replace(recipe=recipe, batch_size=16)
     trainer = _trainer(demo_env / "hospital_a.yaml", run)
     first = trainer.train(steps=5, seed=0).metrics["loss/total"]
@@ -115,7 +121,9 @@ def test_thirty_steps_lower_each_recipes_loss_on_the_pair_site(demo_env: Path, t
 
 
 @pytest.mark.parametrize("recipe", ["convirt", "timnet", "refers"])
-def test_pair_only_recipes_train_nothing_at_an_image_only_site(demo_env: Path, tiny_run: RunConfig, recipe: str) -> None:
+def test_pair_only_recipes_train_nothing_at_an_image_only_site(
+    demo_env: Path, tiny_run: RunConfig, recipe: str
+) -> None:
     trainer = _trainer(demo_env / "hospital_b.yaml", tiny_run.replace(recipe=recipe))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     result = trainer.train(steps=2)
@@ -131,7 +139,9 @@ def test_pair_only_recipes_train_nothing_at_an_image_only_site(demo_env: Path, t
         ("unit", "hospital_b.yaml", {"image", "joint", "head.mim"}),
     ],
 )
-def test_shared_encoder_recipes_train_joint_from_either_modality(demo_env: Path, tiny_run: RunConfig, recipe: str, site: str, groups: set[str]) -> None:
+def test_shared_encoder_recipes_train_joint_from_either_modality(
+    demo_env: Path, tiny_run: RunConfig, recipe: str, site: str, groups: set[str]
+) -> None:
     trainer = _trainer(demo_env / site, tiny_run.replace(recipe=recipe))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     result = trainer.train(steps=2)
@@ -156,7 +166,9 @@ def _pooled_site(tmp_path: Path, world: Path) -> Path:
     return site
 
 
-def test_an_unpaired_text_pool_lets_an_image_site_train_uwox_matching(tmp_path: Path, world: Path, tiny_run: RunConfig) -> None:
+def test_an_unpaired_text_pool_lets_an_image_site_train_uwox_matching(
+    tmp_path: Path, world: Path, tiny_run: RunConfig
+) -> None:
     trainer = _trainer(_pooled_site(tmp_path, world), tiny_run.replace(recipe="uwox"))
     batch = trainer._next_batch(0)
     assert batch["paired"].eq(0).all() and "input_ids" in batch  # images coupled with pool reports
@@ -185,7 +197,15 @@ def test_bert_init_starts_the_uwox_shared_encoder_from_bert(tmp_path: Path, tiny
     from fedvlp.core.models.uwox import UWOXConfig
 
     preset = UWOXConfig.preset("tiny", 32, 10)
-    bert = BertModel(BertConfig(vocab_size=30, hidden_size=preset.hidden, num_hidden_layers=2, num_attention_heads=preset.heads, intermediate_size=preset.intermediate))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=30,
+            hidden_size=preset.hidden,
+            num_hidden_layers=2,
+            num_attention_heads=preset.heads,
+            intermediate_size=preset.intermediate,
+        )
+    )
     bert.save_pretrained(tmp_path / "bert")
     model = build_model(tiny_run.replace(recipe="uwox", bert_init=str(tmp_path / "bert")))
     ours = model.state_dict()["joint.encoder.layer.0.attention.self.query.weight"]
@@ -209,7 +229,9 @@ def _site_with_unreadable_images(tmp_path: Path, world: Path) -> Path:
         rows.loc[4 * k + 1, "image"] = str(bad)
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     site = tmp_path / "site.yaml"
-    site.write_text(f"name: unreadable\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n")
+    site.write_text(
+        f"name: unreadable\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n"
+    )
     return site
 
 
@@ -218,7 +240,6 @@ def test_counts_sent_are_the_samples_that_trained(tmp_path: Path, world: Path, t
     result = trainer.train(steps=1)  # one batch of 50: every row is drawn once
     assert sum(result.skipped.values()) == 11
     assert result.group_counts == {"image": 39, "head.mim": 39}
-
 
 
 def test_a_cuda_device_without_a_gpu_is_a_config_error_naming_its_origin() -> None:

@@ -69,8 +69,9 @@ def test_batchnorm_statistics_move_by_default(demo_env: Path, tiny_run: RunConfi
 
 
 @pytest.mark.parametrize(("persistent", "steps_after_two_rounds"), [(False, 2), (True, 4)])
-def test_persistent_optimizer_keeps_adam_state_across_rounds(demo_env: Path, tiny_run: RunConfig, persistent: bool,
-                                                            steps_after_two_rounds: int) -> None:
+def test_persistent_optimizer_keeps_adam_state_across_rounds(
+    demo_env: Path, tiny_run: RunConfig, persistent: bool, steps_after_two_rounds: int
+) -> None:
     trainer = _trainer(demo_env / "hospital_c.yaml", tiny_run.replace(persistent_optimizer=persistent))
     trainer.train(steps=2, seed=0)
     trainer.train(steps=2, seed=1)
@@ -83,10 +84,14 @@ def test_warmup_scales_the_first_steps_learning_rate(demo_env: Path, tiny_run: R
     trainer = _trainer(demo_env / "hospital_c.yaml", tiny_run.replace(warmup_steps=4, lr=1e-3))
     trainer.train(steps=1)
     assert trainer._optimizer is not None
-    assert [g["lr"] for g in trainer._optimizer.param_groups] == pytest.approx([g["base_lr"] * 0.25 for g in trainer._optimizer.param_groups])
+    assert [g["lr"] for g in trainer._optimizer.param_groups] == pytest.approx(
+        [g["base_lr"] * 0.25 for g in trainer._optimizer.param_groups]
+    )
 
 
-def test_self_distillation_trains_an_image_only_site_against_the_global_model(demo_env: Path, tiny_run: RunConfig) -> None:
+def test_self_distillation_trains_an_image_only_site_against_the_global_model(
+    demo_env: Path, tiny_run: RunConfig
+) -> None:
     trainer = _trainer(demo_env / "hospital_b.yaml", tiny_run.replace(weight_distill=1.0, weight_mim=0.0))
     global_image = {k: v.clone() for k, v in trainer.model.image.state_dict().items()}
     result = trainer.train(steps=2)

@@ -48,7 +48,10 @@ def measure(mode: str, world: Path, root: Path, rounds: int, local_steps: int) -
         fed.start_superlink()
         for name in ("hospital_a", "hospital_b"):
             fed.start_supernode(
-                name, SITES / f"{name}.yaml", worker=mode != "subprocess", poll_interval=POLL_INTERVAL if mode == "worker" else None
+                name,
+                SITES / f"{name}.yaml",
+                worker=mode != "subprocess",
+                poll_interval=POLL_INTERVAL if mode == "worker" else None,
             )
         if mode != "subprocess":
             for name in ("hospital_a", "hospital_b"):
@@ -57,7 +60,9 @@ def measure(mode: str, world: Path, root: Path, rounds: int, local_steps: int) -
             f'model-size="tiny" image-size=32 rounds={rounds} local-steps={local_steps} batch-size=8 '
             f"min-nodes=2 out-dir={json.dumps(str(out))}"
         )
-        fed.wait_round(out / "checkpoints", rounds, timeout=120.0 * rounds + 120.0, watch=("superlink", "hospital_a", "hospital_b"))
+        fed.wait_round(
+            out / "checkpoints", rounds, timeout=120.0 * rounds + 120.0, watch=("superlink", "hospital_a", "hospital_b")
+        )
     finally:
         fed.stop()
     history = json.loads((out / "checkpoints" / f"round_{rounds:04d}.json").read_text())["history"]
@@ -90,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     """Print ``deployment-<mode>-<figure>: value`` lines."""
     from fedvlp.core.data.synthetic import WorldSpec, generate_world
 
-    parser = argparse.ArgumentParser(prog="python -m tests.server.bench_deployment", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.server.bench_deployment", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", default=["subprocess", "worker"], choices=["subprocess", "worker-stock", "worker"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["subprocess", "worker"], choices=["subprocess", "worker-stock", "worker"]
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedvlp-bench-") as tmp:
         world = Path(tmp) / "world"

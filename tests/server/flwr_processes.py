@@ -83,7 +83,13 @@ def spawn(args: list[str], log: Path, env: Mapping[str, str], cwd: Path) -> subp
     """
     with log.open("wb") as handle:
         return subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
@@ -324,14 +330,23 @@ class LocalFederation:
         """The end of every log, for assertion messages."""
         return "\n".join(f"--- {log.name}\n{tail(log)}" for log in sorted(self.logs.glob("*.log")))
 
-    def start_superlink(self, *, certs: Mapping[str, Path] | None = None, auth: bool = False, database: Path | None = None) -> subprocess.Popen:
+    def start_superlink(
+        self, *, certs: Mapping[str, Path] | None = None, auth: bool = False, database: Path | None = None
+    ) -> subprocess.Popen:
         """``flower-superlink`` with TLS (``certs``: ca, cert, key) or ``--insecure``, optionally
         ``--enable-supernode-auth`` and a ``--database`` file; returns once it listens."""
         args = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.link_port)]
         if certs is None:
             args.append("--insecure")
         else:
-            args += ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]), "--ssl-keyfile", str(certs["key"])]
+            args += [
+                "--ssl-ca-certfile",
+                str(certs["ca"]),
+                "--ssl-certfile",
+                str(certs["cert"]),
+                "--ssl-keyfile",
+                str(certs["key"]),
+            ]
         if auth:
             args.append("--enable-supernode-auth")
         if database is not None:
@@ -376,7 +391,10 @@ class LocalFederation:
         proc = self._start(name, args)
         if worker:
             wait_for_port(port, proc, self.logs / f"{name}.log")
-            self._start(f"{name}-worker", [sys.executable, "-m", "fedvlp.client.worker", "--runtime-api-address", f"127.0.0.1:{port}"])
+            self._start(
+                f"{name}-worker",
+                [sys.executable, "-m", "fedvlp.client.worker", "--runtime-api-address", f"127.0.0.1:{port}"],
+            )
         return proc
 
     def wait_worker_ready(self, name: str, timeout: float = 120.0) -> None:
@@ -398,7 +416,9 @@ class LocalFederation:
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run a ``flwr`` CLI command against this federation's ``$FLWR_HOME``."""
-        return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout
+        )
 
     def node_list(self) -> list[dict]:
         """``flwr supernode list local-deployment --format json``: the SuperLink's nodes."""
@@ -406,13 +426,16 @@ class LocalFederation:
 
         res = self.flwr("supernode", "list", "local-deployment", "--format", "json")
         assert res.returncode == 0, f"flwr supernode list failed:\n{res.stdout}\n{res.stderr}"
-        return json.loads(res.stdout[res.stdout.index("{"):])["nodes"]
+        return json.loads(res.stdout[res.stdout.index("{") :])["nodes"]
 
     def run(self, run_config: str, name: str = "flwr-run") -> subprocess.Popen:
         """``flwr run <project> local-deployment --run-config ... --stream`` in the background."""
         from fedvlp.core.config import project_root
 
-        return self._start(name, [str(BIN / "flwr"), "run", str(project_root()), "local-deployment", "--run-config", run_config, "--stream"])
+        return self._start(
+            name,
+            [str(BIN / "flwr"), "run", str(project_root()), "local-deployment", "--run-config", run_config, "--stream"],
+        )
 
     def wait_round(self, checkpoints: Path, round_: int, timeout: float = 300.0, watch: Iterable[str] = ()) -> dict:
         """Block until ``checkpoints/latest.json`` names ``round_`` (or later); return it.
@@ -430,7 +453,9 @@ class LocalFederation:
                     return state
             for name in watch:
                 if self.procs[name].poll() is not None:
-                    raise AssertionError(f"{name} exited ({self.procs[name].returncode}) before round {round_}\n{self.logs_tail()}")
+                    raise AssertionError(
+                        f"{name} exited ({self.procs[name].returncode}) before round {round_}\n{self.logs_tail()}"
+                    )
             time.sleep(0.3)
         raise AssertionError(f"no round {round_} in {checkpoints} after {timeout:.0f}s\n{self.logs_tail()}")
 

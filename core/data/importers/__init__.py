@@ -68,7 +68,11 @@ def import_layout(layout: str, src: str | Path, out: str | Path, **options: Any)
     for name in options:
         if name not in accepted:
             flag = "--" + name.replace("_", "-")
-            raise ConfigError("command line", flag, f"an option of layout '{layout}' (it takes {['--' + a.replace('_', '-') for a in accepted]})")
+            raise ConfigError(
+                "command line",
+                flag,
+                f"an option of layout '{layout}' (it takes {['--' + a.replace('_', '-') for a in accepted]})",
+            )
     if options.get("uncertain", "blank") not in UNCERTAIN_POLICIES:
         raise ConfigError("command line", "--uncertain", f"one of {list(UNCERTAIN_POLICIES)}", options["uncertain"])
     src, out = Path(src), Path(out)

@@ -20,9 +20,20 @@ from .common import (
 __all__ = ["CHEXPERT_LABELS", "import_chexpert"]
 
 CHEXPERT_LABELS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 REQUIRED = ("Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS)
 _FILES = (("train.csv", "train"), ("valid.csv", "val"), ("test.csv", "test"))
@@ -32,7 +43,11 @@ def _resolve(src: Path, relative: str) -> Path | None:
     """The file a ``Path`` cell names: relative to ``src``, to its parent (``src`` is the
     ``CheXpert-v1.0-small`` folder itself) or without its first folder."""
     parts = PurePosixPath(relative.strip().replace("\\", "/")).parts
-    for candidate in (src.joinpath(*parts), src.parent.joinpath(*parts), src.joinpath(*parts[1:]) if len(parts) > 1 else None):
+    for candidate in (
+        src.joinpath(*parts),
+        src.parent.joinpath(*parts),
+        src.joinpath(*parts[1:]) if len(parts) > 1 else None,
+    ):
         if candidate is not None and candidate.is_file():
             return candidate
     return None
@@ -61,14 +76,34 @@ def import_chexpert(src: Path, out: Path, *, uncertain: str = "blank", absolute_
         Skipped and counted: ``missing_image``, ``bad_label``, ``bad_path``.
     """
     src, out = Path(src), Path(out)
-    folder = src if any((src / name).is_file() for name, _ in _FILES) else next(
-        (child for child in sorted(src.glob("CheXpert-v1.0*")) if (child / "train.csv").is_file() or (child / "valid.csv").is_file()), src
+    folder = (
+        src
+        if any((src / name).is_file() for name, _ in _FILES)
+        else next(
+            (
+                child
+                for child in sorted(src.glob("CheXpert-v1.0*"))
+                if (child / "train.csv").is_file() or (child / "valid.csv").is_file()
+            ),
+            src,
+        )
     )
     files = [(folder / name, split) for name, split in _FILES if (folder / name).is_file()]
     if not files:
-        raise ConfigError(str(src), "(file)", "CheXpert's train.csv and/or valid.csv (in the CheXpert-v1.0-small folder)")
+        raise ConfigError(
+            str(src), "(file)", "CheXpert's train.csv and/or valid.csv (in the CheXpert-v1.0-small folder)"
+        )
     result = ImportResult("chexpert", out, has_reports=False)
-    columns = (*BASE_COLUMNS[:2], "study_id", "view", "patient_id", "split", "sex", "age", *(label_column(n) for n in CHEXPERT_LABELS))
+    columns = (
+        *BASE_COLUMNS[:2],
+        "study_id",
+        "view",
+        "patient_id",
+        "split",
+        "sex",
+        "age",
+        *(label_column(n) for n in CHEXPERT_LABELS),
+    )
     with ManifestWriter(out, columns, result) as writer:
         for csv_path, split in files:
             with read_csv_rows(csv_path, REQUIRED) as (_, rows):
@@ -90,15 +125,17 @@ def import_chexpert(src: Path, out: Path, *, uncertain: str = "blank", absolute_
                         continue
                     study, view_file = parts[-2], PurePosixPath(parts[-1]).stem
                     frontal = row["Frontal/Lateral"].strip().lower() == "frontal"
-                    writer.write({
-                        "id": f"{patient}_{study}_{view_file}",
-                        "image": image_reference(image, out.parent, absolute_paths),
-                        "study_id": f"{patient}_{study}",
-                        "view": row["AP/PA"].strip() if frontal else "LATERAL",
-                        "patient_id": patient,
-                        "split": split,
-                        "sex": (row.get("Sex") or "").strip(),
-                        "age": (row.get("Age") or "").strip(),
-                        **labels,
-                    })
+                    writer.write(
+                        {
+                            "id": f"{patient}_{study}_{view_file}",
+                            "image": image_reference(image, out.parent, absolute_paths),
+                            "study_id": f"{patient}_{study}",
+                            "view": row["AP/PA"].strip() if frontal else "LATERAL",
+                            "patient_id": patient,
+                            "split": split,
+                            "sex": (row.get("Sex") or "").strip(),
+                            "age": (row.get("Age") or "").strip(),
+                            **labels,
+                        }
+                    )
     return result

@@ -43,8 +43,18 @@ __all__ = [
 BASE_COLUMNS = ("id", "image", "report", *SECTIONS, "study_id", "view", "patient_id", "split")
 SPLITS = ("train", "val", "test")
 UNCERTAIN_POLICIES = ("blank", "zero", "one")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "train_val": "train", "val": "val", "valid": "val",
-                  "validate": "val", "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "train_val": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 _MAX_PROBLEMS = 200
 
 
@@ -117,7 +127,9 @@ class ManifestWriter:
     def __enter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._tmp, "w", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file, fieldnames=list(self.columns), extrasaction="raise", lineterminator="\n")
+        self._writer = csv.DictWriter(
+            self._file, fieldnames=list(self.columns), extrasaction="raise", lineterminator="\n"
+        )
         self._writer.writeheader()
         return self
 
@@ -126,7 +138,9 @@ class ManifestWriter:
         self._writer.writerow({c: row.get(c, "") for c in self.columns})
         self.result.rows += 1
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._file is not None
         self._file.close()
         if exc_type is None:
@@ -200,7 +214,9 @@ def open_text(path: Path) -> IO[str]:
 
 
 @contextmanager
-def read_csv_rows(path: Path, required: tuple[str, ...] | list[str]) -> Iterator[tuple[list[str], Iterator[tuple[int, dict[str, str]]]]]:
+def read_csv_rows(
+    path: Path, required: tuple[str, ...] | list[str]
+) -> Iterator[tuple[list[str], Iterator[tuple[int, dict[str, str]]]]]:
     """Stream a CSV (or ``.csv.gz``) as ``(line_number, row)`` after checking its header.
 
     Yields ``(header, rows)``.
@@ -300,7 +316,9 @@ def site_yaml(result: ImportResult, name: str, site_path: Path | None = None) ->
     if result.has_images:
         roots = image_roots_of(Path(os.path.abspath(result.manifest)))
         if roots:
-            lines.append(f"image_roots: [{', '.join(json.dumps(r.as_posix()) for r in roots)}]  # where the images live")
+            lines.append(
+                f"image_roots: [{', '.join(json.dumps(r.as_posix()) for r in roots)}]  # where the images live"
+            )
     lines += [
         "sources:",
         f"  - manifest: {json.dumps(manifest.as_posix())}",

@@ -27,11 +27,27 @@ from ..images import ImageDecodeError
 from ..reports import SECTIONS
 from .common import BASE_COLUMNS, ImportResult, ManifestWriter, image_reference, read_csv_rows, report_fields
 
-__all__ = ["DEFAULT_MODALITIES", "READ_TAGS", "REPORT_KEYS", "import_dicom", "load_salt", "parse_report_columns", "pseudonym"]
+__all__ = [
+    "DEFAULT_MODALITIES",
+    "READ_TAGS",
+    "REPORT_KEYS",
+    "import_dicom",
+    "load_salt",
+    "parse_report_columns",
+    "pseudonym",
+]
 
 log = logging.getLogger(__name__)
 
-READ_TAGS = (*REFUSAL_TAGS, "SOPInstanceUID", "StudyInstanceUID", "PatientID", "ViewPosition", "AccessionNumber", "Modality")
+READ_TAGS = (
+    *REFUSAL_TAGS,
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "PatientID",
+    "ViewPosition",
+    "AccessionNumber",
+    "Modality",
+)
 # --report-key -> (the DICOM keyword joined on, the CSV column holding it by default)
 REPORT_KEYS = {"accession": ("AccessionNumber", "AccessionNumber"), "study": ("StudyInstanceUID", "StudyInstanceUID")}
 DEFAULT_MODALITIES = ("CR", "DX")
@@ -71,7 +87,11 @@ def load_salt(path: Path | None = None) -> tuple[bytes, Path, bool]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(str(path), "(salt file)", f"a readable text file with a secret salt ({err})") from err
     if len(salt) < _MIN_SALT_CHARS:
-        raise ConfigError(str(path), "(salt file)", f"a secret of at least {_MIN_SALT_CHARS} characters (delete the file to get a new random one)")
+        raise ConfigError(
+            str(path),
+            "(salt file)",
+            f"a secret of at least {_MIN_SALT_CHARS} characters (delete the file to get a new random one)",
+        )
     return salt.encode("utf-8"), path, created
 
 
@@ -111,7 +131,12 @@ def parse_report_columns(columns: Sequence[str] | None) -> dict[str, str]:
         name, sep, column = item.partition("=")
         field, column = (name.strip(), column.strip()) if sep else ("report", name.strip())
         if field not in ("report", *SECTIONS) or not column or field in mapping:
-            raise ConfigError("command line", "--report-column", f"COLUMN and/or SECTION=COLUMN with SECTION one of {['report', *SECTIONS]}, each once", item)
+            raise ConfigError(
+                "command line",
+                "--report-column",
+                f"COLUMN and/or SECTION=COLUMN with SECTION one of {['report', *SECTIONS]}, each once",
+                item,
+            )
         mapping[field] = column
     return mapping
 
@@ -125,7 +150,9 @@ def _walk(src: Path, result: ImportResult, modalities: frozenset[str] | None, ke
     images: list[_Image] = []
     seen: set[str] = set()
     # files walked so far (the total is unknown until the walk ends); off when not a TTY or quiet
-    with tqdm(desc="DICOM files", unit=" files", disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None) as bar:
+    with tqdm(
+        desc="DICOM files", unit=" files", disable=True if os.environ.get("FEDVLP_QUIET") == "1" else None
+    ) as bar:
         for folder, dirs, names in os.walk(src):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(names):
@@ -134,7 +161,14 @@ def _walk(src: Path, result: ImportResult, modalities: frozenset[str] | None, ke
     return images
 
 
-def _look_at(path: Path, result: ImportResult, modalities: frozenset[str] | None, key_keyword: str, images: list[_Image], seen: set[str]) -> None:
+def _look_at(
+    path: Path,
+    result: ImportResult,
+    modalities: frozenset[str] | None,
+    key_keyword: str,
+    images: list[_Image],
+    seen: set[str],
+) -> None:
     """Append ``path`` to ``images`` when it is a usable image, else count it by reason."""
     if path.name.startswith("."):
         return
@@ -163,11 +197,18 @@ def _look_at(path: Path, result: ImportResult, modalities: frozenset[str] | None
         result.skip("duplicate_id", f"{path}: an image with this SOPInstanceUID was already imported")
         return
     seen.add(sop)
-    text = {keyword: str(ds.get(keyword, "") or "").strip() for keyword in ("StudyInstanceUID", "PatientID", "ViewPosition", key_keyword)}
-    images.append(_Image(path, sop, text["StudyInstanceUID"], text["PatientID"], text["ViewPosition"].upper(), text[key_keyword]))
+    text = {
+        keyword: str(ds.get(keyword, "") or "").strip()
+        for keyword in ("StudyInstanceUID", "PatientID", "ViewPosition", key_keyword)
+    }
+    images.append(
+        _Image(path, sop, text["StudyInstanceUID"], text["PatientID"], text["ViewPosition"].upper(), text[key_keyword])
+    )
 
 
-def _reports(path: Path, key_column: str, columns: dict[str, str], wanted: set[str], result: ImportResult) -> dict[str, dict[str, str]]:
+def _reports(
+    path: Path, key_column: str, columns: dict[str, str], wanted: set[str], result: ImportResult
+) -> dict[str, dict[str, str]]:
     """The report fields of every key in ``wanted``, streamed from the CSV (the first row of a key wins)."""
     found: dict[str, dict[str, str]] = {}
     with read_csv_rows(path, list(dict.fromkeys([key_column, *columns.values()]))) as (_, rows):
@@ -240,7 +281,15 @@ def import_dicom(
     if not src.is_dir():
         raise ConfigError(str(src), "(folder)", "a folder of DICOM files")
     report_path = Path(reports) if reports is not None else None
-    given = [flag for flag, value in (("--report-key", report_key), ("--report-key-column", report_key_column), ("--report-column", report_column)) if value]
+    given = [
+        flag
+        for flag, value in (
+            ("--report-key", report_key),
+            ("--report-key-column", report_key_column),
+            ("--report-column", report_column),
+        )
+        if value
+    ]
     if report_path is None and given:
         raise ConfigError("command line", given[0], "to come with --reports CSV (it says how to join that CSV)")
     report_key = report_key or "accession"
@@ -256,7 +305,11 @@ def import_dicom(
     else:
         allowed = frozenset(m.strip().upper() for m in modalities)
     salt, salt_path, created = load_salt(Path(salt_file) if salt_file else None)
-    log.info("pseudonyms keyed by the salt in %s%s", salt_path, " (created now: keep it secret, and keep it for later imports)" if created else "")
+    log.info(
+        "pseudonyms keyed by the salt in %s%s",
+        salt_path,
+        " (created now: keep it secret, and keep it for later imports)" if created else "",
+    )
 
     result = ImportResult("dicom", out, has_reports=report_path is not None)
     with warnings.catch_warnings():
@@ -267,10 +320,18 @@ def import_dicom(
         key_column = report_key_column or REPORT_KEYS[report_key][1]
         found = _reports(report_path, key_column, columns, {i.key for i in images if i.key}, result)
     text_columns = ("report", *SECTIONS) if report_path is not None else ()
-    header = ("id", "image", *text_columns, *(c for c in BASE_COLUMNS if c in ("study_id", "view", "patient_id", "split")))
+    header = (
+        "id",
+        "image",
+        *text_columns,
+        *(c for c in BASE_COLUMNS if c in ("study_id", "view", "patient_id", "split")),
+    )
     with ManifestWriter(out, header, result) as writer:
         for image in images:
-            record = {"id": pseudonym(salt, "image", image.sop), "image": image_reference(image.path, out.parent, absolute_paths)}
+            record = {
+                "id": pseudonym(salt, "image", image.sop),
+                "image": image_reference(image.path, out.parent, absolute_paths),
+            }
             if report_path is not None:
                 if not image.key:
                     result.skip("no_report_key", f"{image.path}: no {REPORT_KEYS[report_key][0]}")
@@ -282,9 +343,17 @@ def import_dicom(
                     result.skip("empty_report", f"{image.path}: the report row is empty")
                     continue
                 record.update(found[image.key])
-            for note, value in (("no_patient_id", image.patient), ("no_study_id", image.study), ("no_view", image.view)):
+            for note, value in (
+                ("no_patient_id", image.patient),
+                ("no_study_id", image.study),
+                ("no_view", image.view),
+            ):
                 if not value:
                     result.note(note)
-            record.update(study_id=pseudonym(salt, "study", image.study), view=image.view, patient_id=pseudonym(salt, "patient", image.patient))
+            record.update(
+                study_id=pseudonym(salt, "study", image.study),
+                view=image.view,
+                patient_id=pseudonym(salt, "patient", image.patient),
+            )
             writer.write(record)
     return result

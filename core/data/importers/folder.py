@@ -49,7 +49,12 @@ def patient_matcher(pattern: str | None) -> list[re.Pattern[str]]:
     except re.error as err:
         raise ConfigError("command line", "--patient-pattern", f"a regular expression ({err})", pattern) from err
     if compiled.groups == 0:
-        raise ConfigError("command line", "--patient-pattern", "a regular expression with a group (?P<patient>...) for the patient id", pattern)
+        raise ConfigError(
+            "command line",
+            "--patient-pattern",
+            "a regular expression with a group (?P<patient>...) for the patient id",
+            pattern,
+        )
     return [compiled]
 
 
@@ -65,7 +70,9 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
-def import_folder(src: Path, out: Path, *, patient_pattern: str | None = None, absolute_paths: bool = False) -> ImportResult:
+def import_folder(
+    src: Path, out: Path, *, patient_pattern: str | None = None, absolute_paths: bool = False
+) -> ImportResult:
     """Import ``src/SPLIT/CLASS/*`` (or ``src/CLASS/*``) into one manifest row per image.
 
     Parameters
@@ -121,12 +128,14 @@ def import_folder(src: Path, out: Path, *, patient_pattern: str | None = None, a
                     if not patient:
                         result.note("no_patient_id")
                     stem = path.relative_to(class_dir).with_suffix("").as_posix().replace("/", "_")
-                    writer.write({
-                        "id": "_".join(x for x in (split, class_dir.name, stem) if x),
-                        "image": image_reference(path, out.parent, absolute_paths),
-                        "class": class_dir.name,
-                        "patient_id": patient,
-                        "split": split,
-                        **{label_column(c): str(int(c == class_dir.name)) for c in classes},
-                    })
+                    writer.write(
+                        {
+                            "id": "_".join(x for x in (split, class_dir.name, stem) if x),
+                            "image": image_reference(path, out.parent, absolute_paths),
+                            "class": class_dir.name,
+                            "patient_id": patient,
+                            "split": split,
+                            **{label_column(c): str(int(c == class_dir.name)) for c in classes},
+                        }
+                    )
     return result

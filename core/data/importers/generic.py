@@ -123,7 +123,16 @@ def import_generic(
     image_root = Path(images) if images is not None else src.parent
     result = ImportResult("generic", out, has_images="image" in mapping, has_reports=bool(text_keys))
     text_columns = ("report", *SECTIONS) if text_keys else ()
-    columns = ("id", *(("image",) if "image" in mapping else ()), *text_columns, "study_id", "view", "patient_id", "split", *(label_column(name) for name in labels))
+    columns = (
+        "id",
+        *(("image",) if "image" in mapping else ()),
+        *text_columns,
+        "study_id",
+        "view",
+        "patient_id",
+        "split",
+        *(label_column(name) for name in labels),
+    )
     if len(set(columns)) != len(columns):
         raise ConfigError("command line", "--map", "label names whose label columns differ", list(labels))
     seen: set[str] = set()
@@ -158,7 +167,9 @@ def import_generic(
                     continue
                 record.update(fields)
             try:
-                record.update({label_column(name): label_value(row[column], uncertain) for name, column in labels.items()})
+                record.update(
+                    {label_column(name): label_value(row[column], uncertain) for name, column in labels.items()}
+                )
             except ValueError as err:
                 result.skip("bad_label", f"{where}: {err}")
                 continue

@@ -24,9 +24,20 @@ __all__ = ["MIMIC_LABELS", "import_mimic_cxr_jpg"]
 
 # The 14 label columns of mimic-cxr-2.0.0-chexpert.csv and -negbio.csv, after subject_id, study_id.
 MIMIC_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
 )
 METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 SPLIT_COLUMNS = ("dicom_id", "split")
@@ -89,7 +100,9 @@ def import_mimic_cxr_jpg(
     with read_csv_rows(labels_file, ("subject_id", "study_id", *MIMIC_LABELS)) as (_, rows):
         for line, row in rows:
             try:
-                study_labels[row["study_id"].strip()] = tuple(label_value(row[name], uncertain) for name in MIMIC_LABELS)
+                study_labels[row["study_id"].strip()] = tuple(
+                    label_value(row[name], uncertain) for name in MIMIC_LABELS
+                )
             except ValueError as err:
                 study_labels[row["study_id"].strip()] = None
                 result.problems.append(f"{labels_file}:{line}: {err}")
@@ -117,7 +130,10 @@ def import_mimic_cxr_jpg(
             if not no_reports:
                 if cached[0] != study:  # views of a study are consecutive rows: read its report once
                     path = report_root / folder / f"s{study}.txt"
-                    cached = (study, report_fields(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else None)
+                    cached = (
+                        study,
+                        report_fields(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else None,
+                    )
                 if cached[1] is None:
                     result.skip("missing_report", f"{where}: {report_root / folder / f's{study}.txt'}")
                     continue
@@ -133,14 +149,16 @@ def import_mimic_cxr_jpg(
             view = row["ViewPosition"].strip()
             if not view:
                 result.note("no_view")
-            writer.write({
-                "id": dicom,
-                "image": image_reference(image, out.parent, absolute_paths),
-                **fields,
-                "study_id": study,
-                "view": view,
-                "patient_id": subject,
-                "split": split,
-                **{label_column(name): value for name, value in zip(MIMIC_LABELS, labels)},
-            })
+            writer.write(
+                {
+                    "id": dicom,
+                    "image": image_reference(image, out.parent, absolute_paths),
+                    **fields,
+                    "study_id": study,
+                    "view": view,
+                    "patient_id": subject,
+                    "split": split,
+                    **{label_column(name): value for name, value in zip(MIMIC_LABELS, labels)},
+                }
+            )
     return result

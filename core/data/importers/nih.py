@@ -24,8 +24,21 @@ from .common import (
 __all__ = ["NIH_LABELS", "import_nih"]
 
 NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
-    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax", "No Finding",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+    "No Finding",
 )
 REQUIRED = ("Image Index", "Finding Labels", "Patient ID")
 
@@ -76,14 +89,28 @@ def import_nih(src: Path, out: Path, *, images: Path | None = None, absolute_pat
         Skipped and counted: ``missing_image``, ``unknown_label``.
     """
     src, out = Path(src), Path(out)
-    entries = find_one(src, ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "Data_Entry_2017*.csv"), "the NIH ChestX-ray14 label file")
+    entries = find_one(
+        src,
+        ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "Data_Entry_2017*.csv"),
+        "the NIH ChestX-ray14 label file",
+    )
     if images is not None and not Path(images).is_dir():
         raise ConfigError("command line", "--images", "an existing folder of NIH ChestX-ray14 images", str(images))
     index = _index_images(src, images)
     splits = _split_lists(src)
     known = {name.replace("_", " ").lower(): name for name in NIH_LABELS}
     result = ImportResult("nih", out, has_reports=False)
-    columns = (*BASE_COLUMNS[:2], "study_id", "view", "patient_id", "split", "sex", "age", "followup", *(label_column(n) for n in NIH_LABELS))
+    columns = (
+        *BASE_COLUMNS[:2],
+        "study_id",
+        "view",
+        "patient_id",
+        "split",
+        "sex",
+        "age",
+        "followup",
+        *(label_column(n) for n in NIH_LABELS),
+    )
     with ManifestWriter(out, columns, result) as writer, read_csv_rows(entries, REQUIRED) as (_, rows):
         for line, row in rows:
             where = f"{entries}:{line}"
@@ -95,23 +122,28 @@ def import_nih(src: Path, out: Path, *, images: Path | None = None, absolute_pat
             findings = [f.strip() for f in row["Finding Labels"].split("|") if f.strip()]
             unknown = [f for f in findings if f.replace("_", " ").lower() not in known]
             if unknown or not findings:
-                result.skip("unknown_label", f"{where}: {row['Finding Labels']!r}, expected '|'-separated names from {list(NIH_LABELS)}")
+                result.skip(
+                    "unknown_label",
+                    f"{where}: {row['Finding Labels']!r}, expected '|'-separated names from {list(NIH_LABELS)}",
+                )
                 continue
             present = {known[f.replace("_", " ").lower()] for f in findings}
             age = re.sub(r"^0*(\d+)[YMD]?$", r"\1", (row.get("Patient Age") or "").strip())
             split = splits.get(name, "")
             if splits and not split:
                 result.note("not_in_split_lists")
-            writer.write({
-                "id": Path(name).stem,
-                "image": image_reference(image, out.parent, absolute_paths),
-                "study_id": Path(name).stem,
-                "view": (row.get("View Position") or "").strip(),
-                "patient_id": row["Patient ID"].strip().lstrip("0") or "0",
-                "split": split,
-                "sex": (row.get("Patient Gender") or row.get("Patient Sex") or "").strip(),
-                "age": age,
-                "followup": (row.get("Follow-up #") or "").strip(),
-                **{label_column(n): str(int(n in present)) for n in NIH_LABELS},
-            })
+            writer.write(
+                {
+                    "id": Path(name).stem,
+                    "image": image_reference(image, out.parent, absolute_paths),
+                    "study_id": Path(name).stem,
+                    "view": (row.get("View Position") or "").strip(),
+                    "patient_id": row["Patient ID"].strip().lstrip("0") or "0",
+                    "split": split,
+                    "sex": (row.get("Patient Gender") or row.get("Patient Sex") or "").strip(),
+                    "age": age,
+                    "followup": (row.get("Follow-up #") or "").strip(),
+                    **{label_column(n): str(int(n in present)) for n in NIH_LABELS},
+                }
+            )
     return result

@@ -21,7 +21,12 @@ from .common import (
 
 __all__ = ["import_openi"]
 
-_SECTION_LABELS = {"FINDINGS": "findings", "IMPRESSION": "impression", "INDICATION": "indication", "COMPARISON": "comparison"}
+_SECTION_LABELS = {
+    "FINDINGS": "findings",
+    "IMPRESSION": "impression",
+    "INDICATION": "indication",
+    "COMPARISON": "comparison",
+}
 _NO_TERMS = {"no indexing"}  # IU's marker for a report nobody indexed: its labels are unknown
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -30,7 +35,9 @@ def _xml_files(src: Path) -> list[Path]:
     folder = src / "ecgen-radiology" if (src / "ecgen-radiology").is_dir() else src
     files = sorted(folder.glob("*.xml"), key=lambda p: (int(p.stem) if p.stem.isdigit() else 1 << 62, p.name))
     if not files:
-        raise ConfigError(str(folder), "(file)", "IU X-ray report files ecgen-radiology/*.xml (from NLMCXR_reports.tgz)")
+        raise ConfigError(
+            str(folder), "(file)", "IU X-ray report files ecgen-radiology/*.xml (from NLMCXR_reports.tgz)"
+        )
     return files
 
 
@@ -145,16 +152,21 @@ def import_openi(
                 result.skip("no_image", f"{path}: report {study} has no <parentImage>")
                 continue
             for image_id in parents:
-                image = next((image_dir / f"{image_id}{s}" for s in _IMAGE_SUFFIXES if (image_dir / f"{image_id}{s}").is_file()), None)
+                image = next(
+                    (image_dir / f"{image_id}{s}" for s in _IMAGE_SUFFIXES if (image_dir / f"{image_id}{s}").is_file()),
+                    None,
+                )
                 if image is None:
                     result.skip("missing_image", f"{path}: {image_dir / (image_id + '.png')}")
                     continue
-                writer.write({
-                    "id": image_id,
-                    "image": image_reference(image, out.parent, absolute_paths),
-                    **fields,
-                    "study_id": study,
-                    "patient_id": study,
-                    **labels,
-                })
+                writer.write(
+                    {
+                        "id": image_id,
+                        "image": image_reference(image, out.parent, absolute_paths),
+                        **fields,
+                        "study_id": study,
+                        "patient_id": study,
+                        **labels,
+                    }
+                )
     return result

@@ -228,4 +228,3 @@ def _follow_up(case: Case, rng: np.random.Generator, persistence: float = 0.6) -
         if name in source.findings:
             findings[name] = source.findings[name]
     return Case(case.anatomy, findings)
-

@@ -115,8 +115,9 @@ def _lung(
     return _ramp((lateral - ad) / e) * _ramp((ad - medial) / e) * _ramp((y - top) / e) * _ramp((bottom - y) / e)
 
 
-def _rounded_box(x: np.ndarray, y: np.ndarray, cx: float, cy: float, half_w: float, half_h: float,
-                 radius: float) -> np.ndarray:
+def _rounded_box(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, half_w: float, half_h: float, radius: float
+) -> np.ndarray:
     """Signed distance to a rounded rectangle (negative inside)."""
     qx = np.abs(x - cx) - half_w + radius
     qy = np.abs(y - cy) - half_h + radius
@@ -194,8 +195,9 @@ def _draw(rng: np.random.Generator, a: Anatomy, size: int, acquisition: Acquisit
     rib_offset = float(patient.uniform(0.0, 0.06))
     mottle = _lowfreq(patient, size, 16)
     detail = np.random.default_rng(detail_seed)
-    return _Draws(angle, shift_x, shift_y, scale, contrast, brightness, heel, noise, phases, freqs, rib_offset, mottle,
-                  detail)
+    return _Draws(
+        angle, shift_x, shift_y, scale, contrast, brightness, heel, noise, phases, freqs, rib_offset, mottle, detail
+    )
 
 
 def _patient_frame(case: Case, size: int, draws: _Draws) -> _Frame:
@@ -207,8 +209,19 @@ def _patient_frame(case: Case, size: int, draws: _Draws) -> _Frame:
     x = ((cos * xr + sin * yr) / draws.scale).astype(np.float32)
     y = ((-sin * xr + cos * yr) / draws.scale + 0.5).astype(np.float32)
     right = x < 0
-    return _Frame(a, case.findings, size, gu, x, y, np.abs(x), right, 1.2 / size, a.thorax_half_width,
-                  _side_value(right, a.dome_right, a.dome_left))
+    return _Frame(
+        a,
+        case.findings,
+        size,
+        gu,
+        x,
+        y,
+        np.abs(x),
+        right,
+        1.2 / size,
+        a.thorax_half_width,
+        _side_value(right, a.dome_right, a.dome_left),
+    )
 
 
 def _body(fr: _Frame, layers: _Layers) -> np.ndarray:
@@ -310,7 +323,7 @@ def _air(fr: _Frame, layers: _Layers, draws: _Draws, dens: np.ndarray) -> np.nda
     phi = np.arctan2(hdy, hdx)
     streak = sum(np.cos(k * phi + p + 12.0 * r) for k, p in zip(draws.freqs, draws.phases[:3])) / 3.0
     vessels = np.clip(streak + 0.5 * draws.mottle, 0.0, None) ** 1.5 * np.exp(-r / 0.17)
-    hila = np.exp(-(r / 0.06) ** 2)
+    hila = np.exp(-((r / 0.06) ** 2))
     texture = 0.2 * vessels + 0.12 * hila + 0.03 * draws.mottle + 0.1 * layers.t_lung * layers.t_lung
 
     dens -= 0.34 * air
@@ -369,20 +382,31 @@ def _devices(fr: _Frame, layers: _Layers, draws: _Draws, dens: np.ndarray) -> np
         d = _polyline_distance(x, y, [(0.003, -0.05), (0.002 + jitter[0], carina - 0.05 + jitter[1])])
         metal = np.maximum(metal, _ramp((0.0085 - d) / e))
     if "central_line" in devices:
-        pts = [(-0.16, -0.02), (-0.12, 0.08), (-0.075, a.apex + 0.07), (-0.045, carina),
-               (-0.035, carina + 0.1 + jitter[2])]
+        pts = [
+            (-0.16, -0.02),
+            (-0.12, 0.08),
+            (-0.075, a.apex + 0.07),
+            (-0.045, carina),
+            (-0.035, carina + 0.1 + jitter[2]),
+        ]
         d = _polyline_distance(x, y, pts)
         metal = np.maximum(metal, 0.85 * _ramp((0.006 - d) / e))
     if "pacemaker" in devices:
         bx, by = w - 0.09, a.apex + 0.06
         box = _ramp(-_rounded_box(x, y, bx, by, 0.05, 0.035, 0.015) / e)
-        pts = [(bx - 0.04, by), (0.12, a.apex + 0.05), (0.02, a.apex + 0.1), (-0.035, carina + 0.06),
-               (-0.03, heart_cy), (0.04 + jitter[3], heart_cy + 0.05), (0.12, heart_cy + 0.06)]
+        pts = [
+            (bx - 0.04, by),
+            (0.12, a.apex + 0.05),
+            (0.02, a.apex + 0.1),
+            (-0.035, carina + 0.06),
+            (-0.03, heart_cy),
+            (0.04 + jitter[3], heart_cy + 0.05),
+            (0.12, heart_cy + 0.06),
+        ]
         d = _polyline_distance(x, y, pts)
         metal = np.maximum(metal, np.maximum(box, 0.9 * _ramp((0.006 - d) / e)))
     if "nasogastric_tube" in devices:
-        pts = [(-0.008, -0.05), (-0.012, carina), (0.008, dome_l - 0.1), (0.05, dome_l + 0.03),
-               (0.14, dome_l + 0.07)]
+        pts = [(-0.008, -0.05), (-0.012, carina), (0.008, dome_l - 0.1), (0.05, dome_l + 0.03), (0.14, dome_l + 0.07)]
         d = _polyline_distance(x, y, pts)
         metal = np.maximum(metal, 0.8 * _ramp((0.007 - d) / e))
     dens += 0.55 * metal

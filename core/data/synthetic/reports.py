@@ -23,7 +23,11 @@ _GRAMMAR: dict[str, Any] = {
         "cardiomegaly_adverb": {"mild": ("mildly",), "moderate": ("moderately",), "large": ("markedly", "severely")},
         "pleural_effusion": {"mild": ("small",), "moderate": ("moderate", "moderate-sized"), "large": ("large",)},
         "pneumothorax": {"mild": ("small", "tiny"), "moderate": ("moderate", "moderate-sized"), "large": ("large",)},
-        "consolidation": {"mild": ("patchy", "mild"), "moderate": ("confluent", "moderate"), "large": ("extensive", "dense")},
+        "consolidation": {
+            "mild": ("patchy", "mild"),
+            "moderate": ("confluent", "moderate"),
+            "large": ("extensive", "dense"),
+        },
     },
     "zone": {"upper": ("upper",), "lower": ("lower",)},
     "side": {"left": ("left",), "right": ("right",), "bilateral": ("bilateral",)},
@@ -135,7 +139,12 @@ _GRAMMAR: dict[str, Any] = {
         ),
         "support_devices": ("no lines or tubes.", "no support devices are seen."),
     },
-    "lungs_clear": ("lungs are clear.", "the lungs are clear.", "both lungs are clear.", "the lungs are well expanded and clear."),
+    "lungs_clear": (
+        "lungs are clear.",
+        "the lungs are clear.",
+        "both lungs are clear.",
+        "the lungs are well expanded and clear.",
+    ),
     "filler": (
         "the osseous structures are intact.",
         "no acute bony abnormality.",
@@ -250,8 +259,13 @@ def write_report(case: Case, rng: np.random.Generator) -> str:
     elif rng.random() < 0.25:
         devices.append(_choice(rng, g["negative"]["support_devices"]))
 
-    for name, bucket in (("consolidation", lungs), ("nodule", lungs), ("pleural_effusion", pleura),
-                         ("pneumothorax", pleura), ("cardiomegaly", heart)):
+    for name, bucket in (
+        ("consolidation", lungs),
+        ("nodule", lungs),
+        ("pleural_effusion", pleura),
+        ("pneumothorax", pleura),
+        ("cardiomegaly", heart),
+    ):
         if name in f:
             finding = f[name]
             template = _choice(rng, g["positive"][_positive_key(name, finding)])
@@ -346,4 +360,3 @@ def write_vocabulary(path: str | Path = _VOCAB_FILE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(demo_vocabulary()) + "\n", encoding="utf-8")
     return path
-

@@ -87,7 +87,9 @@ class WorldSpec:
             if getattr(self, name) < 32:
                 raise ValueError(f"WorldSpec.{name} must be at least 32 pixels, got {getattr(self, name)!r}")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
-            raise ValueError(f"WorldSpec.split_fractions must be three non-negative numbers, got {self.split_fractions!r}")
+            raise ValueError(
+                f"WorldSpec.split_fractions must be three non-negative numbers, got {self.split_fractions!r}"
+            )
 
     @classmethod
     def quick(cls, **overrides: Any) -> "WorldSpec":
@@ -120,7 +122,9 @@ class PlannedItem:
 
         Equals ``SeedSequence(seed).spawn(...)[site_index].spawn(...)[index].spawn(...)[purpose]``.
         """
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.site_index, self.index, purpose)))
+        return np.random.default_rng(
+            np.random.SeedSequence(self.seed, spawn_key=(self.site_index, self.index, purpose))
+        )
 
 
 def _site_rng(seed: int, site_index: int, purpose: int) -> np.random.Generator:
@@ -149,8 +153,12 @@ def plan_site(spec: WorldSpec, site: str) -> list[PlannedItem]:
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
     site_index = SITES.index(site)
     prefix = _SITE_PREFIX[site]
-    n = {"hospital_a": spec.n_pairs, "hospital_b": spec.n_images, "hospital_c": spec.n_reports,
-         "labeled": spec.n_labeled}[site]
+    n = {
+        "hospital_a": spec.n_pairs,
+        "hospital_b": spec.n_images,
+        "hospital_c": spec.n_reports,
+        "labeled": spec.n_labeled,
+    }[site]
     width = max(5, len(str(n)))
     structure = _site_rng(spec.seed, site_index, 0)
     repeat_p = spec.second_image_fraction if site == "labeled" else spec.follow_up_fraction
@@ -168,10 +176,19 @@ def plan_site(spec: WorldSpec, site: str) -> list[PlannedItem]:
             studies_of_patient = 1
         study += 1
         previous = case
-        items.append(PlannedItem(
-            site=site, index=index, id=f"{prefix}_{index + 1:0{width}d}", patient_id=f"{prefix}_p{patient:0{width}d}",
-            study_id=f"{prefix}_s{study:0{width}d}", case=case, split=None, seed=spec.seed, site_index=site_index,
-        ))
+        items.append(
+            PlannedItem(
+                site=site,
+                index=index,
+                id=f"{prefix}_{index + 1:0{width}d}",
+                patient_id=f"{prefix}_p{patient:0{width}d}",
+                study_id=f"{prefix}_s{study:0{width}d}",
+                case=case,
+                split=None,
+                seed=spec.seed,
+                site_index=site_index,
+            )
+        )
     if site == "labeled" and items:
         patients = list(dict.fromkeys(item.patient_id for item in items))
         order = _site_rng(spec.seed, site_index, 1).permutation(len(patients))
@@ -209,8 +226,11 @@ def _generate_site(site: str, spec: WorldSpec, root: Path, bar: Any) -> None:
     items = plan_site(spec, site)
     has_images = site != "hospital_c"
     has_reports = site in ("hospital_a", "hospital_c")
-    size, acq = {"hospital_a": (spec.size_a, spec.acq_a), "hospital_b": (spec.size_b, spec.acq_b),
-                 "labeled": (spec.size_labeled, spec.acq_labeled)}.get(site, (0, None))
+    size, acq = {
+        "hospital_a": (spec.size_a, spec.acq_a),
+        "hospital_b": (spec.size_b, spec.acq_b),
+        "labeled": (spec.size_labeled, spec.acq_labeled),
+    }.get(site, (0, None))
     if has_images:
         (folder / "images").mkdir(parents=True)
     else:
@@ -305,7 +325,9 @@ def generate_world(
     if _is_world(out_dir, meta):
         return paths
     if not _replaceable(out_dir):
-        raise FileExistsError(f"{out_dir} exists and is not a synthetic world (no world.json); refusing to overwrite it")
+        raise FileExistsError(
+            f"{out_dir} exists and is not a synthetic world (no world.json); refusing to overwrite it"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -314,8 +336,9 @@ def generate_world(
         if progress:
             from tqdm.auto import tqdm
 
-            bar: Any = tqdm(total=spec.n_pairs + spec.n_images + spec.n_reports + spec.n_labeled,
-                            desc="synthetic world", unit="row")
+            bar: Any = tqdm(
+                total=spec.n_pairs + spec.n_images + spec.n_reports + spec.n_labeled, desc="synthetic world", unit="row"
+            )
         else:
             bar = _NoBar()
         try:
@@ -345,4 +368,3 @@ def generate_world(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return paths
-

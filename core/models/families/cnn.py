@@ -12,7 +12,14 @@ from torch import nn
 
 from ...config import OPT_IN_OBJECTIVES, ModelConfig, RunConfig
 from ...data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
-from ...objectives import ContrastiveObjective, DistillObjective, MatchingObjective, MIMObjective, MLMObjective, Objective
+from ...objectives import (
+    ContrastiveObjective,
+    DistillObjective,
+    MatchingObjective,
+    MIMObjective,
+    MLMObjective,
+    Objective,
+)
 from .. import pretrained
 from ..family import Family
 from ..image import build_image_encoder
@@ -20,6 +27,7 @@ from ..model import FedVLPModel, freeze_text_half, freeze_text_layers, model_con
 from ..text import TextEncoder, build_text_encoder
 
 __all__ = ["FAMILY", "build_cnn_model"]
+
 
 def build_cnn_model(run: RunConfig) -> FedVLPModel:
     """The ResNet + BERT model of ``run`` (seed torch first).
@@ -38,22 +46,36 @@ def build_cnn_model(run: RunConfig) -> FedVLPModel:
     weights = run.objective_weights()
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     candidates: dict[str, Callable[[], Objective]] = {
-        "contrastive": lambda: ContrastiveObjective(image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda),
+        "contrastive": lambda: ContrastiveObjective(
+            image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda
+        ),
         "matching": lambda: MatchingObjective(image.out_dim, text.out_dim, config.embed_dim),
-        "mlm": lambda: MLMObjective(text.out_dim, config.vocab_size, special_ids, tokenizer.mask_token_id, run.mask_ratio,
-                                    tied=run.mlm_decoder == "tied"),
+        "mlm": lambda: MLMObjective(
+            text.out_dim,
+            config.vocab_size,
+            special_ids,
+            tokenizer.mask_token_id,
+            run.mask_ratio,
+            tied=run.mlm_decoder == "tied",
+        ),
         "mim": lambda: MIMObjective(image.out_dim, image.stride, config.image.in_chans, run.mim_patch, run.mask_ratio),
         "distill": lambda: DistillObjective(image.out_dim, config.embed_dim),
     }
     # The four original heads are always built, in this order, so that every recipe draws the
     # same random initialisation as before; opt-in heads only when their objective is on.
-    built = {name: build() for name, build in candidates.items() if name not in OPT_IN_OBJECTIVES or weights.get(name, 0.0) > 0}
+    built = {
+        name: build()
+        for name, build in candidates.items()
+        if name not in OPT_IN_OBJECTIVES or weights.get(name, 0.0) > 0
+    }
     objectives = {name: objective for name, objective in built.items() if weights.get(name, 0.0) > 0}
     if run.spec.freeze_text == "half":
         freeze_text_half(text)
     if run.freeze_text_layers:
         freeze_text_layers(text, run.freeze_text_layers)
-    return FedVLPModel(config, objectives, image, text, locked_image_stages=run.freeze_image_stages, image_bn=run.image_bn)
+    return FedVLPModel(
+        config, objectives, image, text, locked_image_stages=run.freeze_image_stages, image_bn=run.image_bn
+    )
 
 
 def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, TextEncoder]:
@@ -78,10 +100,20 @@ FAMILY = Family(
     build=build_cnn_model,
     presets=ModelConfig.preset,
     objectives=("contrastive", "matching", "mlm", "mim", "distill"),
-    knobs=frozenset({
-        "tau", "contrastive-lambda", "mask-ratio", "mim-patch", "mlm-decoder", "norm", "weight-anchor", "image-bn",
-        "freeze-image-stages", "freeze-text-layers",
-    }),
+    knobs=frozenset(
+        {
+            "tau",
+            "contrastive-lambda",
+            "mask-ratio",
+            "mim-patch",
+            "mlm-decoder",
+            "norm",
+            "weight-anchor",
+            "image-bn",
+            "freeze-image-stages",
+            "freeze-text-layers",
+        }
+    ),
     per_sample_dp=True,
     retrieval=True,
     regeneration=True,

@@ -44,7 +44,9 @@ def load_bert_state(path: str) -> dict[str, torch.Tensor]:
         return load_file(str(resolved))
     if resolved.is_dir() and (resolved / "config.json").is_file():
         return BertModel.from_pretrained(str(resolved), local_files_only=True).state_dict()
-    raise ConfigError("run_config", "bert-init", "a transformers save_pretrained folder or a .safetensors BERT state dict", path)
+    raise ConfigError(
+        "run_config", "bert-init", "a transformers save_pretrained folder or a .safetensors BERT state dict", path
+    )
 
 
 def _family(name: str, fusion: bool) -> Family:

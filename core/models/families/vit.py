@@ -19,8 +19,16 @@ def build_vit_model(run: RunConfig) -> REFERSModel:
     tokenizer = load_run_tokenizer(run)
     special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     refers = build_refers_model(
-        run.model_size, run.image_size, len(tokenizer), special, tokenizer.pad_token_id,
-        tokenizer.cls_token_id, tokenizer.sep_token_id, run.tau, run.contrastive_lambda, run.objective_weights(),
+        run.model_size,
+        run.image_size,
+        len(tokenizer),
+        special,
+        tokenizer.pad_token_id,
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        run.tau,
+        run.contrastive_lambda,
+        run.objective_weights(),
     )
     if run.image_init:  # a timm ViT file of the preset's shape (check_inits allows nothing else)
         pretrained.load_timm_vit(refers.image, run.image_init, run.model_size)

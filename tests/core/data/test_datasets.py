@@ -22,7 +22,9 @@ def _images_site(tmp_path: Path, accept: frozenset[str] = frozenset()) -> SiteDa
     colour_png(folder / "colour.png")
     png16(folder / "deep.png")
     truncated_png(folder / "cut.png")
-    (tmp_path / "m.csv").write_text("id,image\na,images/ok.png\nb,images/colour.png\nc,images/deep.png\nd,images/cut.png\ne,images/gone.png\n")
+    (tmp_path / "m.csv").write_text(
+        "id,image\na,images/ok.png\nb,images/colour.png\nc,images/deep.png\nd,images/cut.png\ne,images/gone.png\n"
+    )
     rows = load_source_rows(SourceConfig(tmp_path / "m.csv", report_column=None, accept=accept))
     return SiteDataset(rows, 16, augment=False)
 
@@ -31,7 +33,12 @@ def test_rejected_images_come_back_with_reason_and_row(tmp_path: Path) -> None:
     dataset = _images_site(tmp_path)
     batch = collate_samples([dataset[i] for i in range(5)])
     assert batch["ids"] == ["a"] and batch["image"].shape == (1, 1, 16, 16)
-    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [("b", "image_rgb"), ("c", "image_16bit"), ("d", "image_truncated"), ("e", "image_missing")]
+    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [
+        ("b", "image_rgb"),
+        ("c", "image_16bit"),
+        ("d", "image_truncated"),
+        ("e", "image_missing"),
+    ]
     detail = batch["skipped"][0][2]
     assert detail.startswith(f"{tmp_path / 'm.csv'}:3: image_rgb (id 'b': ") and "colour.png" in detail
 
@@ -47,7 +54,12 @@ def test_worker_processes_decode_and_report_skips(tmp_path: Path) -> None:
     dataset = _images_site(tmp_path)
     loader = DataLoader(dataset, batch_size=5, num_workers=2, collate_fn=collate_samples)
     (batch,) = list(loader)
-    assert batch["ids"] == ["a"] and sorted(r for _, r, _ in batch["skipped"]) == ["image_16bit", "image_missing", "image_rgb", "image_truncated"]
+    assert batch["ids"] == ["a"] and sorted(r for _, r, _ in batch["skipped"]) == [
+        "image_16bit",
+        "image_missing",
+        "image_rgb",
+        "image_truncated",
+    ]
 
 
 def test_building_a_400k_row_dataset_opens_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,15 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, MPEG2MPML, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    MPEG2MPML,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
 from fedvlp.core.data.dicom import dicom_unit, header_refusal, is_dicom, stored_values
 from fedvlp.core.data.images import ImageDecodeError, ImagePolicy, check_header, load_image
@@ -24,8 +32,16 @@ from fedvlp.core.data.images import ImageDecodeError, ImagePolicy, check_header,
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, bits_stored: int = 12, signed: bool = False, photometric: str = "MONOCHROME2",
-                compress: str | None = None, **attributes: Any) -> Path:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    signed: bool = False,
+    photometric: str = "MONOCHROME2",
+    compress: str | None = None,
+    **attributes: Any,
+) -> Path:
     """A single-frame DX file of ``pixels`` (16 bits allocated) in Explicit VR Little Endian,
     RLE-/JPEG 2000-compressed with pydicom's encoders when ``compress`` is a transfer syntax.
 
@@ -154,7 +170,9 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
 
 def test_rescale_slope_and_intercept_come_before_the_window(tmp_path: Path) -> None:
     pixels = np.array([[0, 100], [200, 300]], dtype=np.uint16)  # -> -1024, -824, -624, -424
-    path = write_dicom(tmp_path / "r.dcm", pixels, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=-624, WindowWidth=401)
+    path = write_dicom(
+        tmp_path / "r.dcm", pixels, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=-624, WindowWidth=401
+    )
     # LINEAR with c = -624, w = 401: y = (x + 624.5) / 400 + 0.5
     np.testing.assert_allclose(dicom_unit(path), [[0.0, 0.00125], [0.50125, 1.0]], atol=1e-6)
 
@@ -163,15 +181,22 @@ def test_a_modality_lut_sequence(tmp_path: Path) -> None:
     item = _lut([3, 1, 16], [100, 200, 400])  # inputs 1, 2, 3
     item.ModalityLUTType = "US"
     pixels = np.array([[0, 1], [2, 9]], dtype=np.uint16)  # 0 -> first entry, 9 -> last
-    path = write_dicom(tmp_path / "m.dcm", pixels, ModalityLUTSequence=Sequence([item]), WindowCenter=250.5, WindowWidth=301)
+    path = write_dicom(
+        tmp_path / "m.dcm", pixels, ModalityLUTSequence=Sequence([item]), WindowCenter=250.5, WindowWidth=301
+    )
     # LUT: 0, 1 -> 100, 2 -> 200, 9 -> 400; LINEAR with c = 250.5, w = 301: y = (x - 250) / 300 + 0.5
     np.testing.assert_allclose(dicom_unit(path), [[0.0, 0.0], [1 / 3, 1.0]], atol=1e-6)
 
 
 def test_a_voi_lut_sequence_wins_over_a_window(tmp_path: Path) -> None:
     pixels = np.array([[5, 10, 11], [12, 13, 20]], dtype=np.uint16)
-    path = write_dicom(tmp_path / "v.dcm", pixels, VOILUTSequence=_voi_lut([4, 10, 16], [0, 10000, 40000, 65535]),
-                       WindowCenter=0, WindowWidth=1)
+    path = write_dicom(
+        tmp_path / "v.dcm",
+        pixels,
+        VOILUTSequence=_voi_lut([4, 10, 16], [0, 10000, 40000, 65535]),
+        WindowCenter=0,
+        WindowWidth=1,
+    )
     # inputs clipped to 10..13, output 0..2^16-1
     np.testing.assert_allclose(dicom_unit(path), [[0.0, 0.0, 10000 / 65535], [40000 / 65535, 1.0, 1.0]], atol=1e-6)
 
@@ -185,7 +210,9 @@ def test_a_16_bit_voi_lut_holding_12_bit_entries_is_spread_by_12_bits(tmp_path: 
 def test_signed_pixels_with_a_linear_exact_window(tmp_path: Path) -> None:
     # 12-bit two's complement written without sign extension (as some modalities do)
     pixels = np.array([[0x0800, 0x0FFF], [0x0000, 0x07FF]], dtype=np.uint16).view(np.int16)  # -2048, -1, 0, 2047
-    path = write_dicom(tmp_path / "s.dcm", pixels, signed=True, WindowCenter=0, WindowWidth=4096, VOILUTFunction="LINEAR_EXACT")
+    path = write_dicom(
+        tmp_path / "s.dcm", pixels, signed=True, WindowCenter=0, WindowWidth=4096, VOILUTFunction="LINEAR_EXACT"
+    )
     # LINEAR_EXACT: y = x / 4096 + 0.5
     np.testing.assert_allclose(dicom_unit(path), [[0.0, 0.499755859375], [0.5, 0.999755859375]], atol=1e-7)
 
@@ -205,7 +232,9 @@ def test_an_empty_window_falls_back_to_the_percentile_window(tmp_path: Path) -> 
 
 
 def test_a_voi_lut_of_9_bits_is_a_bad_header(tmp_path: Path) -> None:
-    path = write_dicom(tmp_path / "v.dcm", np.array([[10, 11]], dtype=np.uint16), VOILUTSequence=_voi_lut([2, 10, 9], [0, 511]))
+    path = write_dicom(
+        tmp_path / "v.dcm", np.array([[10, 11]], dtype=np.uint16), VOILUTSequence=_voi_lut([2, 10, 9], [0, 511])
+    )
     assert _reason(path) == "dicom_bad_header"
 
 
@@ -229,9 +258,18 @@ def test_rle_lossless_decodes_to_the_same_values(tmp_path: Path) -> None:
 @pytest.mark.skipif(not get_encoder(JPEG2000Lossless).is_available, reason="no JPEG 2000 encoder (pylibjpeg-openjpeg)")
 def test_jpeg2000_lossless_decodes_to_the_same_values(tmp_path: Path) -> None:
     pixels = (np.arange(64 * 64, dtype=np.uint16) * 7 % 4096).reshape(64, 64)  # 32 px is openjpeg's minimum here
-    plain = write_dicom(tmp_path / "plain.dcm", pixels, RescaleSlope=1, RescaleIntercept=-2048, WindowCenter=0, WindowWidth=4096)
-    j2k = write_dicom(tmp_path / "j2k.dcm", pixels, RescaleSlope=1, RescaleIntercept=-2048, WindowCenter=0, WindowWidth=4096,
-                      compress=JPEG2000Lossless)
+    plain = write_dicom(
+        tmp_path / "plain.dcm", pixels, RescaleSlope=1, RescaleIntercept=-2048, WindowCenter=0, WindowWidth=4096
+    )
+    j2k = write_dicom(
+        tmp_path / "j2k.dcm",
+        pixels,
+        RescaleSlope=1,
+        RescaleIntercept=-2048,
+        WindowCenter=0,
+        WindowWidth=4096,
+        compress=JPEG2000Lossless,
+    )
     np.testing.assert_array_equal(dicom_unit(j2k), dicom_unit(plain))
 
 
@@ -242,15 +280,25 @@ def test_jpeg_ls_lossless_decodes_like_its_uncompressed_original() -> None:
     np.testing.assert_array_equal(dicom_unit(jpeg_ls), dicom_unit(plain))
 
 
-@pytest.mark.skipif(not get_decoder(JPEGLosslessSV1).is_available, reason="no JPEG Lossless decoder (fedvlp[dicom-codecs])")
+@pytest.mark.skipif(
+    not get_decoder(JPEGLosslessSV1).is_available, reason="no JPEG Lossless decoder (fedvlp[dicom-codecs])"
+)
 @pytest.mark.parametrize("bits", [12, 16])
 def test_jpeg_lossless_sv1_decodes_to_the_stored_values(tmp_path: Path, bits: int) -> None:
     from pydicom import dcmread
 
     top = (1 << bits) - 1
-    pixels = np.array([[0, top, 0, 1 << (bits - 1)], [top, 0, 1, top - 1]], dtype=np.uint16)  # every difference category
-    path = write_dicom(tmp_path / "jll.dcm", pixels, bits_stored=bits, WindowCenter=(top + 1) / 2, WindowWidth=top + 1,
-                       VOILUTFunction="LINEAR_EXACT")
+    pixels = np.array(
+        [[0, top, 0, 1 << (bits - 1)], [top, 0, 1, top - 1]], dtype=np.uint16
+    )  # every difference category
+    path = write_dicom(
+        tmp_path / "jll.dcm",
+        pixels,
+        bits_stored=bits,
+        WindowCenter=(top + 1) / 2,
+        WindowWidth=top + 1,
+        VOILUTFunction="LINEAR_EXACT",
+    )
     ds = dcmread(path)
     ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     ds.PixelData = encapsulate([jpeg_lossless_sv1(pixels, bits)])

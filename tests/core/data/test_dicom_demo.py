@@ -23,7 +23,11 @@ def _images_site(root: Path) -> Path:
     (root / "images").mkdir(parents=True)
     rows = []
     for i, patient in enumerate(["p1", "p1", "p2"]):
-        pixels = np.arange(256, dtype=np.uint8).reshape(16, 16) if i == 0 else np.random.default_rng(i).integers(0, 256, (16, 24), dtype=np.uint8)
+        pixels = (
+            np.arange(256, dtype=np.uint8).reshape(16, 16)
+            if i == 0
+            else np.random.default_rng(i).integers(0, 256, (16, 24), dtype=np.uint8)
+        )
         Image.fromarray(pixels, mode="L").save(root / "images" / f"b{i}.png")
         rows.append({"id": f"b{i}", "image": f"images/b{i}.png", "patient_id": patient})
     with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:

@@ -24,12 +24,18 @@ def test_a_linear_window_of_width_1_is_a_threshold_at_c_minus_half() -> None:
 
 
 def test_linear_exact_and_sigmoid_windows() -> None:
-    np.testing.assert_allclose(value_window(np.array([-1.0, 40.0, 50.0, 75.0]), 50, 100, "LINEAR_EXACT"), [0.0, 0.4, 0.5, 0.75], atol=1e-7)
+    np.testing.assert_allclose(
+        value_window(np.array([-1.0, 40.0, 50.0, 75.0]), 50, 100, "LINEAR_EXACT"), [0.0, 0.4, 0.5, 0.75], atol=1e-7
+    )
     # SIGMOID: 1 / (1 + exp(-4 (x - c) / w)); at x = c + w/4 that is 1 / (1 + e^-1)
-    np.testing.assert_allclose(value_window(np.array([50.0, 75.0]), 50, 100, "SIGMOID"), [0.5, 1 / (1 + math.exp(-1))], atol=1e-7)
+    np.testing.assert_allclose(
+        value_window(np.array([50.0, 75.0]), 50, 100, "SIGMOID"), [0.5, 1 / (1 + math.exp(-1))], atol=1e-7
+    )
 
 
-@pytest.mark.parametrize(("width", "function"), [(0.5, "LINEAR"), (0.0, "LINEAR_EXACT"), (-3.0, "SIGMOID"), (10.0, "GAMMA")])
+@pytest.mark.parametrize(
+    ("width", "function"), [(0.5, "LINEAR"), (0.0, "LINEAR_EXACT"), (-3.0, "SIGMOID"), (10.0, "GAMMA")]
+)
 def test_a_window_the_standard_does_not_allow_raises(width: float, function: str) -> None:
     with pytest.raises(ValueError):
         value_window(np.zeros(3), 0, width, function)

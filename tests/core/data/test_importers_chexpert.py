@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.chexpert import CHEXPERT_LABELS
 from fedvlp.server.cli.main import main
-
 from tests.core.data.test_importers_common import (
     read_manifest,
     round_trip,
@@ -30,13 +30,57 @@ def make_chexpert(root: Path, header: list[str] = HEADER) -> Path:
     edema), one row whose JPG is missing, one with label value 2; valid: patient64541/study1."""
     base = root / "CheXpert-v1.0-small"
     train = [
-        ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "Female", "68", "Frontal", "AP", *_labels(No_Finding="1.0", Support_Devices="1.0")],
-        ["CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg", "Female", "68", "Lateral", "", *_labels(No_Finding="1.0", Support_Devices="1.0")],
-        ["CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg", "Female", "87", "Frontal", "PA", *_labels(Cardiomegaly="-1.0", Edema="-1.0", Fracture="1.0", Lung_Opacity="0.0")],
-        ["CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg", "Male", "41", "Frontal", "AP", *_labels(Edema="1.0")],
-        ["CheXpert-v1.0-small/train/patient00004/study1/view1_frontal.jpg", "Male", "20", "Frontal", "PA", *_labels(Edema="2.0")],
+        [
+            "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            "Female",
+            "68",
+            "Frontal",
+            "AP",
+            *_labels(No_Finding="1.0", Support_Devices="1.0"),
+        ],
+        [
+            "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg",
+            "Female",
+            "68",
+            "Lateral",
+            "",
+            *_labels(No_Finding="1.0", Support_Devices="1.0"),
+        ],
+        [
+            "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg",
+            "Female",
+            "87",
+            "Frontal",
+            "PA",
+            *_labels(Cardiomegaly="-1.0", Edema="-1.0", Fracture="1.0", Lung_Opacity="0.0"),
+        ],
+        [
+            "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg",
+            "Male",
+            "41",
+            "Frontal",
+            "AP",
+            *_labels(Edema="1.0"),
+        ],
+        [
+            "CheXpert-v1.0-small/train/patient00004/study1/view1_frontal.jpg",
+            "Male",
+            "20",
+            "Frontal",
+            "PA",
+            *_labels(Edema="2.0"),
+        ],
     ]
-    valid = [["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", "Male", "73", "Frontal", "AP", *_labels(**{n.replace(" ", "_"): "0.0" for n in CHEXPERT_LABELS})]]
+    valid = [
+        [
+            "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",
+            "Male",
+            "73",
+            "Frontal",
+            "AP",
+            *_labels(**{n.replace(" ", "_"): "0.0" for n in CHEXPERT_LABELS}),
+        ]
+    ]
     keep = [HEADER.index(c) for c in header]
     write_csv(base / "train.csv", header, [[r[i] for i in keep] for r in train])
     write_csv(base / "valid.csv", header, [[r[i] for i in keep] for r in valid])
@@ -56,7 +100,15 @@ def test_cli_writes_ids_studies_views_patients_and_splits(chexpert: Path, tmp_pa
     rows = read_manifest(out)
     assert [(r["id"], r["study_id"], r["view"], r["patient_id"], r["split"], r["sex"], r["age"]) for r in rows] == [
         ("patient00001_study1_view1_frontal", "patient00001_study1", "AP", "patient00001", "train", "Female", "68"),
-        ("patient00001_study1_view2_lateral", "patient00001_study1", "LATERAL", "patient00001", "train", "Female", "68"),
+        (
+            "patient00001_study1_view2_lateral",
+            "patient00001_study1",
+            "LATERAL",
+            "patient00001",
+            "train",
+            "Female",
+            "68",
+        ),
         ("patient00002_study2_view1_frontal", "patient00002_study2", "PA", "patient00002", "train", "Female", "87"),
         ("patient64541_study1_view1_frontal", "patient64541_study1", "AP", "patient64541", "val", "Male", "73"),
     ]
@@ -65,7 +117,13 @@ def test_cli_writes_ids_studies_views_patients_and_splits(chexpert: Path, tmp_pa
 
 def test_uncertain_is_blank_by_default_and_blank_stays_unknown(chexpert: Path, tmp_path: Path) -> None:
     row = read_manifest(import_layout("chexpert", chexpert, tmp_path / "m.csv").manifest)[2]
-    assert (row["label_Cardiomegaly"], row["label_Edema"], row["label_Fracture"], row["label_Lung_Opacity"], row["label_Pneumonia"]) == ("", "", "1", "0", "")
+    assert (
+        row["label_Cardiomegaly"],
+        row["label_Edema"],
+        row["label_Fracture"],
+        row["label_Lung_Opacity"],
+        row["label_Pneumonia"],
+    ) == ("", "", "1", "0", "")
 
 
 def test_uncertain_zero_and_one_policies(chexpert: Path, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import csv
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from fedvlp.core.config import ConfigError, load_site
 from fedvlp.core.data.importers import ImportResult, import_layout, site_yaml
 from fedvlp.core.data.importers.common import (
@@ -20,7 +22,6 @@ from fedvlp.core.data.importers.common import (
 )
 from fedvlp.core.data.manifest import ManifestRows, load_source_rows
 from fedvlp.core.data.reports import DEID_TOKEN
-from PIL import Image
 
 
 # ------------------------------------------------------------------ helpers for the layout tests
@@ -82,13 +83,25 @@ def test_label_column_spells_like_the_site_manifests() -> None:
 
 
 def test_normalize_split_names() -> None:
-    assert [normalize_split(s) for s in ("train", "validate", "valid", "VAL", "test", "holdout")] == ["train", "val", "val", "val", "test", "holdout"]
+    assert [normalize_split(s) for s in ("train", "validate", "valid", "VAL", "test", "holdout")] == [
+        "train",
+        "val",
+        "val",
+        "val",
+        "test",
+        "holdout",
+    ]
 
 
 def test_report_fields_split_a_whole_report_and_normalize_deid() -> None:
     fields = report_fields("FINDINGS: Seen by Dr. ___.\n IMPRESSION:  Normal.")
-    assert fields == {"report": f"FINDINGS: Seen by Dr. {DEID_TOKEN}. IMPRESSION: Normal.", "indication": "", "comparison": "",
-                      "findings": f"Seen by Dr. {DEID_TOKEN}.", "impression": "Normal."}
+    assert fields == {
+        "report": f"FINDINGS: Seen by Dr. {DEID_TOKEN}. IMPRESSION: Normal.",
+        "indication": "",
+        "comparison": "",
+        "findings": f"Seen by Dr. {DEID_TOKEN}.",
+        "impression": "Normal.",
+    }
 
 
 def test_report_fields_join_given_sections() -> None:
@@ -124,7 +137,9 @@ def test_import_layout_rejects_an_unknown_layout(tmp_path: Path) -> None:
 
 
 def test_site_yaml_of_an_image_only_import(tmp_path: Path) -> None:
-    result = ImportResult("nih", tmp_path / "data" / "manifest.csv", columns=("id", "image", "label_Mass"), rows=3, has_reports=False)
+    result = ImportResult(
+        "nih", tmp_path / "data" / "manifest.csv", columns=("id", "image", "label_Mass"), rows=3, has_reports=False
+    )
     text = site_yaml(result, "nih_site", tmp_path / "sites" / "nih.yaml")
     assert '  - manifest: "../data/manifest.csv"' in text
     assert "    kind: images" in text

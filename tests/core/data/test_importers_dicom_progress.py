@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from fedvlp.core.data.importers import import_layout
-
 from tests.core.data.test_importers_dicom import SALT, make_export
 
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.server.cli.main import main
-
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_image
 
 
 def make_kermany(root: Path) -> Path:
-    for rel in ("train/NORMAL/IM-0115-0001.jpeg", "train/NORMAL/NORMAL2-IM-0927-0001.jpeg", "train/PNEUMONIA/person1_bacteria_1.jpeg",
-                "train/PNEUMONIA/person1_virus_6.jpeg", "val/NORMAL/NORMAL2-IM-1427-0001.jpeg", "test/PNEUMONIA/person100_bacteria_475.jpeg",
-                "test/PNEUMONIA/scan_7.jpeg"):
+    for rel in (
+        "train/NORMAL/IM-0115-0001.jpeg",
+        "train/NORMAL/NORMAL2-IM-0927-0001.jpeg",
+        "train/PNEUMONIA/person1_bacteria_1.jpeg",
+        "train/PNEUMONIA/person1_virus_6.jpeg",
+        "val/NORMAL/NORMAL2-IM-1427-0001.jpeg",
+        "test/PNEUMONIA/person100_bacteria_475.jpeg",
+        "test/PNEUMONIA/scan_7.jpeg",
+    ):
         write_image(root / rel, "JPEG")
     (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0")
     (root / "train" / "PNEUMONIA" / "notes.txt").write_text("not an image", encoding="utf-8")
@@ -46,7 +52,13 @@ def test_cli_writes_split_class_and_one_hot_labels(kermany: Path, tmp_path: Path
 def test_kermany_patterns_give_patient_ids_by_default(kermany: Path, tmp_path: Path) -> None:
     result = import_layout("folder", kermany, tmp_path / "m.csv")
     assert [r["patient_id"] for r in read_manifest(result.manifest)] == [
-        "person100", "", "IM-0115", "NORMAL2-IM-0927", "person1", "person1", "NORMAL2-IM-1427",
+        "person100",
+        "",
+        "IM-0115",
+        "NORMAL2-IM-0927",
+        "person1",
+        "person1",
+        "NORMAL2-IM-1427",
     ]
     assert result.notes == {"no_patient_id": 1}
 
@@ -71,7 +83,10 @@ def test_class_folders_without_split_folders(tmp_path: Path) -> None:
     write_image(src / "covid" / "a.png")
     write_image(src / "normal" / "b.png")
     rows = read_manifest(import_layout("folder", src, tmp_path / "m.csv", patient_pattern="none").manifest)
-    assert [(r["id"], r["split"], r["label_covid"], r["label_normal"]) for r in rows] == [("covid_a", "", "1", "0"), ("normal_b", "", "0", "1")]
+    assert [(r["id"], r["split"], r["label_covid"], r["label_normal"]) for r in rows] == [
+        ("covid_a", "", "1", "0"),
+        ("normal_b", "", "0", "1"),
+    ]
 
 
 def test_round_trip_into_an_image_only_site(kermany: Path, tmp_path: Path) -> None:

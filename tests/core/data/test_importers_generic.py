@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout, parse_mapping
 from fedvlp.core.data.reports import DEID_TOKEN
 from fedvlp.server.cli.main import main
-
 from tests.core.data.test_importers_common import (
     read_manifest,
     round_trip,
@@ -23,7 +23,15 @@ MAP = ["id=accession", "image=file", "report=text", "patient_id=pid", "split=par
 
 def make_export(root: Path, header: list[str] = HEADER) -> Path:
     rows = [
-        ["A1", "imgs/a1.png", "INDICATION: Cough. FINDINGS: Right lower lobe opacity. IMPRESSION: Pneumonia, called to [** Name **].", "P1", "1", "0", "training"],
+        [
+            "A1",
+            "imgs/a1.png",
+            "INDICATION: Cough. FINDINGS: Right lower lobe opacity. IMPRESSION: Pneumonia, called to [** Name **].",
+            "P1",
+            "1",
+            "0",
+            "training",
+        ],
         ["A2", "imgs/a2.png", "Lungs are clear.", "P2", "0", "-1", "test"],
         ["A3", "imgs/missing.png", "FINDINGS: Clear.", "P3", "0", "0", "train"],
         ["A1", "imgs/a1.png", "FINDINGS: Duplicate.", "P1", "1", "0", "train"],
@@ -47,7 +55,8 @@ def test_cli_map_writes_mapped_columns_sections_and_labels(export: Path, tmp_pat
     assert main(["import", "generic", str(export), "--out", str(out), "--map", *MAP]) == 0
     rows = read_manifest(out)
     assert [(r["id"], r["patient_id"], r["split"], r["label_Pneumonia"], r["label_Effusion"]) for r in rows] == [
-        ("A1", "P1", "train", "1", "0"), ("A2", "P2", "test", "0", ""),
+        ("A1", "P1", "train", "1", "0"),
+        ("A2", "P2", "test", "0", ""),
     ]
     assert rows[0]["image"] == "../hospital/imgs/a1.png"
     assert (rows[0]["indication"], rows[0]["findings"]) == ("Cough.", "Right lower lobe opacity.")
@@ -72,18 +81,24 @@ def test_yaml_mapping_file_with_named_labels(export: Path, tmp_path: Path) -> No
 
 
 def test_uncertain_policy_applies(export: Path, tmp_path: Path) -> None:
-    rows = read_manifest(import_layout("generic", export, tmp_path / "m.csv", mapping=parse_mapping(MAP), uncertain="zero").manifest)
+    rows = read_manifest(
+        import_layout("generic", export, tmp_path / "m.csv", mapping=parse_mapping(MAP), uncertain="zero").manifest
+    )
     assert rows[1]["label_Effusion"] == "0"
 
 
 def test_reports_only_mapping(export: Path, tmp_path: Path) -> None:
-    result = import_layout("generic", export, tmp_path / "m.csv", mapping=parse_mapping(["id=accession", "findings=text"]))
+    result = import_layout(
+        "generic", export, tmp_path / "m.csv", mapping=parse_mapping(["id=accession", "findings=text"])
+    )
     assert result.kind == "reports" and result.rows == 4  # A1, A2, A3, A5: no image is checked
     assert read_manifest(result.manifest)[1]["report"] == "FINDINGS: Lungs are clear."
 
 
 def test_round_trip_into_a_pairs_site(export: Path, tmp_path: Path) -> None:
-    rows = round_trip(import_layout("generic", export, tmp_path / "data" / "manifest.csv", mapping=parse_mapping(MAP)), tmp_path)
+    rows = round_trip(
+        import_layout("generic", export, tmp_path / "data" / "manifest.csv", mapping=parse_mapping(MAP)), tmp_path
+    )
     assert list(rows.ids) == ["A1", "A2"] and rows.source.label_columns == ("label_Pneumonia", "label_Effusion")
     assert rows.images is not None and all(p.is_file() for p in rows.images)
 

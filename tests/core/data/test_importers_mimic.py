@@ -9,17 +9,28 @@ import gzip
 from pathlib import Path
 
 import pytest
+
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.mimic import MIMIC_LABELS
 from fedvlp.core.data.reports import DEID_TOKEN
 from fedvlp.server.cli.main import main
-
 from tests.core.data.test_importers_common import read_manifest, round_trip, write_image
 
-METADATA = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
-            "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
-            "PatientOrientationCodeSequence_CodeMeaning"]
+METADATA = [
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+]
 CHEXPERT = ["subject_id", "study_id", *MIMIC_LABELS]
 SPLIT = ["dicom_id", "study_id", "subject_id", "split"]
 
@@ -84,21 +95,46 @@ def make_mimic(root: Path, metadata_header: list[str] = METADATA) -> Path:
         (D_NOJPG, "10000764", "57375967", "AP"),
         (D_NOREPORT, "10000898", "50771383", "PA"),
     ]
-    meta = [[d, sub, st, "CHEST (PA AND LAT)", view, "3056", "2544", "21800506", "213014.531", "CHEST (PA AND LAT)",
-             "postero-anterior", "Erect"] for d, sub, st, view in rows]
+    meta = [
+        [
+            d,
+            sub,
+            st,
+            "CHEST (PA AND LAT)",
+            view,
+            "3056",
+            "2544",
+            "21800506",
+            "213014.531",
+            "CHEST (PA AND LAT)",
+            "postero-anterior",
+            "Erect",
+        ]
+        for d, sub, st, view in rows
+    ]
     keep = [METADATA.index(c) for c in metadata_header]
     _gz_csv(root / "mimic-cxr-2.0.0-metadata.csv.gz", metadata_header, [[r[i] for i in keep] for r in meta])
-    _gz_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", CHEXPERT, [
-        ["10000032", "50414267", *_labels(No_Finding="1.0")],
-        ["10000032", "53189527", *_labels(Edema="1.0", Pneumonia="-1.0", Cardiomegaly="0.0")],
-        ["10000764", "57375967", *_labels(No_Finding="1.0")],
-        ["10000898", "50771383", *_labels(Atelectasis="1.0")],
-    ])
-    _gz_csv(root / "mimic-cxr-2.0.0-split.csv.gz", SPLIT, [
-        [D_PA, "50414267", "10000032", "train"], [D_LAT, "50414267", "10000032", "train"],
-        [D_AP, "53189527", "10000032", "train"], [D_NOJPG, "57375967", "10000764", "test"],
-        [D_NOREPORT, "50771383", "10000898", "validate"],
-    ])
+    _gz_csv(
+        root / "mimic-cxr-2.0.0-chexpert.csv.gz",
+        CHEXPERT,
+        [
+            ["10000032", "50414267", *_labels(No_Finding="1.0")],
+            ["10000032", "53189527", *_labels(Edema="1.0", Pneumonia="-1.0", Cardiomegaly="0.0")],
+            ["10000764", "57375967", *_labels(No_Finding="1.0")],
+            ["10000898", "50771383", *_labels(Atelectasis="1.0")],
+        ],
+    )
+    _gz_csv(
+        root / "mimic-cxr-2.0.0-split.csv.gz",
+        SPLIT,
+        [
+            [D_PA, "50414267", "10000032", "train"],
+            [D_LAT, "50414267", "10000032", "train"],
+            [D_AP, "53189527", "10000032", "train"],
+            [D_NOJPG, "57375967", "10000764", "test"],
+            [D_NOREPORT, "50771383", "10000898", "validate"],
+        ],
+    )
     for dicom, subject, study, _ in rows:
         if dicom != D_NOJPG:
             write_image(root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg")
@@ -112,7 +148,9 @@ def mimic(tmp_path: Path) -> Path:
     return make_mimic(tmp_path / "mimic-cxr-jpg" / "2.0.0")
 
 
-def test_cli_writes_one_row_per_jpg_with_study_view_patient_split(mimic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_one_row_per_jpg_with_study_view_patient_split(
+    mimic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "site" / "manifest.csv"
     assert main(["import", "mimic-cxr-jpg", str(mimic), "--out", str(out)]) == 0
     rows = read_manifest(out)
@@ -131,7 +169,12 @@ def test_labels_are_per_study_and_uncertain_is_blank_by_default(mimic: Path, tmp
     assert rows[0]["label_No_Finding"] == rows[1]["label_No_Finding"] == "1"
     assert rows[0]["label_Edema"] == ""
     ap = rows[2]
-    assert (ap["label_Edema"], ap["label_Pneumonia"], ap["label_Cardiomegaly"], ap["label_Atelectasis"]) == ("1", "", "0", "")
+    assert (ap["label_Edema"], ap["label_Pneumonia"], ap["label_Cardiomegaly"], ap["label_Atelectasis"]) == (
+        "1",
+        "",
+        "0",
+        "",
+    )
 
 
 def test_uncertain_one_policy_makes_minus_one_positive(mimic: Path, tmp_path: Path) -> None:
@@ -145,7 +188,10 @@ def test_report_is_split_into_sections_and_examination_technique_are_dropped(mim
     row = read_manifest(import_layout("mimic-cxr-jpg", mimic, tmp_path / "m.csv").manifest)[0]
     assert row["indication"] == f"{DEID_TOKEN}F with new onset cough // eval for pneumonia"
     assert row["comparison"] == "None."
-    assert row["findings"] == "No focal consolidation, pleural effusion or pneumothorax. The cardiomediastinal silhouette is normal."
+    assert (
+        row["findings"]
+        == "No focal consolidation, pleural effusion or pneumothorax. The cardiomediastinal silhouette is normal."
+    )
     assert row["impression"] == "No acute cardiopulmonary process."
     assert row["report"].startswith(f"FINAL REPORT EXAMINATION: CHEST (PA AND LAT) INDICATION: {DEID_TOKEN}F")
     assert "\n" not in row["report"]
@@ -205,7 +251,22 @@ def test_round_trip_into_a_site(mimic: Path, tmp_path: Path) -> None:
 
 def test_cli_site_out_writes_a_loadable_site_file(mimic: Path, tmp_path: Path) -> None:
     site = tmp_path / "sites" / "mimic.yaml"
-    assert main(["import", "mimic-cxr-jpg", str(mimic), "--out", str(tmp_path / "data" / "m.csv"), "--site-out", str(site), "--site-name", "bidmc"]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "mimic-cxr-jpg",
+                str(mimic),
+                "--out",
+                str(tmp_path / "data" / "m.csv"),
+                "--site-out",
+                str(site),
+                "--site-name",
+                "bidmc",
+            ]
+        )
+        == 0
+    )
     from fedvlp.core.config import load_site
 
     loaded = load_site(site)
@@ -220,7 +281,9 @@ def test_missing_required_column_names_the_file_and_column(tmp_path: Path) -> No
     assert not (tmp_path / "m.csv").exists()
 
 
-def test_cli_reports_a_missing_column_as_a_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_missing_column_as_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = make_mimic(tmp_path / "mimic", [c for c in METADATA if c != "ViewPosition"])
     assert main(["import", "mimic-cxr-jpg", str(src), "--out", str(tmp_path / "m.csv")]) == 2
     assert "key 'ViewPosition'" in capsys.readouterr().err

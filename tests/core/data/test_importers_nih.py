@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.importers.nih import NIH_LABELS
 from fedvlp.server.cli.main import main
-
 from tests.core.data.test_importers_common import (
     read_manifest,
     round_trip,
@@ -19,15 +19,38 @@ from tests.core.data.test_importers_common import (
 )
 
 # The released header: the bracketed names hold commas, so they are 4 CSV columns.
-HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
-          "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+HEADER = [
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
+]
 
 
 def make_nih(root: Path, header: list[str] = HEADER, file_name: str = "Data_Entry_2017_v2020.csv") -> Path:
     rows = [
         ["00000001_000.png", "Cardiomegaly", "0", "1", "57", "M", "PA", "2682", "2749", "0.143", "0.143"],
         ["00000001_001.png", "Cardiomegaly|Emphysema", "1", "1", "58", "M", "PA", "2894", "2729", "0.143", "0.143"],
-        ["00000003_000.png", "Hernia|Pleural_Thickening", "0", "3", "081Y", "F", "AP", "2500", "2048", "0.168", "0.168"],
+        [
+            "00000003_000.png",
+            "Hernia|Pleural_Thickening",
+            "0",
+            "3",
+            "081Y",
+            "F",
+            "AP",
+            "2500",
+            "2048",
+            "0.168",
+            "0.168",
+        ],
         ["00000004_000.png", "No Finding", "0", "4", "82", "M", "AP", "2500", "2048", "0.168", "0.168"],
         ["00000005_000.png", "No Finding", "0", "5", "69", "F", "PA", "2048", "2500", "0.168", "0.168"],
         ["00000006_000.png", "Covid", "0", "6", "40", "F", "PA", "2048", "2500", "0.168", "0.168"],
@@ -53,7 +76,10 @@ def test_cli_writes_rows_with_patient_view_split_and_metadata(nih: Path, tmp_pat
     out = tmp_path / "site" / "manifest.csv"
     assert main(["import", "nih", str(nih), "--out", str(out)]) == 0
     rows = read_manifest(out)
-    assert [(r["id"], r["study_id"], r["view"], r["patient_id"], r["split"], r["age"], r["sex"], r["followup"]) for r in rows] == [
+    assert [
+        (r["id"], r["study_id"], r["view"], r["patient_id"], r["split"], r["age"], r["sex"], r["followup"])
+        for r in rows
+    ] == [
         ("00000001_000", "00000001_000", "PA", "1", "train", "57", "M", "0"),
         ("00000001_001", "00000001_001", "PA", "1", "train", "58", "M", "1"),
         ("00000003_000", "00000003_000", "AP", "3", "train", "81", "F", "0"),
@@ -66,8 +92,13 @@ def test_finding_labels_become_fifteen_zero_one_columns(nih: Path, tmp_path: Pat
     result = import_layout("nih", nih, tmp_path / "m.csv")
     assert result.label_columns == [f"label_{n.replace(' ', '_')}" for n in NIH_LABELS]
     rows = read_manifest(result.manifest)
-    positives = [sorted(c[len("label_"):] for c in result.label_columns if r[c] == "1") for r in rows]
-    assert positives == [["Cardiomegaly"], ["Cardiomegaly", "Emphysema"], ["Hernia", "Pleural_Thickening"], ["No_Finding"]]
+    positives = [sorted(c[len("label_") :] for c in result.label_columns if r[c] == "1") for r in rows]
+    assert positives == [
+        ["Cardiomegaly"],
+        ["Cardiomegaly", "Emphysema"],
+        ["Hernia", "Pleural_Thickening"],
+        ["No_Finding"],
+    ]
     assert all(r[c] in ("0", "1") for r in rows for c in result.label_columns)
 
 

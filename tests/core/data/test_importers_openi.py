@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedvlp.core.config import ConfigError
 from fedvlp.core.data.importers import import_layout
 from fedvlp.core.data.reports import DEID_TOKEN
 from fedvlp.server.cli.main import main
-
 from tests.core.data.test_importers_common import (
     header_of,
     read_manifest,
@@ -20,7 +20,9 @@ from tests.core.data.test_importers_common import (
 
 
 def _report(uid: str, sections: dict[str, str], major: list[str], images: list[str]) -> str:
-    abstract = "\n".join(f'            <AbstractText Label="{label}">{text}</AbstractText>' for label, text in sections.items())
+    abstract = "\n".join(
+        f'            <AbstractText Label="{label}">{text}</AbstractText>' for label, text in sections.items()
+    )
     mesh = "\n".join(f"      <major>{term}</major>" for term in major)
     parents = "\n".join(
         f'   <parentImage id="{image}">\n      <figureId>F{i + 1}</figureId>\n      <caption>Xray Chest PA and Lateral</caption>\n'
@@ -56,24 +58,61 @@ def make_openi(root: Path) -> Path:
     4 (no parentImage), 5 (empty sections, not indexed), 6 (1 image, cardiomegaly)."""
     xml = root / "ecgen-radiology"
     xml.mkdir(parents=True)
-    (xml / "1.xml").write_text(_report("CXR1", {
-        "COMPARISON": "None.", "INDICATION": "Positive TB test",
-        "FINDINGS": "The cardiac silhouette is within normal limits. There are no XXXX of a pleural effusion.",
-        "IMPRESSION": "Normal chest x-XXXX.",
-    }, ["normal"], ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"]), encoding="utf-8")
-    (xml / "2.xml").write_text(_report("CXR2", {
-        "COMPARISON": "None.", "INDICATION": "Preop bariatric surgery.",
-        "FINDINGS": "Borderline cardiomegaly. Midline sternotomy XXXX. Inferior XXXX XXXX XXXX.",
-        "IMPRESSION": "No acute pulmonary findings.",
-    }, ["Cardiomegaly/borderline", "Pulmonary Artery/enlarged"], ["CXR2_IM-0652-1001", "CXR2_IM-0652-2001"]), encoding="utf-8")
-    (xml / "3.xml").write_text(_report("CXR3", {"FINDINGS": "Clear."}, ["normal"], ["CXR3_IM-1384-1001"])[:300], encoding="utf-8")
+    (xml / "1.xml").write_text(
+        _report(
+            "CXR1",
+            {
+                "COMPARISON": "None.",
+                "INDICATION": "Positive TB test",
+                "FINDINGS": "The cardiac silhouette is within normal limits. There are no XXXX of a pleural effusion.",
+                "IMPRESSION": "Normal chest x-XXXX.",
+            },
+            ["normal"],
+            ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"],
+        ),
+        encoding="utf-8",
+    )
+    (xml / "2.xml").write_text(
+        _report(
+            "CXR2",
+            {
+                "COMPARISON": "None.",
+                "INDICATION": "Preop bariatric surgery.",
+                "FINDINGS": "Borderline cardiomegaly. Midline sternotomy XXXX. Inferior XXXX XXXX XXXX.",
+                "IMPRESSION": "No acute pulmonary findings.",
+            },
+            ["Cardiomegaly/borderline", "Pulmonary Artery/enlarged"],
+            ["CXR2_IM-0652-1001", "CXR2_IM-0652-2001"],
+        ),
+        encoding="utf-8",
+    )
+    (xml / "3.xml").write_text(
+        _report("CXR3", {"FINDINGS": "Clear."}, ["normal"], ["CXR3_IM-1384-1001"])[:300], encoding="utf-8"
+    )
     (xml / "4.xml").write_text(_report("CXR4", {"FINDINGS": "No acute disease."}, ["normal"], []), encoding="utf-8")
-    (xml / "5.xml").write_text(_report("CXR5", {"COMPARISON": "", "FINDINGS": "", "IMPRESSION": ""}, ["No Indexing"], ["CXR5_IM-2050-1001"]), encoding="utf-8")
-    (xml / "6.xml").write_text(_report("CXR6", {"FINDINGS": "Mild cardiomegaly.", "IMPRESSION": "Cardiomegaly."},
-                                       ["Cardiomegaly/mild"], ["CXR6_IM-2192-1001"]), encoding="utf-8")
+    (xml / "5.xml").write_text(
+        _report("CXR5", {"COMPARISON": "", "FINDINGS": "", "IMPRESSION": ""}, ["No Indexing"], ["CXR5_IM-2050-1001"]),
+        encoding="utf-8",
+    )
+    (xml / "6.xml").write_text(
+        _report(
+            "CXR6",
+            {"FINDINGS": "Mild cardiomegaly.", "IMPRESSION": "Cardiomegaly."},
+            ["Cardiomegaly/mild"],
+            ["CXR6_IM-2192-1001"],
+        ),
+        encoding="utf-8",
+    )
     png = root / "NLMCXR_png"
-    for name in ("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR2_IM-0652-1001", "CXR3_IM-1384-1001", "CXR4_IM-2000-1001",
-                 "CXR5_IM-2050-1001", "CXR6_IM-2192-1001"):
+    for name in (
+        "CXR1_1_IM-0001-3001",
+        "CXR1_1_IM-0001-4001",
+        "CXR2_IM-0652-1001",
+        "CXR3_IM-1384-1001",
+        "CXR4_IM-2000-1001",
+        "CXR5_IM-2050-1001",
+        "CXR6_IM-2192-1001",
+    ):
         write_image(png / f"{name}.png")
     return root
 
@@ -99,9 +138,14 @@ def test_cli_writes_one_row_per_image_with_study_id(openi: Path, tmp_path: Path)
 def test_sections_come_from_abstract_text_labels(openi: Path, tmp_path: Path) -> None:
     row = read_manifest(import_layout("openi", openi, tmp_path / "m.csv").manifest)[0]
     assert (row["indication"], row["comparison"]) == ("Positive TB test", "None.")
-    assert row["findings"] == f"The cardiac silhouette is within normal limits. There are no {DEID_TOKEN} of a pleural effusion."
+    assert (
+        row["findings"]
+        == f"The cardiac silhouette is within normal limits. There are no {DEID_TOKEN} of a pleural effusion."
+    )
     assert row["impression"] == f"Normal chest x-{DEID_TOKEN}."
-    assert row["report"] == (f"INDICATION: Positive TB test COMPARISON: None. FINDINGS: {row['findings']} IMPRESSION: {row['impression']}")
+    assert row["report"] == (
+        f"INDICATION: Positive TB test COMPARISON: None. FINDINGS: {row['findings']} IMPRESSION: {row['impression']}"
+    )
 
 
 def test_adjacent_xxxx_placeholders_become_one_token(openi: Path, tmp_path: Path) -> None:
@@ -114,7 +158,10 @@ def test_mesh_major_terms_become_label_columns(openi: Path, tmp_path: Path) -> N
     assert result.label_columns == ["label_Cardiomegaly", "label_normal", "label_Pulmonary_Artery"]
     rows = read_manifest(result.manifest)
     assert [(r["label_Cardiomegaly"], r["label_normal"], r["label_Pulmonary_Artery"]) for r in rows] == [
-        ("0", "1", "0"), ("0", "1", "0"), ("1", "0", "1"), ("1", "0", "0"),
+        ("0", "1", "0"),
+        ("0", "1", "0"),
+        ("1", "0", "1"),
+        ("1", "0", "0"),
     ]
 
 
@@ -148,7 +195,9 @@ def test_round_trip_into_a_site(openi: Path, tmp_path: Path) -> None:
 
 
 def test_a_report_without_abstract_names_the_file_and_element(openi: Path, tmp_path: Path) -> None:
-    (openi / "ecgen-radiology" / "7.xml").write_text("<eCitation><uId id='CXR7'/><MeSH><major>normal</major></MeSH></eCitation>", encoding="utf-8")
+    (openi / "ecgen-radiology" / "7.xml").write_text(
+        "<eCitation><uId id='CXR7'/><MeSH><major>normal</major></MeSH></eCitation>", encoding="utf-8"
+    )
     with pytest.raises(ConfigError, match=r"7\.xml: key '<Abstract>'"):
         import_layout("openi", openi, tmp_path / "m.csv")
 

@@ -38,7 +38,9 @@ def test_a_dead_source_is_dropped_and_its_counts_move_to_the_kept_one(tmp_path: 
     _deep_images(tmp_path, 2)
     (tmp_path / "reports.csv").write_text("id,report\na,Clear.\nb,\n")
     site = tmp_path / "mixed.yaml"
-    site.write_text("name: m\nsources:\n  - manifest: images.csv\n    kind: images\n  - manifest: reports.csv\n    kind: reports\n")
+    site.write_text(
+        "name: m\nsources:\n  - manifest: images.csv\n    kind: images\n  - manifest: reports.csv\n    kind: reports\n"
+    )
     (rows,) = site_rows(load_site(site))
     assert rows.source.manifest.name == "reports.csv" and list(rows.ids) == ["a"]
     assert rows.skipped == {"image_16bit": 2, "empty_report": 1}

@@ -31,7 +31,10 @@ def test_a_label_value_2_is_skipped_with_its_column(tmp_path: Path) -> None:
     rows = load_source_rows(_source(path, image_column=None, label_columns=("y",)))
     assert list(rows.ids) == ["a", "c", "d"]
     assert rows.skipped == {"bad_label": 2}
-    assert rows.problems[0] == f"{path}:3: bad_label (column 'y' = '2', expected 0, 1 or blank (add uncertain_labels to accept for -1))"
+    assert (
+        rows.problems[0]
+        == f"{path}:3: bad_label (column 'y' = '2', expected 0, 1 or blank (add uncertain_labels to accept for -1))"
+    )
     assert rows.problems[1].startswith(f"{path}:6: bad_label (column 'y' = '-1'")
     assert rows.labels["y"] == {"1": 1, "2": 1, "(blank)": 1, "1.0": 1, "-1": 1}
 
@@ -39,7 +42,9 @@ def test_a_label_value_2_is_skipped_with_its_column(tmp_path: Path) -> None:
 def test_uncertain_labels_are_kept_when_the_source_accepts_them(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_text("id,report,y\na,r1,-1\nb,r2,2\n")
-    rows = load_source_rows(_source(path, image_column=None, label_columns=("y",), accept=frozenset({"uncertain_labels"})))
+    rows = load_source_rows(
+        _source(path, image_column=None, label_columns=("y",), accept=frozenset({"uncertain_labels"}))
+    )
     assert list(rows.ids) == ["a"] and rows.skipped == {"bad_label": 1}
 
 
@@ -79,12 +84,18 @@ def test_a_missing_column_names_the_file_and_the_column(tmp_path: Path) -> None:
 
 
 def test_parquet_and_a_bom_header_read_like_csv(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"id": ["a", "b", "a"], "image": ["1.png", "2.png", "3.png"], "report": ["r", "r", "r"], "y": [1, 0, 1]})
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "a"], "image": ["1.png", "2.png", "3.png"], "report": ["r", "r", "r"], "y": [1, 0, 1]}
+    )
     frame.to_parquet(tmp_path / "m.parquet")
     (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbf" + frame.to_csv(index=False).encode())
     for name in ("m.parquet", "m.csv"):
         rows = load_source_rows(_source(tmp_path / name, label_columns=("y",)))
-        assert list(rows.ids) == ["a", "b"] and rows.skipped == {"duplicate_id": 1} and rows.labels["y"] == {"1": 2, "0": 1}
+        assert (
+            list(rows.ids) == ["a", "b"]
+            and rows.skipped == {"duplicate_id": 1}
+            and rows.labels["y"] == {"1": 2, "0": 1}
+        )
 
 
 def test_read_manifest_refuses_bytes_that_are_not_utf8(tmp_path: Path) -> None:
@@ -106,7 +117,9 @@ def test_string_columns_round_trip(tmp_path: Path) -> None:
 def write_large_manifest(path: Path, rows: int, images: list[str]) -> None:
     """``rows`` rows whose image paths cycle over ``images`` (paths only, nothing decoded)."""
     index = np.arange(rows)
-    frame = pd.DataFrame({"id": [f"r{i:06d}" for i in index], "image": np.array(images, dtype=object)[index % len(images)]})
+    frame = pd.DataFrame(
+        {"id": [f"r{i:06d}" for i in index], "image": np.array(images, dtype=object)[index % len(images)]}
+    )
     frame.to_csv(path, index=False)
 
 
@@ -124,9 +137,14 @@ def test_a_400k_row_manifest_is_kept_as_compact_columns(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ CSV strictness and image roots
 def test_a_report_with_line_breaks_is_one_row(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
-    path.write_text('id,image,report\n1,a.png,"FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged."\n2,b.png,fine\n')
+    path.write_text(
+        'id,image,report\n1,a.png,"FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged."\n2,b.png,fine\n'
+    )
     rows = load_source_rows(_source(path))
-    assert list(rows.reports or []) == ["FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged.", "fine"]
+    assert list(rows.reports or []) == [
+        "FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged.",
+        "fine",
+    ]
     assert not rows.skipped and list(rows.row_numbers) == [2, 3]
 
 
@@ -150,7 +168,10 @@ def test_lines_swallowed_by_an_open_quote_come_back_as_their_rows(tmp_path: Path
 def test_read_manifest_refuses_a_broken_row_with_its_number(tmp_path: Path) -> None:
     path = tmp_path / "pool.csv"
     path.write_text("report\nfine\ntoo,many\n")
-    with pytest.raises(ConfigError, match=r"pool.csv: key '\(row 3\)': expected a well-formed CSV row: csv_fields \(line 3: 2 fields, the header has 1\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pool.csv: key '\(row 3\)': expected a well-formed CSV row: csv_fields \(line 3: 2 fields, the header has 1\)",
+    ):
         read_manifest(path, ["report"])
 
 
@@ -158,7 +179,9 @@ def test_images_may_live_under_the_manifest_folder_or_an_image_root(tmp_path: Pa
     extra = tmp_path / "pacs"
     path = tmp_path / "site" / "m.csv"
     path.parent.mkdir()
-    path.write_text(f"id,image,report\n1,img/a.png,r\n2,{extra}/b.png,r\n3,../pacs/c.png,r\n4,../other/d.png,r\n5,/etc/passwd,r\n6,img/../../pacs/../site/e.png,r\n")
+    path.write_text(
+        f"id,image,report\n1,img/a.png,r\n2,{extra}/b.png,r\n3,../pacs/c.png,r\n4,../other/d.png,r\n5,/etc/passwd,r\n6,img/../../pacs/../site/e.png,r\n"
+    )
     confined = load_source_rows(_source(path))
     assert list(confined.ids) == ["1", "6"] and confined.skipped == {"image_outside_roots": 4}
     rooted = load_source_rows(_source(path, image_roots=(extra,)))
@@ -170,7 +193,10 @@ def test_a_report_line_that_looks_like_a_row_is_kept_without_an_image_column(tmp
     path = tmp_path / "m.csv"
     path.write_text('id,report\n101,"FINDINGS: clear.\nUnchanged,stable"\n102,fine\n')
     rows = load_source_rows(_source(path, image_column=None))
-    assert list(rows.ids) == ["101", "102"] and list(rows.reports or []) == ["FINDINGS: clear.\nUnchanged,stable", "fine"]
+    assert list(rows.ids) == ["101", "102"] and list(rows.reports or []) == [
+        "FINDINGS: clear.\nUnchanged,stable",
+        "fine",
+    ]
 
 
 def test_a_row_swallowed_by_an_open_quote_is_told_by_its_id_without_an_image_column(tmp_path: Path) -> None:

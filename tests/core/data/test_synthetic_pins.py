@@ -57,12 +57,15 @@ def test_every_finding_side_severity_and_device_renders_identically() -> None:
             for severity in ("mild", "moderate", "large"):
                 one_side = "left" if side == "bilateral" else side
                 case = item.case.with_findings(
-                    cardiomegaly=Finding(severity=severity), pleural_effusion=Finding(side=side, severity=severity),
+                    cardiomegaly=Finding(severity=severity),
+                    pleural_effusion=Finding(side=side, severity=severity),
                     pneumothorax=Finding(side=one_side, severity=severity),
-                    nodule=Finding(side="right" if side == "bilateral" else side, zone="upper", size_mm=14,
-                                   position=(0.2, 0.3)),
+                    nodule=Finding(
+                        side="right" if side == "bilateral" else side, zone="upper", size_mm=14, position=(0.2, 0.3)
+                    ),
                     consolidation=Finding(side=side, severity=severity, zone="lower", position=(0.24, 0.65)),
-                    support_devices=Finding(devices=DEVICES))
+                    support_devices=Finding(devices=DEVICES),
+                )
                 digest.update(render_image(case, item.rng(1), 96, acquisition).tobytes())
                 digest.update(write_report(case, item.rng(2)).encode())
     assert digest.hexdigest() == "877a3081646e2312e71f1df20a94779b43c3b42350f4851acef14b9b1410338a"

@@ -7,12 +7,20 @@ from pathlib import Path
 from fedvlp.core.data.tokenizer import SPECIAL_TOKENS, build_vocab, load_tokenizer
 
 # Many merges tie on count here, which is where the trainer's own numbering used to decide.
-TEXTS = ["Wel come to the Tok en izers libr ary.", "no acute cardio pulmonary process", "heart size is normal",
-         "mild basilar atelectasis", "small left pleural effusion"] * 2
+TEXTS = [
+    "Wel come to the Tok en izers libr ary.",
+    "no acute cardio pulmonary process",
+    "heart size is normal",
+    "mild basilar atelectasis",
+    "small left pleural effusion",
+] * 2
 
 
 def test_the_same_texts_always_give_the_same_vocabulary(tmp_path: Path) -> None:
-    built = {build_vocab(TEXTS, tmp_path / str(i), vocab_size=120, min_frequency=2).read_text(encoding="utf-8") for i in range(30)}
+    built = {
+        build_vocab(TEXTS, tmp_path / str(i), vocab_size=120, min_frequency=2).read_text(encoding="utf-8")
+        for i in range(30)
+    }
     assert len(built) == 1
 
 

@@ -89,8 +89,16 @@ def _every_problem_site(tmp_path: Path) -> Path:
 
 
 EVERY_PROBLEM = {
-    "image_truncated": 1, "image_16bit": 1, "image_rgb": 1, "image_huge": 1, "image_corrupt": 1, "image_missing": 1,
-    "empty_report": 1, "non_utf8": 1, "bad_label": 1, "duplicate_id": 1,
+    "image_truncated": 1,
+    "image_16bit": 1,
+    "image_rgb": 1,
+    "image_huge": 1,
+    "image_corrupt": 1,
+    "image_missing": 1,
+    "empty_report": 1,
+    "non_utf8": 1,
+    "bad_label": 1,
+    "duplicate_id": 1,
 }
 
 
@@ -99,8 +107,16 @@ def test_each_check_counts_exactly_its_row(tmp_path: Path) -> None:
     assert report.rows == 14 and report.usable == 4 and report.skipped == EVERY_PROBLEM
     rows = {p.split(": ")[1].split(" ")[0]: int(p.split(": ")[0].rsplit(":", 1)[1]) for p in report.problems}
     assert rows == {
-        "image_truncated": 6, "image_16bit": 7, "image_rgb": 8, "image_huge": 9, "image_corrupt": 10, "image_missing": 11,
-        "empty_report": 12, "non_utf8": 13, "bad_label": 14, "duplicate_id": 15,
+        "image_truncated": 6,
+        "image_16bit": 7,
+        "image_rgb": 8,
+        "image_huge": 9,
+        "image_corrupt": 10,
+        "image_missing": 11,
+        "empty_report": 12,
+        "non_utf8": 13,
+        "bad_label": 14,
+        "duplicate_id": 15,
     }
 
 
@@ -108,7 +124,11 @@ def test_worker_processes_give_the_same_report(tmp_path: Path) -> None:
     site = load_site(_every_problem_site(tmp_path))
     (serial,) = validate_site(site)
     (parallel,) = validate_site(site, workers=2)
-    assert (parallel.usable, parallel.skipped, sorted(parallel.problems)) == (serial.usable, serial.skipped, sorted(serial.problems))
+    assert (parallel.usable, parallel.skipped, sorted(parallel.problems)) == (
+        serial.usable,
+        serial.skipped,
+        sorted(serial.problems),
+    )
 
 
 def test_training_skips_and_counts_the_same_rows(tmp_path: Path, tiny_run: RunConfig) -> None:
@@ -118,7 +138,9 @@ def test_training_skips_and_counts_the_same_rows(tmp_path: Path, tiny_run: RunCo
     trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
     result = trainer.train(steps=1)  # one batch holds every usable manifest row
     assert result.skipped == EVERY_PROBLEM
-    assert {k: v for k, v in result.metrics.items() if k.startswith("skipped/")} == {f"skipped/{k}": float(v) for k, v in EVERY_PROBLEM.items()}
+    assert {k: v for k, v in result.metrics.items() if k.startswith("skipped/")} == {
+        f"skipped/{k}": float(v) for k, v in EVERY_PROBLEM.items()
+    }
     (report,) = validate_site(site)
     assert sorted(trainer.problems) == sorted(report.problems)
 
@@ -131,20 +153,34 @@ def test_the_counts_reach_the_clients_round_metrics(tmp_path: Path, tiny_run: Ru
     run = tiny_run.replace(batch_size=32, local_steps=1)
     reply = train_round(site, run, build_model(run).state_dict(), server_round=1)
     metrics = dict(reply.metric_records[METRICS_KEY])
-    assert {k: v for k, v in metrics.items() if k.startswith("skipped/")} == {f"skipped/{k}": float(v) for k, v in EVERY_PROBLEM.items()}
+    assert {k: v for k, v in metrics.items() if k.startswith("skipped/")} == {
+        f"skipped/{k}": float(v) for k, v in EVERY_PROBLEM.items()
+    }
 
 
 def test_run_summary_sums_the_last_counts_of_every_site() -> None:
     history = [
-        {"sites": [{"node_id": 1, "metrics": {"skipped/image_rgb": 2.0, "loss/total": 1.0}}, {"node_id": 2, "metrics": {}}]},
-        {"sites": [{"node_id": 1, "metrics": {"skipped/image_rgb": 3.0}}, {"node_id": 2, "metrics": {"skipped/non_utf8": 1.0, "skipped/image_rgb": 1.0}}]},
+        {
+            "sites": [
+                {"node_id": 1, "metrics": {"skipped/image_rgb": 2.0, "loss/total": 1.0}},
+                {"node_id": 2, "metrics": {}},
+            ]
+        },
+        {
+            "sites": [
+                {"node_id": 1, "metrics": {"skipped/image_rgb": 3.0}},
+                {"node_id": 2, "metrics": {"skipped/non_utf8": 1.0, "skipped/image_rgb": 1.0}},
+            ]
+        },
     ]
     assert skipped_in_history(history) == {"image_rgb": 4, "non_utf8": 1}
 
 
 @needs_cxr()
 @pytest.mark.data
-@pytest.mark.parametrize(("name", "rows", "usable"), [("paired", 585, 585), ("nih_images", 1000, 1000), ("reports_only", 3955, 3425)])
+@pytest.mark.parametrize(
+    ("name", "rows", "usable"), [("paired", 585, 585), ("nih_images", 1000, 1000), ("reports_only", 3955, 3425)]
+)
 def test_the_real_cxr_sites_validate(name: str, rows: int, usable: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDVLP_CXR_DATA", str(CXR_DATA))
     (report,) = validate_site(load_site(project_root() / "sites" / "cxr" / f"{name}.yaml"))

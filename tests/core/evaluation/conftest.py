@@ -17,8 +17,15 @@ LABELS = ("square", "bar")
 SIZE = 32
 
 
-def write_manifest(root: Path, n: int = 72, seed: int = 0, corrupt: bool = True, bad_label: bool = True,
-                   split: list[str] | None = None, patients: bool = True) -> Path:
+def write_manifest(
+    root: Path,
+    n: int = 72,
+    seed: int = 0,
+    corrupt: bool = True,
+    bad_label: bool = True,
+    split: list[str] | None = None,
+    patients: bool = True,
+) -> Path:
     """``n`` images: class ``square`` = a big bright square (easy), class ``bar`` = a thin grey vertical bar.
 
     Adds one row whose PNG is random bytes and one row whose ``square`` label is ``"2"``.
@@ -32,12 +39,14 @@ def write_manifest(root: Path, n: int = 72, seed: int = 0, corrupt: bool = True,
         img = rng.normal(0.2, 0.05, (SIZE, SIZE))
         if square:
             y, x = rng.integers(2, SIZE - 14, 2)
-            img[y:y + 12, x:x + 12] = 1.0
+            img[y : y + 12, x : x + 12] = 1.0
         if bar:
             x = rng.integers(2, SIZE - 4)
-            img[:, x:x + 2] = 0.6
+            img[:, x : x + 2] = 0.6
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
-        rows.append({"id": f"r{i}", "image": f"images/{i}.png", "patient_id": f"p{i // 3}", "square": square, "bar": bar})
+        rows.append(
+            {"id": f"r{i}", "image": f"images/{i}.png", "patient_id": f"p{i // 3}", "square": square, "bar": bar}
+        )
     if corrupt:
         (root / "images" / "corrupt.png").write_bytes(rng.bytes(300))
         rows.append({"id": "corrupt", "image": "images/corrupt.png", "patient_id": "px", "square": 0, "bar": 0})

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 
 from fedvlp.core.evaluation import load_labeled, patient_split, sample_fraction
-
 from tests.conftest import needs_cxr
 
 from .conftest import LABELS, SIZE, write_manifest
@@ -117,15 +116,18 @@ from pathlib import Path  # noqa: E402
 from fedvlp.core.evaluation import derive_patient_id, split_manifest  # noqa: E402
 
 
-@pytest.mark.parametrize("name, patient", [
-    ("images/kermany_train_pneumonia_person1019_bacteria_2950.png", "person1019"),
-    ("person101_virus_187.jpeg", "person101"),
-    ("kermany_train_normal_IM-0115-0001.png", "IM-0115"),
-    ("IM-0135-0001-0002.jpeg", "IM-0135"),
-    ("kermany_train_normal_NORMAL2-IM-1234-0001.png", "NORMAL2-IM-1234"),
-    ("NORMAL2-IM-0012-0001-0002.jpeg", "NORMAL2-IM-0012"),
-    ("images/0.png", None),
-])
+@pytest.mark.parametrize(
+    "name, patient",
+    [
+        ("images/kermany_train_pneumonia_person1019_bacteria_2950.png", "person1019"),
+        ("person101_virus_187.jpeg", "person101"),
+        ("kermany_train_normal_IM-0115-0001.png", "IM-0115"),
+        ("IM-0135-0001-0002.jpeg", "IM-0135"),
+        ("kermany_train_normal_NORMAL2-IM-1234-0001.png", "NORMAL2-IM-1234"),
+        ("NORMAL2-IM-0012-0001-0002.jpeg", "NORMAL2-IM-0012"),
+        ("images/0.png", None),
+    ],
+)
 def test_patient_ids_are_derived_from_kermany_file_names(name, patient):
     assert derive_patient_id(name) == patient
 
@@ -142,8 +144,15 @@ def _kermany_like(root: Path, n_patients: int = 40) -> Path:
         for k in range(1 + p % 3):
             name = [f"person{p}_bacteria_{k}", f"IM-{p:04d}-{k:04d}", f"NORMAL2-IM-{p:04d}-{k:04d}"][kind]
             Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "images" / f"{name}.png")
-            rows.append({"id": name, "image": f"images/{name}.png", "patient_id": f"person{p}" if kind == 0 else "",
-                         "pneumonia": int(kind == 0), "subtype": ["bacteria", "", "virus"][kind] if kind != 1 else ""})
+            rows.append(
+                {
+                    "id": name,
+                    "image": f"images/{name}.png",
+                    "patient_id": f"person{p}" if kind == 0 else "",
+                    "pneumonia": int(kind == 0),
+                    "subtype": ["bacteria", "", "virus"][kind] if kind != 1 else "",
+                }
+            )
     path = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -157,7 +166,11 @@ def test_split_manifest_never_puts_a_patient_in_two_splits_including_derived_ids
     assert sum(len(f) for f in frames.values()) == len(pd.read_csv(manifest))
     assert len(trainval) == len(frames["train"]) + len(frames["val"]) and set(trainval["split"]) == {"train", "val"}
     patients = {name: set(f["patient_id"]) for name, f in frames.items()}
-    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"] and not patients["val"] & patients["test"]
+    assert (
+        not patients["train"] & patients["val"]
+        and not patients["train"] & patients["test"]
+        and not patients["val"] & patients["test"]
+    )
     assert "IM-0001" in set().union(*patients.values()) and "NORMAL2-IM-0002" in set().union(*patients.values())
     # images resolve from the new folder, and a second run writes the same files
     assert all((tmp_path / "split" / p).is_file() for p in frames["test"]["image"])
@@ -203,7 +216,11 @@ def test_the_kermany_split_keeps_every_patient_in_one_split(tmp_path):
     frames = {n: pd.read_csv(written[n]) for n in ("train", "val", "test")}
     assert sum(map(len, frames.values())) == 2000
     patients = {n: set(f["patient_id"]) for n, f in frames.items()}
-    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or patients["val"] & patients["test"])
+    assert not (
+        patients["train"] & patients["val"]
+        or patients["train"] & patients["test"]
+        or patients["val"] & patients["test"]
+    )
     every = pd.concat(frames.values())
     assert every["patient_id"].notna().all()
     normal_ids = set(every.loc[every["finding_labels"] == "Normal", "patient_id"])

@@ -38,6 +38,7 @@ def test_non_finite_scores_are_rejected():
 
 # --- average precision, accuracy and F1 -------------------------------------------------------
 
+
 def test_average_precision_equals_sklearn_per_class_and_mean():
     rng = np.random.default_rng(2)
     y = (rng.random((150, 3)) < [0.1, 0.5, 0.7]).astype(float)

@@ -51,7 +51,12 @@ def test_round_metrics_sort_rows_by_round() -> None:
 
 
 def test_round_metrics_ignore_non_finite_values() -> None:
-    history = [{"round": 1, "sites": [{"metrics": {"loss/mlm": math.nan}}, {"metrics": {"loss/mlm": 4.0, "loss/mim": math.inf}}]}]
+    history = [
+        {
+            "round": 1,
+            "sites": [{"metrics": {"loss/mlm": math.nan}}, {"metrics": {"loss/mlm": 4.0, "loss/mim": math.inf}}],
+        }
+    ]
     # NaN of the first site is skipped: mean over [4.0]; loss/mim has no finite value at all
     assert round_metrics(history) == [{"round": 1.0, "loss/mlm": 4.0}]
 
@@ -103,7 +108,9 @@ def test_plot_pretraining_writes_a_png(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("runs", [{}, {"mixed": []}])
-def test_plot_pretraining_of_empty_histories_returns_none(tmp_path: Path, runs: dict[str, list[dict[str, Any]]]) -> None:
+def test_plot_pretraining_of_empty_histories_returns_none(
+    tmp_path: Path, runs: dict[str, list[dict[str, Any]]]
+) -> None:
     path = tmp_path / "pretraining.png"
     assert plot_pretraining(runs, path) is None
     assert not path.exists()

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -32,7 +31,9 @@ def test_ssim_equals_skimage():
     rng = np.random.default_rng(1)
     a = rng.random((32, 32))
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
-    expected = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    expected = metrics.structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     assert float(ssim(a, b)[0]) == pytest.approx(expected, rel=1e-9)
 
 

@@ -6,20 +6,33 @@ import pytest
 from scipy import stats
 
 from fedvlp.core.evaluation import (
-    format_table, label_efficiency, markdown_report, plot_auc_vs_labels, summarise, t_tests, write_outputs,
+    format_table,
+    label_efficiency,
+    markdown_report,
+    plot_auc_vs_labels,
+    summarise,
+    t_tests,
+    write_outputs,
 )
 
 
 def _results() -> pd.DataFrame:
     rows = []
-    values = {("random", 0.01): [0.60, 0.62], ("random", 1.0): [0.80, 0.84], ("fed", 0.01): [0.70, 0.74], ("fed", 1.0): [0.90, 0.90]}
+    values = {
+        ("random", 0.01): [0.60, 0.62],
+        ("random", 1.0): [0.80, 0.84],
+        ("fed", 0.01): [0.70, 0.74],
+        ("fed", 1.0): [0.90, 0.90],
+    }
     for (init, fraction), per_seed in values.items():
         for seed, value in enumerate(per_seed):
             base = {"init": init, "protocol": "linear", "label_fraction": fraction, "seed": seed}
-            rows += [{**base, "metric": "auc", "class": "a", "value": value - 0.05},
-                     {**base, "metric": "auc", "class": "b", "value": value + 0.05},
-                     {**base, "metric": "auc", "class": "mean", "value": value},
-                     {**base, "metric": "n_train", "class": "all", "value": 7.0 if fraction < 1 else 700.0}]
+            rows += [
+                {**base, "metric": "auc", "class": "a", "value": value - 0.05},
+                {**base, "metric": "auc", "class": "b", "value": value + 0.05},
+                {**base, "metric": "auc", "class": "mean", "value": value},
+                {**base, "metric": "n_train", "class": "all", "value": 7.0 if fraction < 1 else 700.0},
+            ]
     return pd.DataFrame(rows)
 
 
@@ -63,15 +76,32 @@ def test_single_seed_and_missing_auc_are_shown_without_a_std():
 
 # --- t-tests, label efficiency, AP table -------------------------------------------------------
 
+
 def _mean_auc_rows(values: dict, protocol: str = "linear", metric: str = "auc") -> pd.DataFrame:
     """``values``: ``{(init, fraction): [per-seed mean AUC]}`` -> long-format rows of class "mean"."""
-    return pd.DataFrame([{"init": init, "protocol": protocol, "label_fraction": fraction, "seed": seed,
-                          "metric": metric, "class": "mean", "value": value}
-                         for (init, fraction), per_seed in values.items() for seed, value in enumerate(per_seed)])
+    return pd.DataFrame(
+        [
+            {
+                "init": init,
+                "protocol": protocol,
+                "label_fraction": fraction,
+                "seed": seed,
+                "metric": metric,
+                "class": "mean",
+                "value": value,
+            }
+            for (init, fraction), per_seed in values.items()
+            for seed, value in enumerate(per_seed)
+        ]
+    )
 
 
 def test_t_tests_compare_the_best_init_with_each_other_by_welch_over_seeds():
-    values = {("random", 0.1): [0.60, 0.65, 0.62], ("fed", 0.1): [0.80, 0.78, 0.83], ("central", 0.1): [0.70, 0.71, 0.69]}
+    values = {
+        ("random", 0.1): [0.60, 0.65, 0.62],
+        ("fed", 0.1): [0.80, 0.78, 0.83],
+        ("central", 0.1): [0.70, 0.71, 0.69],
+    }
     tests = t_tests(_mean_auc_rows(values))
     assert list(tests["best"]) == ["fed", "fed"] and list(tests["other"]) == ["random", "central"]
     for other, row in zip(["random", "central"], tests.itertuples()):
@@ -81,12 +111,26 @@ def test_t_tests_compare_the_best_init_with_each_other_by_welch_over_seeds():
 
 
 def test_t_tests_are_per_protocol_and_fraction():
-    df = pd.concat([_mean_auc_rows({("random", 0.1): [0.9, 0.8], ("fed", 0.1): [0.5, 0.6], ("fed", 1.0): [0.9, 0.91],
-                                    ("random", 1.0): [0.7, 0.75]}),
-                    _mean_auc_rows({("random", 0.1): [0.5, 0.6], ("fed", 0.1): [0.7, 0.8]}, protocol="finetune")])
+    df = pd.concat(
+        [
+            _mean_auc_rows(
+                {
+                    ("random", 0.1): [0.9, 0.8],
+                    ("fed", 0.1): [0.5, 0.6],
+                    ("fed", 1.0): [0.9, 0.91],
+                    ("random", 1.0): [0.7, 0.75],
+                }
+            ),
+            _mean_auc_rows({("random", 0.1): [0.5, 0.6], ("fed", 0.1): [0.7, 0.8]}, protocol="finetune"),
+        ]
+    )
     tests = t_tests(df)
     got = list(zip(tests["protocol"], tests["label_fraction"], tests["best"], tests["other"]))
-    assert got == [("linear", 0.1, "random", "fed"), ("linear", 1.0, "fed", "random"), ("finetune", 0.1, "fed", "random")]
+    assert got == [
+        ("linear", 0.1, "random", "fed"),
+        ("linear", 1.0, "fed", "random"),
+        ("finetune", 0.1, "fed", "random"),
+    ]
 
 
 def test_t_tests_give_nan_with_fewer_than_two_seeds():
@@ -95,12 +139,20 @@ def test_t_tests_give_nan_with_fewer_than_two_seeds():
 
 
 def test_label_efficiency_finds_the_smallest_fraction_reaching_random_at_full_labels():
-    values = {("random", 0.01): [0.60, 0.62], ("random", 0.1): [0.70, 0.72], ("random", 1.0): [0.80, 0.82],
-              ("fed", 0.01): [0.75, 0.77], ("fed", 0.1): [0.81, 0.81], ("fed", 1.0): [0.90, 0.90]}
+    values = {
+        ("random", 0.01): [0.60, 0.62],
+        ("random", 0.1): [0.70, 0.72],
+        ("random", 1.0): [0.80, 0.82],
+        ("fed", 0.01): [0.75, 0.77],
+        ("fed", 0.1): [0.81, 0.81],
+        ("fed", 1.0): [0.90, 0.90],
+    }
     out = label_efficiency(_mean_auc_rows(values)).set_index("init")
     assert out.loc["fed", "target"] == pytest.approx(0.81)
     assert out.loc["fed", "fraction"] == pytest.approx(0.1) and out.loc["fed", "labels_saved"] == pytest.approx(0.9)
-    assert out.loc["random", "fraction"] == pytest.approx(1.0) and out.loc["random", "labels_saved"] == pytest.approx(0.0)
+    assert out.loc["random", "fraction"] == pytest.approx(1.0) and out.loc["random", "labels_saved"] == pytest.approx(
+        0.0
+    )
 
 
 def test_label_efficiency_is_none_when_never_reached():
@@ -144,7 +196,18 @@ def test_no_p_value_when_both_inits_are_constant_over_seeds():
 
     from fedvlp.core.evaluation import t_tests
 
-    rows = [{"init": i, "protocol": "linear", "label_fraction": 1.0, "seed": s, "metric": "auc", "class": "mean", "value": v}
-            for i, v in (("a", 0.9), ("b", 0.8)) for s in (0, 1, 2)]
+    rows = [
+        {
+            "init": i,
+            "protocol": "linear",
+            "label_fraction": 1.0,
+            "seed": s,
+            "metric": "auc",
+            "class": "mean",
+            "value": v,
+        }
+        for i, v in (("a", 0.9), ("b", 0.8))
+        for s in (0, 1, 2)
+    ]
     tests = t_tests(pd.DataFrame(rows))
     assert len(tests) == 1 and tests["best"][0] == "a" and math.isnan(tests["p_value"][0])

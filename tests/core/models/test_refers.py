@@ -22,8 +22,19 @@ def _build(weights: dict[str, float] | None = None, seed: int = 0) -> REFERSMode
     tok = load_tokenizer("demo")
     special = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     weights = {"contrastive": 1.0, "generation": 1.0} if weights is None else weights
-    return build_refers_model("tiny", 32, len(tok), special, tok.pad_token_id, tok.cls_token_id, tok.sep_token_id,
-                              tau=0.1, lam=0.75, weights=weights, seed=seed)
+    return build_refers_model(
+        "tiny",
+        32,
+        len(tok),
+        special,
+        tok.pad_token_id,
+        tok.cls_token_id,
+        tok.sep_token_id,
+        tau=0.1,
+        lam=0.75,
+        weights=weights,
+        seed=seed,
+    )
 
 
 def _pairs_batch(count: int, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -35,7 +46,11 @@ def _pairs_batch(count: int, size: int = 32, seed: int = 0) -> dict[str, torch.T
         images.append(torch.from_numpy(render_image(case, rng, size)).float().div(255.0).unsqueeze(0))
         reports.append(write_report(case, rng))
     encoded = load_tokenizer("demo")(reports, padding=True, truncation=True, max_length=48, return_tensors="pt")
-    return {"image": torch.stack(images), "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    return {
+        "image": torch.stack(images),
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+    }
 
 
 def test_vit_outputs_class_token_all_tokens_and_a_patch_map() -> None:

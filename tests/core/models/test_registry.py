@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+
 from fedvlp.core.config import RECIPE_SPECS, ConfigError, RecipeSpec, RunConfig
 from fedvlp.core.models import (
     FedVLPModel,
@@ -58,8 +59,9 @@ def test_the_call_site_answers_live_in_the_family() -> None:
         ("mixed", "bert_init", "some/bert"),
     ],
 )
-def test_a_key_the_family_ignores_set_away_from_its_default_is_an_error(tiny_run: RunConfig, recipe: str, key: str,
-                                                                         value: object) -> None:
+def test_a_key_the_family_ignores_set_away_from_its_default_is_an_error(
+    tiny_run: RunConfig, recipe: str, key: str, value: object
+) -> None:
     run = replace(tiny_run, recipe=recipe, **{key: value})  # not validated: RunConfig knows no families
     dashed = key.replace("_", "-")
     family = RECIPE_SPECS[recipe].family

@@ -54,7 +54,9 @@ def test_efficientnet_stages_match_the_package_forward() -> None:
     encoder = build_efficientnet_lite0_encoder(64).eval()
     assert num_stages(encoder) == 9  # stem, 7 MBConv stages, head conv
     images = torch.rand(2, 1, 64, 64)
-    expected = encoder.net.extract_features((images.expand(-1, 3, -1, -1) - encoder.pixel_mean) / encoder.pixel_std).mean(dim=(2, 3))
+    expected = encoder.net.extract_features(
+        (images.expand(-1, 3, -1, -1) - encoder.pixel_mean) / encoder.pixel_std
+    ).mean(dim=(2, 3))
     torch.testing.assert_close(encoder(images), expected, rtol=0, atol=1e-6)
     upper = UpperStages(encoder, 6)
     torch.testing.assert_close(upper(upper.lower(images)), expected, rtol=0, atol=1e-5)

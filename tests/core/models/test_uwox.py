@@ -29,7 +29,9 @@ SPECIAL = [0, 1, 2, 3, 4]
 ALL = {"mlm": 1.0, "mim": 1.0, "matching": 1.0}
 
 
-def _build(fusion: bool = False, weights: dict[str, float] | None = None, image_size: int = 32, seed: int = 0) -> UWOXModel:
+def _build(
+    fusion: bool = False, weights: dict[str, float] | None = None, image_size: int = 32, seed: int = 0
+) -> UWOXModel:
     torch.manual_seed(seed)
     config = UWOXConfig.preset("tiny", image_size, VOCAB, fusion)
     return build_uwox_model(config, SPECIAL, 4, 0.15, ALL if weights is None else weights)
@@ -43,8 +45,11 @@ def _text(batch: int = 2, length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_presets_and_their_checks() -> None:
-    tiny, small, base = (UWOXConfig.preset("tiny", 32, VOCAB), UWOXConfig.preset("small", 64, VOCAB),
-                         UWOXConfig.preset("base", 224, VOCAB, fusion=True))
+    tiny, small, base = (
+        UWOXConfig.preset("tiny", 32, VOCAB),
+        UWOXConfig.preset("small", 64, VOCAB),
+        UWOXConfig.preset("base", 224, VOCAB, fusion=True),
+    )
     assert (tiny.hidden, tiny.layers, tiny.heads, tiny.patch, tiny.level_tokens) == (32, 1, 2, 8, (16, 4, 1))
     assert (small.hidden, small.layers, small.heads, small.patch, small.level_tokens) == (128, 2, 2, 16, (16, 4, 1))
     assert (base.hidden, base.layers, base.heads, base.intermediate, base.fusion) == (768, 12, 12, 3072, True)
@@ -170,8 +175,14 @@ def test_fusion_ignores_padded_report_tokens() -> None:
 
 def _tiny_bert(layers: int = 2, hidden: int = 32) -> BertModel:
     torch.manual_seed(3)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return BertModel(config, add_pooling_layer=False).eval()
 
 

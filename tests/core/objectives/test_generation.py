@@ -20,8 +20,19 @@ PAD = 0
 def _model() -> REFERSModel:
     tok = load_tokenizer("demo")
     special = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-    return build_refers_model("tiny", 32, len(tok), special, tok.pad_token_id, tok.cls_token_id, tok.sep_token_id,
-                              tau=0.1, lam=0.75, weights={"contrastive": 1.0, "generation": 1.0}, seed=0)
+    return build_refers_model(
+        "tiny",
+        32,
+        len(tok),
+        special,
+        tok.pad_token_id,
+        tok.cls_token_id,
+        tok.sep_token_id,
+        tau=0.1,
+        lam=0.75,
+        weights={"contrastive": 1.0, "generation": 1.0},
+        seed=0,
+    )
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -90,7 +101,9 @@ def test_image_only_batches_cannot_train_generation_or_contrastive() -> None:
     assert view.modalities == {"image"}
     assert not any(objective.applies_to(view.modalities) for objective in model.objectives)
     assert all(objective.applies_to(frozenset({"image", "text", "pair"})) for objective in model.objectives)
-    assert not any(objective.applies_to(frozenset({"image", "text"})) for objective in model.objectives)  # unpaired tuples
+    assert not any(
+        objective.applies_to(frozenset({"image", "text"})) for objective in model.objectives
+    )  # unpaired tuples
 
 
 def test_generation_gradients_reach_image_and_its_head_only() -> None:

@@ -61,7 +61,6 @@ def test_mlm_loss_ignores_unmasked_positions() -> None:
     assert abs(mlm_loss(logits, labels).item() - (-math.log(0.5))) < 1e-6
 
 
-
 def test_mlm_objective_decoding_only_targets_equals_the_loss_over_all_positions() -> None:
     from torch import nn
 
@@ -82,7 +81,10 @@ def test_mlm_objective_decoding_only_targets_equals_the_loss_over_all_positions(
     labels = torch.full((3, 6), -100)
     labels[0, 1], labels[1, 4], labels[1, 5], labels[2, 0] = 7, 9, 11, 5
     everywhere = mlm_loss(objective.decoder(objective.transform(encoder.text(masked, torch.ones_like(masked)))), labels)
-    assert torch.allclose(objective.masked_loss(encoder, masked, torch.ones_like(masked), labels), everywhere, atol=1e-6)
+    assert torch.allclose(
+        objective.masked_loss(encoder, masked, torch.ones_like(masked), labels), everywhere, atol=1e-6
+    )
+
 
 def test_masked_l1_averages_over_masked_pixels_only() -> None:
     prediction = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])

@@ -34,7 +34,9 @@ def _build(fusion: bool = False, seed: int = 0) -> UWOXModel:
     tok = load_tokenizer("demo")
     torch.manual_seed(seed)
     config = UWOXConfig.preset("tiny", 32, len(tok), fusion)
-    return build_uwox_model(config, [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS], tok.mask_token_id, 0.15, ALL)
+    return build_uwox_model(
+        config, [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS], tok.mask_token_id, 0.15, ALL
+    )
 
 
 def _pairs_batch(count: int, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -46,7 +48,11 @@ def _pairs_batch(count: int, size: int = 32, seed: int = 0) -> dict[str, torch.T
         images.append(torch.from_numpy(render_image(case, rng, size)).float().div(255.0).unsqueeze(0))
         reports.append(write_report(case, rng))
     encoded = load_tokenizer("demo")(reports, padding=True, truncation=True, max_length=48, return_tensors="pt")
-    return {"image": torch.stack(images), "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    return {
+        "image": torch.stack(images),
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+    }
 
 
 def _groups_with_gradient(model: UWOXModel) -> set[str]:
@@ -143,7 +149,9 @@ def test_matching_uses_the_batch_paired_targets_when_given() -> None:
     batch["paired"] = torch.tensor([0.0, 1.0, 0.0])
     loss = model.head["matching"].loss(BatchView(model, batch))
     text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    logits = model.head["matching"].logits(model, text, batch["attention_mask"], model.encode_image(batch["image"])["tokens"])
+    logits = model.head["matching"].logits(
+        model, text, batch["attention_mask"], model.encode_image(batch["image"])["tokens"]
+    )
     assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits, batch["paired"]), atol=1e-6)
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from flwr.app import Context, Message, MetricRecord
+
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import COUNTS_KEY
-from flwr.app import Context, Message, MetricRecord
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,9 @@ def abuse_mod(msg: Message, context: Context, call_next):  # type: ignore[no-unt
 
 
 def make_abusive_client_app(overrides):  # type: ignore[no-untyped-def]
-    from fedvlp.client.app import make_client_app
     from flwr.clientapp import ClientApp
+
+    from fedvlp.client.app import make_client_app
 
     inner = make_client_app(overrides)
     outer = ClientApp(mods=[abuse_mod])
@@ -49,7 +51,9 @@ def make_abusive_client_app(overrides):  # type: ignore[no-untyped-def]
     return outer
 
 
-def test_a_nan_count_and_a_crashed_site_leave_the_round_to_the_honest_site(demo_env: Path, tiny_run: RunConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_nan_count_and_a_crashed_site_leave_the_round_to_the_honest_site(
+    demo_env: Path, tiny_run: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fedvlp.server.cli import simulation
 
     monkeypatch.setattr(simulation, "CLIENT_APP_FACTORY", f"{__name__}:make_abusive_client_app")
@@ -59,8 +63,10 @@ def test_a_nan_count_and_a_crashed_site_leave_the_round_to_the_honest_site(demo_
     rejected = records[0]["rejected"]
     assert len(rejected) == 2, rejected
     assert any("'group-counts' of group" in r and "is float nan, expected an integer" in r for r in rejected), rejected
-    assert any("client error 2: Flower error (ClientAppException; details in the site's log)" in r for r in rejected), rejected
+    assert any("client error 2: Flower error (ClientAppException; details in the site's log)" in r for r in rejected), (
+        rejected
+    )
     saved = (Path(tiny_run.out_dir) / "checkpoints" / "round_0001.json").read_text()
-    for leak in ("Traceback", "File \"", "/srv/", "pid=", "ip="):
+    for leak in ("Traceback", 'File "', "/srv/", "pid=", "ip="):
         assert leak not in saved, leak
     assert json.loads(saved)["history"][0]["rejected"] == rejected

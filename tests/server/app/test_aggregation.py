@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.stats import trim_mean
+
 from fedvlp.server.app.aggregation import (
     NORM_HISTORY_WINDOW,
     NormHistory,
@@ -18,7 +20,6 @@ from fedvlp.server.app.aggregation import (
     update_norms,
     validate_update,
 )
-from scipy.stats import trim_mean
 
 CURRENT = {
     "image.w": torch.tensor([0.0, 0.0]),
@@ -30,9 +31,13 @@ CURRENT = {
 
 
 def test_keys_average_over_their_senders_weighted_by_group_counts() -> None:
-    pairs = SiteUpdate(1, {"image.w": torch.tensor([1.0, 2.0]), "text.w": torch.tensor([4.0])}, {"image": 100, "text": 100})
+    pairs = SiteUpdate(
+        1, {"image.w": torch.tensor([1.0, 2.0]), "text.w": torch.tensor([4.0])}, {"image": 100, "text": 100}
+    )
     images = SiteUpdate(2, {"image.w": torch.tensor([4.0, 8.0])}, {"image": 300})
-    reports = SiteUpdate(3, {"text.w": torch.tensor([1.0]), "head.mlm.w": torch.tensor([3.0])}, {"text": 50, "head.mlm": 50})
+    reports = SiteUpdate(
+        3, {"text.w": torch.tensor([1.0]), "head.mlm.w": torch.tensor([3.0])}, {"text": 50, "head.mlm": 50}
+    )
     out = aggregate(CURRENT, [pairs, images, reports])
     # image: (100*[1,2] + 300*[4,8]) / 400 ; text: (100*4 + 50*1) / 150 ; mlm head: only site 3
     assert torch.allclose(out["image.w"], torch.tensor([3.25, 6.5]))
@@ -72,7 +77,9 @@ def test_result_does_not_depend_on_reply_order() -> None:
         ({"image.w": torch.zeros(2)}, {"text": 3}, "sample count"),
     ],
 )
-def test_invalid_replies_are_rejected_with_the_reason(weights: dict[str, torch.Tensor], counts: dict[str, int], message: str) -> None:
+def test_invalid_replies_are_rejected_with_the_reason(
+    weights: dict[str, torch.Tensor], counts: dict[str, int], message: str
+) -> None:
     with pytest.raises(ReplyRejected, match=message):
         validate_update(SiteUpdate(9, weights, counts), CURRENT)
 
@@ -83,16 +90,28 @@ def _round_of_four() -> tuple[dict[str, torch.Tensor], list[SiteUpdate]]:
     current = {"image.w": torch.randn(4, 8), "image.b": torch.randn(8), "text.w": torch.randn(16)}
     updates = []
     for node, count in zip((11, 12, 13), (30, 50, 20)):
-        updates.append(SiteUpdate(node, {k: v + 0.01 * torch.randn_like(v) for k, v in current.items()}, {"image": count, "text": count}))
+        updates.append(
+            SiteUpdate(
+                node, {k: v + 0.01 * torch.randn_like(v) for k, v in current.items()}, {"image": count, "text": count}
+            )
+        )
     # a poisoned reply: its image update is 100x the others, its text update is ordinary
-    poisoned = {"image.w": current["image.w"] + torch.randn(4, 8), "image.b": current["image.b"], "text.w": current["text.w"] + 0.01 * torch.randn(16)}
+    poisoned = {
+        "image.w": current["image.w"] + torch.randn(4, 8),
+        "image.b": current["image.b"],
+        "text.w": current["text.w"] + 0.01 * torch.randn(16),
+    }
     updates.append(SiteUpdate(99, poisoned, {"image": 40, "text": 40}))
     return current, updates
 
 
 def test_update_norms_are_per_group_over_float_keys() -> None:
     current = {"image.w": torch.zeros(2), "image.n": torch.tensor(0), "text.w": torch.zeros(1)}
-    update = SiteUpdate(1, {"image.w": torch.tensor([3.0, 4.0]), "image.n": torch.tensor(7), "text.w": torch.tensor([-2.0])}, {"image": 1, "text": 1})
+    update = SiteUpdate(
+        1,
+        {"image.w": torch.tensor([3.0, 4.0]), "image.n": torch.tensor(7), "text.w": torch.tensor([-2.0])},
+        {"image": 1, "text": 1},
+    )
     assert update_norms(update, current) == {"image": 5.0, "text": 2.0}
 
 
@@ -104,7 +123,11 @@ def test_an_outlier_among_four_replies_is_rejected_with_its_node_id() -> None:
     # the round goes on: the aggregate is the count-weighted mean of the other three
     out = aggregate(current, kept)
     for key in current:
-        expected = (30 * updates[0].weights[key].double() + 50 * updates[1].weights[key].double() + 20 * updates[2].weights[key].double()) / 100
+        expected = (
+            30 * updates[0].weights[key].double()
+            + 50 * updates[1].weights[key].double()
+            + 20 * updates[2].weights[key].double()
+        ) / 100
         assert torch.allclose(out[key].double(), expected, atol=1e-6)
 
 
@@ -119,12 +142,29 @@ def test_norm_check_needs_three_replies_per_group_and_can_be_off() -> None:
 # ------------------------------------------------------------------ robust aggregation
 def _robust_round() -> tuple[dict[str, torch.Tensor], list[SiteUpdate]]:
     torch.manual_seed(1)
-    current = {"image.w": torch.zeros(3, 2), "text.w": torch.zeros(5), "head.mlm.w": torch.ones(2), "image.n": torch.tensor(0)}
+    current = {
+        "image.w": torch.zeros(3, 2),
+        "text.w": torch.zeros(5),
+        "head.mlm.w": torch.ones(2),
+        "image.n": torch.tensor(0),
+    }
     updates = [
-        SiteUpdate(1, {"image.w": torch.randn(3, 2), "text.w": torch.randn(5), "image.n": torch.tensor(3)}, {"image": 10, "text": 10}),
+        SiteUpdate(
+            1,
+            {"image.w": torch.randn(3, 2), "text.w": torch.randn(5), "image.n": torch.tensor(3)},
+            {"image": 10, "text": 10},
+        ),
         SiteUpdate(2, {"image.w": torch.randn(3, 2), "image.n": torch.tensor(4)}, {"image": 99}),
-        SiteUpdate(3, {"image.w": torch.randn(3, 2) * 50, "text.w": torch.randn(5), "image.n": torch.tensor(9)}, {"image": 5, "text": 5}),
-        SiteUpdate(4, {"image.w": torch.randn(3, 2), "text.w": torch.randn(5), "image.n": torch.tensor(6)}, {"image": 1, "text": 1}),
+        SiteUpdate(
+            3,
+            {"image.w": torch.randn(3, 2) * 50, "text.w": torch.randn(5), "image.n": torch.tensor(9)},
+            {"image": 5, "text": 5},
+        ),
+        SiteUpdate(
+            4,
+            {"image.w": torch.randn(3, 2), "text.w": torch.randn(5), "image.n": torch.tensor(6)},
+            {"image": 1, "text": 1},
+        ),
         SiteUpdate(5, {"image.w": torch.randn(3, 2), "image.n": torch.tensor(5)}, {"image": 7}),
     ]
     return current, updates
@@ -169,7 +209,9 @@ def test_trimmed_mean_resists_the_scaled_reply() -> None:
 def test_aggregate_with_dispatches_on_the_run_config_name() -> None:
     current, updates = _robust_round()
     assert torch.equal(aggregate_with("fedavg", current, updates)["image.w"], aggregate(current, updates)["image.w"])
-    assert torch.equal(aggregate_with("median", current, updates)["image.w"], aggregate_robust(current, updates, "median")["image.w"])
+    assert torch.equal(
+        aggregate_with("median", current, updates)["image.w"], aggregate_robust(current, updates, "median")["image.w"]
+    )
 
 
 # ------------------------------------------------------------------ what one site can weigh
@@ -187,7 +229,9 @@ def test_a_huge_count_cannot_take_over_a_capped_mean() -> None:
     current = {"image.w": torch.zeros(2)}
     honest = SiteUpdate(1, {"image.w": torch.tensor([1.0, 1.0])}, {"image": 40})
     greedy = SiteUpdate(2, {"image.w": torch.tensor([9.0, -9.0])}, {"image": 10**7})
-    assert torch.allclose(aggregate(current, [honest, greedy])["image.w"], torch.tensor([9.0, -9.0]), atol=1e-4)  # uncapped: it wins
+    assert torch.allclose(
+        aggregate(current, [honest, greedy])["image.w"], torch.tensor([9.0, -9.0]), atol=1e-4
+    )  # uncapped: it wins
     assert torch.equal(aggregate(current, [honest, greedy], max_site_weight=0.5)["image.w"], torch.tensor([5.0, -4.0]))
 
 

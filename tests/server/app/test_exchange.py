@@ -26,7 +26,10 @@ class ScriptedGrid:
 
     def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
         self.pulls.append(set(message_ids))
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=m)) for m in self.replies_at.get(len(self.pulls), [])]
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=m))
+            for m in self.replies_at.get(len(self.pulls), [])
+        ]
 
 
 class FakeClock:

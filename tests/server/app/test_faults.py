@@ -51,7 +51,9 @@ def _history(checkpoints: Path, round_: int) -> list[dict]:
     return json.loads((checkpoints / f"round_{round_:04d}.json").read_text())["history"]
 
 
-def test_killed_supernode_does_not_stop_the_round_and_rejoins_after_restart(fed: LocalFederation, tmp_path: Path) -> None:
+def test_killed_supernode_does_not_stop_the_round_and_rejoins_after_restart(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
     for name in ("hospital_a", "hospital_b"):
         fed.start_supernode(name, SITES / f"{name}.yaml")
         fed.wait_worker_ready(name)
@@ -126,6 +128,11 @@ def test_killed_superlink_resumes_from_the_last_completed_round(world: Path, tmp
     assert [s["node_id"] for s in history[1]["sites"]] == [node]
     assert "Resuming from round 1" in fed.log("flwr-run-2")
     # Bit-identical to the uninterrupted run (every random draw derives from seed and round).
-    resumed, uninterrupted = load_file(str(checkpoints / "round_0002.safetensors")), load_file(str(reference / "round_0002.safetensors"))
+    resumed, uninterrupted = (
+        load_file(str(checkpoints / "round_0002.safetensors")),
+        load_file(str(reference / "round_0002.safetensors")),
+    )
     assert resumed.keys() == uninterrupted.keys()
-    assert [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])] == [], "resumed weights differ from an uninterrupted run"
+    assert [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])] == [], (
+        "resumed weights differ from an uninterrupted run"
+    )

@@ -7,14 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fedvlp.core.checkpoint import load_latest, save_round
 from fedvlp.server.app.optimizers import ServerOptimizer
 
-GLOBAL = {"image.w": torch.tensor([0.5, -1.0, 2.0]), "text.w": torch.tensor([[1.0, 0.0]]), "image.bn.running_var": torch.ones(3)}
+GLOBAL = {
+    "image.w": torch.tensor([0.5, -1.0, 2.0]),
+    "text.w": torch.tensor([[1.0, 0.0]]),
+    "image.bn.running_var": torch.ones(3),
+}
 PARAMETERS = frozenset({"image.w", "text.w"})
 
 
-def _flower_rule(kind: str, rounds: list[np.ndarray], x: np.ndarray, lr: float, b1: float, b2: float, tau: float) -> np.ndarray:
+def _flower_rule(
+    kind: str, rounds: list[np.ndarray], x: np.ndarray, lr: float, b1: float, b2: float, tau: float
+) -> np.ndarray:
     """flwr.serverapp.strategy.FedAdam / FedYogi.aggregate_train (1.41) for one array, by hand."""
     m = np.zeros_like(x)
     v = np.zeros_like(x)
@@ -69,7 +76,11 @@ def test_one_round_by_hand(kind: str) -> None:
     out = optimizer.step(GLOBAL, {**GLOBAL, "text.w": torch.from_numpy(aggregate).float()}, {"text.w"})
     np.testing.assert_allclose(out["text.w"].numpy(), expected, rtol=1e-6)
     if kind == "fedyogi":  # m = 0.1 d, v = 0.01 d^2: a step of lr * 0.1 d / (0.1 |d| + tau)
-        np.testing.assert_allclose(out["text.w"].numpy(), x + 0.1 * 0.1 * np.array([[0.2, -0.4]]) / (0.1 * np.array([[0.2, 0.4]]) + 1e-3), rtol=1e-6)
+        np.testing.assert_allclose(
+            out["text.w"].numpy(),
+            x + 0.1 * 0.1 * np.array([[0.2, -0.4]]) / (0.1 * np.array([[0.2, 0.4]]) + 1e-3),
+            rtol=1e-6,
+        )
 
 
 def test_keys_nobody_carried_keep_weights_and_moments() -> None:

@@ -10,12 +10,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
 from fedvlp.server.app.aggregation import ReplyRejected
-from fedvlp.server.app.rounds import Guards, check_replies
 from fedvlp.server.app.replies import MAX_COUNT, SiteSizes, clean_metrics, error_summary, parse_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from fedvlp.server.app.rounds import Guards, check_replies
 
 STATE = {
     "image.w": torch.tensor([0.0, 0.0]),
@@ -26,8 +27,17 @@ RUN = RunConfig(model_size="tiny", image_size=32, local_steps=3, update_norm_fac
 
 
 def _metadata(node: int) -> Metadata:
-    return Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="m", group_id="1",
-                    created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN)
+    return Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
 
 
 def _reply(content: RecordDict, node: int = 7) -> Message:
@@ -37,7 +47,13 @@ def _reply(content: RecordDict, node: int = 7) -> Message:
 def _good(**change: object) -> RecordDict:
     """A well-formed reply (image and text trained), with records replaced by ``change``."""
     records: dict[str, object] = {
-        ARRAYS_KEY: ArrayRecord({"image.w": torch.tensor([0.1, -0.1]), "text.w": torch.tensor([10.2]), "image.bn.num_batches_tracked": torch.tensor(7)}),
+        ARRAYS_KEY: ArrayRecord(
+            {
+                "image.w": torch.tensor([0.1, -0.1]),
+                "text.w": torch.tensor([10.2]),
+                "image.bn.num_batches_tracked": torch.tensor(7),
+            }
+        ),
         COUNTS_KEY: MetricRecord({"image": 40, "text": 40}),
         METRICS_KEY: MetricRecord({"loss/mlm": 2.5, "train-seconds": 0.3}),
     }
@@ -54,7 +70,13 @@ def _forced(record: MetricRecord, key: str, value: object) -> MetricRecord:
 def _array(values: np.ndarray, **override: object) -> Array:
     buffer = io.BytesIO()
     np.save(buffer, values, allow_pickle=False)
-    fields = {"dtype": str(values.dtype), "shape": tuple(values.shape), "stype": "numpy.ndarray", "data": buffer.getvalue(), **override}
+    fields = {
+        "dtype": str(values.dtype),
+        "shape": tuple(values.shape),
+        "stype": "numpy.ndarray",
+        "data": buffer.getvalue(),
+        **override,
+    }
     return Array(**fields)  # type: ignore[arg-type]
 
 
@@ -69,54 +91,181 @@ def _counts(image: object) -> MetricRecord:
 F32 = _array(np.array([0.1, -0.1], dtype=np.float32))
 # (kind, reply content, expected reason)
 MALFORMED: list[tuple[str, Callable[[], RecordDict], str]] = [
-    ("count NaN", lambda: _good(**{COUNTS_KEY: _counts(float("nan"))}), "'group-counts' of group 'image' is float nan, expected an integer"),
+    (
+        "count NaN",
+        lambda: _good(**{COUNTS_KEY: _counts(float("nan"))}),
+        "'group-counts' of group 'image' is float nan, expected an integer",
+    ),
     ("count +Inf", lambda: _good(**{COUNTS_KEY: _counts(float("inf"))}), "is float inf, expected an integer"),
     ("count -Inf", lambda: _good(**{COUNTS_KEY: _counts(float("-inf"))}), "is float -inf, expected an integer"),
     ("count 1e300", lambda: _good(**{COUNTS_KEY: _counts(1e300)}), r"is float 1e\+300, expected an integer"),
     ("count 50.0", lambda: _good(**{COUNTS_KEY: _counts(50.0)}), "is float 50.0, expected an integer"),
     ("count list", lambda: _good(**{COUNTS_KEY: _counts([1, 2])}), r"is list \[1, 2\], expected an integer"),
-    ("count str", lambda: _good(**{COUNTS_KEY: _forced(_counts(1), "image", "40")}), "is str '40', expected an integer"),
-    ("count bool", lambda: _good(**{COUNTS_KEY: _forced(_counts(1), "image", True)}), "is bool True, expected an integer"),
-    ("count negative", lambda: _good(**{COUNTS_KEY: _counts(-5)}), rf"is -5, expected an integer in \[1, {MAX_COUNT}\]"),
+    (
+        "count str",
+        lambda: _good(**{COUNTS_KEY: _forced(_counts(1), "image", "40")}),
+        "is str '40', expected an integer",
+    ),
+    (
+        "count bool",
+        lambda: _good(**{COUNTS_KEY: _forced(_counts(1), "image", True)}),
+        "is bool True, expected an integer",
+    ),
+    (
+        "count negative",
+        lambda: _good(**{COUNTS_KEY: _counts(-5)}),
+        rf"is -5, expected an integer in \[1, {MAX_COUNT}\]",
+    ),
     ("count zero", lambda: _good(**{COUNTS_KEY: _counts(0)}), rf"is 0, expected an integer in \[1, {MAX_COUNT}\]"),
-    ("count 10**9", lambda: _good(**{COUNTS_KEY: _counts(10**9)}), rf"is 1000000000, expected an integer in \[1, {MAX_COUNT}\]"),
-    ("count 10**20", lambda: _good(**{COUNTS_KEY: _counts(10**20)}), r"is 100000000000000000000, expected an integer in \[1,"),
-    ("count key not a group", lambda: _good(**{COUNTS_KEY: MetricRecord({"image": 1, "text": 1, "imagez": 3})}), "has key 'imagez', expected a group name"),
-    ("counts as ConfigRecord", lambda: _good(**{COUNTS_KEY: ConfigRecord({"image": 40, "text": 40})}), "'group-counts' is a ConfigRecord, expected a MetricRecord"),
-    ("arrays as MetricRecord", lambda: _good(**{ARRAYS_KEY: MetricRecord({"image.w": [0.1, -0.1]})}), "'arrays' is a MetricRecord, expected an ArrayRecord"),
-    ("arrays as ConfigRecord", lambda: _good(**{ARRAYS_KEY: ConfigRecord({"image.w": "0.1"})}), "'arrays' is a ConfigRecord, expected an ArrayRecord"),
-    ("string-dtype array", lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.array(["a", "b"])))}), "'image.w' has dtype '<U1', expected a numeric dtype"),
-    ("object-dtype array", lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.array([0.1, 0.2]), dtype="object"))}), "'image.w' has dtype 'object'"),
-    ("dtype that lies", lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.array(["a", "b"]), dtype="float32"))}), "'image.w' decodes to ndarray of dtype <U1"),
-    ("corrupt array bytes", lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.zeros(2, np.float32), data=b"\x93NUMPY garbage"))}), "'image.w' does not decode"),
-    ("torch stype", lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.zeros(2, np.float32), stype="torch.Tensor"))}), "serialization type 'torch.Tensor'"),
+    (
+        "count 10**9",
+        lambda: _good(**{COUNTS_KEY: _counts(10**9)}),
+        rf"is 1000000000, expected an integer in \[1, {MAX_COUNT}\]",
+    ),
+    (
+        "count 10**20",
+        lambda: _good(**{COUNTS_KEY: _counts(10**20)}),
+        r"is 100000000000000000000, expected an integer in \[1,",
+    ),
+    (
+        "count key not a group",
+        lambda: _good(**{COUNTS_KEY: MetricRecord({"image": 1, "text": 1, "imagez": 3})}),
+        "has key 'imagez', expected a group name",
+    ),
+    (
+        "counts as ConfigRecord",
+        lambda: _good(**{COUNTS_KEY: ConfigRecord({"image": 40, "text": 40})}),
+        "'group-counts' is a ConfigRecord, expected a MetricRecord",
+    ),
+    (
+        "arrays as MetricRecord",
+        lambda: _good(**{ARRAYS_KEY: MetricRecord({"image.w": [0.1, -0.1]})}),
+        "'arrays' is a MetricRecord, expected an ArrayRecord",
+    ),
+    (
+        "arrays as ConfigRecord",
+        lambda: _good(**{ARRAYS_KEY: ConfigRecord({"image.w": "0.1"})}),
+        "'arrays' is a ConfigRecord, expected an ArrayRecord",
+    ),
+    (
+        "string-dtype array",
+        lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.array(["a", "b"])))}),
+        "'image.w' has dtype '<U1', expected a numeric dtype",
+    ),
+    (
+        "object-dtype array",
+        lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.array([0.1, 0.2]), dtype="object"))}),
+        "'image.w' has dtype 'object'",
+    ),
+    (
+        "dtype that lies",
+        lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.array(["a", "b"]), dtype="float32"))}),
+        "'image.w' decodes to ndarray of dtype <U1",
+    ),
+    (
+        "corrupt array bytes",
+        lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.zeros(2, np.float32), data=b"\x93NUMPY garbage"))}),
+        "'image.w' does not decode",
+    ),
+    (
+        "torch stype",
+        lambda: _good(**{ARRAYS_KEY: _arrays(image__w=_array(np.zeros(2, np.float32), stype="torch.Tensor"))}),
+        "serialization type 'torch.Tensor'",
+    ),
     ("missing arrays", lambda: _good(**{ARRAYS_KEY: None}), "reply lacks 'arrays'"),
     ("missing counts", lambda: _good(**{COUNTS_KEY: None}), "reply lacks 'group-counts'"),
     ("empty content", lambda: RecordDict(), "reply lacks 'arrays'"),
-    ("wrong record name", lambda: RecordDict({"weights": ArrayRecord({"image.w": torch.zeros(2)}), COUNTS_KEY: MetricRecord({"image": 1})}), "reply lacks 'arrays'"),
+    (
+        "wrong record name",
+        lambda: RecordDict(
+            {"weights": ArrayRecord({"image.w": torch.zeros(2)}), COUNTS_KEY: MetricRecord({"image": 1})}
+        ),
+        "reply lacks 'arrays'",
+    ),
     ("extra array record", lambda: _good(extra=ArrayRecord({"image.w": torch.zeros(2)})), "unexpected record 'extra'"),
     ("extra config record", lambda: _good(note=ConfigRecord({"x": "y"})), "unexpected record 'note'"),
-    ("metrics as ArrayRecord", lambda: _good(**{METRICS_KEY: ArrayRecord({"image.w": torch.zeros(2)})}), "'metrics' is an ArrayRecord, expected a MetricRecord"),
-    ("site-size as ConfigRecord", lambda: _good(**{SIZE_KEY: ConfigRecord({"image": 40})}), "'site-size' is a ConfigRecord, expected a MetricRecord"),
-    ("count above its declared size", lambda: _good(**{SIZE_KEY: MetricRecord({"image": 30, "text": 40})}), "group 'image' count 40 exceeds the size 30 the reply declares"),
-    ("parameter without group", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"weird": torch.zeros(2)})}), "unknown parameter 'weird'"),
-    ("unknown parameter", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.unknown": torch.zeros(2)})}), "unknown parameter 'image.unknown'"),
-    ("group without count", lambda: _good(**{COUNTS_KEY: MetricRecord({"text": 40})}), "group 'image' sent without a sample count"),
-    ("wrong shape", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.zeros(3)})}), r"'image.w' has shape \(3,\), expected \(2,\)"),
-    ("wrong dtype", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.zeros(2, dtype=torch.float64)})}), "'image.w' has dtype torch.float64"),
-    ("NaN weight", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.tensor([float("nan"), 0.0])})}), "'image.w' contains NaN or Inf"),
-    ("Inf weight", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.tensor([float("inf"), 0.0])})}), "'image.w' contains NaN or Inf"),
-    ("num_batches_tracked 2**62", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.bn.num_batches_tracked": torch.tensor(2**62)})}),
-     r"'image.bn.num_batches_tracked' is 4611686018427387904, expected an integer in \[0, 196\]"),
-    ("num_batches_tracked negative", lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.bn.num_batches_tracked": torch.tensor(-1)})}), r"is -1, expected an integer in \[0, 196\]"),
-    ("metric NaN", lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": float("nan")})}), "metric 'loss/mlm' is nan, expected a finite number"),
-    ("metric 1e300", lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": 1e300})}), r"metric 'loss/mlm' is 1e\+300, expected a finite number with \|value\| <= 1e\+12"),
-    ("metric list", lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": [1.0, 2.0]})}), "metric 'loss/mlm' is list"),
+    (
+        "metrics as ArrayRecord",
+        lambda: _good(**{METRICS_KEY: ArrayRecord({"image.w": torch.zeros(2)})}),
+        "'metrics' is an ArrayRecord, expected a MetricRecord",
+    ),
+    (
+        "site-size as ConfigRecord",
+        lambda: _good(**{SIZE_KEY: ConfigRecord({"image": 40})}),
+        "'site-size' is a ConfigRecord, expected a MetricRecord",
+    ),
+    (
+        "count above its declared size",
+        lambda: _good(**{SIZE_KEY: MetricRecord({"image": 30, "text": 40})}),
+        "group 'image' count 40 exceeds the size 30 the reply declares",
+    ),
+    (
+        "parameter without group",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"weird": torch.zeros(2)})}),
+        "unknown parameter 'weird'",
+    ),
+    (
+        "unknown parameter",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.unknown": torch.zeros(2)})}),
+        "unknown parameter 'image.unknown'",
+    ),
+    (
+        "group without count",
+        lambda: _good(**{COUNTS_KEY: MetricRecord({"text": 40})}),
+        "group 'image' sent without a sample count",
+    ),
+    (
+        "wrong shape",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.zeros(3)})}),
+        r"'image.w' has shape \(3,\), expected \(2,\)",
+    ),
+    (
+        "wrong dtype",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.zeros(2, dtype=torch.float64)})}),
+        "'image.w' has dtype torch.float64",
+    ),
+    (
+        "NaN weight",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.tensor([float("nan"), 0.0])})}),
+        "'image.w' contains NaN or Inf",
+    ),
+    (
+        "Inf weight",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.w": torch.tensor([float("inf"), 0.0])})}),
+        "'image.w' contains NaN or Inf",
+    ),
+    (
+        "num_batches_tracked 2**62",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.bn.num_batches_tracked": torch.tensor(2**62)})}),
+        r"'image.bn.num_batches_tracked' is 4611686018427387904, expected an integer in \[0, 196\]",
+    ),
+    (
+        "num_batches_tracked negative",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({"image.bn.num_batches_tracked": torch.tensor(-1)})}),
+        r"is -1, expected an integer in \[0, 196\]",
+    ),
+    (
+        "metric NaN",
+        lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": float("nan")})}),
+        "metric 'loss/mlm' is nan, expected a finite number",
+    ),
+    (
+        "metric 1e300",
+        lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": 1e300})}),
+        r"metric 'loss/mlm' is 1e\+300, expected a finite number with \|value\| <= 1e\+12",
+    ),
+    (
+        "metric list",
+        lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": [1.0, 2.0]})}),
+        "metric 'loss/mlm' is list",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("kind", "build", "reason"), MALFORMED, ids=[k for k, _, _ in MALFORMED])
-def test_a_malformed_reply_is_rejected_with_node_and_reason(kind: str, build: Callable[[], RecordDict], reason: str) -> None:
+def test_a_malformed_reply_is_rejected_with_node_and_reason(
+    kind: str, build: Callable[[], RecordDict], reason: str
+) -> None:
     guards = Guards()
     updates, sites, rejected = check_replies([_reply(build(), node=13), _reply(_good(), node=7)], RUN, STATE, guards)
     assert [u.node_id for u in updates] == [7] and [s["node_id"] for s in sites] == [7]  # the round goes on
@@ -158,13 +307,18 @@ def test_a_well_formed_reply_parses_to_typed_values() -> None:
 
 
 def test_a_site_with_a_spent_budget_sends_nothing_and_is_not_rejected() -> None:
-    empty = RecordDict({ARRAYS_KEY: ArrayRecord({}), COUNTS_KEY: MetricRecord({}), METRICS_KEY: MetricRecord({"dp/exhausted": 1.0})})
+    empty = RecordDict(
+        {ARRAYS_KEY: ArrayRecord({}), COUNTS_KEY: MetricRecord({}), METRICS_KEY: MetricRecord({"dp/exhausted": 1.0})}
+    )
     updates, _, rejected = check_replies([_reply(empty)], RUN, STATE, Guards())
     assert rejected == [] and updates[0].weights == {}
 
 
 def test_an_error_reply_keeps_one_line_of_its_reason() -> None:
-    reply = Message(error=Error(1003, "training failed: RuntimeError\nTraceback (most recent call last):\n  File \"/home/x.py\""), metadata=_metadata(21))
+    reply = Message(
+        error=Error(1003, 'training failed: RuntimeError\nTraceback (most recent call last):\n  File "/home/x.py"'),
+        metadata=_metadata(21),
+    )
     assert error_summary(reply) == "node 21: client error 1003: training failed: RuntimeError"
     _, _, rejected = check_replies([reply], RUN, STATE, Guards())
     assert rejected == ["node 21: client error 1003: training failed: RuntimeError"]
@@ -172,12 +326,23 @@ def test_an_error_reply_keeps_one_line_of_its_reason() -> None:
 
 def test_a_flower_error_reply_keeps_only_the_exception_class() -> None:
     """What Flower's simulation engine sends when a ClientApp crashes: a Ray traceback."""
-    ray = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: "
-           "ray::ClientAppActor.run() (pid=4242, ip=10.1.2.3, actor_id=abc)\n  File \"/srv/site/x.py\", line 3'>")
+    ray = (
+        "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: "
+        'ray::ClientAppActor.run() (pid=4242, ip=10.1.2.3, actor_id=abc)\n  File "/srv/site/x.py", line 3\'>'
+    )
     reply = Message(error=Error(2, ray), metadata=_metadata(5))
-    assert error_summary(reply) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
-    wrapped = Message(error=Error(2, "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1)'>"), metadata=_metadata(5))
-    assert error_summary(wrapped) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
+    assert (
+        error_summary(reply) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
+    )
+    wrapped = Message(
+        error=Error(
+            2, "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1)'>"
+        ),
+        metadata=_metadata(5),
+    )
+    assert (
+        error_summary(wrapped) == "node 5: client error 2: Flower error (ClientAppException; details in the site's log)"
+    )
 
 
 def test_paths_and_addresses_are_cut_from_a_fedvlp_reason() -> None:
@@ -191,10 +356,14 @@ def test_counts_above_the_size_declared_at_the_first_reply_are_rejected() -> Non
     first = _good(**{SIZE_KEY: MetricRecord({"image": 50, "text": 40})})
     assert check_replies([_reply(first)], RUN, STATE, guards)[2] == []
     assert guards.sizes.declared == {7: {"image": 50, "text": 40}}
-    later = _good(**{COUNTS_KEY: MetricRecord({"image": 10**6, "text": 40}), SIZE_KEY: MetricRecord({"image": 10**6, "text": 40})})
+    later = _good(
+        **{COUNTS_KEY: MetricRecord({"image": 10**6, "text": 40}), SIZE_KEY: MetricRecord({"image": 10**6, "text": 40})}
+    )
     _, _, rejected = check_replies([_reply(later)], RUN, STATE, guards)
     assert rejected == ["node 7: group 'image' declared size grew from 50 to 1000000"]
-    _, _, rejected = check_replies([_reply(_good(**{COUNTS_KEY: MetricRecord({"image": 51, "text": 40})}))], RUN, STATE, guards)
+    _, _, rejected = check_replies(
+        [_reply(_good(**{COUNTS_KEY: MetricRecord({"image": 51, "text": 40})}))], RUN, STATE, guards
+    )
     assert rejected == ["node 7: group 'image' count 51 exceeds the site's declared size 50"]
 
 
@@ -202,7 +371,9 @@ def test_without_a_size_record_the_first_counts_are_the_declared_size() -> None:
     sizes = SiteSizes()
     sizes.remember(parse_reply(_reply(_good())))
     assert sizes.declared == {7: {"image": 40, "text": 40}}
-    assert SiteSizes({int(k): v for k, v in sizes.to_json().items()}).declared == sizes.declared  # checkpoint round trip
+    assert (
+        SiteSizes({int(k): v for k, v in sizes.to_json().items()}).declared == sizes.declared
+    )  # checkpoint round trip
 
 
 def test_clean_metrics_keeps_finite_numbers_and_names_the_rest() -> None:

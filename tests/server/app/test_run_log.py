@@ -19,7 +19,10 @@ SIMULATED = 1e300  # the heartbeat interval Flower's simulation engine gives its
 
 
 def test_registered_names_are_used() -> None:
-    nodes = [NodeInfo(node_id=7, name="hospital_x", heartbeat_interval=30.0), NodeInfo(node_id=9, name="hospital_y", heartbeat_interval=30.0)]
+    nodes = [
+        NodeInfo(node_id=7, name="hospital_x", heartbeat_interval=30.0),
+        NodeInfo(node_id=9, name="hospital_y", heartbeat_interval=30.0),
+    ]
     assert resolve_site_names(nodes, str(DEMO_SITES)) == {7: "hospital_x", 9: "hospital_y"}
 
 
@@ -40,14 +43,27 @@ def test_unnamed_real_nodes_fall_back_to_node_ids() -> None:
 
 
 def test_a_name_held_twice_gets_node_ids() -> None:
-    nodes = [NodeInfo(node_id=1, name="h", heartbeat_interval=30.0), NodeInfo(node_id=2, name="h", heartbeat_interval=30.0)]
+    nodes = [
+        NodeInfo(node_id=1, name="h", heartbeat_interval=30.0),
+        NodeInfo(node_id=2, name="h", heartbeat_interval=30.0),
+    ]
     assert resolve_site_names(nodes, None) == {1: "h@1", 2: "h@2"}
 
 
 def test_site_rows_carry_metrics_counts_and_bytes() -> None:
-    record = {"round": 3, "sites": [{"node_id": 11, "counts": {"image": 16}, "metrics": {"loss/mim": 0.5, "steps": 2.0}, "bytes": 1024}]}
+    record = {
+        "round": 3,
+        "sites": [{"node_id": 11, "counts": {"image": 16}, "metrics": {"loss/mim": 0.5, "steps": 2.0}, "bytes": 1024}],
+    }
     assert site_rows(record, {11: "hospital_b"}) == [
-        {"round": 3, "site": "hospital_b", "node_id": 11, "metrics": {"loss/mim": 0.5, "steps": 2.0}, "counts": {"image": 16}, "bytes": 1024}
+        {
+            "round": 3,
+            "site": "hospital_b",
+            "node_id": 11,
+            "metrics": {"loss/mim": 0.5, "steps": 2.0},
+            "counts": {"image": 16},
+            "bytes": 1024,
+        }
     ]
 
 
@@ -64,10 +80,15 @@ class _Nodes:
 def test_a_resumed_run_drops_the_rows_of_rounds_it_runs_again(tmp_path: Path) -> None:
     # a server killed after logging round 2 but before checkpointing it resumes at round 2
     path = tmp_path / SITE_LOG
-    path.write_text('{"round": 1, "site": "h", "metrics": {"loss/mlm": 3.0}}\n{"round": 2, "site": "h", "metrics": {"loss/mlm": 2.0}}\n')
+    path.write_text(
+        '{"round": 1, "site": "h", "metrics": {"loss/mlm": 3.0}}\n{"round": 2, "site": "h", "metrics": {"loss/mlm": 2.0}}\n'
+    )
     record = {"round": 2, "sites": [{"node_id": 5, "metrics": {"loss/mlm": 1.5}}], "rejected": []}
     log_round(_Nodes(NodeInfo(node_id=5, name="h", heartbeat_interval=30.0)), RunConfig(out_dir=str(tmp_path)), record)
-    assert [(r["round"], r["metrics"]["loss/mlm"]) for r in map(json.loads, path.read_text().splitlines())] == [(1, 3.0), (2, 1.5)]
+    assert [(r["round"], r["metrics"]["loss/mlm"]) for r in map(json.loads, path.read_text().splitlines())] == [
+        (1, 3.0),
+        (2, 1.5),
+    ]
     assert record["sites"][0]["site"] == "h"
 
 
@@ -81,7 +102,9 @@ def simulated(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     from fedvlp.server.cli.simulation import simulate
 
     out = tmp_path_factory.mktemp("watched") / "run"
-    run = RunConfig(model_size="tiny", image_size=32, rounds=2, local_steps=2, batch_size=8, out_dir=str(out), sites=str(DEMO_SITES))
+    run = RunConfig(
+        model_size="tiny", image_size=32, rounds=2, local_steps=2, batch_size=8, out_dir=str(out), sites=str(DEMO_SITES)
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FEDVLP_DEMO_DATA", str(world))
         simulate(run)
@@ -94,7 +117,9 @@ def simulated(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_site_log_has_one_row_per_round_and_demo_site_with_the_round_values(simulated: tuple[Path, list[dict]]) -> None:
     out, history = simulated
     rows = [json.loads(line) for line in (out / SITE_LOG).read_text().splitlines()]
-    assert sorted((r["round"], r["site"]) for r in rows) == [(r, s) for r in (1, 2) for s in ("hospital_a", "hospital_b", "hospital_c")]
+    assert sorted((r["round"], r["site"]) for r in rows) == [
+        (r, s) for r in (1, 2) for s in ("hospital_a", "hospital_b", "hospital_c")
+    ]
     for record in history:
         for site in record["sites"]:
             row = next(r for r in rows if r["round"] == record["round"] and r["node_id"] == site["node_id"])
@@ -111,7 +136,12 @@ def test_tensorboard_events_hold_the_same_values(simulated: tuple[Path, list[dic
 
     out, _ = simulated
     rows = load_site_log(out / SITE_LOG)
-    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["hospital_a", "hospital_b", "hospital_c", "server"]
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == [
+        "hospital_a",
+        "hospital_b",
+        "hospital_c",
+        "server",
+    ]
     for site in ("hospital_a", "hospital_b", "hospital_c"):
         events = EventAccumulator(str(out / "tensorboard" / site))
         events.Reload()

@@ -21,7 +21,9 @@ DEMO = {7: "hospital_a", 8: "hospital_b", 9: "hospital_c"}
     ("connected", "fraction", "minimum", "expected"),
     [(10, 0.34, 1, 3), (3, 0.34, 1, 1), (3, 0.34, 2, 2), (100, 0.1, 2, 10), (3, 1.0, 1, 3), (2, 0.5, 5, 2)],
 )
-def test_sample_size_follows_flowers_rule_capped_at_connected(connected: int, fraction: float, minimum: int, expected: int) -> None:
+def test_sample_size_follows_flowers_rule_capped_at_connected(
+    connected: int, fraction: float, minimum: int, expected: int
+) -> None:
     assert sample_size(connected, fraction, minimum) == expected
 
 
@@ -53,8 +55,14 @@ def test_min_train_nodes_raises_the_sample_above_the_fraction() -> None:
     assert sample_nodes(NODES, 1, 0, 0.1, 1) == [44]
 
 
-@pytest.mark.parametrize(("values", "key"), [({"fraction-train": 0.0}, "fraction-train"), ({"fraction-train": 1.5}, "fraction-train"),
-                                             ({"min-train-nodes": 0}, "min-train-nodes")])
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"fraction-train": 0.0}, "fraction-train"),
+        ({"fraction-train": 1.5}, "fraction-train"),
+        ({"min-train-nodes": 0}, "min-train-nodes"),
+    ],
+)
 def test_bad_sampling_keys_are_named(values: dict[str, float], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flat(values)
@@ -70,8 +78,10 @@ def test_sampling_keys_enter_the_config_hash_only_away_from_their_defaults() -> 
 def test_a_group_no_sampled_site_trained_keeps_its_weights() -> None:
     current = {"image.w": torch.tensor([1.0, 2.0]), "text.w": torch.tensor([5.0, 6.0])}
     # the round sampled two image-only sites (counts 1 and 3); no text site was drawn
-    updates = [SiteUpdate(1, {"image.w": torch.tensor([3.0, 2.0])}, {"image": 1}),
-               SiteUpdate(2, {"image.w": torch.tensor([7.0, 6.0])}, {"image": 3})]
+    updates = [
+        SiteUpdate(1, {"image.w": torch.tensor([3.0, 2.0])}, {"image": 1}),
+        SiteUpdate(2, {"image.w": torch.tensor([7.0, 6.0])}, {"image": 3}),
+    ]
     aggregated = aggregate(current, updates)
     new = ServerOptimizer("fedavg", frozenset(current)).step(current, aggregated, {"image.w"})
     assert torch.equal(new["image.w"], torch.tensor([6.0, 5.0]))  # (3*1 + 7*3)/4, (2*1 + 6*3)/4
@@ -79,7 +89,9 @@ def test_a_group_no_sampled_site_trained_keeps_its_weights() -> None:
 
 
 @pytest.mark.slow
-def test_a_resumed_simulation_trains_the_sites_the_seeded_draw_names(demo_env: Path, tiny_run: RunConfig, tmp_path: Path) -> None:
+def test_a_resumed_simulation_trains_the_sites_the_seeded_draw_names(
+    demo_env: Path, tiny_run: RunConfig, tmp_path: Path
+) -> None:
     """Round 1 in one simulation, round 2 in a new one (new node ids): each round trains the site
     the draw by site name picks, the same as an uninterrupted run would (bit-identical resume
     itself: tests/server/cli/test_simulation.py)."""

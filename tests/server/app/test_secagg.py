@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.core.secagg_codec import decode_sum, encode_update
 from fedvlp.server.app.aggregation import SiteUpdate, aggregate
@@ -29,8 +30,14 @@ MAX_WEIGHT = 1000.0
 def _replies() -> list[SiteUpdate]:
     torch.manual_seed(0)
     step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
-    pairs = SiteUpdate(1, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")}, {"image": 120, "text": 120})
-    images = SiteUpdate(2, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(14)}, {"image": 300})
+    pairs = SiteUpdate(
+        1,
+        {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")},
+        {"image": 120, "text": 120},
+    )
+    images = SiteUpdate(
+        2, {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(14)}, {"image": 300}
+    )
     # a text site that trained the MLM head; 'text.frozen' got no gradient so it is not sent
     reports = SiteUpdate(3, {"text.w": step("text.w"), "head.mlm.w": step("head.mlm.w")}, {"text": 45, "head.mlm": 45})
     return [pairs, images, reports]
@@ -90,7 +97,10 @@ def test_a_negative_weight_shows_in_the_sum() -> None:
     problems = check_summed_weights(KEYS, weights, DECLARED, MAX_WEIGHT, TOLERANCE)
     assert problems == ["'image.w': summed weight 0.3206 is not a whole number of samples (320.6000)"]
     weights[0] = -0.0994
-    assert check_summed_weights(KEYS, weights, DECLARED, MAX_WEIGHT, TOLERANCE)[0] == "'image.w': summed weight -0.0994 is negative"
+    assert (
+        check_summed_weights(KEYS, weights, DECLARED, MAX_WEIGHT, TOLERANCE)[0]
+        == "'image.w': summed weight -0.0994 is negative"
+    )
 
 
 def test_a_weight_above_the_declared_sizes_shows_in_the_sum() -> None:
@@ -98,12 +108,17 @@ def test_a_weight_above_the_declared_sizes_shows_in_the_sum() -> None:
     replies[1].counts["image"] = 8000  # declared 300 with its size, claims 8000 in its weight
     summed = _encoded_sum(replies)
     problems = check_summed_weights(KEYS, summed[-1], DECLARED, MAX_WEIGHT, TOLERANCE)
-    assert problems[0] == "'image.w': summed weight 8.12 = 8120.0 samples exceeds the 420 the sites declared for 'image'"
+    assert (
+        problems[0] == "'image.w': summed weight 8.12 = 8120.0 samples exceeds the 420 the sites declared for 'image'"
+    )
 
 
 def test_share_settings_follow_flowers_int_or_fraction_convention(tiny_run: RunConfig) -> None:
     assert flower_share_settings(tiny_run) == (3, 2)
-    assert flower_share_settings(tiny_run.replace(secagg_num_shares=0.6, secagg_reconstruction_threshold=1.0)) == (0.6, 1.0)
+    assert flower_share_settings(tiny_run.replace(secagg_num_shares=0.6, secagg_reconstruction_threshold=1.0)) == (
+        0.6,
+        1.0,
+    )
 
 
 def test_secagg_with_a_robust_aggregation_is_a_config_error(tiny_run: RunConfig) -> None:
@@ -112,7 +127,9 @@ def test_secagg_with_a_robust_aggregation_is_a_config_error(tiny_run: RunConfig)
 
 
 @pytest.mark.slow
-def test_a_secagg_round_matches_the_plain_round_within_quantisation_error(demo_env: Path, tiny_run: RunConfig, tmp_path: Path) -> None:
+def test_a_secagg_round_matches_the_plain_round_within_quantisation_error(
+    demo_env: Path, tiny_run: RunConfig, tmp_path: Path
+) -> None:
     """Three simulated sites, one round each way from the same initial weights.
 
     Local training is deterministic given the global weights and the round, so both runs see

@@ -27,8 +27,12 @@ def test_images_come_from_the_manifest_when_there_is_one(tmp_path: Path) -> None
 def test_every_size_and_worker_count_gets_a_figure(tmp_path: Path) -> None:
     figures = dict(run_bench_loader(_folder(tmp_path), sizes=[32, 64], workers=[0], limit=10, repeat=1))
     assert set(figures) == {
-        "images", "pil-images-per-second@32", "pil-images-per-second@64",
-        "fedvlp-images-per-second@32-workers0", "fedvlp-vs-pil@32-workers0",
-        "fedvlp-images-per-second@64-workers0", "fedvlp-vs-pil@64-workers0",
+        "images",
+        "pil-images-per-second@32",
+        "pil-images-per-second@64",
+        "fedvlp-images-per-second@32-workers0",
+        "fedvlp-vs-pil@32-workers0",
+        "fedvlp-images-per-second@64-workers0",
+        "fedvlp-vs-pil@64-workers0",
     }
     assert figures["images"] == 3.0 and all(v > 0 for v in figures.values())

@@ -17,7 +17,9 @@ def test_dicom_with_sites_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.slow
-def test_a_federated_round_trains_hospital_b_from_its_dicom_export(demo_env: Path, tiny_run: RunConfig, world: Path, tmp_path: Path) -> None:
+def test_a_federated_round_trains_hospital_b_from_its_dicom_export(
+    demo_env: Path, tiny_run: RunConfig, world: Path, tmp_path: Path
+) -> None:
     """What ``demo --dicom`` runs, minus the sweep: export, import, then one simulated round."""
     from fedvlp.core.data.dicom_demo import dicom_demo_sites
     from fedvlp.server.cli.simulation import simulate

@@ -37,7 +37,9 @@ print(json.dumps(out))
 
 def _probe(argvs: list[list[str]], cwd: Path) -> list[tuple[int, list[str], str]]:
     env = {**os.environ, "FEDVLP_HOME": str(cwd / "state")}
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argvs)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(argvs)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return [tuple(row) for row in json.loads(done.stdout)]
 
@@ -66,7 +68,10 @@ def test_demo_out_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.Capt
     a_file = tmp_path / "results"
     a_file.write_text("x")
     assert main(["demo", "--out", str(a_file)]) == 2
-    assert capsys.readouterr().err == f"fedvlp demo: --out {a_file}: exists and is not a folder (choose a new or existing folder)\n"
+    assert (
+        capsys.readouterr().err
+        == f"fedvlp demo: --out {a_file}: exists and is not a folder (choose a new or existing folder)\n"
+    )
 
 
 def test_demo_out_under_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,7 +83,9 @@ def test_demo_out_under_a_file_is_one_line(tmp_path: Path, capsys: pytest.Captur
 
 def test_demo_bad_recipe_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--out", str(tmp_path / "run"), "--recipe", "clip"]) == 2
-    assert capsys.readouterr().err == ("fedvlp demo: --recipe clip: expected one of ('mixed', 'convirt', 'timnet', 'refers', 'uwox', 'unit')\n")
+    assert capsys.readouterr().err == (
+        "fedvlp demo: --recipe clip: expected one of ('mixed', 'convirt', 'timnet', 'refers', 'uwox', 'unit')\n"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -97,8 +104,18 @@ def test_fedvlp_debug_variable_shows_the_traceback_too(tmp_path: Path, monkeypat
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [("convirt", "convirt"), ("sites/cxr", "sites/cxr"), ('"convirt"', "convirt"), ("'a b'", "a b"), ("3", 3), ("0.5", 0.5),
-     ("1e-4", 1e-4), ("true", True), ("false", False), ("", "")],
+    [
+        ("convirt", "convirt"),
+        ("sites/cxr", "sites/cxr"),
+        ('"convirt"', "convirt"),
+        ("'a b'", "a b"),
+        ("3", 3),
+        ("0.5", 0.5),
+        ("1e-4", 1e-4),
+        ("true", True),
+        ("false", False),
+        ("", ""),
+    ],
 )
 def test_run_config_values_are_toml_or_one_bare_word(raw: str, value: object) -> None:
     parsed = _parse_value(raw)
@@ -118,12 +135,18 @@ def test_bare_recipe_builds_the_run_config() -> None:
 
 def test_simulate_bare_word_reaches_the_site_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--run-config", "recipe=convirt", f"sites={tmp_path / 'none'}"]) == 2
-    assert capsys.readouterr().err == f"fedvlp: configuration error: run_config: key 'sites': expected a folder of site YAML files, got '{tmp_path / 'none'}'\n"
+    assert (
+        capsys.readouterr().err
+        == f"fedvlp: configuration error: run_config: key 'sites': expected a folder of site YAML files, got '{tmp_path / 'none'}'\n"
+    )
 
 
 def test_a_run_config_item_without_equals_names_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--run-config", "convirt"]) == 2
-    assert capsys.readouterr().err == "fedvlp: configuration error: --run-config: key 'convirt': expected key=value, e.g. rounds=3 recipe=convirt\n"
+    assert (
+        capsys.readouterr().err
+        == "fedvlp: configuration error: --run-config: key 'convirt': expected key=value, e.g. rounds=3 recipe=convirt\n"
+    )
 
 
 def test_user_errors_are_one_line_and_bugs_are_not() -> None:
@@ -149,12 +172,26 @@ def test_import_of_the_cli_stays_light() -> None:
 
 
 @pytest.mark.slow
-def test_simulate_shows_each_round_once_and_where_sites_train_without_ray_warnings(demo_env: Path, tmp_path: Path) -> None:
-    run = ['model-size="tiny"', "image-size=32", "rounds=1", "local-steps=1", "batch-size=4", f"out-dir={tmp_path / 'run'}"]
+def test_simulate_shows_each_round_once_and_where_sites_train_without_ray_warnings(
+    demo_env: Path, tmp_path: Path
+) -> None:
+    run = [
+        'model-size="tiny"',
+        "image-size=32",
+        "rounds=1",
+        "local-steps=1",
+        "batch-size=4",
+        f"out-dir={tmp_path / 'run'}",
+    ]
     env = {**os.environ, "FEDVLP_HOME": str(tmp_path / "state")}
     env.pop("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", None)
-    done = subprocess.run([sys.executable, "-m", "fedvlp.server.cli", "simulate", "--run-config", *run],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedvlp.server.cli", "simulate", "--run-config", *run],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert output.count("Round 1/1") == 1, output

@@ -58,7 +58,9 @@ def federation(demo_env: Path, tmp_path: Path) -> Iterator[dict]:
         return proc
 
     try:
-        link = start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port)])
+        link = start(
+            "superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port)]
+        )
         wait_for_port(link_port, link, logs / "superlink.log")
         for site, port in zip(("hospital_a", "hospital_b", "hospital_c"), node_ports):
             site_file = (demo_env / f"{site}.yaml").resolve()
@@ -67,10 +69,14 @@ def federation(demo_env: Path, tmp_path: Path) -> Iterator[dict]:
                 [
                     str(BIN / "flower-supernode"),
                     "--insecure",
-                    "--superlink", f"127.0.0.1:{link_port}",
-                    "--host", "127.0.0.1",
-                    "--port", str(port),
-                    "--node-config", f"site-config='{site_file}'",
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--node-config",
+                    f"site-config='{site_file}'",
                 ],
             )
             wait_for_port(port, node, logs / f"{site}.log")
@@ -91,7 +97,9 @@ def test_flwr_run_on_superlink_and_three_supernodes(federation: dict, tmp_path: 
     started = time.monotonic()
     flwr = spawn(
         [str(BIN / "flwr"), "run", str(project_root()), DEPLOYMENT_CONNECTION, "--run-config", run_config, "--stream"],
-        log, federation["env"], tmp_path,
+        log,
+        federation["env"],
+        tmp_path,
     )
     federation["procs"].append(flwr)  # stopped by the fixture whatever happens
 
@@ -108,7 +116,9 @@ def test_flwr_run_on_superlink_and_three_supernodes(federation: dict, tmp_path: 
             if not (checkpoints / "latest.json").is_file():
                 pytest.fail(f"flwr run ended ({flwr.returncode}) without checkpoints\n{_logs(federation['logs'])}")
         time.sleep(0.5)
-    assert latest is not None and latest["round"] == 1, f"no round 1 after {RUN_TIMEOUT:.0f}s\n{_logs(federation['logs'])}"
+    assert latest is not None and latest["round"] == 1, (
+        f"no round 1 after {RUN_TIMEOUT:.0f}s\n{_logs(federation['logs'])}"
+    )
     print(f"deployment round 1 after {time.monotonic() - started:.1f}s")
 
     state = json.loads((checkpoints / "round_0001.json").read_text())

@@ -20,7 +20,9 @@ from tests.conftest import DEMO_SITES
 THREE = {"hospital_a": "auto", "hospital_b": "auto", "hospital_c": "auto"}
 
 
-@pytest.mark.parametrize(("gpus", "clients", "share"), [(0, 3, 0.0), (1, 3, 0.3333), (1, 2, 0.5), (2, 3, 0.6666), (4, 3, 1.0), (1, 1, 1.0)])
+@pytest.mark.parametrize(
+    ("gpus", "clients", "share"), [(0, 3, 0.0), (1, 3, 0.3333), (1, 2, 0.5), (2, 3, 0.6666), (4, 3, 1.0), (1, 1, 1.0)]
+)
 def test_default_share_is_gpus_over_clients_capped_and_rounded_down(gpus: int, clients: int, share: float) -> None:
     assert default_gpu_share(gpus, clients) == share
 
@@ -68,8 +70,10 @@ def test_a_site_device_overrides_the_run_device() -> None:
 def test_cuda_without_a_gpu_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         plan_devices("cuda", THREE, gpu_count=0)
-    assert str(caught.value) == ("run_config: key 'device': expected 'auto' or 'cpu' on this machine: no CUDA GPU is visible "
-                                 "(CUDA_VISIBLE_DEVICES, driver, or a CPU-only torch), got 'cuda'")
+    assert str(caught.value) == (
+        "run_config: key 'device': expected 'auto' or 'cpu' on this machine: no CUDA GPU is visible "
+        "(CUDA_VISIBLE_DEVICES, driver, or a CPU-only torch), got 'cuda'"
+    )
 
 
 def test_a_site_asking_for_cuda_without_a_gpu_is_named() -> None:
@@ -82,13 +86,19 @@ def test_a_gpu_index_beyond_the_count_is_a_config_error() -> None:
         check_device("cuda:2", 2)
 
 
-@pytest.mark.parametrize(("share", "gpus", "expected"), [(1.5, 1, "between 0 and 1"), (-0.1, 1, "between 0 and 1"), (0.5, 0, "no CUDA GPU is visible")])
+@pytest.mark.parametrize(
+    ("share", "gpus", "expected"),
+    [(1.5, 1, "between 0 and 1"), (-0.1, 1, "between 0 and 1"), (0.5, 0, "no CUDA GPU is visible")],
+)
 def test_a_share_that_cannot_work_is_refused(share: float, gpus: int, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         plan_devices("auto", THREE, gpu_count=gpus, gpus_per_client=share)
 
 
-@pytest.mark.parametrize(("name", "gpus", "resolved"), [("auto", 0, "cpu"), ("auto", 1, "cuda"), ("cpu", 1, "cpu"), ("cuda:0", 1, "cuda:0"), ("mps", 0, "mps")])
+@pytest.mark.parametrize(
+    ("name", "gpus", "resolved"),
+    [("auto", 0, "cpu"), ("auto", 1, "cuda"), ("cpu", 1, "cpu"), ("cuda:0", 1, "cuda:0"), ("mps", 0, "mps")],
+)
 def test_check_device_resolves(name: str, gpus: int, resolved: str) -> None:
     assert check_device(name, gpus) == resolved
 

@@ -42,17 +42,30 @@ torch.save({"image": image, "text": states, "ids": batch["input_ids"]}, sys.argv
 def _trained_checkpoint(tmp_path: Path) -> tuple[RunConfig, Path]:
     """A tiny run whose weights moved away from the initialisation (one optimizer step on every
     parameter), saved as the federated server saves rounds."""
-    run = RunConfig(model_size="tiny", image_size=32, rounds=1, out_dir=str(tmp_path / "run"), sites=str(project_root() / "sites" / "demo"))
+    run = RunConfig(
+        model_size="tiny",
+        image_size=32,
+        rounds=1,
+        out_dir=str(tmp_path / "run"),
+        sites=str(project_root() / "sites" / "demo"),
+    )
     model = build_model(run)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.01)
-    save_round(tmp_path / "run" / "checkpoints", 1, model.state_dict(), {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": []})
+    save_round(
+        tmp_path / "run" / "checkpoints",
+        1,
+        model.state_dict(),
+        {"config_hash": run.config_hash(), "run_config": run.to_flat(), "history": []},
+    )
     return run, tmp_path / "run"
 
 
 @pytest.mark.slow  # one subprocess importing torchvision and transformers (~10 s)
-def test_export_loads_in_torchvision_and_transformers_with_fedvlp_features(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_loads_in_torchvision_and_transformers_with_fedvlp_features(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, run_folder = _trained_checkpoint(tmp_path)
     out = tmp_path / "export"
     assert main(["export", str(run_folder), "--out", str(out)]) == 0
@@ -73,8 +86,21 @@ def test_export_loads_in_torchvision_and_transformers_with_fedvlp_features(tmp_p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
     work = tmp_path / "elsewhere"
     work.mkdir()
-    subprocess.run([sys.executable, "-c", _LOAD, str(out), json.dumps(TEXTS), str(tmp_path / "images.pt"), str(tmp_path / "theirs.pt")],
-                   check=True, cwd=work, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOAD,
+            str(out),
+            json.dumps(TEXTS),
+            str(tmp_path / "images.pt"),
+            str(tmp_path / "theirs.pt"),
+        ],
+        check=True,
+        cwd=work,
+        env=env,
+        timeout=300,
+    )
     theirs = torch.load(tmp_path / "theirs.pt")
     assert torch.equal(theirs["ids"], batch["input_ids"])
     assert (theirs["image"] - image).abs().max() <= 1e-5
@@ -88,11 +114,16 @@ def test_export_into_a_used_folder_is_a_one_line_error(tmp_path: Path, capsys: p
     (out / "keep.txt").write_text("x")
     assert main(["export", str(run_folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"fedvlp: configuration error: {out}: key '--out': expected a new or empty folder (or --force to replace an earlier export there)\n"
+    assert (
+        err
+        == f"fedvlp: configuration error: {out}: key '--out': expected a new or empty folder (or --force to replace an earlier export there)\n"
+    )
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 def test_export_of_a_folder_without_checkpoints_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "export")]) == 2
-    assert f"fedvlp: configuration error: {tmp_path}: key 'CHECKPOINT': expected a run folder" in capsys.readouterr().err
+    assert (
+        f"fedvlp: configuration error: {tmp_path}: key 'CHECKPOINT': expected a run folder" in capsys.readouterr().err
+    )
     assert not (tmp_path / "export").exists()

@@ -45,7 +45,12 @@ import torch
 from safetensors.torch import load_file
 
 from fedvlp.core.config import project_root
-from fedvlp.server.cli.flwr_config import SIM_CONNECTION, federation_config_path, stop_local_superlink, write_flwr_config
+from fedvlp.server.cli.flwr_config import (
+    SIM_CONNECTION,
+    federation_config_path,
+    stop_local_superlink,
+    write_flwr_config,
+)
 
 from ..flwr_processes import BIN, flwr_env, free_ports, spawn, stop_tree, tail
 
@@ -128,14 +133,27 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     flwr = None
     try:
         flwr = spawn(
-            [str(BIN / "flwr"), "run", str(project_root()), SIM_CONNECTION, "--run-config", run_config,
-             "--federation-config", str(federation_config_path(flwr_home)), "--stream"],
-            log, env, tmp_path,
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(project_root()),
+                SIM_CONNECTION,
+                "--run-config",
+                run_config,
+                "--federation-config",
+                str(federation_config_path(flwr_home)),
+                "--stream",
+            ],
+            log,
+            env,
+            tmp_path,
         )
         try:
             flwr.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{tail(log, TAIL_LINES)}\n{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}")
+            pytest.fail(
+                f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{tail(log, TAIL_LINES)}\n{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}"
+            )
         elapsed = time.monotonic() - started
         assert flwr.returncode == 0, tail(log, TAIL_LINES)
         superlinks = local_superlinks(flwr_home)
@@ -146,7 +164,9 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(_alive(pid) for pid in superlinks + superexecs):
             time.sleep(0.2)
-        assert not [pid for pid in superlinks + superexecs if _alive(pid)], "the SuperLink or its SuperExec survived --stop"
+        assert not [pid for pid in superlinks + superexecs if _alive(pid)], (
+            "the SuperLink or its SuperExec survived --stop"
+        )
     finally:
         roots = local_superlinks(flwr_home) + ([flwr.pid] if flwr is not None and flwr.poll() is None else [])
         stop_tree(roots)
@@ -167,7 +187,11 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
     assert all(r["replies"] == 3 and not r["rejected"] for r in history), history
     # Flower's engine behind a SuperLink too: each node is logged under its site file's name,
     # and the names sit on the right data (B uploads image groups only, C text groups only)
-    uploads = {r["site"]: set(r["counts"]) for r in map(json.loads, (out / "site_metrics.jsonl").read_text().splitlines()) if r["round"] == 1}
+    uploads = {
+        r["site"]: set(r["counts"])
+        for r in map(json.loads, (out / "site_metrics.jsonl").read_text().splitlines())
+        if r["round"] == 1
+    }
     assert uploads["hospital_b"] == {"image", "head.mim"} and uploads["hospital_c"] == {"text", "head.mlm"}, uploads
     first = load_file(str(checkpoints / "round_0000.safetensors"))
     last = load_file(str(checkpoints / f"round_{ROUNDS:04d}.safetensors"))

@@ -22,7 +22,10 @@ def test_server_certificate_is_signed_by_the_ca_and_names_every_address(tmp_path
     server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
     server.verify_directly_issued_by(ca)  # raises when the signature or issuer is wrong
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.0.0.5")]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("10.0.0.5"),
+    ]
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "superlink.example.org"]
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     assert server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
@@ -86,9 +89,19 @@ def test_address_with_port_is_refused(tmp_path: Path) -> None:
 def test_cli_writes_certificates_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["certs", "--out", str(tmp_path / "certs"), "--server-address", "127.0.0.1"]) == 0
     assert main(["node-keys", "--out", str(tmp_path / "keys"), "--names", "hospital_a", "hospital_b"]) == 0
-    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["ca-private", "ca.crt", "server.key", "server.pem"]
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == [
+        "ca-private",
+        "ca.crt",
+        "server.key",
+        "server.pem",
+    ]
     assert [p.name for p in (tmp_path / "certs" / "ca-private").iterdir()] == ["ca.key"]
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["hospital_a", "hospital_a.pub", "hospital_b", "hospital_b.pub"]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "hospital_a",
+        "hospital_a.pub",
+        "hospital_b",
+        "hospital_b.pub",
+    ]
     assert "--auth-supernode-private-key" in capsys.readouterr().out
 
 
@@ -107,7 +120,9 @@ def test_a_pre_created_0644_file_is_refused_and_with_force_replaced_by_a_0600_fi
 
 
 @pytest.mark.parametrize("target", ["hospital_a", "hospital_a.pub"])
-def test_a_symlink_at_a_key_target_is_refused_even_with_force_and_its_target_untouched(tmp_path: Path, target: str) -> None:
+def test_a_symlink_at_a_key_target_is_refused_even_with_force_and_its_target_untouched(
+    tmp_path: Path, target: str
+) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     victim.chmod(0o644)
@@ -153,8 +168,25 @@ def test_key_modes_are_exact_whatever_the_umask(tmp_path: Path) -> None:
         keys = make_node_keys(tmp_path / "keys", ["hospital_a"])
     finally:
         os.umask(old)
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (files.ca_key, files.server_key, keys[0].private_key, files.ca_cert, files.server_cert, keys[0].public_key)}
-    assert modes == {"ca.key": 0o600, "server.key": 0o600, "hospital_a": 0o600, "ca.crt": 0o644, "server.pem": 0o644, "hospital_a.pub": 0o644}
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in (
+            files.ca_key,
+            files.server_key,
+            keys[0].private_key,
+            files.ca_cert,
+            files.server_cert,
+            keys[0].public_key,
+        )
+    }
+    assert modes == {
+        "ca.key": 0o600,
+        "server.key": 0o600,
+        "hospital_a": 0o600,
+        "ca.crt": 0o644,
+        "server.pem": 0o644,
+        "hospital_a.pub": 0o644,
+    }
     assert stat.S_IMODE(files.ca_key.parent.stat().st_mode) == 0o700
 
 
@@ -172,7 +204,9 @@ def test_the_ca_key_lives_apart_from_the_superlinks_files(tmp_path: Path) -> Non
         (["certs"], "fedvlp certs: refusing to overwrite"),
     ],
 )
-def test_cli_refusals_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+def test_cli_refusals_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     make_node_keys(tmp_path, ["hospital_a"])
     make_certificates(tmp_path)
     capsys.readouterr()

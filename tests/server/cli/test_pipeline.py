@@ -10,7 +10,13 @@ import pytest
 
 from fedvlp.core.config import ConfigError
 from fedvlp.core.evaluation import SweepConfig
-from fedvlp.server.cli.pipeline import FEDERATION_FILE, load_federation, pretraining_runs, run_study, sweep_in_background
+from fedvlp.server.cli.pipeline import (
+    FEDERATION_FILE,
+    load_federation,
+    pretraining_runs,
+    run_study,
+    sweep_in_background,
+)
 from fedvlp.server.cli.sweep_cli import InitSpec, sweep_and_report
 from tests.conftest import DEMO_SITES
 
@@ -63,7 +69,12 @@ def test_a_public_vocabulary_site_must_be_a_site_of_the_folder(tmp_path: Path) -
 def test_runs_share_the_vocabulary_and_baselines_cover_every_site_with_images(tmp_path: Path) -> None:
     folder = _federation(tmp_path, '[run]\nrounds = 3\n[vocab]\npublic-sites = ["hospital_c.yaml"]\n')
     runs = pretraining_runs(load_federation(folder), tmp_path / "out", baselines=True)
-    assert sorted(runs) == ["central", "federated", "local-hospital_a", "local-hospital_b"]  # hospital_c holds reports only
+    assert sorted(runs) == [
+        "central",
+        "federated",
+        "local-hospital_a",
+        "local-hospital_b",
+    ]  # hospital_c holds reports only
     assert {run.tokenizer for run in runs.values()} == {str(tmp_path / "out" / "vocab")}
     assert {run.rounds for run in runs.values()} == {3}
     assert runs["local-hospital_a"].out_dir == str(tmp_path / "out" / "local-hospital_a")
@@ -71,31 +82,50 @@ def test_runs_share_the_vocabulary_and_baselines_cover_every_site_with_images(tm
 
 def test_study_runs_pick_the_pretraining_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: True)
-    folder = _federation(tmp_path, '[general-pretrained]\nimage-init = "efficientnet-lite0"\nfreeze-image-stages = 5\n'
-                         '[study]\nruns = ["general-pretrained+federated"]\n')
+    folder = _federation(
+        tmp_path,
+        '[general-pretrained]\nimage-init = "efficientnet-lite0"\nfreeze-image-stages = 5\n'
+        '[study]\nruns = ["general-pretrained+federated"]\n',
+    )
     runs = pretraining_runs(load_federation(folder), tmp_path / "out")
     assert list(runs) == ["general-pretrained+federated"]
     assert runs["general-pretrained+federated"].freeze_image_stages == 5
 
 
-def test_without_the_pretrained_weights_the_study_falls_back_to_the_run_from_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_pretrained_weights_the_study_falls_back_to_the_run_from_random(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: False)
-    folder = _federation(tmp_path, '[general-pretrained]\nimage-init = "efficientnet-lite0"\n[study]\nruns = ["general-pretrained+federated"]\n')
+    folder = _federation(
+        tmp_path,
+        '[general-pretrained]\nimage-init = "efficientnet-lite0"\n[study]\nruns = ["general-pretrained+federated"]\n',
+    )
     assert list(pretraining_runs(load_federation(folder), tmp_path / "out")) == ["federated"]
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ('[study]\nruns = ["central"]\n', "study.runs"),
-    ('[study]\nrunz = []\n', "study.runz"),
-    ('[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\njoin-federation = "test"\n', "evaluation.join-federation"),
-    ('[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\nfinetune-stages = -1\n', "evaluation.finetune-stages"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[study]\nruns = ["central"]\n', "study.runs"),
+        ("[study]\nrunz = []\n", "study.runz"),
+        (
+            '[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\njoin-federation = "test"\n',
+            "evaluation.join-federation",
+        ),
+        (
+            '[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\nfinetune-stages = -1\n',
+            "evaluation.finetune-stages",
+        ),
+    ],
+)
 def test_bad_study_keys_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         load_federation(_federation(tmp_path, text))
 
 
-def test_the_labelled_hospital_joins_with_its_train_images_only(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_labelled_hospital_joins_with_its_train_images_only(
+    tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fedvlp.core.config import list_site_files, load_site
     from fedvlp.core.data.manifest import load_source_rows
     from fedvlp.core.evaluation.data import split_manifest
@@ -120,10 +150,15 @@ def test_the_labelled_hospital_joins_with_its_train_images_only(tmp_path: Path, 
 
 
 @pytest.mark.slow
-def test_a_quick_study_pretrains_splits_by_patient_and_sweeps(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_quick_study_pretrains_splits_by_patient_and_sweeps(
+    tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FEDVLP_DEMO_DATA", str(world))
-    folder = _federation(tmp_path, '[vocab]\npublic-sites = ["hospital_c.yaml"]\nsize = 500\n'
-                         + EVALUATION.format(labeled=world / "labeled" / "manifest.csv"))
+    folder = _federation(
+        tmp_path,
+        '[vocab]\npublic-sites = ["hospital_c.yaml"]\nsize = 500\n'
+        + EVALUATION.format(labeled=world / "labeled" / "manifest.csv"),
+    )
     out = tmp_path / "study"
     summary = run_study(folder, out, quick=True)
     assert summary["runs"]["federated"]["rounds"] == 2
@@ -145,8 +180,16 @@ def test_cells_of_the_background_sweep_are_reused_and_equal_a_sequential_sweep(t
     columns = ["label_cardiomegaly", "label_pleural_effusion"]
     config = SweepConfig(fractions=(0.5, 1.0), seeds=(0,), protocols=("linear",), num_threads=1)
     random_init = [InitSpec("random", "random")]
-    early = sweep_in_background(tmp_path / "early.log", random_init, tmp_path / "early", labeled, columns, config,
-                                patient_column="patient_id", extras=())
+    early = sweep_in_background(
+        tmp_path / "early.log",
+        random_init,
+        tmp_path / "early",
+        labeled,
+        columns,
+        config,
+        patient_column="patient_id",
+        extras=(),
+    )
     early.join(timeout=600)
     assert early.exitcode == 0, (tmp_path / "early.log").read_text()
     assert "label-efficiency sweep" in (tmp_path / "early.log").read_text()  # its progress went to its own log
@@ -154,8 +197,12 @@ def test_cells_of_the_background_sweep_are_reused_and_equal_a_sequential_sweep(t
     assert len(cells) == 2
     written = {path: path.stat().st_mtime_ns for path in cells}
 
-    reused = sweep_and_report(random_init, tmp_path / "early", labeled, columns, config, patient_column="patient_id", extras=())
-    fresh = sweep_and_report(random_init, tmp_path / "fresh", labeled, columns, config, patient_column="patient_id", extras=())
+    reused = sweep_and_report(
+        random_init, tmp_path / "early", labeled, columns, config, patient_column="patient_id", extras=()
+    )
+    fresh = sweep_and_report(
+        random_init, tmp_path / "fresh", labeled, columns, config, patient_column="patient_id", extras=()
+    )
 
     assert {path: path.stat().st_mtime_ns for path in cells} == written  # not run again
     pd.testing.assert_frame_equal(reused, fresh)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fedvlp.core.checkpoint import save_round
 from fedvlp.server.cli.progress import round_bar
 
@@ -29,15 +30,18 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, done: int, new: int) -
     return terminal.getvalue()
 
 
-def test_a_resumed_run_starts_the_bar_at_its_completed_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_resumed_run_starts_the_bar_at_its_completed_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("FEDVLP_QUIET", raising=False)
     shown = _run(tmp_path, monkeypatch, done=2, new=3)
     assert "rounds:  40%" in shown and "2/5" in shown and "5/5" in shown  # the bar, on the terminal
     assert capsys.readouterr().out.splitlines() == ["round 3 done", "round 4 done", "round 5 done"]  # lines above it
 
 
-def test_quiet_shows_the_lines_but_no_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quiet_shows_the_lines_but_no_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("FEDVLP_QUIET", "1")
     shown = _run(tmp_path, monkeypatch, done=0, new=1)
     assert "rounds" not in shown and capsys.readouterr().out.splitlines() == ["round 1 done"]

@@ -10,15 +10,39 @@ from pathlib import Path
 
 import pytest
 
-from fedvlp.server.cli.main import main
 from fedvlp.server.app.run_log import SITE_LOG
+from fedvlp.server.cli.main import main
 from fedvlp.server.cli.run_report import plot_run
 
 ROWS = [
-    {"round": 1, "site": "hospital_a", "node_id": 11, "metrics": {"loss/total": 9.5, "loss/mlm": 5.8, "align/top1": 0.25}, "counts": {"text": 64}},
-    {"round": 1, "site": "hospital_c", "node_id": 33, "metrics": {"loss/total": 5.7, "loss/mlm": 5.7}, "counts": {"text": 64}},
-    {"round": 2, "site": "hospital_a", "node_id": 11, "metrics": {"loss/total": 9.25, "loss/mlm": 5.5, "align/top1": 0.5}, "counts": {"text": 64}},
-    {"round": 2, "site": "hospital_c", "node_id": 33, "metrics": {"loss/total": 5.0, "loss/mlm": 5.0}, "counts": {"text": 64}},
+    {
+        "round": 1,
+        "site": "hospital_a",
+        "node_id": 11,
+        "metrics": {"loss/total": 9.5, "loss/mlm": 5.8, "align/top1": 0.25},
+        "counts": {"text": 64},
+    },
+    {
+        "round": 1,
+        "site": "hospital_c",
+        "node_id": 33,
+        "metrics": {"loss/total": 5.7, "loss/mlm": 5.7},
+        "counts": {"text": 64},
+    },
+    {
+        "round": 2,
+        "site": "hospital_a",
+        "node_id": 11,
+        "metrics": {"loss/total": 9.25, "loss/mlm": 5.5, "align/top1": 0.5},
+        "counts": {"text": 64},
+    },
+    {
+        "round": 2,
+        "site": "hospital_c",
+        "node_id": 33,
+        "metrics": {"loss/total": 5.0, "loss/mlm": 5.0},
+        "counts": {"text": 64},
+    },
 ]
 
 
@@ -40,7 +64,9 @@ def fedvlp_logger() -> Iterator[logging.Logger]:
         os.environ["FEDVLP_QUIET"] = quiet
 
 
-def test_report_writes_one_png_per_family_and_prints_where(run_dir: Path, capsys: pytest.CaptureFixture[str], fedvlp_logger: logging.Logger) -> None:
+def test_report_writes_one_png_per_family_and_prints_where(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], fedvlp_logger: logging.Logger
+) -> None:
     assert main(["report", str(run_dir)]) == 0
     plots = run_dir / "plots"
     assert sorted(p.name for p in plots.iterdir()) == ["align.png", "loss.png", "samples.png"]
@@ -59,9 +85,14 @@ def test_report_returns_the_series_it_plotted(run_dir: Path, tmp_path: Path) -> 
     assert report.files == {f: tmp_path / "png" / f"{f}.png" for f in ("align", "loss", "samples")}
 
 
-def test_report_of_a_folder_without_site_log_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str], fedvlp_logger: logging.Logger) -> None:
+def test_report_of_a_folder_without_site_log_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fedvlp_logger: logging.Logger
+) -> None:
     assert main(["report", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"fedvlp report: {tmp_path}: no {SITE_LOG} (expected in the run folder, the out-dir of `fedvlp simulate` or `flwr run`)\n"
+    assert (
+        capsys.readouterr().err
+        == f"fedvlp report: {tmp_path}: no {SITE_LOG} (expected in the run folder, the out-dir of `fedvlp simulate` or `flwr run`)\n"
+    )
 
 
 def test_log_level_sets_the_fedvlp_logger(run_dir: Path, fedvlp_logger: logging.Logger) -> None:

@@ -29,7 +29,9 @@ def _changed_groups(folder: Path, a: int, b: int) -> set[str]:
     return {group_of(k) for k in first if not torch.equal(first[k], second[k])}
 
 
-def test_three_sites_two_rounds_train_both_encoders_with_ray_on_loopback_only(demo_env: Path, tiny_run: RunConfig) -> None:
+def test_three_sites_two_rounds_train_both_encoders_with_ray_on_loopback_only(
+    demo_env: Path, tiny_run: RunConfig
+) -> None:
     from fedvlp.server.cli.simulation import simulate
 
     records: list[dict] = []
@@ -56,11 +58,13 @@ def test_three_sites_two_rounds_train_both_encoders_with_ray_on_loopback_only(de
 
 
 def _simulate_cmd(run: RunConfig) -> list[str]:
-    pairs = [f'{k}={json.dumps(v)}' for k, v in run.to_flat().items()]
+    pairs = [f"{k}={json.dumps(v)}" for k, v in run.to_flat().items()]
     return [sys.executable, "-m", "fedvlp.server.cli", "simulate", "--run-config", *pairs]
 
 
-def test_a_killed_server_resumes_over_a_damaged_round_with_identical_weights(demo_env: Path, tiny_run: RunConfig, tmp_path: Path) -> None:
+def test_a_killed_server_resumes_over_a_damaged_round_with_identical_weights(
+    demo_env: Path, tiny_run: RunConfig, tmp_path: Path
+) -> None:
     """Kill -9 mid-run, flip one bit of the newest round, restart: the run redoes the damaged
     round and ends bit-identical to an uninterrupted run, FedAdam's moments included."""
     env = {**os.environ, "FEDVLP_DEMO_DATA": os.environ["FEDVLP_DEMO_DATA"]}
@@ -71,7 +75,9 @@ def test_a_killed_server_resumes_over_a_damaged_round_with_identical_weights(dem
 
     resumed = slow.replace(rounds=3, out_dir=str(tmp_path / "resumed"))
     folder = Path(resumed.out_dir) / "checkpoints"
-    proc = subprocess.Popen(_simulate_cmd(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _simulate_cmd(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -105,7 +111,9 @@ def test_a_killed_server_resumes_over_a_damaged_round_with_identical_weights(dem
 
 @needs_cxr()
 @pytest.mark.data
-def test_the_real_cxr_federation_runs_a_round(tiny_run: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_real_cxr_federation_runs_a_round(
+    tiny_run: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fedvlp.core.config import load_site, project_root
     from fedvlp.core.data.manifest import load_source_rows
     from fedvlp.core.data.tokenizer import build_vocab

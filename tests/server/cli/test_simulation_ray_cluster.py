@@ -38,10 +38,21 @@ def _processes_named(name: str, pids: set[int]) -> set[int]:
 def test_forwarded_env_keeps_fedvlps_settings_and_the_import_path_only() -> None:
     from fedvlp.server.cli.simulation import forwarded_env
 
-    env = forwarded_env({"FEDVLP_DEMO_DATA": "/data/world", "HF_HUB_OFFLINE": "1", "FLWR_HOME": "/f", "AWS_SECRET": "x",
-                         "HOME": "/root", "PYTHONPATH": "/extra"})
-    assert {k: v for k, v in env.items() if k != "PYTHONPATH"} == {"FEDVLP_DEMO_DATA": "/data/world", "HF_HUB_OFFLINE": "1",
-                                                                   "FLWR_HOME": "/f"}
+    env = forwarded_env(
+        {
+            "FEDVLP_DEMO_DATA": "/data/world",
+            "HF_HUB_OFFLINE": "1",
+            "FLWR_HOME": "/f",
+            "AWS_SECRET": "x",
+            "HOME": "/root",
+            "PYTHONPATH": "/extra",
+        }
+    )
+    assert {k: v for k, v in env.items() if k != "PYTHONPATH"} == {
+        "FEDVLP_DEMO_DATA": "/data/world",
+        "HF_HUB_OFFLINE": "1",
+        "FLWR_HOME": "/f",
+    }
     assert env["PYTHONPATH"].split(os.pathsep) == [*sys.path, "/extra"]
 
 
@@ -58,9 +69,30 @@ def test_a_simulation_runs_on_a_running_ray_cluster_and_leaves_it_running(demo_e
     # The cluster's workers are started by `ray start` with its own environment: without the
     # site files' ${FEDVLP_DEMO_DATA}, which the simulation must forward to them.
     env = {k: v for k, v in os.environ.items() if k != "FEDVLP_DEMO_DATA"}
-    head = subprocess.Popen([str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--num-cpus", "2", "--temp-dir", temp, "--include-dashboard", "false", "--disable-usage-stats"],
-                            env=env, cwd=temp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(ray),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            temp,
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=temp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not _processes_named("raylet", descendants(head.pid)):

@@ -40,9 +40,18 @@ def secure(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         fed.start_superlink(certs={"ca": certs.ca_cert, "cert": certs.server_cert, "key": certs.server_key}, auth=True)
         registered = {}
         for name in HOSPITALS:
-            res = fed.flwr("supernode", "register", str(keys[name].public_key), "local-deployment", "--name", name, "--format", "json")
+            res = fed.flwr(
+                "supernode",
+                "register",
+                str(keys[name].public_key),
+                "local-deployment",
+                "--name",
+                name,
+                "--format",
+                "json",
+            )
             assert res.returncode == 0, f"register {name}:\n{res.stdout}\n{res.stderr}"
-            registered[name] = int(json.loads(res.stdout[res.stdout.index("{"):])["node-id"])
+            registered[name] = int(json.loads(res.stdout[res.stdout.index("{") :])["node-id"])
         for name in HOSPITALS:
             fed.start_supernode(name, SITES / f"{name}.yaml", key=keys[name].private_key)
         for name in HOSPITALS:
@@ -55,7 +64,9 @@ def secure(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
 def test_registered_nodes_train_a_round_over_tls(secure: dict) -> None:
     fed: LocalFederation = secure["fed"]
     out = secure["root"] / "run"
-    fed.run(f'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=2 round-timeout=120 out-dir={json.dumps(str(out))}')
+    fed.run(
+        f'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=2 round-timeout=120 out-dir={json.dumps(str(out))}'
+    )
     fed.wait_round(out / "checkpoints", 1, watch=("superlink", *HOSPITALS))
     record = json.loads((out / "checkpoints" / "round_0001.json").read_text())["history"][-1]
     assert (record["nodes"], record["replies"], record["rejected"]) == (2, 2, [])
@@ -70,9 +81,13 @@ def test_registered_nodes_train_a_round_over_tls(secure: dict) -> None:
 
 def test_unregistered_node_is_refused(secure: dict) -> None:
     fed: LocalFederation = secure["fed"]
-    proc = fed.start_supernode("intruder", SITES / "hospital_c.yaml", key=secure["keys"]["intruder"].private_key, worker=False)
+    proc = fed.start_supernode(
+        "intruder", SITES / "hospital_c.yaml", key=secure["keys"]["intruder"].private_key, worker=False
+    )
     assert proc.wait(timeout=120) != 0
-    assert CONNECTION_FAILED in fed.log("intruder") and "Failed to activate SuperNode" in fed.log("intruder"), fed.log("intruder")
+    assert CONNECTION_FAILED in fed.log("intruder") and "Failed to activate SuperNode" in fed.log("intruder"), fed.log(
+        "intruder"
+    )
     nodes = fed.node_list()
     assert sorted(int(n["node-id"]) for n in nodes) == sorted(secure["registered"].values())
 
@@ -81,6 +96,10 @@ def test_plaintext_supernode_cannot_reach_a_tls_superlink(secure: dict) -> None:
     fed: LocalFederation = secure["fed"]
     # (Flower itself refuses --insecure together with an auth key, exit code 303; without
     # a key the TLS listener drops the plain-HTTP connection.)
-    proc = fed.start_supernode("plaintext", SITES / "hospital_a.yaml", worker=False, insecure=True, extra=["--max-retries", "1"])
+    proc = fed.start_supernode(
+        "plaintext", SITES / "hospital_a.yaml", worker=False, insecure=True, extra=["--max-retries", "1"]
+    )
     assert proc.wait(timeout=120) != 0
-    assert CONNECTION_FAILED in fed.log("plaintext") and "SuperNode ID" not in fed.log("plaintext"), fed.log("plaintext")
+    assert CONNECTION_FAILED in fed.log("plaintext") and "SuperNode ID" not in fed.log("plaintext"), fed.log(
+        "plaintext"
+    )
