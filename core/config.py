@@ -497,7 +497,8 @@ class RunConfig:
                     raise ConfigError(
                         origin,
                         key,
-                        "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is not supported with it)",
+                        "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is "
+                        "not supported with it)",
                         value,
                     )
 

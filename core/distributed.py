@@ -390,7 +390,8 @@ def train_distributed(
         raise ConfigError(
             str(site.path),
             key,
-            f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / processes)",
+            f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / "
+            "processes)",
             world,
         )
     if run.persistent_optimizer:

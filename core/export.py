@@ -248,7 +248,9 @@ class ResNetTrunk(nn.Module):
                 planes_out = width * block.expansion
                 downsample = None
                 if b == 0 and (stride != 1 or planes_in != planes_out):
-                    downsample = nn.Sequential(nn.Conv2d(planes_in, planes_out, 1, stride=stride, bias=False), norm_layer(planes_out))
+                    downsample = nn.Sequential(
+                        nn.Conv2d(planes_in, planes_out, 1, stride=stride, bias=False), norm_layer(planes_out)
+                    )
                 blocks.append(block(planes_in, width, stride, downsample, norm_layer=norm_layer))
                 planes_in = planes_out
             setattr(self, f"layer{{index + 1}}", nn.Sequential(*blocks))
@@ -301,7 +303,8 @@ def load() -> nn.Module:
     import timm.models.vision_transformer as vit
 
     model = vit.VisionTransformer(img_size={size}, patch_size={patch}, in_chans=3, num_classes=0, embed_dim={dim},
-                                  depth={depth}, num_heads={heads}, mlp_ratio={mlp_ratio}, qkv_bias=True, global_pool="token")
+                                  depth={depth}, num_heads={heads}, mlp_ratio={mlp_ratio}, qkv_bias=True,
+                                  global_pool="token")
     model.load_state_dict(_state(), strict=True)
     return model.eval()
 '''
@@ -365,9 +368,9 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
         )
         if arch is None:
             meta["note"] = (
-                f"no torchvision constructor has widths {tuple(encoder.config.widths)} and depths {tuple(encoder.config.layers)} "
-                f"(torchvision fixes 64-128-256-512); the keys are torchvision's ResNet names, and {IMAGE_LOADER} builds the "
-                "trunk from torchvision's own blocks"
+                f"no torchvision constructor has widths {tuple(encoder.config.widths)} and depths "
+                f"{tuple(encoder.config.layers)} (torchvision fixes 64-128-256-512); the keys are torchvision's "
+                f"ResNet names, and {IMAGE_LOADER} builds the trunk from torchvision's own blocks"
             )
         if encoder.norm == "group":
             meta["norm_note"] = (
@@ -544,15 +547,16 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
     lines = [
         f"# fedvlp {run['recipe']} encoders ({run['model-size']}, round {meta['source']['round']})",
         "",
-        f"Exported by `fedvlp export` from `{meta['source']['checkpoint']}` (config hash `{meta['source']['config_hash']}`) "
-        f"on {meta['exported_at']}. Machine-readable: `{META_FILE}`.",
+        f"Exported by `fedvlp export` from `{meta['source']['checkpoint']}` (config hash "
+        f"`{meta['source']['config_hash']}`) on {meta['exported_at']}. Machine-readable: `{META_FILE}`.",
         "",
         "## Training",
         "",
-        f"- {meta['training']['mode']} pretraining: recipe `{run['recipe']}`, model size `{run['model-size']}`, image size "
-        f"{run['image-size']} px, {meta['rounds']} completed round(s) of {meta['training']['steps_per_round']} "
-        f"{meta['training']['steps_unit']}",
-        f"- sites: {', '.join(meta['sites']['files']) or '(site files not found)'} (folder `{meta['sites']['folder']}`)",
+        f"- {meta['training']['mode']} pretraining: recipe `{run['recipe']}`, model size `{run['model-size']}`, "
+        f"image size {run['image-size']} px, {meta['rounds']} completed round(s) of "
+        f"{meta['training']['steps_per_round']} {meta['training']['steps_unit']}",
+        f"- sites: {', '.join(meta['sites']['files']) or '(site files not found)'} (folder "
+        f"`{meta['sites']['folder']}`)",
     ]
     if meta["sites"]["replied"]:
         lines.append(
@@ -585,7 +589,8 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
             f"spec = importlib.util.spec_from_file_location('loader', 'DIR/{IMAGE_LOADER}')",
             "loader = importlib.util.module_from_spec(spec); spec.loader.exec_module(loader)",
             "model = loader.load()  # eval mode",
-            f"features = model(loader.preprocess(grey))  # grey: (B, 1, {image['image_size']}, {image['image_size']}) in [0, 1]",
+            f"features = model(loader.preprocess(grey))  # grey: (B, 1, {image['image_size']}, "
+            f"{image['image_size']}) in [0, 1]",
             "```",
         ]
     shared = meta.get("shared")
@@ -604,15 +609,16 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
             f"`{TEXT_FOLDER}/`: a Hugging Face {text['model_type']} ({text['layers']} layers, {text['hidden']} hidden, "
             f"vocabulary {text['vocab_size']}) with its tokenizer (lower-casing: {text['lowercase']}).",
             "",
-            f"- at most {text['max_length']} tokens (the position table is cut to the run's text length): tokenize with "
-            "`truncation=True`",
+            f"- at most {text['max_length']} tokens (the position table is cut to the run's text length): tokenize "
+            "with `truncation=True`",
             f"- features: {text['features']}",
             "",
             "```python",
             "from transformers import AutoModel, AutoTokenizer",
             f"tokenizer = AutoTokenizer.from_pretrained('DIR/{TEXT_FOLDER}')",
             f"model = AutoModel.from_pretrained('DIR/{TEXT_FOLDER}', add_pooling_layer=False)",
-            "batch = tokenizer(['no acute cardiopulmonary process'], return_tensors='pt', padding=True, truncation=True)",
+            "batch = tokenizer(['no acute cardiopulmonary process'], return_tensors='pt', padding=True, "
+            "truncation=True)",
             "states = model(**batch).last_hidden_state",
             "```",
         ]
@@ -624,7 +630,8 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
     lines += ["", "## Label-efficiency sweep", ""]
     if sweep_table is not None:
         lines += [
-            f"From `{meta['sweep']['results']}` (mean test AUC; full report: `{meta['sweep']['report'] or 'not found'}`):",
+            f"From `{meta['sweep']['results']}` (mean test AUC; full report: "
+            f"`{meta['sweep']['report'] or 'not found'}`):",
             "",
             "```",
             sweep_table,

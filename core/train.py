@@ -402,8 +402,9 @@ class LocalTrainer:
         Returns
         -------
         LocalResult
-            Per-group counts of the samples that trained (:meth:`group_counts`) and mean losses (``loss/<objective>``, ``loss/total``, and
-            ``loss/anchor`` / ``loss/prox`` when on), alignment on held-out pairs (``align/...``).
+            Per-group counts of the samples that trained (:meth:`group_counts`) and mean losses
+            (``loss/<objective>``, ``loss/total``, and ``loss/anchor`` / ``loss/prox`` when on),
+            alignment on held-out pairs (``align/...``).
         """
         # Everything random in a round derives from ``seed``, so a restarted process repeats
         # a round bit for bit: the global RNG (masks, dropout, augmentation) and the shuffles.

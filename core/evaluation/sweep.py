@@ -6,8 +6,8 @@ rewritten from them; cells already there (or in ``results.csv``) are not run aga
 interrupted sweep continues where it stopped and a sweep can be extended with more seeds,
 fractions, protocols or inits. ``jobs > 1`` runs cells in that many worker processes; every
 cell derives all randomness from its own seed and runs on ``num_threads`` threads, so the
-results do not depend on ``jobs`` or on the order cells finish in. ``sweep_meta.json`` records what the results depend on
-(training knobs, encoder architecture, data, init weights) and a mismatch is refused.
+results do not depend on ``jobs`` or on the order cells finish in. ``sweep_meta.json``
+records what the results depend on (training knobs, encoder architecture, data, init weights) and a mismatch is refused.
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ def check_inits(run: RunConfig, family: Family, general_recipes: Sequence[str]) 
             raise ConfigError(
                 "run_config",
                 key,
-                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{family.init_hint})",
+                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes "
+                f"{recipes}{family.init_hint})",
                 value,
             )
     if is_local_init(run.text_init, TEXT_INITS):
@@ -570,7 +571,10 @@ def local_text_dir(value: str) -> Path:
         hint = ""
         if "vocab.txt" in missing and (folder / "tokenizer.json").is_file():
             # transformers 5 saves tokenizer.json only (and its save_vocabulary fails for BERT).
-            hint = f"; to write vocab.txt from tokenizer.json run: python -c \"from fedvlp.core.models.pretrained import write_vocab_txt; write_vocab_txt('{folder}')\""
+            hint = (
+                '; to write vocab.txt from tokenizer.json run: python -c "from fedvlp.core.models.pretrained import '
+                f"write_vocab_txt; write_vocab_txt('{folder}')\""
+            )
         raise ConfigError(
             str(folder),
             "text-init",

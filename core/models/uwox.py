@@ -511,7 +511,8 @@ class UWOXModel(nn.Module):
             value = state[source][rows[target]] if target in rows else state[source]
             if value.shape != ours[target].shape:
                 raise ValueError(
-                    f"BERT '{prefix + source}' has shape {tuple(value.shape)}; '{target}' needs {tuple(ours[target].shape)}"
+                    f"BERT '{prefix + source}' has shape {tuple(value.shape)}; '{target}' needs "
+                    f"{tuple(ours[target].shape)}"
                 )
             values[target] = value
         with torch.no_grad():

@@ -230,7 +230,8 @@ class UWOXMatchingObjective(Objective):
         """``(B,)`` match logits of encoded (report, image) tuples (fused first for ``unit``)."""
         if image.shape[1] != self.image_tokens:
             raise ValueError(
-                f"the matching head expects {self.image_tokens} image tokens, got {image.shape[1]} (another image size?)"
+                f"the matching head expects {self.image_tokens} image tokens, got {image.shape[1]} (another image "
+                "size?)"
             )
         text, image = model.pair_states(text, text_mask, image)
         return self.classifier(comat_features(text, text_mask, image, self.max_len)).squeeze(-1)
