@@ -152,7 +152,8 @@ class _TagSource:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(samples)
         batch["source"] = self.index
-        return batch
+        result: dict[str, Any] = batch
+        return result
 
 
 class LocalTrainer:

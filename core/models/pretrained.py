@@ -57,6 +57,7 @@ from .text import TextEncoder, build_text_encoder
 
 if TYPE_CHECKING:
     from .family import Family
+    from .vit import ViTEncoder
 
 __all__ = [
     "INSTALL_HINT",
@@ -179,7 +180,8 @@ def minilm_dir() -> Path:
 
 
 def _minilm_config() -> dict[str, Any]:
-    return json.loads((minilm_dir() / "config.json").read_text(encoding="utf-8"))
+    result: dict[str, Any] = json.loads((minilm_dir() / "config.json").read_text(encoding="utf-8"))
+    return result
 
 
 def minilm_text_config(max_len: int) -> TextEncoderConfig:
@@ -244,7 +246,10 @@ def efficientnet_lite0_weights_path() -> Path:
 
 @lru_cache(maxsize=1)
 def _efficientnet_file_state() -> dict[str, torch.Tensor]:
-    return torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    result: dict[str, torch.Tensor] = torch.load(
+        efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True
+    )
+    return result
 
 
 def efficientnet_lite0_state() -> dict[str, torch.Tensor]:
@@ -267,6 +272,9 @@ class EfficientNetLiteEncoder(nn.Module):
     image_size
         Input size (a multiple of 32); the TF-style "same" padding is fixed for it.
     """
+
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(self, image_size: int) -> None:
         super().__init__()
@@ -728,7 +736,7 @@ def build_local_text_encoder(value: str, config: TextEncoderConfig, vocab_size: 
     return encoder
 
 
-def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
+def load_timm_vit(encoder: ViTEncoder, value: str, size: str) -> None:
     """Load a timm ``VisionTransformer`` state dict file into refers' :class:`~fedvlp.core.models.vit.ViTEncoder`.
 
     timm's names differ only in ``patch_embed.proj`` and ``mlp.fc1``/``mlp.fc2``; the classifier

@@ -79,9 +79,11 @@ class BatchView:
             if not self.locked_stages:
                 return self.batch[key]
             with torch.no_grad():
-                return self.model.image.forward_stages(self.batch[key], 0, self.locked_stages)
+                result: torch.Tensor = self.model.image.forward_stages(self.batch[key], 0, self.locked_stages)
+                return result
 
-        return self.cached(f"lower:{key}", compute)
+        result: torch.Tensor = self.cached(f"lower:{key}", compute)
+        return result
 
     def image_map_of(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C, h, w)`` feature map of ``batch[key]`` by the local image encoder."""
@@ -89,14 +91,18 @@ class BatchView:
         def compute() -> torch.Tensor:
             image = self.model.image
             if not self.locked_stages:
-                return image.forward_features(self.batch[key])
-            return image.forward_stages(self.image_lower(key), self.locked_stages, len(image.stage_modules()))
+                result: torch.Tensor = image.forward_features(self.batch[key])
+                return result
+            result = image.forward_stages(self.image_lower(key), self.locked_stages, len(image.stage_modules()))
+            return result
 
-        return self.cached(f"map:{key}", compute)
+        result: torch.Tensor = self.cached(f"map:{key}", compute)
+        return result
 
     def image_vector(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C)`` pooled features of ``batch[key]`` by the local image encoder."""
-        return self.cached(f"vector:{key}", lambda: self.model.image.pool(self.image_map_of(key)))
+        result: torch.Tensor = self.cached(f"vector:{key}", lambda: self.model.image.pool(self.image_map_of(key)))
+        return result
 
     def teacher_image_vector(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C)`` pooled features of ``batch[key]`` by the teacher's image encoder (no gradient)."""
@@ -107,9 +113,13 @@ class BatchView:
         def compute() -> torch.Tensor:
             with torch.no_grad():
                 stop = len(teacher.stage_modules())
-                return teacher.pool(teacher.forward_stages(self.image_lower(key), self.locked_stages, stop))
+                result: torch.Tensor = teacher.pool(
+                    teacher.forward_stages(self.image_lower(key), self.locked_stages, stop)
+                )
+                return result
 
-        return self.cached(f"teacher-vector:{key}", compute)
+        result: torch.Tensor = self.cached(f"teacher-vector:{key}", compute)
+        return result
 
     @property
     def image_map(self) -> torch.Tensor:
@@ -119,7 +129,8 @@ class BatchView:
     @cached_property
     def text_states(self) -> torch.Tensor:
         """``(B, L, D)`` token states of the clean reports."""
-        return self.model.text(self.batch["input_ids"], self.batch["attention_mask"])
+        result: torch.Tensor = self.model.text(self.batch["input_ids"], self.batch["attention_mask"])
+        return result
 
 
 class Objective(nn.Module):

@@ -173,7 +173,8 @@ class MultiScaleDecoder(nn.Module):
         d_up = self.up(f_up)
         d_mid = self.mid(d_up, f_mid, f_mid)
         d_down = self.down(d_mid, f_down, f_down)
-        return self.pixels(d_down)
+        result: torch.Tensor = self.pixels(d_down)
+        return result
 
 
 class UWOXMIMObjective(Objective):
@@ -234,7 +235,8 @@ class UWOXMatchingObjective(Objective):
                 "size?)"
             )
         text, image = model.pair_states(text, text_mask, image)
-        return self.classifier(comat_features(text, text_mask, image, self.max_len)).squeeze(-1)
+        result: torch.Tensor = self.classifier(comat_features(text, text_mask, image, self.max_len)).squeeze(-1)
+        return result
 
     def loss(self, view: BatchView) -> torch.Tensor:
         model: SharedTransformer = view.model

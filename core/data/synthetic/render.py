@@ -73,7 +73,8 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     pad = np.pad(img, ((radius, radius), (0, 0)), mode="edge")
     img = sum(w * pad[i : i + n] for i, w in enumerate(k))
     pad = np.pad(img, ((0, 0), (radius, radius)), mode="edge")
-    return sum(w * pad[:, i : i + n] for i, w in enumerate(k))
+    result: np.ndarray = sum(w * pad[:, i : i + n] for i, w in enumerate(k))
+    return result
 
 
 def _polyline_distance(x: np.ndarray, y: np.ndarray, points: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -112,7 +113,10 @@ def _lung(
     medial = a.mediastinum * (0.85 + 0.4 * t)
     top = a.apex + top_inset + 3.2 * (ad - d_apex) ** 2
     bottom = dome + 0.13 * ((ad - 0.45 * w) / (0.55 * w)) ** 2
-    return _ramp((lateral - ad) / e) * _ramp((ad - medial) / e) * _ramp((y - top) / e) * _ramp((bottom - y) / e)
+    result: np.ndarray = (
+        _ramp((lateral - ad) / e) * _ramp((ad - medial) / e) * _ramp((y - top) / e) * _ramp((bottom - y) / e)
+    )
+    return result
 
 
 def _rounded_box(
@@ -121,7 +125,10 @@ def _rounded_box(
     """Signed distance to a rounded rectangle (negative inside)."""
     qx = np.abs(x - cx) - half_w + radius
     qy = np.abs(y - cy) - half_h + radius
-    return np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2) + np.minimum(np.maximum(qx, qy), 0.0) - radius
+    result: np.ndarray = (
+        np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2) + np.minimum(np.maximum(qx, qy), 0.0) - radius
+    )
+    return result
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,8 @@ def _body(fr: _Frame, layers: _Layers) -> np.ndarray:
     thickness = np.clip(1.0 - (ad / chest) ** 4, 0.0, 1.0)  # thinner at the edges
     layers.body, layers.chest = body, chest
     layers.arm = arm
-    return body * (a.soft_tissue * (0.7 + 0.3 * thickness)) + arm * 0.32
+    result: np.ndarray = body * (a.soft_tissue * (0.7 + 0.3 * thickness)) + arm * 0.32
+    return result
 
 
 def _bones(fr: _Frame, layers: _Layers, draws: _Draws, dens: np.ndarray) -> np.ndarray:
@@ -420,7 +428,8 @@ def _acquire(dens: np.ndarray, fr: _Frame, draws: _Draws, acquisition: Acquisiti
     img = np.clip(img, 0.0, 1.0) ** np.float32(acquisition.gamma)
     img = _blur(img, acquisition.blur)
     img = img + draws.noise
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return result
 
 
 def render_image(

@@ -100,7 +100,8 @@ class WorldSpec:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict of all fields (nested acquisitions become dicts)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        result: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return result
 
 
 @dataclass(frozen=True)
