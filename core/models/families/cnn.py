@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import cast
 
-from torch import nn
-
 from ...config import OPT_IN_OBJECTIVES, ModelConfig, RunConfig
 from ...data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
 from ...objectives import (
