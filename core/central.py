@@ -41,6 +41,7 @@ from .checkpoint import load_latest, save_round
 from .config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from .data.datasets import SiteDataset
 from .data.manifest import ManifestRows, load_source_rows
+from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
 from .models import VLPModel, build_model, family_of
 from .train import LocalTrainer, SiteData, add_source, load_site_data, resolve_device
@@ -105,7 +106,7 @@ def pool_rows(parts: Sequence[tuple[str, ManifestRows]]) -> ManifestRows:
 
 def pooled_datasets(
     sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augment: bool = True
-) -> list[SiteDataset]:
+) -> list[SiteDataset | StudyDataset]:
     """The training datasets of :func:`pooled_data`."""
     return pooled_data(sites, run, max_len, augment).datasets
 

@@ -24,13 +24,17 @@ import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .checkpoint import RoundCheckpoint, load_latest, load_round
 from .config import ConfigError, RunConfig, list_site_files, resolve_path
+
+if TYPE_CHECKING:
+    from .models.protocol import VLPModel
+    from .models.text import TextEncoder
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -55,7 +59,7 @@ CARD_FILE = "README.md"
 _OWN_FILES = (IMAGE_FILE, IMAGE_PT_FILE, IMAGE_LOADER, TEXT_FOLDER, SHARED_FILE, META_FILE, CARD_FILE)
 
 # torchvision constructors whose layout a ResNetEncoder can have: (block, blocks per stage).
-_TORCHVISION_RESNETS = {
+_TORCHVISION_RESNETS: dict[tuple[str, tuple[int, ...]], str] = {
     ("basic", (2, 2, 2, 2)): "resnet18",
     ("basic", (3, 4, 6, 3)): "resnet34",
     ("bottleneck", (3, 4, 6, 3)): "resnet50",
@@ -337,7 +341,7 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
     meta: dict[str, Any] = {
         "image_size": image_size,
         "in_chans": 3,
-        "feature_dim": int(encoder.out_dim),
+        "feature_dim": int(getattr(encoder, "out_dim")),  # every image encoder has one; nn.Module does not say
         "input": "grey image in [0, 1] repeated to 3 channels, then (x - mean) / std per channel",
         "stem": "fedvlp's 1-channel stem weights repeated over 3 channels and divided by 3",
     }
@@ -423,7 +427,7 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
 
 
 # ------------------------------------------------------------------------------- text side
-def export_text_encoder(encoder: nn.Module, tokenizer: Any, out: Path) -> dict[str, Any]:
+def export_text_encoder(encoder: TextEncoder, tokenizer: Any, out: Path) -> dict[str, Any]:
     """Write the BERT text encoder and its tokenizer as a Hugging Face folder ``out/text_encoder``.
 
     ``AutoModel.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load it offline. The
@@ -475,7 +479,7 @@ def export_text_encoder(encoder: nn.Module, tokenizer: Any, out: Path) -> dict[s
     }
 
 
-def _shared_encoder_export(model: nn.Module, out: Path) -> dict[str, Any]:
+def _shared_encoder_export(model: VLPModel, out: Path) -> dict[str, Any]:
     """uwox/unit: the shared transformer with both embeddings as one plain state dict."""
     from safetensors.torch import save_file
 
@@ -716,7 +720,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = Fal
         meta["shared"] = _shared_encoder_export(model, out)
     else:
         meta["image"] = export_image_encoder(model.image_backbone(), out, run.image_size)
-        meta["text"] = export_text_encoder(model.text, load_run_tokenizer(run), out)
+        text: TextEncoder = getattr(model, "text")  # the cnn and vit families' BERT (not part of VLPModel)
+        meta["text"] = export_text_encoder(text, load_run_tokenizer(run), out)
     results = _find_sweep(run_folder)
     table = None
     if results is not None:

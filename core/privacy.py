@@ -43,6 +43,7 @@ from torch import nn
 from .checkpoint import atomic_write_bytes
 from .config import ConfigError, RunConfig, SiteConfig
 from .data.datasets import collate_samples
+from .models.protocol import VLPModel
 from .models.registry import family_of
 from .objectives import BatchView
 from .objectives.masked import MLMObjective
@@ -362,7 +363,7 @@ def clip_and_noise(
 
 
 # --------------------------------------------------------------------------- sample level
-def dp_modules(model: nn.Module, objectives: Iterable[Any]) -> dict[str, nn.Module]:
+def dp_modules(model: VLPModel, objectives: Iterable[Any]) -> dict[str, nn.Module]:
     """The modules whose parameters the objectives train: encoders and heads, by group name."""
     out: dict[str, nn.Module] = {}
     for objective in objectives:

@@ -126,7 +126,9 @@ def add_source(
     )
 
 
-def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
+def load_site_datasets(
+    site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True
+) -> list[SiteDataset | StudyDataset]:
     """The training datasets of :func:`load_site_data` (without the held-out pairs)."""
     return load_site_data(site, run, max_len, augment).datasets
 
@@ -213,7 +215,7 @@ class LocalTrainer:
             self.skipped.update(dataset.rows.skipped)
             self.problems.extend(dataset.rows.problems)
 
-    def _loader(self, dataset: SiteDataset, index: int) -> DataLoader[dict[str, Any]]:
+    def _loader(self, dataset: SiteDataset | StudyDataset, index: int) -> DataLoader[dict[str, Any]]:
         generator = torch.Generator().manual_seed(self.run.seed * 1000 + index)
         return DataLoader(
             dataset,
