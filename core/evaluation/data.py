@@ -181,7 +181,7 @@ def _unit_hash(key: str, salt: str = _HASH_SALT) -> float:
 
 
 def patient_split(
-    groups: Sequence[str],
+    groups: Sequence[str] | np.ndarray,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     names: Sequence[str] = SPLITS,
     salt: str = _HASH_SALT,
