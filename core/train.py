@@ -156,8 +156,7 @@ class _TagSource:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(samples)
         batch["source"] = self.index
-        result: dict[str, Any] = batch
-        return result
+        return batch
 
 
 class LocalTrainer:

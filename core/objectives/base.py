@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import nn
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from .teacher import GlobalTeacher
 
 __all__ = ["Objective", "BatchView", "IMAGE", "TEXT", "PAIR", "TWO_VIEWS"]
+
+T = TypeVar("T")
 
 IMAGE = "image"
 TEXT = "text"
@@ -38,11 +40,11 @@ class BatchView:
         self.teacher = teacher  # the round's global model, for self-distillation and anchors
         self._cache: dict[str, Any] = {}
 
-    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+    def cached(self, name: str, compute: Callable[[], T]) -> T:
         """``compute()`` once per batch under ``name``; later calls reuse the result."""
         if name not in self._cache:
             self._cache[name] = compute()
-        return self._cache[name]
+        return cast(T, self._cache[name])  # what compute() returned under this name
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -82,8 +84,7 @@ class BatchView:
                 result: torch.Tensor = self.model.image.forward_stages(self.batch[key], 0, self.locked_stages)
                 return result
 
-        result: torch.Tensor = self.cached(f"lower:{key}", compute)
-        return result
+        return self.cached(f"lower:{key}", compute)
 
     def image_map_of(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C, h, w)`` feature map of ``batch[key]`` by the local image encoder."""
@@ -96,8 +97,7 @@ class BatchView:
             result = image.forward_stages(self.image_lower(key), self.locked_stages, len(image.stage_modules()))
             return result
 
-        result: torch.Tensor = self.cached(f"map:{key}", compute)
-        return result
+        return self.cached(f"map:{key}", compute)
 
     def image_vector(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C)`` pooled features of ``batch[key]`` by the local image encoder."""
@@ -118,8 +118,7 @@ class BatchView:
                 )
                 return result
 
-        result: torch.Tensor = self.cached(f"teacher-vector:{key}", compute)
-        return result
+        return self.cached(f"teacher-vector:{key}", compute)
 
     @property
     def image_map(self) -> torch.Tensor:
