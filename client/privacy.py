@@ -153,7 +153,8 @@ class SitePrivacy:
         """A reply that trains nothing: no arrays, no counts, and a metric saying why."""
         spent, lifetime = self.spent(), self.lifetime_spent()
         log.warning(
-            "Site %s: another round would exceed the privacy budget (this run: spent %.3f of %g; lifetime: spent %.3f of %g, ledger %s); not contributing",
+            "Site %s: another round would exceed the privacy budget (this run: spent %.3f of %g; lifetime: spent "
+            "%.3f of %g, ledger %s); not contributing",
             self.site.name,
             spent,
             self.budget,

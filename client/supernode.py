@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if "-h" in args or "--help" in args:
         print(
-            f"--poll-interval SECONDS  pause between two idle pulls (default {POLL_INTERVAL}; Flower's is {IDLE_SLEEP_SECONDS:g})\n"
+            f"--poll-interval SECONDS  pause between two idle pulls (default {POLL_INTERVAL}; Flower's is "
+            f"{IDLE_SLEEP_SECONDS:g})\n"
         )
     poll_interval, rest = split_args(args)
     try:

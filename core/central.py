@@ -37,14 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .checkpoint import load_latest, save_round
 from .config import ConfigError, RunConfig, SiteConfig, list_site_files, load_site, resolve_path
 from .data.datasets import SiteDataset
 from .data.manifest import ManifestRows, load_source_rows
+from .data.studies import StudyDataset
 from .data.tokenizer import load_run_tokenizer
-from .models import build_model, family_of
+from .models import VLPModel, build_model, family_of
 from .train import LocalTrainer, SiteData, add_source, load_site_data, resolve_device
 
 __all__ = [
@@ -90,15 +89,16 @@ def pool_rows(parts: Sequence[tuple[str, ManifestRows]]) -> ManifestRows:
     if len(keys) != 1:
         raise ValueError(f"sources of different kinds cannot be pooled: {sorted(keys)}")
     first = parts[0][1]
-    pooled = ManifestRows(
-        first.source, [], [] if first.images is not None else None, [] if first.reports is not None else None
-    )
+    ids: list[str] = []
+    images: list[Path] | None = [] if first.images is not None else None
+    reports: list[str] | None = [] if first.reports is not None else None
+    pooled = ManifestRows(first.source, ids, images, reports)
     for site, rows in parts:
-        pooled.ids.extend(f"{site}/{i}" for i in rows.ids)
-        if pooled.images is not None:
-            pooled.images.extend(rows.images or [])
-        if pooled.reports is not None:
-            pooled.reports.extend(rows.reports or [])
+        ids.extend(f"{site}/{i}" for i in rows.ids)
+        if images is not None:
+            images.extend(rows.images or [])
+        if reports is not None:
+            reports.extend(rows.reports or [])
         pooled.skipped.update(rows.skipped)
         pooled.problems.extend(rows.problems)
     return pooled
@@ -106,7 +106,7 @@ def pool_rows(parts: Sequence[tuple[str, ManifestRows]]) -> ManifestRows:
 
 def pooled_datasets(
     sites: Sequence[SiteConfig], run: RunConfig, max_len: int, augment: bool = True
-) -> list[SiteDataset]:
+) -> list[SiteDataset | StudyDataset]:
     """The training datasets of :func:`pooled_data`."""
     return pooled_data(sites, run, max_len, augment).datasets
 
@@ -149,7 +149,7 @@ def steps_per_round(run: RunConfig, sites: Sequence[SiteConfig], pooled_groups: 
 
 
 def _run_rounds(
-    model: torch.nn.Module,
+    model: VLPModel,
     trainer: LocalTrainer,
     run: RunConfig,
     out_dir: Path,

@@ -229,7 +229,8 @@ def _read_tensors(path: Path, digest: str | None) -> dict[str, torch.Tensor]:
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
         raise CheckpointError(
             str(path),
-            f"SHA-256 differs from the one recorded in its round JSON ({len(data)} bytes; truncated or changed after writing)",
+            f"SHA-256 differs from the one recorded in its round JSON ({len(data)} bytes; truncated or changed "
+            "after writing)",
         )
     try:
         tensors = load_bytes(data)

@@ -497,7 +497,8 @@ class RunConfig:
                     raise ConfigError(
                         origin,
                         key,
-                        "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is not supported with it)",
+                        "'none' with secure-aggregation (SecAgg+ sends its own fixed-point encoding; compression is "
+                        "not supported with it)",
                         value,
                     )
 
@@ -810,7 +811,7 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     if not isinstance(device, str):
         raise ConfigError(origin, "device", "a string such as 'auto', 'cpu' or 'cuda:0'", device)
     privacy = _load_privacy(origin, raw.get("privacy"), path.parent)
-    run_file_roots = None
+    run_file_roots: tuple[Path, ...] | None = None
     if "run_file_roots" in raw:
         value = raw["run_file_roots"]
         if value is None or value == []:

@@ -390,7 +390,8 @@ def train_distributed(
         raise ConfigError(
             str(site.path),
             key,
-            f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / processes)",
+            f"a number of processes that divides batch-size {run.batch_size} (each process trains batch-size / "
+            "processes)",
             world,
         )
     if run.persistent_optimizer:
@@ -405,7 +406,7 @@ def train_distributed(
             "prox-mu",
             f"0 for site {site.name}, which trains in {world} processes (the proximal term is not in DDP's forward)",
         )
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import spawn
 
     with tempfile.TemporaryDirectory(prefix="fedvlp-ddp-") as folder:
         torch.save(
@@ -419,7 +420,7 @@ def train_distributed(
             Path(folder) / "input.pt",
         )
         names = [str(d) for d in devices]
-        mp.spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed), nprocs=world, join=True)
+        spawn(_worker, args=(names, free_port(), site, run, folder, steps, seed), nprocs=world, join=True)
         out = torch.load(Path(folder) / "output.pt", weights_only=False)
     return DistributedOutcome(
         out["state"], out["result"], out["trained_sources"], out["unusable"], out["skipped_ids"], out["problems"]

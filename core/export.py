@@ -24,13 +24,17 @@ import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .checkpoint import RoundCheckpoint, load_latest, load_round
 from .config import ConfigError, RunConfig, list_site_files, resolve_path
+
+if TYPE_CHECKING:
+    from .models.protocol import VLPModel
+    from .models.text import TextEncoder
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -55,7 +59,7 @@ CARD_FILE = "README.md"
 _OWN_FILES = (IMAGE_FILE, IMAGE_PT_FILE, IMAGE_LOADER, TEXT_FOLDER, SHARED_FILE, META_FILE, CARD_FILE)
 
 # torchvision constructors whose layout a ResNetEncoder can have: (block, blocks per stage).
-_TORCHVISION_RESNETS = {
+_TORCHVISION_RESNETS: dict[tuple[str, tuple[int, ...]], str] = {
     ("basic", (2, 2, 2, 2)): "resnet18",
     ("basic", (3, 4, 6, 3)): "resnet34",
     ("bottleneck", (3, 4, 6, 3)): "resnet50",
@@ -248,7 +252,9 @@ class ResNetTrunk(nn.Module):
                 planes_out = width * block.expansion
                 downsample = None
                 if b == 0 and (stride != 1 or planes_in != planes_out):
-                    downsample = nn.Sequential(nn.Conv2d(planes_in, planes_out, 1, stride=stride, bias=False), norm_layer(planes_out))
+                    downsample = nn.Sequential(
+                        nn.Conv2d(planes_in, planes_out, 1, stride=stride, bias=False), norm_layer(planes_out)
+                    )
                 blocks.append(block(planes_in, width, stride, downsample, norm_layer=norm_layer))
                 planes_in = planes_out
             setattr(self, f"layer{{index + 1}}", nn.Sequential(*blocks))
@@ -301,7 +307,8 @@ def load() -> nn.Module:
     import timm.models.vision_transformer as vit
 
     model = vit.VisionTransformer(img_size={size}, patch_size={patch}, in_chans=3, num_classes=0, embed_dim={dim},
-                                  depth={depth}, num_heads={heads}, mlp_ratio={mlp_ratio}, qkv_bias=True, global_pool="token")
+                                  depth={depth}, num_heads={heads}, mlp_ratio={mlp_ratio}, qkv_bias=True,
+                                  global_pool="token")
     model.load_state_dict(_state(), strict=True)
     return model.eval()
 '''
@@ -334,7 +341,7 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
     meta: dict[str, Any] = {
         "image_size": image_size,
         "in_chans": 3,
-        "feature_dim": int(encoder.out_dim),
+        "feature_dim": int(getattr(encoder, "out_dim")),  # every image encoder has one; nn.Module does not say
         "input": "grey image in [0, 1] repeated to 3 channels, then (x - mean) / std per channel",
         "stem": "fedvlp's 1-channel stem weights repeated over 3 channels and divided by 3",
     }
@@ -365,9 +372,9 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
         )
         if arch is None:
             meta["note"] = (
-                f"no torchvision constructor has widths {tuple(encoder.config.widths)} and depths {tuple(encoder.config.layers)} "
-                f"(torchvision fixes 64-128-256-512); the keys are torchvision's ResNet names, and {IMAGE_LOADER} builds the "
-                "trunk from torchvision's own blocks"
+                f"no torchvision constructor has widths {tuple(encoder.config.widths)} and depths "
+                f"{tuple(encoder.config.layers)} (torchvision fixes 64-128-256-512); the keys are torchvision's "
+                f"ResNet names, and {IMAGE_LOADER} builds the trunk from torchvision's own blocks"
             )
         if encoder.norm == "group":
             meta["norm_note"] = (
@@ -420,7 +427,7 @@ def export_image_encoder(encoder: nn.Module, out: Path, image_size: int) -> dict
 
 
 # ------------------------------------------------------------------------------- text side
-def export_text_encoder(encoder: nn.Module, tokenizer: Any, out: Path) -> dict[str, Any]:
+def export_text_encoder(encoder: TextEncoder, tokenizer: Any, out: Path) -> dict[str, Any]:
     """Write the BERT text encoder and its tokenizer as a Hugging Face folder ``out/text_encoder``.
 
     ``AutoModel.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load it offline. The
@@ -472,7 +479,7 @@ def export_text_encoder(encoder: nn.Module, tokenizer: Any, out: Path) -> dict[s
     }
 
 
-def _shared_encoder_export(model: nn.Module, out: Path) -> dict[str, Any]:
+def _shared_encoder_export(model: VLPModel, out: Path) -> dict[str, Any]:
     """uwox/unit: the shared transformer with both embeddings as one plain state dict."""
     from safetensors.torch import save_file
 
@@ -544,15 +551,16 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
     lines = [
         f"# fedvlp {run['recipe']} encoders ({run['model-size']}, round {meta['source']['round']})",
         "",
-        f"Exported by `fedvlp export` from `{meta['source']['checkpoint']}` (config hash `{meta['source']['config_hash']}`) "
-        f"on {meta['exported_at']}. Machine-readable: `{META_FILE}`.",
+        f"Exported by `fedvlp export` from `{meta['source']['checkpoint']}` (config hash "
+        f"`{meta['source']['config_hash']}`) on {meta['exported_at']}. Machine-readable: `{META_FILE}`.",
         "",
         "## Training",
         "",
-        f"- {meta['training']['mode']} pretraining: recipe `{run['recipe']}`, model size `{run['model-size']}`, image size "
-        f"{run['image-size']} px, {meta['rounds']} completed round(s) of {meta['training']['steps_per_round']} "
-        f"{meta['training']['steps_unit']}",
-        f"- sites: {', '.join(meta['sites']['files']) or '(site files not found)'} (folder `{meta['sites']['folder']}`)",
+        f"- {meta['training']['mode']} pretraining: recipe `{run['recipe']}`, model size `{run['model-size']}`, "
+        f"image size {run['image-size']} px, {meta['rounds']} completed round(s) of "
+        f"{meta['training']['steps_per_round']} {meta['training']['steps_unit']}",
+        f"- sites: {', '.join(meta['sites']['files']) or '(site files not found)'} (folder "
+        f"`{meta['sites']['folder']}`)",
     ]
     if meta["sites"]["replied"]:
         lines.append(
@@ -585,7 +593,8 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
             f"spec = importlib.util.spec_from_file_location('loader', 'DIR/{IMAGE_LOADER}')",
             "loader = importlib.util.module_from_spec(spec); spec.loader.exec_module(loader)",
             "model = loader.load()  # eval mode",
-            f"features = model(loader.preprocess(grey))  # grey: (B, 1, {image['image_size']}, {image['image_size']}) in [0, 1]",
+            f"features = model(loader.preprocess(grey))  # grey: (B, 1, {image['image_size']}, "
+            f"{image['image_size']}) in [0, 1]",
             "```",
         ]
     shared = meta.get("shared")
@@ -604,15 +613,16 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
             f"`{TEXT_FOLDER}/`: a Hugging Face {text['model_type']} ({text['layers']} layers, {text['hidden']} hidden, "
             f"vocabulary {text['vocab_size']}) with its tokenizer (lower-casing: {text['lowercase']}).",
             "",
-            f"- at most {text['max_length']} tokens (the position table is cut to the run's text length): tokenize with "
-            "`truncation=True`",
+            f"- at most {text['max_length']} tokens (the position table is cut to the run's text length): tokenize "
+            "with `truncation=True`",
             f"- features: {text['features']}",
             "",
             "```python",
             "from transformers import AutoModel, AutoTokenizer",
             f"tokenizer = AutoTokenizer.from_pretrained('DIR/{TEXT_FOLDER}')",
             f"model = AutoModel.from_pretrained('DIR/{TEXT_FOLDER}', add_pooling_layer=False)",
-            "batch = tokenizer(['no acute cardiopulmonary process'], return_tensors='pt', padding=True, truncation=True)",
+            "batch = tokenizer(['no acute cardiopulmonary process'], return_tensors='pt', padding=True, "
+            "truncation=True)",
             "states = model(**batch).last_hidden_state",
             "```",
         ]
@@ -624,7 +634,8 @@ def _card(meta: dict[str, Any], sweep_table: str | None) -> str:
     lines += ["", "## Label-efficiency sweep", ""]
     if sweep_table is not None:
         lines += [
-            f"From `{meta['sweep']['results']}` (mean test AUC; full report: `{meta['sweep']['report'] or 'not found'}`):",
+            f"From `{meta['sweep']['results']}` (mean test AUC; full report: "
+            f"`{meta['sweep']['report'] or 'not found'}`):",
             "",
             "```",
             sweep_table,
@@ -709,7 +720,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = Fal
         meta["shared"] = _shared_encoder_export(model, out)
     else:
         meta["image"] = export_image_encoder(model.image_backbone(), out, run.image_size)
-        meta["text"] = export_text_encoder(model.text, load_run_tokenizer(run), out)
+        text: TextEncoder = getattr(model, "text")  # the cnn and vit families' BERT (not part of VLPModel)
+        meta["text"] = export_text_encoder(text, load_run_tokenizer(run), out)
     results = _find_sweep(run_folder)
     table = None
     if results is not None:

@@ -26,11 +26,11 @@ import re
 import secrets
 import time
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from opacus import GradSampleModule
@@ -43,6 +43,7 @@ from torch import nn
 from .checkpoint import atomic_write_bytes
 from .config import ConfigError, RunConfig, SiteConfig
 from .data.datasets import collate_samples
+from .models.protocol import VLPModel
 from .models.registry import family_of
 from .objectives import BatchView
 from .objectives.masked import MLMObjective
@@ -88,7 +89,8 @@ class DPPlan:
 
 
 def _active(trainer: LocalTrainer) -> tuple[list[int], list[str]]:
-    sources, names = [], []
+    sources: list[int] = []
+    names: list[str] = []
     for index, dataset in enumerate(trainer.datasets):
         objectives = trainer.objectives_for(dataset.modalities)
         if objectives:
@@ -322,7 +324,8 @@ def clip_update(
     """
     keys = [k for k, v in local_state.items() if v.is_floating_point()]
     update = {k: local_state[k].detach().double().cpu() - global_state[k].detach().double().cpu() for k in keys}
-    norm = float(torch.sqrt(sum((u * u).sum() for u in update.values()))) if update else 0.0
+    # a tensor: update is not empty where the sum is taken (typeshed's sum admits its int start)
+    norm = float(torch.sqrt(cast(torch.Tensor, sum((u * u).sum() for u in update.values())))) if update else 0.0
     scale = min(1.0, clip / norm) if norm > 0 else 1.0
     return {k: u * scale for k, u in update.items()}, norm
 
@@ -360,7 +363,7 @@ def clip_and_noise(
 
 
 # --------------------------------------------------------------------------- sample level
-def dp_modules(model: nn.Module, objectives: Iterable[Any]) -> dict[str, nn.Module]:
+def dp_modules(model: VLPModel, objectives: Iterable[Any]) -> dict[str, nn.Module]:
     """The modules whose parameters the objectives train: encoders and heads, by group name."""
     out: dict[str, nn.Module] = {}
     for objective in objectives:
@@ -440,7 +443,7 @@ class DPSGDTrainer:
             )
             batches[index] = self._batches(index, steps)
         touched = {n for n, p in named if any(p is q for o in optimizers.values() for q in o.params)}
-        totals: Counter[str] = Counter()
+        totals: defaultdict[str, float] = defaultdict(float)
         seen: Counter[str] = Counter()
         started = time.perf_counter()
         for _ in range(steps):

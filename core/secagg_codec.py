@@ -92,7 +92,8 @@ def checked_counts(
         count = counts.get(group)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(
-                f"group '{group}': count {count!r} is not an integer >= 1; SecAgg+ needs a positive weight per sent group"
+                f"group '{group}': count {count!r} is not an integer >= 1; SecAgg+ needs a positive weight per sent "
+                "group"
             )
         weight = count / max_weight
         if weight > clipping_range:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,7 @@ class LocalResult:
 class SiteData:
     """A site's training datasets (one per source) and its held-out pairs (alignment metrics)."""
 
-    datasets: list[SiteDataset]
+    datasets: list[SiteDataset | StudyDataset]
     holdout: list[SiteDataset] = field(default_factory=list)
 
 
@@ -126,12 +126,14 @@ def add_source(
     )
 
 
-def load_site_datasets(site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True) -> list[SiteDataset]:
+def load_site_datasets(
+    site: SiteConfig, run: RunConfig, max_len: int, augment: bool = True
+) -> list[SiteDataset | StudyDataset]:
     """The training datasets of :func:`load_site_data` (without the held-out pairs)."""
     return load_site_data(site, run, max_len, augment).datasets
 
 
-def tally_losses(totals: Counter[str], seen: Counter[str], terms: Sequence[tuple[str, float]]) -> None:
+def tally_losses(totals: dict[str, float], seen: Counter[str], terms: Sequence[tuple[str, float]]) -> None:
     """Add a step's ``(name, loss value)`` terms to the running sums and counts of a round's mean losses."""
     for name, value in terms:
         totals[name] += value
@@ -146,7 +148,9 @@ class _TagSource:
     """
 
     def __init__(self, collate: Any, index: int):
-        self.collate = collate.collate if isinstance(collate, _TagSource) else collate
+        self.collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = (
+            collate.collate if isinstance(collate, _TagSource) else collate
+        )
         self.index = index
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,7 +181,7 @@ class LocalTrainer:
     def __init__(
         self,
         model: VLPModel,
-        datasets: Sequence[SiteDataset] | SiteData,
+        datasets: Sequence[SiteDataset | StudyDataset] | SiteData,
         run: RunConfig,
         device: torch.device,
         num_workers: int | None = 0,
@@ -195,7 +199,8 @@ class LocalTrainer:
         self._teacher: GlobalTeacher | None = None
         self._iterators: list[Iterator[dict[str, Any]] | None] = [None] * len(self.datasets)
         for index, dataset in enumerate(self.datasets):
-            dataset.collate_fn = _TagSource(getattr(dataset, "collate_fn", collate_samples), index)  # type: ignore[union-attr]
+            # an instance attribute the data loader reads (SiteDataset has none of its own)
+            setattr(dataset, "collate_fn", _TagSource(getattr(dataset, "collate_fn", collate_samples), index))
         # Samples of each source found unusable (image rejected in a worker): they never train,
         # so they leave the counts sent to the server.
         self._unusable: list[set[str]] = [set() for _ in self.datasets]
@@ -209,7 +214,7 @@ class LocalTrainer:
             self.skipped.update(dataset.rows.skipped)
             self.problems.extend(dataset.rows.problems)
 
-    def _loader(self, dataset: SiteDataset, index: int) -> DataLoader[dict[str, Any]]:
+    def _loader(self, dataset: SiteDataset | StudyDataset, index: int) -> DataLoader[dict[str, Any]]:
         generator = torch.Generator().manual_seed(self.run.seed * 1000 + index)
         return DataLoader(
             dataset,
@@ -354,7 +359,7 @@ class LocalTrainer:
         sources: set[int] = set()
         use_amp = self.device.type == "cuda" if amp is None else amp
         for index, batch in batches:
-            view = BatchView(model, batch, teacher)  # type: ignore[arg-type]
+            view = BatchView(model, batch, teacher)
             losses: list[tuple[str, float, torch.Tensor]] = []
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 for objective in self.objectives_for(view.modalities):
@@ -402,8 +407,9 @@ class LocalTrainer:
         Returns
         -------
         LocalResult
-            Per-group counts of the samples that trained (:meth:`group_counts`) and mean losses (``loss/<objective>``, ``loss/total``, and
-            ``loss/anchor`` / ``loss/prox`` when on), alignment on held-out pairs (``align/...``).
+            Per-group counts of the samples that trained (:meth:`group_counts`) and mean losses
+            (``loss/<objective>``, ``loss/total``, and ``loss/anchor`` / ``loss/prox`` when on),
+            alignment on held-out pairs (``align/...``).
         """
         # Everything random in a round derives from ``seed``, so a restarted process repeats
         # a round bit for bit: the global RNG (masks, dropout, augmentation) and the shuffles.
@@ -419,7 +425,7 @@ class LocalTrainer:
         optimizer = self._round_optimizer()
         teacher = self._round_teacher()
         reference = {n: p.detach().clone() for n, p in named} if self.run.prox_mu > 0 else {}
-        totals: Counter[str] = Counter()
+        totals: defaultdict[str, float] = defaultdict(float)
         seen: Counter[str] = Counter()
         trained_sources: set[int] = set()
         started = time.perf_counter()

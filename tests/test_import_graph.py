@@ -186,7 +186,10 @@ def test_no_import_cycles() -> None:
 @pytest.mark.parametrize(("importer", "imported", "why"), FORBIDDEN)
 def test_layer_arrows(importer: str, imported: str, why: str) -> None:
     _, imports = import_graph()
-    within = lambda name, prefix: name == prefix or name.startswith(prefix + ".")
+
+    def within(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     wrong = sorted(
         f"{module} imports {target}"
         for module, targets in imports.items()

@@ -73,7 +73,7 @@ class SiteDataset(Dataset[dict[str, Any]]):
         profile: str = "light",
         text_view: str = "full",
         views: int = 1,
-        indices: Sequence[int] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
     ):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")

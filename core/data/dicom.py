@@ -209,7 +209,8 @@ def header_refusal(ds: Dataset) -> tuple[str, str] | None:
     if photometric not in MONOCHROME or samples != 1:
         return (
             "dicom_color",
-            f"PhotometricInterpretation {photometric or '(none)'} with {samples} samples per pixel; expected MONOCHROME1/2 grey",
+            f"PhotometricInterpretation {photometric or '(none)'} with {samples} samples per pixel; expected "
+            "MONOCHROME1/2 grey",
         )
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         return "dicom_burned_in", "BurnedInAnnotation is YES: the pixels may show identifying text"

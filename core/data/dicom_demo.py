@@ -33,12 +33,12 @@ def _uid(kind: str, key: str) -> str:
 
 def _write_one(path: Path, pixels: np.ndarray, image_id: str, patient_id: str) -> Path:
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = _uid("image", image_id)
+    meta.MediaStorageSOPClassUID = UID(DX_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = UID(_uid("image", image_id))
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = DX_SOP_CLASS, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = _uid("study", image_id), _uid("series", image_id)

@@ -98,7 +98,8 @@ def value_window(values: np.ndarray, center: float, width: float, function: str 
         or width == 0.0
     ):
         raise ValueError(
-            f"window width {width} (center {center}): expected {'>= 1' if function == 'LINEAR' else '> 0'} for {function}"
+            f"window width {width} (center {center}): expected {'>= 1' if function == 'LINEAR' else '> 0'} for "
+            f"{function}"
         )
     # float32 and in place: a radiograph has millions of pixels, and 8 bits are the output
     out = np.array(values, dtype=np.float32)

@@ -241,7 +241,8 @@ def _to_gray(path: Path, img: Image.Image, policy: ImagePolicy, draft_size: int 
         raise ImageDecodeError(
             path,
             "image_rgb",
-            f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to convert it",
+            f"colour image (mode {mode}, channels differ by up to {spread}); add rgb to the source's accept list to "
+            "convert it",
         )
     return rgb.getchannel("R")  # grey saved as colour: any channel is the image
 

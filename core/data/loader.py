@@ -98,7 +98,8 @@ def site_rows(site: SiteConfig) -> list[ManifestRows]:
         raise ConfigError(
             str(site.path),
             "sources",
-            f"at least one manifest row that can train (all rows were skipped: {_counts(carried) or 'the manifests are empty'}, {total} in all)",
+            "at least one manifest row that can train (all rows were skipped: "
+            f"{_counts(carried) or 'the manifests are empty'}, {total} in all)",
         )
     kept[0].skipped.update(carried)
     kept[0].problems.extend(carried_problems)

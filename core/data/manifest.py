@@ -364,7 +364,10 @@ def _csv_records(
                     yield fields, ""
                     continue
                 if swallowed is not None:
-                    problem = f"csv_quote (line {lines.taken[0][0]}: a quote left open swallows line {swallowed}, which reads as a row of its own)"
+                    problem = (
+                        f"csv_quote (line {lines.taken[0][0]}: a quote left open swallows line {swallowed}, which "
+                        "reads as a row of its own)"
+                    )
                 else:
                     span = (
                         f"lines {lines.taken[0][0]}-{lines.taken[-1][0]}"
@@ -628,7 +631,8 @@ def load_source_rows(source: SourceConfig, chunk_rows: int = CHUNK_ROWS) -> Mani
                     "image_outside_roots",
                     np.array(
                         [
-                            f" (image {_printable(str(v))!r} is outside {[str(r) for r in roots]}; list other folders in the site file's image_roots)"
+                            f" (image {_printable(str(v))!r} is outside {[str(r) for r in roots]}; list other "
+                            "folders in the site file's image_roots)"
                             for v in stripped[source.image_column]
                         ],
                         dtype=object,

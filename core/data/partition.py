@@ -282,7 +282,10 @@ def partition_manifest(manifest: str | Path, out: str | Path, spec: PartitionSpe
         if kind != "images":
             source["report_column"] = spec.report_column
         site_file = out / f"{name}.yaml"
-        description = f"partition {site} of {spec.sites} of {manifest} ({kind}; Dirichlet alpha {spec.alpha} over '{spec.by}', seed {spec.seed})"
+        description = (
+            f"partition {site} of {spec.sites} of {manifest} ({kind}; Dirichlet alpha {spec.alpha} over '{spec.by}', "
+            f"seed {spec.seed})"
+        )
         site_yaml: dict[str, object] = {"name": name, "description": description, "sources": [source]}
         if kind != "reports":  # the images stay where they are; the site file lets them be read there
             site_yaml["image_roots"] = roots

@@ -43,7 +43,10 @@ _SECTION_HEADERS = (
 )
 # MIMIC-CXR headers that end the section before them but are not one of SECTIONS; matched in
 # upper case only, as MIMIC writes them, so that "technique:" inside a sentence is left alone.
-_OTHER_HEADERS = r"EXAMINATION|EXAM|TECHNIQUE|WET READ|NOTIFICATIONS?|RECOMMENDATIONS?(?:\s*\(S\))?|ADDENDUM|PROCEDURE|TYPE OF EXAMINATION"
+_OTHER_HEADERS = (
+    r"EXAMINATION|EXAM|TECHNIQUE|WET READ|NOTIFICATIONS?|RECOMMENDATIONS?(?:\s*\(S\))?|ADDENDUM|PROCEDURE"
+    r"|TYPE OF EXAMINATION"
+)
 _HEADER = re.compile(rf"\b(?:(?i:(?P<section>{_SECTION_HEADERS}))|(?P<other>{_OTHER_HEADERS}))\s*:")
 _ALIASES = {
     "indications": "indication",

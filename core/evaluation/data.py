@@ -110,7 +110,8 @@ class LabeledSet:
         n = self.images.shape[0]
         if self.images.ndim != 4 or self.labels.ndim != 2:
             raise ValueError(
-                f"images must be (N, 1, S, S) and labels (N, C), got {tuple(self.images.shape)} and {tuple(self.labels.shape)}"
+                f"images must be (N, 1, S, S) and labels (N, C), got {tuple(self.images.shape)} and "
+                f"{tuple(self.labels.shape)}"
             )
         if not (self.labels.shape[0] == len(self.ids) == len(self.patient_ids) == len(self.split) == n):
             raise ValueError("images, labels, ids, patient_ids and split must have the same length")
@@ -167,7 +168,10 @@ class LabeledSet:
                 parts_pos[-1] += f" ({int((~known).sum())} unknown)"
         pos = ", ".join(parts_pos)
         skipped = ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v) or "none"
-        return f"{len(self)} images ({' '.join(parts)}, split from {self.split_source}); positives {pos}; skipped {skipped}"
+        return (
+            f"{len(self)} images ({' '.join(parts)}, split from {self.split_source}); positives {pos}; skipped "
+            f"{skipped}"
+        )
 
 
 def _unit_hash(key: str, salt: str = _HASH_SALT) -> float:
@@ -177,7 +181,7 @@ def _unit_hash(key: str, salt: str = _HASH_SALT) -> float:
 
 
 def patient_split(
-    groups: Sequence[str],
+    groups: Sequence[str] | np.ndarray,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     names: Sequence[str] = SPLITS,
     salt: str = _HASH_SALT,

@@ -171,7 +171,7 @@ def save_grid(
     grid = torch.cat(rows, dim=0).numpy()
     image = Image.fromarray((grid * 255).round().astype(np.uint8), mode="L")
     if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

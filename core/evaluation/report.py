@@ -338,8 +338,9 @@ def markdown_report(df: pd.DataFrame, title: str) -> str:
     When the data allow it, also: mean average precision (metric ``"ap"``), Welch t-tests of
     the best init against the others (:func:`t_tests`; shown when some p-value is defined,
     i.e. two inits with >= 2 seeds) and label efficiency against init ``"random"``
-    (:func:`label_efficiency`; shown when ``random`` has a 100% result). Cells read ``mean +- std`` over seeds with three decimals (``0.812 +- 0.013``); a single
-    seed shows the mean only, a missing AUC ``n/a``.
+    (:func:`label_efficiency`; shown when ``random`` has a 100% result). Cells read
+    ``mean +- std`` over seeds with three decimals (``0.812 +- 0.013``); a single seed shows
+    the mean only, a missing AUC ``n/a``.
     """
     summary = summarise(df)
     lines = [f"# {title}", ""]

@@ -169,7 +169,10 @@ def embed_images(model: VLPModel, images: torch.Tensor, batch_size: int = 256, d
 
 @torch.no_grad()
 def embed_texts(model: VLPModel, tokenizer: Any, texts: Sequence[str], device: str = "cpu") -> torch.Tensor:
-    """L2-normalised ``(M, D)`` text embeddings (the text encoder, pooled as the head pools, the head's text projection)."""
+    """L2-normalised ``(M, D)`` text embeddings.
+
+    The text encoder's output, pooled as the head pools, through the head's text projection.
+    """
     _check(model)
     model.eval().to(device)
     encoded = tokenizer(list(texts), truncation=True, max_length=model.max_text_len, padding=True, return_tensors="pt")

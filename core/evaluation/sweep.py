@@ -6,8 +6,8 @@ rewritten from them; cells already there (or in ``results.csv``) are not run aga
 interrupted sweep continues where it stopped and a sweep can be extended with more seeds,
 fractions, protocols or inits. ``jobs > 1`` runs cells in that many worker processes; every
 cell derives all randomness from its own seed and runs on ``num_threads`` threads, so the
-results do not depend on ``jobs`` or on the order cells finish in. ``sweep_meta.json`` records what the results depend on
-(training knobs, encoder architecture, data, init weights) and a mismatch is refused.
+results do not depend on ``jobs`` or on the order cells finish in. ``sweep_meta.json``
+records what the results depend on (training knobs, encoder architecture, data, init weights) and a mismatch is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Union, cast
 
 import numpy as np
 import pandas as pd
@@ -30,11 +30,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_bytes
-from ..models.stages import UpperStages, is_staged, lock_stages, num_stages
+from ..models.stages import StagedEncoder, UpperStages, lock_stages, num_stages
 from .data import LabeledSet, sample_fraction
 from .encoders import EncoderSource, Init, build_encoder, describe_encoder, state_hash
-from .finetune import PRECISIONS, FinetuneConfig, finetune
-from .probe import DEFAULT_WEIGHT_DECAYS, extract_features, linear_probe
+from .finetune import PRECISIONS, FinetuneConfig, FinetuneResult, finetune
+from .probe import DEFAULT_WEIGHT_DECAYS, ProbeResult, extract_features, linear_probe
 from .report import write_outputs
 from .tasks import task_metrics
 
@@ -265,7 +265,7 @@ class _Context:
         trainable = self.config.ft_trainable_stages
         if not trainable:
             return encoder, images, False
-        if not is_staged(encoder):
+        if not isinstance(encoder, StagedEncoder):
             log.warning("init %s: %s has no stages; fine-tuning the whole encoder", init, type(encoder).__name__)
             return encoder, images, False
         start = max(0, num_stages(encoder) - trainable)
@@ -288,6 +288,7 @@ def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: in
     labeled, config = ctx.labeled_for(init), ctx.config
     train_split, val_idx, test_idx = (labeled.indices(s) for s in ("train", "val", "test"))
     train_idx = sample_fraction(train_split, labeled.labels, fraction, seed, labeled.tasks)
+    result: ProbeResult | FinetuneResult
     if protocol == "linear":
         features = ctx.probe_features(init, seed)
         result = linear_probe(
@@ -305,7 +306,7 @@ def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: in
         module, inputs, cached = ctx.finetune_inputs(init, seed)
         result = finetune(
             module,
-            module.out_dim,
+            cast(int, module.out_dim),  # every image encoder and UpperStages has an int out_dim
             inputs,
             labeled.labels,
             train_idx,

@@ -53,4 +53,5 @@ class SAM(nn.Module):
         )
         out = self.out(out.transpose(1, 2).reshape(batch, q_len, dim))
         x = self.attn_norm(query + self.dropout(out))
-        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+        result: torch.Tensor = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        return result

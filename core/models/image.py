@@ -31,7 +31,7 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
-class _BasicBlock(BasicBlock):
+class _BasicBlock(BasicBlock):  # type: ignore[misc]  # torchvision ships no type information
     """torchvision's BasicBlock without in-place operations."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -42,10 +42,11 @@ class _BasicBlock(BasicBlock):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        result: torch.Tensor = self.relu(out + identity)
+        return result
 
 
-class _Bottleneck(Bottleneck):
+class _Bottleneck(Bottleneck):  # type: ignore[misc]  # torchvision ships no type information
     """torchvision's Bottleneck without in-place operations."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -57,7 +58,8 @@ class _Bottleneck(Bottleneck):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        result: torch.Tensor = self.relu(out + identity)
+        return result
 
 
 class ResNetEncoder(nn.Module):
@@ -78,8 +80,13 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, config: ImageEncoderConfig, norm: str = "batch") -> None:
         super().__init__()
-        block = {"basic": _BasicBlock, "bottleneck": _Bottleneck}[config.block]
-        norm_layer: Callable[[int], nn.Module] = {"batch": nn.BatchNorm2d, "group": group_norm}[norm]
+        block_types: dict[str, type[_BasicBlock] | type[_Bottleneck]] = {
+            "basic": _BasicBlock,
+            "bottleneck": _Bottleneck,
+        }
+        block = block_types[config.block]
+        norm_layers: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "group": group_norm}
+        norm_layer = norm_layers[norm]
         self.norm = norm
         stem_width = config.widths[0]
         self.config = config
@@ -89,11 +96,11 @@ class ResNetEncoder(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
-        stages = []
+        stages: list[nn.Module] = []
         in_planes = stem_width
         for index, (depth, width) in enumerate(zip(config.layers, config.widths)):
             stride = 1 if index == 0 else 2
-            blocks = []
+            blocks: list[nn.Module] = []
             for b in range(depth):
                 downsample = None
                 out_planes = width * block.expansion

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig, RunConfig
 from ..data.tokenizer import load_run_tokenizer
-from ..objectives import ContrastiveObjective, MatchingObjective, Objective, patch_mask
-from .stages import lock_stages, locked_modules
+from ..objectives import ContrastiveObjective, MatchingObjective, MIMObjective, Objective, patch_mask
+from .stages import FeatureMapEncoder, lock_stages, locked_modules
 from .text import TextEncoder
 
 __all__ = ["FedVLPModel", "model_config_for", "freeze_text_half", "freeze_text_layers"]
@@ -40,7 +41,7 @@ class FedVLPModel(nn.Module):
         self.max_text_len = config.text.max_len
         # Lower image stages that never train (run-config freeze-image-stages): their
         # parameters have requires_grad False and train() keeps them in eval mode.
-        self.locked_image_stages = lock_stages(image, locked_image_stages) if locked_image_stages else 0
+        self.locked_image_stages = lock_stages(self.encoder, locked_image_stages) if locked_image_stages else 0
         self.image_bn = image_bn
 
     def train(self, mode: bool = True) -> "FedVLPModel":
@@ -49,13 +50,20 @@ class FedVLPModel(nn.Module):
         statistics are those of the start, e.g. ImageNet's, not of a site's small batches)."""
         super().train(mode)
         if mode:
-            for module in locked_modules(self.image, self.locked_image_stages) if self.locked_image_stages else []:
+            for module in locked_modules(self.encoder, self.locked_image_stages) if self.locked_image_stages else []:
                 module.eval()
             if self.image_bn == "frozen":
                 for module in self.image.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
         return self
+
+    @property
+    def encoder(self) -> FeatureMapEncoder:
+        """``image`` as what it is: every image encoder of the family is a :class:`FeatureMapEncoder`."""
+        # nn.Module.__getattr__ types submodules as Tensor | Module; the builders pass ResNetEncoder
+        # or EfficientNetLiteEncoder, both feature-map encoders.
+        return cast(FeatureMapEncoder, self.image)
 
     def image_backbone(self) -> nn.Module:
         """The module the fine-tuning sweep trains: images in ``[0, 1]`` to pooled features."""
@@ -84,7 +92,7 @@ class FedVLPModel(nn.Module):
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder feature map, average pool, the head's image projection (contrastive first)."""
-        return self._require_retrieval().embed_image_map(self.image.forward_features(images))
+        return self._require_retrieval().embed_image_map(self.encoder.forward_features(images))
 
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """BERT states pooled as the head pools them, the head's text projection."""
@@ -96,9 +104,10 @@ class FedVLPModel(nn.Module):
 
     def regenerate_masked(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Square patches greyed out (0.5) as in pretraining, the ``mim`` decoder on the encoder's feature map."""
-        head = self.head["mim"]
+        head = cast(MIMObjective, self.head["mim"])
         mask = patch_mask(images.shape[0], images.shape[-1], head.patch, head.ratio, images.device)
-        prediction = head.decoder(self.image.forward_features(images.masked_fill(mask, 0.5))).float().clamp(0.0, 1.0)
+        features = self.encoder.forward_features(images.masked_fill(mask, 0.5))
+        prediction = head.decoder(features).float().clamp(0.0, 1.0)
         return mask, prediction
 
 

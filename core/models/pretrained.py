@@ -57,6 +57,7 @@ from .text import TextEncoder, build_text_encoder
 
 if TYPE_CHECKING:
     from .family import Family
+    from .vit import ViTEncoder
 
 __all__ = [
     "INSTALL_HINT",
@@ -131,7 +132,8 @@ def check_inits(run: RunConfig, family: Family, general_recipes: Sequence[str]) 
             raise ConfigError(
                 "run_config",
                 key,
-                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes {recipes}{family.init_hint})",
+                f"'' with recipe '{run.recipe}' ({value!r} is supported with the ResNet + BERT recipes "
+                f"{recipes}{family.init_hint})",
                 value,
             )
     if is_local_init(run.text_init, TEXT_INITS):
@@ -178,7 +180,8 @@ def minilm_dir() -> Path:
 
 
 def _minilm_config() -> dict[str, Any]:
-    return json.loads((minilm_dir() / "config.json").read_text(encoding="utf-8"))
+    result: dict[str, Any] = json.loads((minilm_dir() / "config.json").read_text(encoding="utf-8"))
+    return result
 
 
 def minilm_text_config(max_len: int) -> TextEncoderConfig:
@@ -243,7 +246,10 @@ def efficientnet_lite0_weights_path() -> Path:
 
 @lru_cache(maxsize=1)
 def _efficientnet_file_state() -> dict[str, torch.Tensor]:
-    return torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    result: dict[str, torch.Tensor] = torch.load(
+        efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True
+    )
+    return result
 
 
 def efficientnet_lite0_state() -> dict[str, torch.Tensor]:
@@ -266,6 +272,9 @@ class EfficientNetLiteEncoder(nn.Module):
     image_size
         Input size (a multiple of 32); the TF-style "same" padding is fixed for it.
     """
+
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(self, image_size: int) -> None:
         super().__init__()
@@ -570,7 +579,10 @@ def local_text_dir(value: str) -> Path:
         hint = ""
         if "vocab.txt" in missing and (folder / "tokenizer.json").is_file():
             # transformers 5 saves tokenizer.json only (and its save_vocabulary fails for BERT).
-            hint = f"; to write vocab.txt from tokenizer.json run: python -c \"from fedvlp.core.models.pretrained import write_vocab_txt; write_vocab_txt('{folder}')\""
+            hint = (
+                '; to write vocab.txt from tokenizer.json run: python -c "from fedvlp.core.models.pretrained import '
+                f"write_vocab_txt; write_vocab_txt('{folder}')\""
+            )
         raise ConfigError(
             str(folder),
             "text-init",
@@ -724,7 +736,7 @@ def build_local_text_encoder(value: str, config: TextEncoderConfig, vocab_size: 
     return encoder
 
 
-def load_timm_vit(encoder: nn.Module, value: str, size: str) -> None:
+def load_timm_vit(encoder: ViTEncoder, value: str, size: str) -> None:
     """Load a timm ``VisionTransformer`` state dict file into refers' :class:`~fedvlp.core.models.vit.ViTEncoder`.
 
     timm's names differ only in ``patch_embed.proj`` and ``mlp.fc1``/``mlp.fc2``; the classifier

@@ -19,12 +19,21 @@ and ``pool(features)`` (what ``forward`` returns from the last stage's output).
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["StagedEncoder", "is_staged", "num_stages", "resolve_locked", "lock_stages", "locked_modules", "UpperStages"]
+__all__ = [
+    "StagedEncoder",
+    "FeatureMapEncoder",
+    "is_staged",
+    "num_stages",
+    "resolve_locked",
+    "lock_stages",
+    "locked_modules",
+    "UpperStages",
+]
 
 
 @runtime_checkable
@@ -43,6 +52,17 @@ class StagedEncoder(Protocol):
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """The ``(B, out_dim)`` feature vector of the last stage's output."""
+        ...
+
+
+@runtime_checkable
+class FeatureMapEncoder(StagedEncoder, Protocol):
+    """A staged image encoder that also gives the last stage's feature map (the ``cnn`` family's)."""
+
+    stride: int
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` images in ``[0, 1]`` to a ``(B, out_dim, S/stride, S/stride)`` feature map."""
         ...
 
 
@@ -103,14 +123,17 @@ class UpperStages(nn.Module):
             raise TypeError(f"{type(encoder).__name__} cannot be run stage by stage")
         self.encoder = encoder
         self.start = start
-        self.stop = num_stages(encoder)  # type: ignore[arg-type]
-        self.out_dim = int(encoder.out_dim)
+        self.stop = num_stages(self.staged)
+        self.out_dim = self.staged.out_dim
+
+    @property
+    def staged(self) -> StagedEncoder:
+        """``encoder`` as the :class:`StagedEncoder` ``__init__`` checked it is."""
+        return cast(StagedEncoder, self.encoder)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        encoder: StagedEncoder = self.encoder  # type: ignore[assignment]
-        return encoder.pool(encoder.forward_stages(features, self.start, self.stop))
+        return self.staged.pool(self.staged.forward_stages(features, self.start, self.stop))
 
     def lower(self, images: torch.Tensor) -> torch.Tensor:
         """The input of :meth:`forward` for ``images``: the output of the stages below ``start``."""
-        encoder: StagedEncoder = self.encoder  # type: ignore[assignment]
-        return encoder.forward_stages(images, 0, self.start) if self.start > 0 else images
+        return self.staged.forward_stages(images, 0, self.start) if self.start > 0 else images

@@ -46,7 +46,8 @@ class TextEncoder(nn.Module):
         out = self.bert(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, token_type_ids=token_types
         )
-        return out.last_hidden_state
+        result: torch.Tensor = out.last_hidden_state
+        return result
 
 
 def build_text_encoder(config: TextEncoderConfig, vocab_size: int) -> TextEncoder:

@@ -37,7 +37,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -200,7 +200,8 @@ class UWOXImageEmbedding(nn.Module):
 
     def positions(self, level: int) -> torch.Tensor:
         """``(N_level, 6)`` patch positions of ``level`` (0 = full resolution)."""
-        return getattr(self, f"positions{level}")
+        result: torch.Tensor = getattr(self, f"positions{level}")
+        return result
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, N_full, patch**2)`` full-resolution patches of ``images`` (the ``mim`` targets)."""
@@ -258,7 +259,10 @@ class UWOXTextEmbedding(nn.Module):
         if length > self.config.max_len:
             raise ValueError(f"reports of {length} tokens are longer than max_len {self.config.max_len}")
         positions = torch.arange(length, device=input_ids.device)
-        return self.dropout(self.token_norm(self.token(input_ids)) + self.position_norm(self.position(positions)))
+        result: torch.Tensor = self.dropout(
+            self.token_norm(self.token(input_ids)) + self.position_norm(self.position(positions))
+        )
+        return result
 
 
 class CrossFusion(nn.Module):
@@ -311,11 +315,13 @@ class UWOXJoint(nn.Module):
 
     def shared(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The shared encoder on ``(B, L, D)`` embeddings with an optional ``(B, L)`` padding mask."""
-        return self.encoder(hidden, _key_mask(mask)).last_hidden_state
+        result: torch.Tensor = self.encoder(hidden, _key_mask(mask)).last_hidden_state
+        return result
 
     def top(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The UWOX layer."""
-        return self.uwox(hidden, _key_mask(mask))
+        result: torch.Tensor = self.uwox(hidden, _key_mask(mask))
+        return result
 
     def encode_levels(self, levels: Sequence[torch.Tensor]) -> dict[str, Any]:
         """Each level through the shared encoder, concatenated, then the UWOX layer.
@@ -363,7 +369,8 @@ class UWOXImageBackbone(nn.Module):
         self.out_dim = config.hidden
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_image(self.image, self.joint, images)["tokens"].mean(dim=1)
+        result: torch.Tensor = encode_image(self.image, self.joint, images)["tokens"].mean(dim=1)
+        return result
 
 
 @dataclass(frozen=True)
@@ -420,7 +427,8 @@ class UWOXModel(nn.Module):
         """The states the matching head correlates: ``(E_txt, E_img)``, or ``(F_img, F_txt)`` with fusion."""
         if self.joint.fusion is None:
             return text, image
-        return self.joint.fusion(text, text_mask, image)
+        result: tuple[torch.Tensor, torch.Tensor] = self.joint.fusion(text, text_mask, image)
+        return result
 
     def supports_retrieval(self) -> bool:
         """No: the shared transformer has no head that embeds both modalities into one space."""
@@ -440,7 +448,7 @@ class UWOXModel(nn.Module):
 
     def regenerate_masked(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-resolution patches hidden as in pretraining, the multi-scale decoder's pixels put back in place."""
-        head = self.head["mim"]
+        head = cast(UWOXMIMObjective, self.head["mim"])
         side = images.shape[-1]
         tokens = random_patch_mask(images.shape[0], self.config.full_tokens, head.ratio, images.device)
         encoded = self.encode_image(images, tokens)
@@ -511,7 +519,8 @@ class UWOXModel(nn.Module):
             value = state[source][rows[target]] if target in rows else state[source]
             if value.shape != ours[target].shape:
                 raise ValueError(
-                    f"BERT '{prefix + source}' has shape {tuple(value.shape)}; '{target}' needs {tuple(ours[target].shape)}"
+                    f"BERT '{prefix + source}' has shape {tuple(value.shape)}; '{target}' needs "
+                    f"{tuple(ours[target].shape)}"
                 )
             values[target] = value
         with torch.no_grad():

@@ -76,7 +76,8 @@ class _Attention(nn.Module):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        result: torch.Tensor = self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return result
 
 
 class _Block(nn.Module):
@@ -94,7 +95,8 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        result: torch.Tensor = x + self.mlp(self.norm2(x))
+        return result
 
 
 class _Embedding(nn.Module):
@@ -139,7 +141,8 @@ class ViTEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         weight = self.patch_embed.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        if self.patch_embed.bias is not None:  # always: the patch embedding is built with a bias
+            nn.init.zeros_(self.patch_embed.bias)
         for module in self.blocks.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import nn
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from .teacher import GlobalTeacher
 
 __all__ = ["Objective", "BatchView", "IMAGE", "TEXT", "PAIR", "TWO_VIEWS"]
+
+T = TypeVar("T")
 
 IMAGE = "image"
 TEXT = "text"
@@ -38,11 +40,11 @@ class BatchView:
         self.teacher = teacher  # the round's global model, for self-distillation and anchors
         self._cache: dict[str, Any] = {}
 
-    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+    def cached(self, name: str, compute: Callable[[], T]) -> T:
         """``compute()`` once per batch under ``name``; later calls reuse the result."""
         if name not in self._cache:
             self._cache[name] = compute()
-        return self._cache[name]
+        return cast(T, self._cache[name])  # what compute() returned under this name
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -79,7 +81,8 @@ class BatchView:
             if not self.locked_stages:
                 return self.batch[key]
             with torch.no_grad():
-                return self.model.image.forward_stages(self.batch[key], 0, self.locked_stages)
+                result: torch.Tensor = self.model.image.forward_stages(self.batch[key], 0, self.locked_stages)
+                return result
 
         return self.cached(f"lower:{key}", compute)
 
@@ -89,14 +92,17 @@ class BatchView:
         def compute() -> torch.Tensor:
             image = self.model.image
             if not self.locked_stages:
-                return image.forward_features(self.batch[key])
-            return image.forward_stages(self.image_lower(key), self.locked_stages, len(image.stage_modules()))
+                result: torch.Tensor = image.forward_features(self.batch[key])
+                return result
+            result = image.forward_stages(self.image_lower(key), self.locked_stages, len(image.stage_modules()))
+            return result
 
         return self.cached(f"map:{key}", compute)
 
     def image_vector(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C)`` pooled features of ``batch[key]`` by the local image encoder."""
-        return self.cached(f"vector:{key}", lambda: self.model.image.pool(self.image_map_of(key)))
+        result: torch.Tensor = self.cached(f"vector:{key}", lambda: self.model.image.pool(self.image_map_of(key)))
+        return result
 
     def teacher_image_vector(self, key: str = IMAGE) -> torch.Tensor:
         """``(B, C)`` pooled features of ``batch[key]`` by the teacher's image encoder (no gradient)."""
@@ -107,7 +113,10 @@ class BatchView:
         def compute() -> torch.Tensor:
             with torch.no_grad():
                 stop = len(teacher.stage_modules())
-                return teacher.pool(teacher.forward_stages(self.image_lower(key), self.locked_stages, stop))
+                result: torch.Tensor = teacher.pool(
+                    teacher.forward_stages(self.image_lower(key), self.locked_stages, stop)
+                )
+                return result
 
         return self.cached(f"teacher-vector:{key}", compute)
 
@@ -119,7 +128,8 @@ class BatchView:
     @cached_property
     def text_states(self) -> torch.Tensor:
         """``(B, L, D)`` token states of the clean reports."""
-        return self.model.text(self.batch["input_ids"], self.batch["attention_mask"])
+        result: torch.Tensor = self.model.text(self.batch["input_ids"], self.batch["attention_mask"])
+        return result
 
 
 class Objective(nn.Module):

@@ -54,11 +54,13 @@ class ContrastiveObjective(Objective):
 
     def embed_image_map(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` image feature maps to the shared space: average pool, projection (retrieval)."""
-        return self.image_proj(features.mean(dim=(2, 3)))
+        result: torch.Tensor = self.image_proj(features.mean(dim=(2, 3)))
+        return result
 
     def embed_text_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` token states to the shared space: max pool over real tokens, projection (retrieval)."""
-        return self.text_proj(masked_max(states, mask))
+        result: torch.Tensor = self.text_proj(masked_max(states, mask))
+        return result
 
     def loss(self, view: BatchView) -> torch.Tensor:
         image, text = self.embed(view)

@@ -55,6 +55,7 @@ class GenerationObjective(Objective):
     """
 
     name: ClassVar[str] = "generation"
+    blocked_ids: torch.Tensor  # a buffer
     modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT, PAIR})
     encoder_groups: ClassVar[tuple[str, ...]] = ("image",)
 
@@ -114,7 +115,8 @@ class GenerationObjective(Objective):
         x = self.embed_drop(self.embed_norm(self.token_embed(tokens) + self.pos_embed(positions)))
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device, dtype=x.dtype)
         x = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=memory_padding)
-        return self.output(x)
+        result: torch.Tensor = self.output(x)
+        return result
 
     def loss(self, view: BatchView) -> torch.Tensor:
         inputs, targets = teacher_forcing(view.batch["input_ids"], view.batch["attention_mask"], self.pad_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,7 @@ class MLMObjective(Objective):
     """
 
     name: ClassVar[str] = "mlm"
+    special_ids: torch.Tensor  # a buffer
     modalities: ClassVar[frozenset[str]] = frozenset({TEXT})
     encoder_groups: ClassVar[tuple[str, ...]] = ("text",)
 
@@ -104,12 +105,13 @@ class MLMObjective(Objective):
         # True under sample-level DP (core/privacy.py): one mean per sample, then the batch mean.
         self.per_sample = False
 
-    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, model: Any, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of token states ``hidden`` (``model.text``'s embeddings when tied)."""
         states = self.transform(hidden)
         if self.tied:
             return F.linear(states, model.text.bert.embeddings.word_embeddings.weight, self.bias)
-        return self.decoder(states)
+        result: torch.Tensor = self.decoder(states)
+        return result
 
     def mask(self, view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked token ids and labels (-100 where nothing is predicted) for a batch."""
@@ -117,7 +119,7 @@ class MLMObjective(Objective):
         return mask_tokens(ids, mask, self.special_ids, self.mask_id, self.vocab_size, self.ratio)
 
     def masked_loss(
-        self, model: nn.Module, masked: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self, model: Any, masked: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         """The loss of already masked reports (``model.text`` encodes them)."""
         hidden = model.text(masked, attention_mask)
@@ -173,7 +175,7 @@ class MIMObjective(Objective):
         images = view.batch[IMAGE]
         return patch_mask(images.shape[0], images.shape[-1], self.patch, self.ratio, images.device)
 
-    def masked_loss(self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def masked_loss(self, model: Any, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L1 on the masked pixels of ``images``. Every image has the same number of masked
         pixels, so this is the batch mean of per-image terms (what DP-SGD needs)."""
         corrupted = images.masked_fill(mask, 0.5)

@@ -58,13 +58,15 @@ class MatchingObjective(Objective):
 
     def embed_image_map(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` image feature maps to ``v_img``: 1x1 conv, average pool, FC (retrieval)."""
-        return self.image_fc(self.image_conv(features).mean(dim=(2, 3)))
+        result: torch.Tensor = self.image_fc(self.image_conv(features).mean(dim=(2, 3)))
+        return result
 
     def embed_text_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` token states to ``v_txt``: 1x1 conv, masked average pool, FC (retrieval)."""
         m = mask.unsqueeze(1).to(states.dtype)
         tokens = self.text_conv(states.transpose(1, 2))
-        return self.text_fc((tokens * m).sum(-1) / m.sum(-1).clamp_min(1.0))
+        result: torch.Tensor = self.text_fc((tokens * m).sum(-1) / m.sum(-1).clamp_min(1.0))
+        return result
 
     def loss(self, view: BatchView) -> torch.Tensor:
         image, text = self.embed(view)

@@ -71,7 +71,8 @@ def encode_views(view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
         source = torch.where(mask, rank, slot % counts.unsqueeze(1))
         return tokens[offsets.unsqueeze(1) + source], mask
 
-    return view.cached("study.view_tokens", compute)
+    result: tuple[torch.Tensor, torch.Tensor] = view.cached("study.view_tokens", compute)
+    return result
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -112,11 +113,13 @@ class StudyContrastiveObjective(Objective):
 
     def embed_image_map(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, D, H, W)`` patch-token maps of single images: average pool, image projection (retrieval)."""
-        return self.image_proj(features.mean(dim=(2, 3)))
+        result: torch.Tensor = self.image_proj(features.mean(dim=(2, 3)))
+        return result
 
     def embed_text_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` report states: max pool over real tokens, text projection (retrieval)."""
-        return self.text_proj(masked_max(states, mask))
+        result: torch.Tensor = self.text_proj(masked_max(states, mask))
+        return result
 
     def loss(self, view: BatchView) -> torch.Tensor:
         image, text = self.embed(view)

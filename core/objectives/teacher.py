@@ -13,6 +13,7 @@ The teacher is never a parameter: it is not in the state dict and never uploaded
 from __future__ import annotations
 
 import copy
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,10 @@ from torch import nn
 
 __all__ = ["GlobalTeacher", "anchor_loss", "proximal_term"]
 
+M = TypeVar("M", bound=nn.Module)
 
-def _frozen_copy(module: nn.Module) -> nn.Module:
+
+def _frozen_copy(module: M) -> M:
     clone = copy.deepcopy(module).eval()
     for parameter in clone.parameters():
         parameter.requires_grad_(False)
@@ -39,14 +42,16 @@ class GlobalTeacher:
         Also keep the text encoder (for the text anchor).
     """
 
-    def __init__(self, model: nn.Module, text: bool = False) -> None:
+    def __init__(self, model: Any, text: bool = False) -> None:
+        # ``model`` is a VLPModel of fedvlp.core.models, typed loosely as in BatchView: objectives never
+        # import models.
         self.image = _frozen_copy(model.image)
         self.text = _frozen_copy(model.text) if text else None
         head = getattr(model, "head", {})
         self.projector = _frozen_copy(head["distill"].projector) if "distill" in head else None
 
-    def _pairs(self, model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-        pairs = [(self.image, model.image)]
+    def _pairs(self, model: Any) -> list[tuple[nn.Module, nn.Module]]:
+        pairs: list[tuple[nn.Module, nn.Module]] = [(self.image, model.image)]
         if self.text is not None:
             pairs.append((self.text, model.text))
         if self.projector is not None:

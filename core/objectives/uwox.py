@@ -173,7 +173,8 @@ class MultiScaleDecoder(nn.Module):
         d_up = self.up(f_up)
         d_mid = self.mid(d_up, f_mid, f_mid)
         d_down = self.down(d_mid, f_down, f_down)
-        return self.pixels(d_down)
+        result: torch.Tensor = self.pixels(d_down)
+        return result
 
 
 class UWOXMIMObjective(Objective):
@@ -230,10 +231,12 @@ class UWOXMatchingObjective(Objective):
         """``(B,)`` match logits of encoded (report, image) tuples (fused first for ``unit``)."""
         if image.shape[1] != self.image_tokens:
             raise ValueError(
-                f"the matching head expects {self.image_tokens} image tokens, got {image.shape[1]} (another image size?)"
+                f"the matching head expects {self.image_tokens} image tokens, got {image.shape[1]} (another image "
+                "size?)"
             )
         text, image = model.pair_states(text, text_mask, image)
-        return self.classifier(comat_features(text, text_mask, image, self.max_len)).squeeze(-1)
+        result: torch.Tensor = self.classifier(comat_features(text, text_mask, image, self.max_len)).squeeze(-1)
+        return result
 
     def loss(self, view: BatchView) -> torch.Tensor:
         model: SharedTransformer = view.model

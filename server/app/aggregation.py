@@ -269,7 +269,8 @@ class NormHistory:
                 limit = self.bound(group, factor)
                 if limit is not None and norm > limit:
                     outliers.append(
-                        f"group '{group}' update norm {norm:.4g} > {factor:g} x median {limit / factor:.4g} of earlier rounds"
+                        f"group '{group}' update norm {norm:.4g} > {factor:g} x median {limit / factor:.4g} of "
+                        "earlier rounds"
                     )
             if outliers:
                 reasons.append(f"node {update.node_id}: " + "; ".join(outliers))

@@ -90,7 +90,8 @@ def check_summed_weights(
             problems.append(f"'{key}': summed weight {total:.6g} is not a whole number of samples ({samples:.4f})")
         elif total > declared_total.get(group, 0) / max_weight + tolerance:
             problems.append(
-                f"'{key}': summed weight {total:.6g} = {samples:.1f} samples exceeds the {declared_total.get(group, 0)} the sites declared for '{group}'"
+                f"'{key}': summed weight {total:.6g} = {samples:.1f} samples exceeds the "
+                f"{declared_total.get(group, 0)} the sites declared for '{group}'"
             )
     return problems
 

@@ -28,9 +28,10 @@ The size and resources of the simulated federation no longer belong in the conne
 SuperLink listening on ``127.0.0.1:39091`` (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``) and
 ``127.0.0.1:39093`` (``FLWR_LOCAL_CONTROL_API_PORT``); it keeps running after the run (with
 the ``flower-superexec`` it starts, which exits with it: ``fedvlp flwr-config --stop``
-stops it, see :func:`stop_local_superlink`) and keeps its state and log in ``$FLWR_HOME/local-superlink/``. Any other address is the
-SuperLink's HTTP API (``flower-superlink --host H --port P``), which in Flower 1.41 serves
-the Control, Fleet and ServerApp runtime APIs on that single port.
+stops it, see :func:`stop_local_superlink`) and keeps its state and log in
+``$FLWR_HOME/local-superlink/``. Any other address is the SuperLink's HTTP API
+(``flower-superlink --host H --port P``), which in Flower 1.41 serves the Control, Fleet and
+ServerApp runtime APIs on that single port.
 """
 
 from __future__ import annotations

@@ -99,7 +99,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_report(site, validate_site(site, workers=1)))
         run = run.replace(sites=str(site_dir))
     print(
-        f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} local-steps={run.local_steps} (3 simulated hospitals)"
+        f"[2/3] federated pretraining: recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
+        f"local-steps={run.local_steps} (3 simulated hospitals)"
     )
     print(f"      model parameters: {sum(p.numel() for p in build_model(run).parameters()):,}")
     rounds: list[dict[str, Any]] = []
@@ -327,7 +328,8 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
         return 2
     vocab = build_vocab(texts, args.out, vocab_size=args.vocab_size)
     print(
-        f"wrote {vocab} ({len(vocab.read_text().splitlines())} tokens from {len(texts)} reports); use --run-config tokenizer='\"{args.out}\"'"
+        f"wrote {vocab} ({len(vocab.read_text().splitlines())} tokens from {len(texts)} reports); use --run-config "
+        f"tokenizer='\"{args.out}\"'"
     )
     return 0
 
@@ -402,7 +404,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     offline_env()
     result = export_checkpoint(args.checkpoint, args.out, force=args.force)
     print(
-        f"exported round {result.meta['source']['round']} of {result.meta['source']['checkpoint']} to {result.out}: {', '.join(result.files)}"
+        f"exported round {result.meta['source']['round']} of {result.meta['source']['checkpoint']} to {result.out}: "
+        f"{', '.join(result.files)}"
     )
     return 0
 
@@ -821,7 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["random"],
         metavar="NAME=SPEC",
-        help="SPEC: random, general-pretrained, or a checkpoint (folder with latest.json, its run folder, or round_NNNN.safetensors)",
+        help="SPEC: random, general-pretrained, or a checkpoint (folder with latest.json, its run folder, or "
+        "round_NNNN.safetensors)",
     )
     swp.add_argument("--protocols", nargs="+", default=["linear", "finetune"], choices=["linear", "finetune"])
     swp.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])

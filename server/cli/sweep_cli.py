@@ -249,7 +249,10 @@ def _extras(models: dict[str, Any], labeled, out: Path, queries_path: str | None
 
 
 def sweep_settings(items: list[str] | None) -> dict[str, Any]:
-    """``--set key=value`` training knobs of :class:`~fedvlp.core.evaluation.SweepConfig` (e.g. ``ft_max_steps=200``)."""
+    """``--set key=value`` training knobs of :class:`~fedvlp.core.evaluation.SweepConfig`.
+
+    E.g. ``ft_max_steps=200``.
+    """
     import dataclasses
 
     from fedvlp.core.evaluation import SweepConfig

@@ -23,7 +23,8 @@ def _site_with_a_corrupt_image(tmp_path: Path, world: Path) -> Path:
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     site = tmp_path / "big.yaml"
     site.write_text(
-        f"name: big\ndevice: cpu\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n"
+        f"name: big\ndevice: cpu\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    "
+        "kind: images\n"
     )
     return site
 

@@ -65,7 +65,8 @@ def test_the_worker_refuses_a_missing_site_file(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert (
         done.stderr.strip()
-        == f"fedvlp.client.worker: bad site file: {tmp_path / 'nowhere.yaml'}: key '(file)': expected an existing site YAML file"
+        == f"fedvlp.client.worker: bad site file: {tmp_path / 'nowhere.yaml'}: key '(file)': expected an existing "
+        "site YAML file"
     )
 
 

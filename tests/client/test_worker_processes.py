@@ -21,7 +21,8 @@ def _unset(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_bad_nproc_stops_the_worker_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--nproc", "0"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "fedvlp.client.worker: fedvlp.client.worker --devices/--nproc: key 'nproc': expected a whole number of training processes >= 1, got 0"
+        "fedvlp.client.worker: fedvlp.client.worker --devices/--nproc: key 'nproc': expected a whole number of "
+        "training processes >= 1, got 0"
     )
 
 

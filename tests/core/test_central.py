@@ -28,12 +28,14 @@ def _pairs_sites(world: Path, root: Path) -> tuple[Path, Path]:
     for name, part in (("s1", frame.iloc[:half]), ("s2", frame.iloc[half:])):
         part.to_csv(root / f"{name}.csv", index=False)
         (sites / f"{name}.yaml").write_text(
-            f"name: {name}\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / name}.csv\n    kind: pairs\n"
+            f"name: {name}\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / name}.csv\n    "
+            "kind: pairs\n"
         )
     frame.to_csv(root / "all.csv", index=False)
     whole = root / "whole.yaml"
     whole.write_text(
-        f"name: whole\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / 'all.csv'}\n    kind: pairs\n"
+        f"name: whole\nimage_roots: [{world / 'hospital_a'}]\nsources:\n  - manifest: {root / 'all.csv'}\n    kind: "
+        "pairs\n"
     )
     return sites, whole
 

@@ -216,7 +216,8 @@ def test_run_file_roots_pin_the_files_a_run_config_may_make_a_site_read(tmp_path
     check_run_files(RunConfig(tokenizer="demo"), load_site(tmp_path / "packaged.yaml"))  # packaged names need no folder
     with pytest.raises(
         ConfigError,
-        match=r"pinned\.yaml: key 'run_file_roots': expected run-config 'tokenizer' inside the site's pinned folders \(.*approved\)",
+        match=r"pinned\.yaml: key 'run_file_roots': expected run-config 'tokenizer' inside the site's pinned "
+        r"folders \(.*approved\)",
     ):
         check_run_files(outside, load_site(tmp_path / "pinned.yaml"))
     with pytest.raises(

@@ -54,7 +54,8 @@ for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         from transformers import AutoModel, AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(folder / "text_encoder")
         model = AutoModel.from_pretrained(folder / "text_encoder", add_pooling_layer=False)
-        batch = tokenizer(json.loads((root / "texts.json").read_text()), return_tensors="pt", padding=True, truncation=True)
+        texts = json.loads((root / "texts.json").read_text())
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
         with torch.no_grad():
             out[folder.name] = model(**batch).last_hidden_state
         out[folder.name + ".ids"] = batch["input_ids"]
@@ -291,8 +292,8 @@ def test_card_and_meta_describe_the_run_and_sweep(tmp_path: Path) -> None:
     assert "federated  linear    0.750 +- 0.071" in card  # mean and sample std of 0.7 and 0.8
     assert "no torchvision constructor has widths (8, 16, 32, 64)" in card
     assert (
-        "- federated pretraining: recipe `mixed`, model size `tiny`, image size 32 px, 2 completed round(s) of 50 local steps per site"
-        in card
+        "- federated pretraining: recipe `mixed`, model size `tiny`, image size 32 px, 2 completed round(s) of 50 "
+        "local steps per site" in card
     )
     assert result.files == (
         "README.md",

@@ -36,7 +36,10 @@ MAX_WEIGHT = 1000.0
 def _pairs_site() -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """What a site with image-text pairs sends in plain mode: its trained keys and counts."""
     torch.manual_seed(0)
-    step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
+
+    def step(k: str) -> torch.Tensor:
+        return GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
+
     return {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")}, {
         "image": 120,
         "text": 120,

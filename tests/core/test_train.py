@@ -230,7 +230,8 @@ def _site_with_unreadable_images(tmp_path: Path, world: Path) -> Path:
     rows.to_csv(tmp_path / "manifest.csv", index=False)
     site = tmp_path / "site.yaml"
     site.write_text(
-        f"name: unreadable\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: images\n"
+        f"name: unreadable\nimage_roots: [{world / 'hospital_b'}]\nsources:\n  - manifest: manifest.csv\n    kind: "
+        "images\n"
     )
     return site
 

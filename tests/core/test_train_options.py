@@ -4,6 +4,7 @@ persistent optimizer, self-distillation, FedProx, the tied MLM decoder, held-out
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -122,7 +123,10 @@ def test_a_tied_mlm_decoder_has_no_vocabulary_matrix_and_uses_the_word_embedding
     untied = build_model(tiny_run)
     tied = build_model(tiny_run.replace(mlm_decoder="tied"))
     vocab = tied.text.bert.embeddings.word_embeddings.weight.shape[0]
-    big = lambda model: {k for k, v in model.head["mlm"].state_dict().items() if v.dim() == 2 and vocab in v.shape}
+
+    def big(model: Any) -> set[str]:
+        return {k for k, v in model.head["mlm"].state_dict().items() if v.dim() == 2 and vocab in v.shape}
+
     assert big(untied) and not big(tied)
     assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in untied.parameters())
 

@@ -83,7 +83,7 @@ def worker_split(fed: LocalFederation) -> dict[str, float]:
     pushing its reply, over every task but each worker's first (start-up)."""
     steps: dict[str, list[float]] = {"pull": [], "push": []}
     for name in ("hospital_a", "hospital_b"):
-        for line in [l for l in fed.log(f"{name}-worker").splitlines() if "Task completed:" in l][1:]:
+        for line in [x for x in fed.log(f"{name}-worker").splitlines() if "Task completed:" in x][1:]:
             for step in steps:
                 found = re.search(rf"{step} ([0-9.]+)s", line)
                 if found:

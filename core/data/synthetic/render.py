@@ -55,10 +55,17 @@ def _ramp(z: np.ndarray) -> np.ndarray:
     return np.clip(z + 0.5, 0.0, 1.0)
 
 
+def _severity(finding: Finding) -> str:
+    """The severity of a finding drawn with one (cardiomegaly, pneumothorax, effusion, consolidation)."""
+    if finding.severity is None:
+        raise ValueError(f"{finding} has no severity")
+    return finding.severity
+
+
 def _lowfreq(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth noise in about [-1, 1]: a ``cells x cells`` random grid upsampled bicubically."""
     small = rng.standard_normal((cells, cells)).astype(np.float32)
-    big = Image.fromarray(small, mode="F").resize((size, size), Image.BICUBIC)
+    big = Image.fromarray(small, mode="F").resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(big, dtype=np.float32) * 0.7
 
 
@@ -73,18 +80,22 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     pad = np.pad(img, ((radius, radius), (0, 0)), mode="edge")
     img = sum(w * pad[i : i + n] for i, w in enumerate(k))
     pad = np.pad(img, ((0, 0), (radius, radius)), mode="edge")
-    return sum(w * pad[:, i : i + n] for i, w in enumerate(k))
+    result: np.ndarray = sum(w * pad[:, i : i + n] for i, w in enumerate(k))
+    return result
 
 
 def _polyline_distance(x: np.ndarray, y: np.ndarray, points: Sequence[tuple[float, float]]) -> np.ndarray:
     """Distance from every grid point to a polyline (vectorised per segment)."""
-    best = None
+    best: np.ndarray | None = None
     for (ax, ay), (bx, by) in zip(points[:-1], points[1:]):
         dx, dy = bx - ax, by - ay
         t = np.clip(((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy + 1e-12), 0.0, 1.0)
         d2 = (x - ax - t * dx) ** 2 + (y - ay - t * dy) ** 2
         best = d2 if best is None else np.minimum(best, d2)
-    return np.sqrt(best)
+    if best is None:
+        raise ValueError("a polyline needs at least two points")
+    result: np.ndarray = np.sqrt(best)
+    return result
 
 
 def _side_value(right: np.ndarray, value_right: float, value_left: float) -> np.ndarray | float:
@@ -112,7 +123,10 @@ def _lung(
     medial = a.mediastinum * (0.85 + 0.4 * t)
     top = a.apex + top_inset + 3.2 * (ad - d_apex) ** 2
     bottom = dome + 0.13 * ((ad - 0.45 * w) / (0.55 * w)) ** 2
-    return _ramp((lateral - ad) / e) * _ramp((ad - medial) / e) * _ramp((y - top) / e) * _ramp((bottom - y) / e)
+    result: np.ndarray = (
+        _ramp((lateral - ad) / e) * _ramp((ad - medial) / e) * _ramp((y - top) / e) * _ramp((bottom - y) / e)
+    )
+    return result
 
 
 def _rounded_box(
@@ -121,7 +135,10 @@ def _rounded_box(
     """Signed distance to a rounded rectangle (negative inside)."""
     qx = np.abs(x - cx) - half_w + radius
     qy = np.abs(y - cy) - half_h + radius
-    return np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2) + np.minimum(np.maximum(qx, qy), 0.0) - radius
+    result: np.ndarray = (
+        np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2) + np.minimum(np.maximum(qx, qy), 0.0) - radius
+    )
+    return result
 
 
 @dataclass(frozen=True)
@@ -237,7 +254,8 @@ def _body(fr: _Frame, layers: _Layers) -> np.ndarray:
     thickness = np.clip(1.0 - (ad / chest) ** 4, 0.0, 1.0)  # thinner at the edges
     layers.body, layers.chest = body, chest
     layers.arm = arm
-    return body * (a.soft_tissue * (0.7 + 0.3 * thickness)) + arm * 0.32
+    result: np.ndarray = body * (a.soft_tissue * (0.7 + 0.3 * thickness)) + arm * 0.32
+    return result
 
 
 def _bones(fr: _Frame, layers: _Layers, draws: _Draws, dens: np.ndarray) -> np.ndarray:
@@ -269,7 +287,7 @@ def _heart(fr: _Frame, layers: _Layers, dens: np.ndarray) -> np.ndarray:
     ratio = a.heart_ratio
     if "cardiomegaly" in f:
         # 0.51-0.57 / 0.57-0.63 / 0.63-0.69, larger for patients with a larger heart to begin with
-        base = {"mild": 0.51, "moderate": 0.57, "large": 0.63}[f["cardiomegaly"].severity]
+        base = {"mild": 0.51, "moderate": 0.57, "large": 0.63}[_severity(f["cardiomegaly"])]
         ratio = base + 0.5 * float(np.clip(a.heart_ratio - 0.37, 0.0, 0.12))
     heart_width = ratio * 2 * fr.w
     heart_cy = a.dome_left - 0.04
@@ -293,7 +311,7 @@ def _pleura(fr: _Frame, layers: _Layers) -> None:
     ptx_side = None
     if "pneumothorax" in f:
         ptx = f["pneumothorax"]
-        rim = {"mild": 0.05, "moderate": 0.08, "large": 0.11}[ptx.severity]
+        rim = {"mild": 0.05, "moderate": 0.08, "large": 0.11}[_severity(ptx)]
         taper = 1.0 - np.clip((y - a.apex - 0.2) / 0.35, 0.0, 1.0)
         ptx_side = right if ptx.side == "right" else ~right
         lat_inset = np.where(ptx_side, rim * taper, 0.0).astype(np.float32)
@@ -303,7 +321,7 @@ def _pleura(fr: _Frame, layers: _Layers) -> None:
     fluid: Any = 0.0
     if "pleural_effusion" in f:
         eff = f["pleural_effusion"]
-        height = {"mild": 0.12, "moderate": 0.22, "large": 0.35}[eff.severity]
+        height = {"mild": 0.12, "moderate": 0.22, "large": 0.35}[_severity(eff)]
         on_right, on_left = eff.side in ("right", "bilateral"), eff.side in ("left", "bilateral")
         level = dome + 0.1 - _side_value(right, height if on_right else -1.0, height if on_left else -1.0)
         tn = np.clip((ad - a.mediastinum) / (w - a.mediastinum), 0.0, 1.0)
@@ -356,7 +374,7 @@ def _focal_opacities(fr: _Frame, layers: _Layers, draws: _Draws, dens: np.ndarra
     if "consolidation" in f:
         con = f["consolidation"]
         lateral, vertical = con.position or (0.22, 0.65)
-        rx, ry = {"mild": (0.075, 0.06), "moderate": (0.1, 0.08), "large": (0.14, 0.11)}[con.severity]
+        rx, ry = {"mild": (0.075, 0.06), "moderate": (0.1, 0.08), "large": (0.14, 0.11)}[_severity(con)]
         patches = np.clip(0.6 + 1.0 * _lowfreq(draws.detail, fr.size, 14), 0.0, 1.0)
         blob: Any = 0.0
         for side_name, sign in (("right", -1.0), ("left", 1.0)):
@@ -420,7 +438,8 @@ def _acquire(dens: np.ndarray, fr: _Frame, draws: _Draws, acquisition: Acquisiti
     img = np.clip(img, 0.0, 1.0) ** np.float32(acquisition.gamma)
     img = _blur(img, acquisition.blur)
     img = img + draws.noise
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return result
 
 
 def render_image(

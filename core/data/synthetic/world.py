@@ -100,7 +100,8 @@ class WorldSpec:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict of all fields (nested acquisitions become dicts)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        result: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return result
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,12 @@ def plan_site(spec: WorldSpec, site: str) -> list[PlannedItem]:
     structure = _site_rng(spec.seed, site_index, 0)
     repeat_p = spec.second_image_fraction if site == "labeled" else spec.follow_up_fraction
     items: list[PlannedItem] = []
-    patient, study, studies_of_patient, previous = 0, 0, 0, None
+    patient, study, studies_of_patient = 0, 0, 0
+    previous: Case | None = None
     for index in range(n):
         case_rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(site_index, index, 0)))
         repeat = structure.random() < repeat_p and previous is not None and studies_of_patient < 2
-        if repeat:
+        if repeat and previous is not None:  # repeat implies a previous case
             case = _follow_up(previous, case_rng)
             studies_of_patient += 1
         else:
@@ -239,6 +241,8 @@ def _generate_site(site: str, spec: WorldSpec, root: Path, bar: Any) -> None:
     for item in items:
         row: dict[str, Any] = {"id": item.id}
         if has_images:
+            if acq is None:
+                raise ValueError(f"site {site} has images but no acquisition")
             pixels = render_image(item.case, item.rng(1), size, acq)
             rel = f"images/{item.id}.png"
             Image.fromarray(pixels, mode="L").save(folder / rel, compress_level=4)

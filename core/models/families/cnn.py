@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-
-from torch import nn
+from typing import cast
 
 from ...config import OPT_IN_OBJECTIVES, ModelConfig, RunConfig
 from ...data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
@@ -22,7 +21,7 @@ from ...objectives import (
 )
 from .. import pretrained
 from ..family import Family
-from ..image import build_image_encoder
+from ..image import ResNetEncoder, build_image_encoder
 from ..model import FedVLPModel, freeze_text_half, freeze_text_layers, model_config_for
 from ..text import TextEncoder, build_text_encoder
 
@@ -44,7 +43,8 @@ def build_cnn_model(run: RunConfig) -> FedVLPModel:
         config = replace(config, image=replace(config.image, block="bottleneck", layers=(3, 4, 6, 3)))
     image, text = _build_encoders(run, config)
     weights = run.objective_weights()
-    special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    # one token in, one id out (transformers annotates the list form's return type too)
+    special_ids = [cast(int, tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS]
     candidates: dict[str, Callable[[], Objective]] = {
         "contrastive": lambda: ContrastiveObjective(
             image.out_dim, text.out_dim, config.embed_dim, run.tau, run.contrastive_lambda
@@ -78,10 +78,14 @@ def build_cnn_model(run: RunConfig) -> FedVLPModel:
     )
 
 
-def _build_encoders(run: RunConfig, config: ModelConfig) -> tuple[nn.Module, TextEncoder]:
+def _build_encoders(
+    run: RunConfig, config: ModelConfig
+) -> tuple[ResNetEncoder | pretrained.EfficientNetLiteEncoder, TextEncoder]:
     """The encoders: random from ``config``, or general-pretrained per run config."""
     if run.image_init == "efficientnet-lite0":
-        image: nn.Module = pretrained.build_efficientnet_lite0_encoder(run.image_size)
+        image: ResNetEncoder | pretrained.EfficientNetLiteEncoder = pretrained.build_efficientnet_lite0_encoder(
+            run.image_size
+        )
     elif run.image_init:
         image = pretrained.build_local_resnet_encoder(run.image_init, run.image_size)
     else:

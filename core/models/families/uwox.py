@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch
 
@@ -21,7 +22,8 @@ def build_shared_model(run: RunConfig, fusion: bool) -> UWOXModel:
     """The shared-transformer model of ``run`` (seed torch first), started from ``bert-init`` when set."""
     tokenizer = load_run_tokenizer(run)
     config = UWOXConfig.preset(run.model_size, run.image_size, len(tokenizer), fusion=fusion)
-    special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    # one token in, one id out (transformers annotates the list form's return type too)
+    special = [cast(int, tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS]
     model = build_uwox_model(config, special, tokenizer.mask_token_id, run.mask_ratio, run.objective_weights())
     if run.bert_init:
         model.init_shared_from(load_bert_state(run.bert_init))

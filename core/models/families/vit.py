@@ -5,6 +5,8 @@ Recipe ``refers``.
 
 from __future__ import annotations
 
+from typing import cast
+
 from ...config import RunConfig
 from ...data.tokenizer import SPECIAL_TOKENS, load_run_tokenizer
 from .. import pretrained
@@ -17,7 +19,8 @@ __all__ = ["FAMILY", "build_vit_model"]
 def build_vit_model(run: RunConfig) -> REFERSModel:
     """The REFERS model of ``run`` (seed torch first); ``image-init`` may name a timm ViT file of the preset's shape."""
     tokenizer = load_run_tokenizer(run)
-    special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    # one token in, one id out (transformers annotates the list form's return type too)
+    special = [cast(int, tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS]
     refers = build_refers_model(
         run.model_size,
         run.image_size,

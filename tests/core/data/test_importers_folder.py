@@ -1,4 +1,7 @@
-"""Folder-per-class import from a fixture tree in Kermany's layout: chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg."""
+"""Folder-per-class import from a fixture tree in Kermany's layout.
+
+chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+"""
 
 from __future__ import annotations
 

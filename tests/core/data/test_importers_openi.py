@@ -25,8 +25,10 @@ def _report(uid: str, sections: dict[str, str], major: list[str], images: list[s
     )
     mesh = "\n".join(f"      <major>{term}</major>" for term in major)
     parents = "\n".join(
-        f'   <parentImage id="{image}">\n      <figureId>F{i + 1}</figureId>\n      <caption>Xray Chest PA and Lateral</caption>\n'
-        f'      <panel type="single"><url>/hadoop/storage/radiology/extract/{image}.jpg</url></panel>\n   </parentImage>'
+        f'   <parentImage id="{image}">\n      <figureId>F{i + 1}</figureId>\n      <caption>Xray Chest PA and '
+        "Lateral</caption>\n"
+        f'      <panel type="single"><url>/hadoop/storage/radiology/extract/{image}.jpg</url></panel>\n   '
+        "</parentImage>"
         for i, image in enumerate(images)
     )
     return f"""<?xml version="1.0" encoding="utf-8"?>

@@ -138,7 +138,8 @@ def test_a_400k_row_manifest_is_kept_as_compact_columns(tmp_path: Path) -> None:
 def test_a_report_with_line_breaks_is_one_row(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_text(
-        'id,image,report\n1,a.png,"FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, unchanged."\n2,b.png,fine\n'
+        'id,image,report\n1,a.png,"FINDINGS: heart normal, lungs clear.\nIMPRESSION: normal, stable, '
+        'unchanged."\n2,b.png,fine\n'
     )
     rows = load_source_rows(_source(path))
     assert list(rows.reports or []) == [
@@ -170,7 +171,8 @@ def test_read_manifest_refuses_a_broken_row_with_its_number(tmp_path: Path) -> N
     path.write_text("report\nfine\ntoo,many\n")
     with pytest.raises(
         ConfigError,
-        match=r"pool.csv: key '\(row 3\)': expected a well-formed CSV row: csv_fields \(line 3: 2 fields, the header has 1\)",
+        match=r"pool.csv: key '\(row 3\)': expected a well-formed CSV row: csv_fields \(line 3: 2 fields, the "
+        r"header has 1\)",
     ):
         read_manifest(path, ["report"])
 

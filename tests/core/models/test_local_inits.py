@@ -131,7 +131,8 @@ def test_vit_file_as_resnet_image_init_is_refused_naming_the_file(tmp_path: Path
     )
     with pytest.raises(
         ConfigError,
-        match=r"vit\.safetensors: key 'image-init': expected a torchvision ResNet state dict .* \(a timm ViT: it fits recipe refers\)",
+        match=r"vit\.safetensors: key 'image-init': expected a torchvision ResNet state dict .* \(a timm ViT: it "
+        r"fits recipe refers\)",
     ):
         build_model(_run(image_init=str(tmp_path / "vit.safetensors")))
 
@@ -145,7 +146,8 @@ def test_group_norm_resnet_file_is_refused_with_its_missing_statistics(tmp_path:
     save_file(torchvision_resnet_state(encoder), str(tmp_path / "gn.safetensors"))
     with pytest.raises(
         ConfigError,
-        match=r"gn\.safetensors: key 'image-init': expected a torchvision ResNet with BatchNorm .*missing \['stages\.0\.0\.bn1\.num_batches_tracked'",
+        match=r"gn\.safetensors: key 'image-init': expected a torchvision ResNet with BatchNorm .*missing "
+        r"\['stages\.0\.0\.bn1\.num_batches_tracked'",
     ):
         build_model(_run(image_init=str(tmp_path / "gn.safetensors")))
 
@@ -153,7 +155,8 @@ def test_group_norm_resnet_file_is_refused_with_its_missing_statistics(tmp_path:
 def test_image_init_path_that_does_not_exist_fails_at_config(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError,
-        match=r"key 'image-init': expected one of \('', 'efficientnet-lite0'\) or a torchvision ResNet state dict file, got '.*nope\.pth'",
+        match=r"key 'image-init': expected one of \('', 'efficientnet-lite0'\) or a torchvision ResNet state dict "
+        r"file, got '.*nope\.pth'",
     ):
         _run(image_init=str(tmp_path / "nope.pth")).validate()
 
@@ -201,7 +204,8 @@ def test_text_init_folder_refuses_another_vocabulary_as_tokenizer(tmp_path: Path
     (tmp_path / "other").mkdir()
     with pytest.raises(
         ConfigError,
-        match=r"key 'tokenizer': expected the text-init folder '.*bert' \(its vocab\.txt fits its embeddings\), got '.*other'",
+        match=r"key 'tokenizer': expected the text-init folder '.*bert' \(its vocab\.txt fits its embeddings\), got "
+        r"'.*other'",
     ):
         build_model(_run(text_init=str(tmp_path / "bert"), tokenizer=str(tmp_path / "other")))
 
@@ -231,7 +235,8 @@ def test_vocabulary_of_another_size_is_refused_naming_vocab_txt(tmp_path: Path) 
     (tmp_path / "bert" / "vocab.txt").write_text("".join(f"{t}\n" for t in DEMO_TOKENS[:-1]))
     with pytest.raises(
         ConfigError,
-        match=rf"bert/vocab\.txt: key '\(vocabulary\)': expected {len(DEMO_TOKENS)} tokens \(config.json vocab_size\), got {len(DEMO_TOKENS) - 1}",
+        match=rf"bert/vocab\.txt: key '\(vocabulary\)': expected {len(DEMO_TOKENS)} tokens \(config.json "
+        rf"vocab_size\), got {len(DEMO_TOKENS) - 1}",
     ):
         build_model(_run(text_init=str(tmp_path / "bert"), tokenizer=str(tmp_path / "bert")))
 
@@ -307,7 +312,8 @@ def test_timm_vit_of_another_width_names_what_the_preset_needs(tmp_path: Path) -
     _timm_vit_file(tmp_path / "vit.safetensors", 32, dim=64)
     with pytest.raises(
         ConfigError,
-        match=r"vit\.safetensors: key 'image-init': expected a timm VisionTransformer with class token, width 32, depth 2, patch 8 \(refers model-size 'tiny'\), got .*other shape",
+        match=r"vit\.safetensors: key 'image-init': expected a timm VisionTransformer with class token, width 32, "
+        r"depth 2, patch 8 \(refers model-size 'tiny'\), got .*other shape",
     ):
         build_model(_run(recipe="refers", image_init=str(tmp_path / "vit.safetensors")))
 

@@ -27,7 +27,10 @@ from fedvlp.core.models.pretrained import (
 from fedvlp.core.params import group_of
 
 # A sentence as radiology reports write it (IU X-ray style).
-REPORT = "The cardiomediastinal silhouette is within normal limits. No focal consolidation, pleural effusion or pneumothorax."
+REPORT = (
+    "The cardiomediastinal silhouette is within normal limits. No focal consolidation, pleural effusion or "
+    "pneumothorax."
+)
 
 
 def _package_effnet_state() -> dict[str, torch.Tensor]:

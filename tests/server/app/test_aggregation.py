@@ -238,7 +238,10 @@ def test_a_huge_count_cannot_take_over_a_capped_mean() -> None:
 def test_the_norm_history_bounds_a_lone_sender_after_the_warm_up() -> None:
     current = {"image.w": torch.zeros(2)}
     history = NormHistory()
-    one = lambda norm: SiteUpdate(3, {"image.w": torch.tensor([norm, 0.0])}, {"image": 10})
+
+    def one(norm: float) -> SiteUpdate:
+        return SiteUpdate(3, {"image.w": torch.tensor([norm, 0.0])}, {"image": 10})
+
     for norm in (1.0, 1.2):  # warm-up: two values are not a yardstick yet
         kept, reasons = history.reject([one(50.0)], current, factor=10.0)
         assert len(kept) == 1 and reasons == []

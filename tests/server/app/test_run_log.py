@@ -81,7 +81,8 @@ def test_a_resumed_run_drops_the_rows_of_rounds_it_runs_again(tmp_path: Path) ->
     # a server killed after logging round 2 but before checkpointing it resumes at round 2
     path = tmp_path / SITE_LOG
     path.write_text(
-        '{"round": 1, "site": "h", "metrics": {"loss/mlm": 3.0}}\n{"round": 2, "site": "h", "metrics": {"loss/mlm": 2.0}}\n'
+        '{"round": 1, "site": "h", "metrics": {"loss/mlm": 3.0}}\n{"round": 2, "site": "h", "metrics": {"loss/mlm": '
+        "2.0}}\n"
     )
     record = {"round": 2, "sites": [{"node_id": 5, "metrics": {"loss/mlm": 1.5}}], "rejected": []}
     log_round(_Nodes(NodeInfo(node_id=5, name="h", heartbeat_interval=30.0)), RunConfig(out_dir=str(tmp_path)), record)

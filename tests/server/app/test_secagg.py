@@ -29,7 +29,10 @@ MAX_WEIGHT = 1000.0
 
 def _replies() -> list[SiteUpdate]:
     torch.manual_seed(0)
-    step = lambda k: GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
+
+    def step(k: str) -> torch.Tensor:
+        return GLOBAL[k] + 0.05 * torch.randn_like(GLOBAL[k])
+
     pairs = SiteUpdate(
         1,
         {"image.w": step("image.w"), "image.bn.num_batches_tracked": torch.tensor(13), "text.w": step("text.w")},

@@ -137,7 +137,8 @@ def test_simulate_bare_word_reaches_the_site_check(tmp_path: Path, capsys: pytes
     assert main(["simulate", "--run-config", "recipe=convirt", f"sites={tmp_path / 'none'}"]) == 2
     assert (
         capsys.readouterr().err
-        == f"fedvlp: configuration error: run_config: key 'sites': expected a folder of site YAML files, got '{tmp_path / 'none'}'\n"
+        == "fedvlp: configuration error: run_config: key 'sites': expected a folder of site YAML files, got "
+        f"'{tmp_path / 'none'}'\n"
     )
 
 
@@ -145,7 +146,8 @@ def test_a_run_config_item_without_equals_names_it(capsys: pytest.CaptureFixture
     assert main(["simulate", "--run-config", "convirt"]) == 2
     assert (
         capsys.readouterr().err
-        == "fedvlp: configuration error: --run-config: key 'convirt': expected key=value, e.g. rounds=3 recipe=convirt\n"
+        == "fedvlp: configuration error: --run-config: key 'convirt': expected key=value, e.g. rounds=3 "
+        "recipe=convirt\n"
     )
 
 
@@ -166,7 +168,10 @@ def test_help_is_plain_text() -> None:
 
 
 def test_import_of_the_cli_stays_light() -> None:
-    code = f"import sys, fedvlp.server.cli.main, fedvlp.server.cli.simulation; print([m for m in {HEAVY!r} if m in sys.modules])"
+    code = (
+        f"import sys, fedvlp.server.cli.main, fedvlp.server.cli.simulation; print([m for m in {HEAVY!r} if m in "
+        "sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project_root(), timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
 

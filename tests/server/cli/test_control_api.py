@@ -117,7 +117,8 @@ def test_a_stranger_at_the_fleet_address_cannot_register_a_node_or_start_a_run(w
         fed.wait_worker_ready("hospital_a")
         out = tmp_path / "run"
         fed.run(
-            f'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=1 round-timeout=120 out-dir={json.dumps(str(out))}'
+            'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=1 round-timeout=120 '
+            f"out-dir={json.dumps(str(out))}"
         )
         fed.wait_round(out / "checkpoints", 1, watch=("superlink", "gateway", "hospital_a"))
         record = json.loads((out / "checkpoints" / "round_0001.json").read_text())["history"][-1]

@@ -92,7 +92,10 @@ def _logs(folder: Path) -> str:
 def test_flwr_run_on_superlink_and_three_supernodes(federation: dict, tmp_path: Path) -> None:
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
-    run_config = f'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=3 out-dir={json.dumps(str(out))}'
+    run_config = (
+        'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=3 '
+        f"out-dir={json.dumps(str(out))}"
+    )
     log = federation["logs"] / "flwr-run.log"
     started = time.monotonic()
     flwr = spawn(

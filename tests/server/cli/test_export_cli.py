@@ -116,7 +116,8 @@ def test_export_into_a_used_folder_is_a_one_line_error(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert (
         err
-        == f"fedvlp: configuration error: {out}: key '--out': expected a new or empty folder (or --force to replace an earlier export there)\n"
+        == f"fedvlp: configuration error: {out}: key '--out': expected a new or empty folder (or --force to replace "
+        "an earlier export there)\n"
     )
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 

@@ -152,7 +152,8 @@ def test_flwr_run_local_simulation(demo_env: Path, tmp_path: Path) -> None:
             flwr.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
             pytest.fail(
-                f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{tail(log, TAIL_LINES)}\n{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}"
+                f"flwr run did not finish within {RUN_TIMEOUT:.0f}s\n{tail(log, TAIL_LINES)}\n"
+                f"{tail(flwr_home / 'local-superlink' / 'superlink.log', TAIL_LINES)}"
             )
         elapsed = time.monotonic() - started
         assert flwr.returncode == 0, tail(log, TAIL_LINES)

@@ -91,7 +91,8 @@ def test_report_of_a_folder_without_site_log_names_it(
     assert main(["report", str(tmp_path)]) == 2
     assert (
         capsys.readouterr().err
-        == f"fedvlp report: {tmp_path}: no {SITE_LOG} (expected in the run folder, the out-dir of `fedvlp simulate` or `flwr run`)\n"
+        == f"fedvlp report: {tmp_path}: no {SITE_LOG} (expected in the run folder, the out-dir of `fedvlp simulate` "
+        "or `flwr run`)\n"
     )
 
 

@@ -29,7 +29,8 @@ def test_site_series_groups_by_family_metric_and_site() -> None:
 def test_a_round_logged_twice_keeps_its_last_row(tmp_path: Path) -> None:
     path = tmp_path / SITE_LOG
     path.write_text(
-        '{"round": 1, "site": "a", "metrics": {"loss/mlm": 3.0}}\n{"round": 1, "site": "a", "metrics": {"loss/mlm": 2.0}}\n'
+        '{"round": 1, "site": "a", "metrics": {"loss/mlm": 3.0}}\n{"round": 1, "site": "a", "metrics": {"loss/mlm": '
+        "2.0}}\n"
     )
     assert load_site_log(path) == [{"round": 1, "site": "a", "metrics": {"loss/mlm": 2.0}}]
 

@@ -65,7 +65,8 @@ def test_registered_nodes_train_a_round_over_tls(secure: dict) -> None:
     fed: LocalFederation = secure["fed"]
     out = secure["root"] / "run"
     fed.run(
-        f'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=2 round-timeout=120 out-dir={json.dumps(str(out))}'
+        'model-size="tiny" image-size=32 rounds=1 local-steps=2 batch-size=8 min-nodes=2 round-timeout=120 '
+        f"out-dir={json.dumps(str(out))}"
     )
     fed.wait_round(out / "checkpoints", 1, watch=("superlink", *HOSPITALS))
     record = json.loads((out / "checkpoints" / "round_0001.json").read_text())["history"][-1]
