@@ -8,7 +8,9 @@ other one, so that one bad reply costs its site the round and never the run.
 
 What a well-formed reply holds (``fedvlp.client.app.train_round``):
 
-* ``arrays`` (ArrayRecord): parameter name -> numeric numpy array;
+* ``arrays`` (ArrayRecord): parameter name -> numeric numpy array, packed into one ``uint8``
+  array under ``:packed`` (a safetensors buffer, ``core/compression.py``; what fedvlp's
+  ClientApp sends) or one by one;
 * ``group-counts`` (MetricRecord): group -> samples that trained it, an ``int`` in
   ``[1, MAX_COUNT]``, one per group of the arrays sent;
 * ``metrics`` (MetricRecord, optional): name -> finite number with ``|v| <= MAX_METRIC``;
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from fedvlp.core.compression import INT8_MAX, SCALE_SUFFIX, decode_upload, scale_shape
+from fedvlp.core.compression import INT8_MAX, PACKED_KEY, SCALE_SUFFIX, decode_upload, scale_shape, unpack_arrays
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, ERROR_REASONS, METRICS_KEY, SIZE_KEY, group_of
 
 from .aggregation import ReplyRejected, SiteUpdate
@@ -121,9 +123,29 @@ def _wire_dtype(target: torch.Tensor, mode: str) -> str:
     return {"bf16": "uint16", "int8": "int8"}.get(mode, str(torch.empty(0, dtype=target.dtype).numpy().dtype))
 
 
+def _numeric(name: str, value: np.ndarray, allowed: frozenset[str]) -> torch.Tensor:
+    """An unpacked array (safetensors gives only numeric dtypes; the run's wire layout may allow fewer)."""
+    if str(value.dtype) not in allowed or value.dtype.kind not in "fiub":
+        raise ValueError(f"'{name}' has dtype {value.dtype}, expected a numeric dtype")
+    return torch.from_numpy(value if value.flags.writeable else value.copy())
+
+
+def _arrays(arrays: Any, allowed: frozenset[str]) -> dict[str, torch.Tensor]:
+    """The reply's arrays, each checked: a packed record (``core/compression.py``) is unpacked
+    first and then held to exactly the same checks as arrays that travel one by one."""
+    names = [str(n) for n in arrays.keys()]
+    if PACKED_KEY not in names:
+        return {str(n): _tensor(str(n), a, allowed) for n, a in arrays.items()}
+    if len(names) != 1:
+        other = sorted(n for n in names if n != PACKED_KEY)[0]
+        raise ValueError(f"a packed record holds '{PACKED_KEY}' alone, found '{other}' beside it")
+    packed = _tensor(PACKED_KEY, arrays[PACKED_KEY], frozenset({"uint8"})).numpy()
+    return {name: _numeric(name, value, allowed) for name, value in unpack_arrays(packed).items()}
+
+
 def _decoded(arrays: Any, mode: str, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights of a compressed upload, after checking its exact wire layout (module docstring)."""
-    wire = {str(n): _tensor(str(n), a, _NUMERIC | {"uint16"}).numpy() for n, a in arrays.items()}
+    wire = {n: a.numpy() for n, a in _arrays(arrays, _NUMERIC | {"uint16"}).items()}
     for name, value in wire.items():
         if name.endswith(SCALE_SUFFIX):
             owner = name[: -len(SCALE_SUFFIX)]
@@ -206,7 +228,7 @@ def _parse(
     _check_layout(content)
     arrays = content.array_records[ARRAYS_KEY]
     if upload == "none":
-        weights = {str(name): _tensor(str(name), array) for name, array in arrays.items()}
+        weights = _arrays(arrays, _NUMERIC)
     else:
         if reference is None:
             raise ValueError(f"upload-compression '{upload}' needs the round's global weights to decode")

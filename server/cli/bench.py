@@ -113,10 +113,13 @@ def _upload_bytes(run: RunConfig) -> dict[str, Any]:
 
 
 def _record_bytes(arrays: dict[str, Any]) -> int:
-    """Bytes of the arrays as a Flower ArrayRecord carries them (npy data plus headers)."""
+    """Bytes of the arrays as a train message or reply carries them: packed into one array
+    (``core/compression.py``), its npy header and safetensors' JSON header included."""
     from flwr.app import Array, ArrayRecord
 
-    return int(ArrayRecord({k: Array(v) for k, v in arrays.items()}).count_bytes())
+    from fedvlp.core.compression import pack_record
+
+    return int(ArrayRecord({k: Array(v) for k, v in pack_record(arrays).items()}).count_bytes())
 
 
 # (upload, download) pairs whose round totals the bench prints

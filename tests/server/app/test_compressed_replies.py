@@ -25,6 +25,7 @@ from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY
 from fedvlp.server.app.aggregation import aggregate
 from fedvlp.server.app.rounds import Downloads, Guards, check_replies
+from tests.conftest import record_arrays
 
 STATE = {
     "image.w": torch.tensor([[0.0, 1.0], [2.0, 3.0]]),
@@ -285,8 +286,8 @@ def test_delta_downloads_follow_each_node_and_resend_the_whole_model_after_an_er
     encodings = [second[n].config_records[CONFIG_KEY][ENCODING_KEY] for n in (1, 2)]
     assert encodings == ["delta-int8", "bf16"]  # node 2 answered with an error: it may hold nothing
     # node 1 decodes the delta on its base exactly as the server recorded it
-    arrays = {k: a.numpy() for k, a in second[1].array_records[ARRAYS_KEY].items()}
-    base = apply_download("bf16", {k: a.numpy() for k, a in first[1].array_records[ARRAYS_KEY].items()}, None, STATE)
+    arrays = record_arrays(second[1].array_records[ARRAYS_KEY])
+    base = apply_download("bf16", record_arrays(first[1].array_records[ARRAYS_KEY]), None, STATE)
     held = apply_download("delta-int8", arrays, base, STATE)
     assert sorted(arrays) == [
         "image.bn.num_batches_tracked",
