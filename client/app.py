@@ -169,7 +169,8 @@ def train_round(
     else:
         wire_arrays = encode_upload(run.upload_compression, trained, global_state, wire)
     # one packed array instead of one per tensor: Flower moves each array as its own request
-    arrays = ArrayRecord({k: Array(v) for k, v in pack_record(wire_arrays).items()})
+    deflate = run.upload_compression != "none"  # the compressed modes also trade CPU for zlib's bytes
+    arrays = ArrayRecord({k: Array(v) for k, v in pack_record(wire_arrays, deflate).items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})
     # the site's size per group, declared with every reply: the server holds later counts to it
@@ -207,8 +208,8 @@ def received_state(
 
     A delta applies to the base the site kept (``wire``); a site without the base the message
     names (evicted from the cache, restarted, or in simulation run by another actor process this
-    round) answers with error 1005 and the server resends it the whole model in the same round. With a delta download mode the decoded weights become
-    the site's new base.
+    round) answers with error 1005 and the server resends it the whole model in the same round.
+    With a delta download mode the decoded weights become the site's new base.
     """
     config = msg.content.config_records[CONFIG_KEY]
     encoding = str(config.get(ENCODING_KEY, "none"))
@@ -284,7 +285,10 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         run, site = _classified(ERROR_SITE_CONFIG, lambda: _site(context))
         _classified(ERROR_NO_DATA, lambda: _trainer(site, run), only=ConfigError)  # load_site_data: nothing usable
         if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
-            train_fn = lambda g, r: _classified(ERROR_TRAINING, lambda: train_round(site, run, g, r))
+
+            def train_fn(global_state: Mapping[str, torch.Tensor], server_round: int) -> RecordDict:
+                return _classified(ERROR_TRAINING, lambda: train_round(site, run, global_state, server_round))
+
             return _classified(
                 ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range)
             )

@@ -94,7 +94,9 @@ def secagg_train(
     content = train(global_state, int(fitins.config[ROUND_CONFIG]))
     # a site that sends nothing (e.g. its privacy budget is spent) adds zeros to the sum
     record = content.array_records[ARRAYS_KEY] if ARRAYS_KEY in content.array_records else {}
-    sent = {k: torch.from_numpy(np.array(v)) for k, v in unpack_record({k: a.numpy() for k, a in record.items()}).items()}
+    sent = {
+        k: torch.from_numpy(np.array(v)) for k, v in unpack_record({k: a.numpy() for k, a in record.items()}).items()
+    }
     counts = dict(content.metric_records.get(COUNTS_KEY, {}))  # checked in encode_update, never cast
     metrics: dict[str, Any] = {k: float(v) for k, v in content.metric_records.get(METRICS_KEY, {}).items()}  # type: ignore[arg-type]
     # The site's declared size travels in the clear: the server holds the summed weights to it.

@@ -21,6 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # every small op hundreds of times slower when other processes (Ray actors, SuperNodes) run.
 torch.set_num_threads(1)
 
+
 def record_arrays(record: object) -> dict[str, "np.ndarray"]:
     """Name -> numpy array of a message's ArrayRecord, unpacked when packed (core/compression.py)."""
     from fedvlp.core.compression import unpack_record

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fedvlp.client.app import site_for, train_round
+from fedvlp.core.compression import PACKED_KEY
 from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.core.models import build_model
-from fedvlp.core.compression import PACKED_KEY
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY, group_of
 from tests.conftest import record_arrays
 

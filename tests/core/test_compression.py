@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
 from fedvlp.core.compression import (
+    DEFLATED_KEY,
     PACKED_KEY,
     SCALE_SUFFIX,
     WireState,
@@ -221,3 +223,31 @@ def test_a_packed_record_is_one_array_and_smaller_than_the_arrays_sent_one_by_on
     data = 100 * 8 * 8 * 4
     # one npy header instead of 100; safetensors' JSON header names each tensor once
     assert data < packed.count_bytes() < one_by_one
+
+
+def test_a_deflated_pack_comes_back_bit_for_bit_and_is_smaller_for_quantised_updates() -> None:
+    generator = torch.Generator().manual_seed(0)
+    update = {"image.w": 1e-3 * torch.randn(64, 256, generator=generator)}
+    q, scale = int8_quantize(update["image.w"])
+    arrays = {"image.w": q, "image.w" + SCALE_SUFFIX: scale}
+    deflated = pack_arrays(arrays, deflate=True)
+    back = unpack_record(pack_record(arrays, deflate=True))
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+    assert len(deflated) < 0.95 * len(pack_arrays(arrays))  # gaussian int8 values: ~10% less at level 1
+    assert list(pack_record(arrays, deflate=True)) == [DEFLATED_KEY]
+
+
+def test_a_deflated_buffer_that_inflates_past_the_bound_is_refused_before_it_is_built() -> None:
+    bomb = np.frombuffer(zlib.compress(b"\0" * (50 << 20), 9), dtype=np.uint8)  # 50 MB of zeros in ~50 KB
+    assert len(bomb) < (1 << 20)
+    with pytest.raises(ValueError, match="inflates past 1048576 bytes"):
+        unpack_arrays(bomb, deflated=True, max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [(b"not zlib at all", "is not zlib data"), (zlib.compress(b"x" * 100)[:-4], "is truncated zlib data")],
+)
+def test_bad_zlib_is_a_value_error(data: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        unpack_arrays(np.frombuffer(data, dtype=np.uint8), deflated=True, max_bytes=1 << 20)

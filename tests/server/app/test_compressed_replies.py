@@ -6,6 +6,7 @@ downloads keep each node's base."""
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -14,12 +15,14 @@ import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from fedvlp.core.compression import (
+    DEFLATED_KEY,
     ENCODING_KEY,
     SCALE_SUFFIX,
     WireState,
     apply_download,
     encode_upload,
     int8_dequantize,
+    pack_arrays,
 )
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY
@@ -373,3 +376,19 @@ def test_int8_simulation_ends_close_to_the_fp32_run(demo_env: object, tiny_run: 
         sorted(records["fp32"][1]["sites"], key=_kind), sorted(records["int8"][1]["sites"], key=_kind)
     ):
         assert int8_site["bytes"] < 0.4 * fp32_site["bytes"], (int8_site, fp32_site)
+
+
+def test_a_deflated_int8_reply_decodes_like_the_same_arrays_sent_one_by_one() -> None:
+    packed = {DEFLATED_KEY: pack_arrays(_int8(), deflate=True)}
+    updates, _, rejected = check_replies([_reply(packed, node=7), _reply(_int8(), node=8)], INT8, STATE, Guards())
+    assert not rejected and [u.node_id for u in updates] == [7, 8]
+    assert all(torch.equal(updates[0].weights[k], updates[1].weights[k]) for k in updates[1].weights)
+
+
+def test_a_zlib_bomb_is_rejected_without_inflating_it_and_the_round_goes_on() -> None:
+    bomb = np.frombuffer(zlib.compress(b"\0" * (64 << 20), 9), dtype=np.uint8)  # 64 MB from ~64 KB
+    updates, _, rejected = check_replies(
+        [_reply({DEFLATED_KEY: bomb}, node=13), _reply(_int8(), node=7)], INT8, STATE, Guards()
+    )
+    assert [u.node_id for u in updates] == [7]
+    assert len(rejected) == 1 and re.search(r"node 13: ':packed-zlib' inflates past \d+ bytes", rejected[0])

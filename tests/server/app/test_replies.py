@@ -12,7 +12,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
-from fedvlp.core.compression import PACKED_KEY, pack_arrays
+from fedvlp.core.compression import DEFLATED_KEY, PACKED_KEY, pack_arrays
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
 from fedvlp.server.app.aggregation import ReplyRejected
@@ -304,6 +304,11 @@ MALFORMED: list[tuple[str, Callable[[], RecordDict], str]] = [
         "packed: wrong shape inside",
         lambda: _packed({**GOOD_ARRAYS, "image.w": np.zeros(3, np.float32)}),
         r"'image.w' has shape \(3,\), expected \(2,\)",
+    ),
+    (
+        "deflated under upload none",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({DEFLATED_KEY: Array(pack_arrays(GOOD_ARRAYS, deflate=True))})}),
+        "':packed-zlib' is zlib data, which only a compressed upload mode sends",
     ),
     (
         "packed: NaN inside",
