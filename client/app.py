@@ -15,11 +15,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, MissingBase, WireState, apply_download, encode_upload
+from fedvlp.core.compression import (
+    BASE_ROUND_KEY,
+    ENCODING_KEY,
+    MissingBase,
+    WireState,
+    apply_download,
+    encode_upload,
+    pack_record,
+    unpack_record,
+)
 from fedvlp.core.config import (
     ConfigError,
     RunConfig,
@@ -155,10 +165,12 @@ def train_round(
     if private is not None:  # clipped + noised at client level; losses stay home
         trained, result.metrics = private.release(global_state, trained, result.metrics, server_round)
     if run.upload_compression == "none":
-        arrays = ArrayRecord({k: v.detach().cpu() for k, v in trained.items()})
+        wire_arrays: Mapping[str, np.ndarray | torch.Tensor] = {k: v.detach().cpu() for k, v in trained.items()}
     else:
-        encoded = encode_upload(run.upload_compression, trained, global_state, wire)
-        arrays = ArrayRecord({k: Array(v) for k, v in encoded.items()})
+        wire_arrays = encode_upload(run.upload_compression, trained, global_state, wire)
+    # one packed array instead of one per tensor: Flower moves each array as its own request
+    deflate = run.upload_compression != "none"  # the compressed modes also trade CPU for zlib's bytes
+    arrays = ArrayRecord({k: Array(v) for k, v in pack_record(wire_arrays, deflate).items()})
     counts = MetricRecord({group: int(n) for group, n in result.group_counts.items()})
     metrics = MetricRecord({k: float(v) for k, v in result.metrics.items()})
     # the site's size per group, declared with every reply: the server holds later counts to it
@@ -196,18 +208,18 @@ def received_state(
 
     A delta applies to the base the site kept (``wire``); a site without the base the message
     names (evicted from the cache, restarted, or in simulation run by another actor process this
-    round) answers with error 1005 and the server resends it the whole model in the same round. With a delta download mode the decoded weights become
-    the site's new base.
+    round) answers with error 1005 and the server resends it the whole model in the same round.
+    With a delta download mode the decoded weights become the site's new base.
     """
     config = msg.content.config_records[CONFIG_KEY]
     encoding = str(config.get(ENCODING_KEY, "none"))
-    record = msg.content.array_records[ARRAYS_KEY]
+    arrays = unpack_record({k: a.numpy() for k, a in msg.content.array_records[ARRAYS_KEY].items()})
     if encoding == "none":
-        state = record.to_torch_state_dict()
+        state = {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in arrays.items()}
     else:
         base_round = int(config.get(BASE_ROUND_KEY, -1))  # type: ignore[arg-type]
         base = wire.base if wire.base is not None and wire.base_round == base_round else None
-        state = apply_download(encoding, {k: a.numpy() for k, a in record.items()}, base, model.state_dict())
+        state = apply_download(encoding, arrays, base, model.state_dict())
     if run.download_compression.startswith("delta"):
         wire.base, wire.base_round = state, server_round
     return state
@@ -273,7 +285,10 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         run, site = _classified(ERROR_SITE_CONFIG, lambda: _site(context))
         _classified(ERROR_NO_DATA, lambda: _trainer(site, run), only=ConfigError)  # load_site_data: nothing usable
         if is_secagg_train(msg):  # SecAgg+: same training, reply encoded for the secure sum
-            train_fn = lambda g, r: _classified(ERROR_TRAINING, lambda: train_round(site, run, g, r))
+
+            def train_fn(global_state: Mapping[str, torch.Tensor], server_round: int) -> RecordDict:
+                return _classified(ERROR_TRAINING, lambda: train_round(site, run, global_state, server_round))
+
             return _classified(
                 ERROR_REPLY, lambda: secagg_train(msg, train_fn, run.secagg_max_weight, run.secagg_clipping_range)
             )

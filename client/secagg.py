@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
+from fedvlp.core.compression import unpack_record
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
 from fedvlp.core.secagg_codec import (
     FLOWER_NUM_EXAMPLES,
@@ -92,7 +93,10 @@ def secagg_train(
     global_state = {k: torch.from_numpy(np.array(a)) for k, a in zip(keys, arrays)}
     content = train(global_state, int(fitins.config[ROUND_CONFIG]))
     # a site that sends nothing (e.g. its privacy budget is spent) adds zeros to the sum
-    sent = content.array_records[ARRAYS_KEY].to_torch_state_dict() if ARRAYS_KEY in content.array_records else {}
+    record = content.array_records[ARRAYS_KEY] if ARRAYS_KEY in content.array_records else {}
+    sent = {
+        k: torch.from_numpy(np.array(v)) for k, v in unpack_record({k: a.numpy() for k, a in record.items()}).items()
+    }
     counts = dict(content.metric_records.get(COUNTS_KEY, {}))  # checked in encode_update, never cast
     metrics: dict[str, Any] = {k: float(v) for k, v in content.metric_records.get(METRICS_KEY, {}).items()}  # type: ignore[arg-type]
     # The site's declared size travels in the clear: the server holds the summed weights to it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Tiny models on a shared 2-core machine: OpenMP threads that spin-wait for each other make
 # every small op hundreds of times slower when other processes (Ray actors, SuperNodes) run.
 torch.set_num_threads(1)
+
+
+def record_arrays(record: object) -> dict[str, "np.ndarray"]:
+    """Name -> numpy array of a message's ArrayRecord, unpacked when packed (core/compression.py)."""
+    from fedvlp.core.compression import unpack_record
+
+    return unpack_record({k: a.numpy() for k, a in record.items()})  # type: ignore[attr-defined]
+
 
 CXR_DATA = (project_root().parent / "shared" / "data" / "cxr").resolve()
 DEMO_SITES = project_root() / "sites" / "demo"

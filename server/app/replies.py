@@ -8,7 +8,10 @@ other one, so that one bad reply costs its site the round and never the run.
 
 What a well-formed reply holds (``fedvlp.client.app.train_round``):
 
-* ``arrays`` (ArrayRecord): parameter name -> numeric numpy array;
+* ``arrays`` (ArrayRecord): parameter name -> numeric numpy array, packed into one ``uint8``
+  array under ``:packed`` (a safetensors buffer, ``core/compression.py``; what fedvlp's
+  ClientApp sends), under a compressed upload mode also as ``:packed-zlib`` (inflating to at
+  most twice the model's bytes), or one by one;
 * ``group-counts`` (MetricRecord): group -> samples that trained it, an ``int`` in
   ``[1, MAX_COUNT]``, one per group of the arrays sent;
 * ``metrics`` (MetricRecord, optional): name -> finite number with ``|v| <= MAX_METRIC``;
@@ -38,7 +41,15 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from fedvlp.core.compression import INT8_MAX, SCALE_SUFFIX, decode_upload, scale_shape
+from fedvlp.core.compression import (
+    DEFLATED_KEY,
+    INT8_MAX,
+    PACKED_KEYS,
+    SCALE_SUFFIX,
+    decode_upload,
+    scale_shape,
+    unpack_arrays,
+)
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, ERROR_REASONS, METRICS_KEY, SIZE_KEY, group_of
 
 from .aggregation import ReplyRejected, SiteUpdate
@@ -110,7 +121,8 @@ def _tensor(name: str, array: Any, allowed: frozenset[str] = _NUMERIC) -> torch.
         raise ValueError(f"'{name}' does not decode as a numpy array ({type(err).__name__})") from None
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
         raise ValueError(
-            f"'{name}' decodes to {type(value).__name__} of dtype {getattr(value, 'dtype', None)}, expected a numeric array"
+            f"'{name}' decodes to {type(value).__name__} of dtype {getattr(value, 'dtype', None)}, "
+            "expected a numeric array"
         )
     return torch.from_numpy(value if value.flags.writeable else value.copy())
 
@@ -121,9 +133,41 @@ def _wire_dtype(target: torch.Tensor, mode: str) -> str:
     return {"bf16": "uint16", "int8": "int8"}.get(mode, str(torch.empty(0, dtype=target.dtype).numpy().dtype))
 
 
+def _numeric(name: str, value: np.ndarray, allowed: frozenset[str]) -> torch.Tensor:
+    """An unpacked array (safetensors gives only numeric dtypes; the run's wire layout may allow fewer)."""
+    if str(value.dtype) not in allowed or value.dtype.kind not in "fiub":
+        raise ValueError(f"'{name}' has dtype {value.dtype}, expected a numeric dtype")
+    return torch.from_numpy(value if value.flags.writeable else value.copy())
+
+
+def _inflate_bound(reference: Mapping[str, torch.Tensor] | None) -> int | None:
+    """The most a deflated reply may inflate to: twice the model's bytes (every key in its own
+    dtype, plus int8 scales and headers, stays far below); ``None`` without a model to bound by."""
+    if reference is None:
+        return None
+    return 2 * sum(v.numel() * v.element_size() for v in reference.values()) + (1 << 20)
+
+
+def _arrays(arrays: Any, allowed: frozenset[str], max_bytes: int | None) -> dict[str, torch.Tensor]:
+    """The reply's arrays, each checked: a packed record (``core/compression.py``) is unpacked
+    first and then held to exactly the same checks as arrays that travel one by one."""
+    names = [str(n) for n in arrays.keys()]
+    key = next((k for k in PACKED_KEYS if k in names), None)
+    if key is None:
+        return {str(n): _tensor(str(n), a, allowed) for n, a in arrays.items()}
+    if len(names) != 1:
+        other = sorted(n for n in names if n != key)[0]
+        raise ValueError(f"a packed record holds '{key}' alone, found '{other}' beside it")
+    if key == DEFLATED_KEY and max_bytes is None:
+        raise ValueError(f"'{key}' is zlib data, which only a compressed upload mode sends")
+    packed = _tensor(key, arrays[key], frozenset({"uint8"})).numpy()
+    unpacked = unpack_arrays(packed, deflated=key == DEFLATED_KEY, max_bytes=max_bytes)
+    return {name: _numeric(name, value, allowed) for name, value in unpacked.items()}
+
+
 def _decoded(arrays: Any, mode: str, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights of a compressed upload, after checking its exact wire layout (module docstring)."""
-    wire = {str(n): _tensor(str(n), a, _NUMERIC | {"uint16"}).numpy() for n, a in arrays.items()}
+    wire = {n: a.numpy() for n, a in _arrays(arrays, _NUMERIC | {"uint16"}, _inflate_bound(reference)).items()}
     for name, value in wire.items():
         if name.endswith(SCALE_SUFFIX):
             owner = name[: -len(SCALE_SUFFIX)]
@@ -135,7 +179,8 @@ def _decoded(arrays: Any, mode: str, reference: Mapping[str, torch.Tensor]) -> d
                 raise ValueError(f"'{name}' sent without its tensor '{owner}'")
             if str(value.dtype) != "float32" or tuple(value.shape) != scale_shape(tuple(reference[owner].shape)):
                 raise ValueError(
-                    f"'{name}' is {value.dtype} {tuple(value.shape)}, expected float32 {scale_shape(tuple(reference[owner].shape))}"
+                    f"'{name}' is {value.dtype} {tuple(value.shape)}, "
+                    f"expected float32 {scale_shape(tuple(reference[owner].shape))}"
                 )
             if not (np.isfinite(value).all() and (value >= 0).all()):
                 raise ValueError(f"'{name}' holds a negative or non-finite scale, expected finite scales >= 0")
@@ -206,7 +251,7 @@ def _parse(
     _check_layout(content)
     arrays = content.array_records[ARRAYS_KEY]
     if upload == "none":
-        weights = {str(name): _tensor(str(name), array) for name, array in arrays.items()}
+        weights = _arrays(arrays, _NUMERIC, None)
     else:
         if reference is None:
             raise ValueError(f"upload-compression '{upload}' needs the round's global weights to decode")
@@ -227,7 +272,8 @@ def _parse(
         over = sorted(g for g, n in counts.items() if n > declared.get(g, 0))
         if over:
             raise ValueError(
-                f"group '{over[0]}' count {counts[over[0]]} exceeds the size {declared.get(over[0], 0)} the reply declares"
+                f"group '{over[0]}' count {counts[over[0]]} exceeds the size {declared.get(over[0], 0)} "
+                "the reply declares"
             )
     raw_metrics = content.metric_records.get(METRICS_KEY, {})
     if len(raw_metrics) > MAX_METRICS:

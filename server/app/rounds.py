@@ -3,10 +3,10 @@
 Each round: parse and validate every reply (``server/app/replies.py``: record layout, types, counts,
 metrics; keys, shapes, dtypes, finite values, integer buffers, the site's declared size, update
 norm against the round's median and against earlier rounds); a bad reply is rejected, logged
-with its node id and reason, and the round goes on with the others. Then aggregate per key (FedAvg, median or trimmed mean), apply the server optimizer
-(FedAvg, FedAdam, FedYogi) and checkpoint weights plus optimizer state. With
-``secure-aggregation = "secagg+"`` the round runs Flower's SecAgg+ workflow instead and the
-server sees only the sum of the replies (``server/app/secagg.py``).
+with its node id and reason, and the round goes on with the others. Then aggregate per key
+(FedAvg, median or trimmed mean), apply the server optimizer (FedAvg, FedAdam, FedYogi) and
+checkpoint weights plus optimizer state. With ``secure-aggregation = "secagg+"`` the round runs
+Flower's SecAgg+ workflow instead and the server sees only the sum of the replies (``server/app/secagg.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import (
     Array,
@@ -31,7 +32,7 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 
 from fedvlp.core.checkpoint import load_latest, save_round
-from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, apply_download, encode_download
+from fedvlp.core.compression import BASE_ROUND_KEY, ENCODING_KEY, apply_download, encode_download, pack_record
 from fedvlp.core.config import ConfigError, RunConfig, resolve_path
 from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, ERROR_NO_BASE, SITE_NAME_KEY
@@ -71,7 +72,10 @@ def round_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not history:
         return {}
     steady = history[1:] or history
-    mean = lambda key: sum(r[key] for r in steady) / len(steady)
+
+    def mean(key: str) -> float:
+        return float(sum(r[key] for r in steady) / len(steady))
+
     return {
         "rounds": len(history),
         "round-seconds": mean("seconds"),
@@ -114,6 +118,12 @@ def _sampled(grid: Grid, nodes: list[int], round_: int, run: RunConfig, known: d
     return sample_nodes(nodes, round_, run.seed, run.fraction_train, run.min_train_nodes, known)
 
 
+def _packed(arrays: Mapping[str, np.ndarray | torch.Tensor], deflate: bool = False) -> ArrayRecord:
+    """One packed array for the whole message (``core/compression.py``): Flower moves every array
+    of a message as its own request on each hop, so 131 tensors would cost 131 requests."""
+    return ArrayRecord({k: Array(v) for k, v in pack_record(arrays, deflate).items()})
+
+
 @dataclass
 class Downloads:
     """Encodes each node's train message by run-config ``download-compression``.
@@ -135,9 +145,7 @@ class Downloads:
     ) -> tuple[dict[int, RecordDict], dict[int, int]]:
         """Each node's train message content and the bytes of weights it carries."""
         if self.mode == "none":
-            content = RecordDict(
-                {ARRAYS_KEY: ArrayRecord(dict(state)), CONFIG_KEY: ConfigRecord({"server-round": round_})}
-            )
+            content = RecordDict({ARRAYS_KEY: _packed(state), CONFIG_KEY: ConfigRecord({"server-round": round_})})
             size = int(content.array_records[ARRAYS_KEY].count_bytes())
             return {n: content for n in nodes}, {n: size for n in nodes}
         contents, sizes, shared = {}, {}, None
@@ -146,11 +154,11 @@ class Downloads:
             if self.mode == "bf16" or base is None:
                 if shared is None:  # the same bf16 model for every node without a base
                     encoding, arrays = encode_download("bf16", state, None)
-                    shared = (encoding, arrays, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
+                    shared = (encoding, arrays, _packed(arrays, deflate=True))
                 encoding, arrays, record = shared
             else:
                 encoding, arrays = encode_download(self.mode, state, base)
-                record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+                record = _packed(arrays, deflate=True)
             if self.mode.startswith("delta"):
                 self.pending[node] = (round_, apply_download(encoding, arrays, base, state))
             config = ConfigRecord({"server-round": round_, ENCODING_KEY: encoding, BASE_ROUND_KEY: base_round})
@@ -364,7 +372,8 @@ def check_secure_sum(
         limit = guards.norms.bound(group, run.update_norm_factor)
         if limit is not None and norm > limit:
             problems.append(
-                f"group '{group}' aggregated update norm {norm:.4g} > {run.update_norm_factor:g} x median {limit / run.update_norm_factor:.4g} of earlier rounds"
+                f"group '{group}' aggregated update norm {norm:.4g} > {run.update_norm_factor:g} x median "
+                f"{limit / run.update_norm_factor:.4g} of earlier rounds"
             )
     return problems, declared
 
@@ -408,7 +417,8 @@ def run_federation(
             raise ConfigError(
                 str(checkpoint_dir),
                 "config_hash",
-                f"the same configuration as the checkpoints there (hash {latest.state.get('config_hash')}); use another out-dir",
+                f"the same configuration as the checkpoints there (hash {latest.state.get('config_hash')}); "
+                "use another out-dir",
                 run.config_hash(),
             )
         state = latest.weights

@@ -112,11 +112,14 @@ def _upload_bytes(run: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _record_bytes(arrays: dict[str, Any]) -> int:
-    """Bytes of the arrays as a Flower ArrayRecord carries them (npy data plus headers)."""
+def _record_bytes(arrays: dict[str, Any], deflate: bool) -> int:
+    """Bytes of the arrays as a train message or reply carries them: packed into one array
+    (``core/compression.py``; zlib-compressed under a compressed mode), headers included."""
     from flwr.app import Array, ArrayRecord
 
-    return int(ArrayRecord({k: Array(v) for k, v in arrays.items()}).count_bytes())
+    from fedvlp.core.compression import pack_record
+
+    return int(ArrayRecord({k: Array(v) for k, v in pack_record(arrays, deflate).items()}).count_bytes())
 
 
 # (upload, download) pairs whose round totals the bench prints
@@ -145,7 +148,8 @@ def compression_bytes(run: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     download = {}
     for mode in DOWNLOAD_MODES:
-        download[mode] = _record_bytes(encode_download(mode, moved, state if mode.startswith("delta") else None)[1])
+        encoded = encode_download(mode, moved, state if mode.startswith("delta") else None)[1]
+        download[mode] = _record_bytes(encoded, deflate=mode != "none")
         out[f"download-bytes/{mode}"] = download[mode]
         out[f"download-share/{mode}"] = round(download[mode] / download["none"], 3)
     for path in list_site_files(run.sites):
@@ -153,7 +157,7 @@ def compression_bytes(run: RunConfig) -> dict[str, Any]:
         trainer = LocalTrainer(model, load_site_datasets(site, run, model.max_text_len), run, torch.device("cpu"))
         groups = set(trainer.group_counts())
         trained = {k: v for k, v in moved.items() if group_of(k) in groups}
-        upload = {mode: _record_bytes(encode_upload(mode, trained, state)) for mode in UPLOAD_MODES}
+        upload = {mode: _record_bytes(encode_upload(mode, trained, state), mode != "none") for mode in UPLOAD_MODES}
         for mode in UPLOAD_MODES:
             out[f"upload-bytes/{mode}/{site.name}"] = upload[mode]
             out[f"upload-share/{mode}/{site.name}"] = round(upload[mode] / upload["none"], 3)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from fedvlp.client.app import site_for, train_round
+from fedvlp.core.compression import PACKED_KEY
 from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY, group_of
+from tests.conftest import record_arrays
 
 
 def test_site_config_in_node_config_wins(demo_env: Path, tiny_run: RunConfig) -> None:
@@ -41,9 +43,10 @@ def test_reply_carries_only_trained_groups_counts_and_scalar_metrics(demo_env: P
     state = build_model(tiny_run).state_dict()
     content = train_round(site, tiny_run, state, server_round=1)
     assert set(content.keys()) == {ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY}
-    arrays = content.array_records[ARRAYS_KEY]
+    arrays = record_arrays(content.array_records[ARRAYS_KEY])
+    assert list(content.array_records[ARRAYS_KEY].keys()) == [PACKED_KEY]  # one packed array travels
     assert {group_of(k) for k in arrays.keys()} == {"image", "head.mim"}
-    assert all(a.numpy().dtype in (np.float32, np.int64) for a in arrays.values())
+    assert all(a.dtype in (np.float32, np.int64) for a in arrays.values())
     counts = dict(content.metric_records[COUNTS_KEY])
     assert set(counts) == {"image", "head.mim"} and all(isinstance(v, int) and v > 0 for v in counts.values())
     sizes = dict(content.metric_records[SIZE_KEY])  # the declared size: what the site holds per group

@@ -14,7 +14,7 @@ from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, group_of
 from fedvlp.core.privacy import clip_update, epsilon_spent
 from fedvlp.core.train import LocalTrainer, load_site_datasets
-from tests.conftest import DEMO_SITES
+from tests.conftest import DEMO_SITES, record_arrays
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
@@ -46,7 +46,7 @@ def test_dp_round_at_a_single_modality_site_reports_its_epsilon(
     assert metrics["dp/epsilon"] == pytest.approx(epsilon_spent([(1.1, rate, dp_run.local_steps)], 1e-5))
     assert metrics["dp/level"] == 1.0 and metrics["dp/budget-exhausted"] == 0.0
     assert not any(k.startswith("loss/") for k in metrics)  # un-noised losses stay home
-    assert {group_of(k) for k in content.array_records[ARRAYS_KEY]} == groups
+    assert {group_of(k) for k in record_arrays(content.array_records[ARRAYS_KEY])} == groups
     assert set(content.metric_records[COUNTS_KEY]) == groups
 
 

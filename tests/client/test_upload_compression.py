@@ -15,6 +15,7 @@ from fedvlp.client import app as client_app
 from fedvlp.core.compression import SCALE_SUFFIX, MissingBase, encode_download
 from fedvlp.core.config import RunConfig, list_site_files, load_site
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY
+from tests.conftest import record_arrays
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +34,13 @@ def test_int8_reply_from_real_training_keeps_the_residual(demo_env: Path, tiny_r
     wire = client_app._wire_state(site, run)
     global_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     reply = client_app.train_round(site, run, global_state, 1, wire)
-    arrays = reply.array_records[ARRAYS_KEY]
+    arrays = record_arrays(reply.array_records[ARRAYS_KEY])
     floats = [k for k in arrays if not k.endswith(SCALE_SUFFIX) and global_state[k].is_floating_point()]
     assert floats and all(arrays[k].dtype == "int8" and arrays[k + SCALE_SUFFIX].dtype == "float32" for k in floats)
     assert sorted(wire.pending) == sorted(floats)
     # the residual is what rounding lost: at most half a step of each row's scale
     key = max(floats, key=lambda k: global_state[k].numel())
-    scale = torch.from_numpy(arrays[key + SCALE_SUFFIX].numpy())
+    scale = torch.from_numpy(arrays[key + SCALE_SUFFIX])
     rows = (
         wire.pending[key].reshape(scale.shape[0], -1)
         if wire.pending[key].dim() >= 2

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import zlib
+
 import numpy as np
 import pytest
 import torch
 
 from fedvlp.core.compression import (
+    DEFLATED_KEY,
+    PACKED_KEY,
     SCALE_SUFFIX,
     WireState,
     apply_download,
@@ -17,6 +22,10 @@ from fedvlp.core.compression import (
     encode_upload,
     int8_dequantize,
     int8_quantize,
+    pack_arrays,
+    pack_record,
+    unpack_arrays,
+    unpack_record,
 )
 from fedvlp.core.config import ConfigError, RunConfig
 
@@ -158,3 +167,87 @@ def test_unknown_compression_mode_is_refused(key: str, value: str) -> None:
 def test_compression_with_secure_aggregation_is_refused() -> None:
     with pytest.raises(ConfigError, match="upload-compression.*'none' with secure-aggregation"):
         RunConfig(secure_aggregation="secagg+", upload_compression="int8").validate()
+
+
+def test_packed_arrays_come_back_bit_for_bit_with_dtype_and_shape() -> None:
+    arrays = {
+        "image.w": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not contiguous
+        "image.bn.num_batches_tracked": np.array(7),  # 0-d stays 0-d
+        "text.w": bf16_encode(torch.tensor([1.5, -2.25])),
+        "text.q": np.array([-127, 0, 127], dtype=np.int8),
+        "text.q" + SCALE_SUFFIX: np.array([0.5], dtype=np.float32),
+        "head.mim.empty": np.zeros((0, 3), dtype=np.float32),
+    }
+    packed = pack_arrays(arrays)
+    assert packed.dtype == np.uint8 and packed.ndim == 1
+    back = unpack_arrays(packed)
+    assert back.keys() == arrays.keys()
+    for key, value in arrays.items():
+        assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+        assert np.array_equal(back[key], value), key
+
+
+def test_pack_takes_tensors_as_they_are() -> None:
+    state = {"image.w": torch.tensor([[1.0, 2.0]]), "image.n": torch.tensor(3)}
+    back = unpack_arrays(pack_arrays(state))
+    assert all(torch.equal(torch.from_numpy(back[k]), v) for k, v in state.items())
+
+
+def test_unpack_record_passes_unpacked_records_through() -> None:
+    plain = {"image.w": np.ones(2, dtype=np.float32)}
+    assert unpack_record(plain) == plain
+    assert np.array_equal(unpack_record(pack_record(plain))["image.w"], plain["image.w"])
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({PACKED_KEY: pack_arrays({"a.w": np.ones(1)}), "a.x": np.ones(1)}, "holds ':packed' alone, found 'a.x'"),
+        ({PACKED_KEY: pack_arrays({"a.w": np.ones(1)})[:-3]}, "does not decode as packed arrays"),
+        ({PACKED_KEY: np.ones(8, dtype=np.float32)}, "expected a 1-D uint8 array"),
+        ({PACKED_KEY: np.ones((2, 8), dtype=np.uint8)}, "expected a 1-D uint8 array"),
+    ],
+)
+def test_a_bad_packed_record_is_a_value_error_naming_what_is_wrong(record: dict[str, np.ndarray], reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        unpack_record(record)
+
+
+def test_a_packed_record_is_one_array_and_smaller_than_the_arrays_sent_one_by_one() -> None:
+    from flwr.app import Array, ArrayRecord
+
+    state = {f"image.layer{i}.w": torch.randn(8, 8) for i in range(100)}
+    one_by_one = ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}).count_bytes()
+    packed = ArrayRecord({k: Array(v) for k, v in pack_record(state).items()})
+    assert list(packed.keys()) == [PACKED_KEY]
+    data = 100 * 8 * 8 * 4
+    # one npy header instead of 100; safetensors' JSON header names each tensor once
+    assert data < packed.count_bytes() < one_by_one
+
+
+def test_a_deflated_pack_comes_back_bit_for_bit_and_is_smaller_for_quantised_updates() -> None:
+    generator = torch.Generator().manual_seed(0)
+    update = {"image.w": 1e-3 * torch.randn(64, 256, generator=generator)}
+    q, scale = int8_quantize(update["image.w"])
+    arrays = {"image.w": q, "image.w" + SCALE_SUFFIX: scale}
+    deflated = pack_arrays(arrays, deflate=True)
+    back = unpack_record(pack_record(arrays, deflate=True))
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+    assert len(deflated) < 0.95 * len(pack_arrays(arrays))  # gaussian int8 values: ~10% less at level 1
+    assert list(pack_record(arrays, deflate=True)) == [DEFLATED_KEY]
+
+
+def test_a_deflated_buffer_that_inflates_past_the_bound_is_refused_before_it_is_built() -> None:
+    bomb = np.frombuffer(zlib.compress(b"\0" * (50 << 20), 9), dtype=np.uint8)  # 50 MB of zeros in ~50 KB
+    assert len(bomb) < (1 << 20)
+    with pytest.raises(ValueError, match="inflates past 1048576 bytes"):
+        unpack_arrays(bomb, deflated=True, max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [(b"not zlib at all", "is not zlib data"), (zlib.compress(b"x" * 100)[:-4], "is truncated zlib data")],
+)
+def test_bad_zlib_is_a_value_error(data: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        unpack_arrays(np.frombuffer(data, dtype=np.uint8), deflated=True, max_bytes=1 << 20)

@@ -6,6 +6,7 @@ downloads keep each node's base."""
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -14,17 +15,20 @@ import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from fedvlp.core.compression import (
+    DEFLATED_KEY,
     ENCODING_KEY,
     SCALE_SUFFIX,
     WireState,
     apply_download,
     encode_upload,
     int8_dequantize,
+    pack_arrays,
 )
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, CONFIG_KEY, COUNTS_KEY
 from fedvlp.server.app.aggregation import aggregate
 from fedvlp.server.app.rounds import Downloads, Guards, check_replies
+from tests.conftest import record_arrays
 
 STATE = {
     "image.w": torch.tensor([[0.0, 1.0], [2.0, 3.0]]),
@@ -285,8 +289,8 @@ def test_delta_downloads_follow_each_node_and_resend_the_whole_model_after_an_er
     encodings = [second[n].config_records[CONFIG_KEY][ENCODING_KEY] for n in (1, 2)]
     assert encodings == ["delta-int8", "bf16"]  # node 2 answered with an error: it may hold nothing
     # node 1 decodes the delta on its base exactly as the server recorded it
-    arrays = {k: a.numpy() for k, a in second[1].array_records[ARRAYS_KEY].items()}
-    base = apply_download("bf16", {k: a.numpy() for k, a in first[1].array_records[ARRAYS_KEY].items()}, None, STATE)
+    arrays = record_arrays(second[1].array_records[ARRAYS_KEY])
+    base = apply_download("bf16", record_arrays(first[1].array_records[ARRAYS_KEY]), None, STATE)
     held = apply_download("delta-int8", arrays, base, STATE)
     assert sorted(arrays) == [
         "image.bn.num_batches_tracked",
@@ -372,3 +376,19 @@ def test_int8_simulation_ends_close_to_the_fp32_run(demo_env: object, tiny_run: 
         sorted(records["fp32"][1]["sites"], key=_kind), sorted(records["int8"][1]["sites"], key=_kind)
     ):
         assert int8_site["bytes"] < 0.4 * fp32_site["bytes"], (int8_site, fp32_site)
+
+
+def test_a_deflated_int8_reply_decodes_like_the_same_arrays_sent_one_by_one() -> None:
+    packed = {DEFLATED_KEY: pack_arrays(_int8(), deflate=True)}
+    updates, _, rejected = check_replies([_reply(packed, node=7), _reply(_int8(), node=8)], INT8, STATE, Guards())
+    assert not rejected and [u.node_id for u in updates] == [7, 8]
+    assert all(torch.equal(updates[0].weights[k], updates[1].weights[k]) for k in updates[1].weights)
+
+
+def test_a_zlib_bomb_is_rejected_without_inflating_it_and_the_round_goes_on() -> None:
+    bomb = np.frombuffer(zlib.compress(b"\0" * (64 << 20), 9), dtype=np.uint8)  # 64 MB from ~64 KB
+    updates, _, rejected = check_replies(
+        [_reply({DEFLATED_KEY: bomb}, node=13), _reply(_int8(), node=7)], INT8, STATE, Guards()
+    )
+    assert [u.node_id for u in updates] == [7]
+    assert len(rejected) == 1 and re.search(r"node 13: ':packed-zlib' inflates past \d+ bytes", rejected[0])

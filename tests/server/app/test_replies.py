@@ -12,6 +12,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
+from fedvlp.core.compression import DEFLATED_KEY, PACKED_KEY, pack_arrays
 from fedvlp.core.config import RunConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY
 from fedvlp.server.app.aggregation import ReplyRejected
@@ -89,6 +90,23 @@ def _counts(image: object) -> MetricRecord:
 
 
 F32 = _array(np.array([0.1, -0.1], dtype=np.float32))
+GOOD_ARRAYS = {
+    "image.w": np.array([0.1, -0.1], dtype=np.float32),
+    "text.w": np.array([10.2], dtype=np.float32),
+    "image.bn.num_batches_tracked": np.array(7),
+}
+
+
+def _packed(arrays: dict[str, np.ndarray], **beside: Array) -> RecordDict:
+    """A reply whose arrays travel packed (what fedvlp's ClientApp sends), plus arrays ``beside``."""
+    return _good(**{ARRAYS_KEY: ArrayRecord({PACKED_KEY: Array(pack_arrays(arrays)), **beside})})
+
+
+def _packed_bytes(data: bytes) -> RecordDict:
+    return _good(**{ARRAYS_KEY: ArrayRecord({PACKED_KEY: Array(np.frombuffer(data, dtype=np.uint8))})})
+
+
+_GOOD_BYTES = pack_arrays(GOOD_ARRAYS).tobytes()
 # (kind, reply content, expected reason)
 MALFORMED: list[tuple[str, Callable[[], RecordDict], str]] = [
     (
@@ -259,6 +277,44 @@ MALFORMED: list[tuple[str, Callable[[], RecordDict], str]] = [
         lambda: _good(**{METRICS_KEY: MetricRecord({"loss/mlm": [1.0, 2.0]})}),
         "metric 'loss/mlm' is list",
     ),
+    ("packed: truncated", lambda: _packed_bytes(_GOOD_BYTES[:-5]), "':packed' does not decode as packed arrays"),
+    ("packed: garbage", lambda: _packed_bytes(b"\xff" * 64), "':packed' does not decode as packed arrays"),
+    ("packed: empty", lambda: _packed_bytes(b""), "':packed' does not decode as packed arrays"),
+    (
+        "packed: header past the end",
+        lambda: _packed_bytes((10**9).to_bytes(8, "little") + b"{}"),
+        "':packed' does not decode as packed arrays",
+    ),
+    (
+        "packed: float32 buffer",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({PACKED_KEY: F32})}),
+        "':packed' has dtype 'float32', expected a numeric dtype",
+    ),
+    (
+        "packed: stray array beside it",
+        lambda: _packed(GOOD_ARRAYS, **{"text.w": F32}),
+        "a packed record holds ':packed' alone, found 'text.w' beside it",
+    ),
+    (
+        "packed: unknown parameter inside",
+        lambda: _packed({**GOOD_ARRAYS, "image.extra": np.zeros(2, np.float32)}),
+        "unknown parameter 'image.extra'",
+    ),
+    (
+        "packed: wrong shape inside",
+        lambda: _packed({**GOOD_ARRAYS, "image.w": np.zeros(3, np.float32)}),
+        r"'image.w' has shape \(3,\), expected \(2,\)",
+    ),
+    (
+        "deflated under upload none",
+        lambda: _good(**{ARRAYS_KEY: ArrayRecord({DEFLATED_KEY: Array(pack_arrays(GOOD_ARRAYS, deflate=True))})}),
+        "':packed-zlib' is zlib data, which only a compressed upload mode sends",
+    ),
+    (
+        "packed: NaN inside",
+        lambda: _packed({**GOOD_ARRAYS, "text.w": np.array([np.nan], np.float32)}),
+        "'text.w' contains NaN or Inf",
+    ),
 ]
 
 
@@ -297,6 +353,14 @@ def test_a_second_reply_of_a_node_in_one_round_is_rejected() -> None:
 def test_parse_reply_raises_reply_rejected_only() -> None:
     with pytest.raises(ReplyRejected, match="^node 13: 'group-counts' is a ConfigRecord"):
         parse_reply(_reply(_good(**{COUNTS_KEY: ConfigRecord({"image": 1})}), node=13))
+
+
+def test_a_packed_reply_parses_to_the_same_update_as_arrays_sent_one_by_one() -> None:
+    packed = parse_reply(_reply(_packed(GOOD_ARRAYS)))
+    plain = parse_reply(_reply(_good()))
+    assert packed.update.weights.keys() == plain.update.weights.keys()
+    assert all(torch.equal(packed.update.weights[k], plain.update.weights[k]) for k in plain.update.weights)
+    assert packed.update.counts == plain.update.counts and packed.metrics == plain.metrics
 
 
 def test_a_well_formed_reply_parses_to_typed_values() -> None:
