@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from fedvlp.client import app
 from fedvlp.client.app import train_round
@@ -13,6 +14,7 @@ from fedvlp.core.config import RunConfig, load_site
 from fedvlp.core.distributed import NPROC_ENV
 from fedvlp.core.models import build_model
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY, group_of
+from tests.conftest import record_arrays
 
 
 def _site_with_a_corrupt_image(tmp_path: Path, world: Path) -> Path:
@@ -41,8 +43,8 @@ def test_the_worker_nproc_trains_a_site_in_two_processes_with_the_same_reply(
     app._TRAINERS.clear()  # a fresh site trainer: the processes must find the corrupt image themselves
     ddp = train_round(site, run, state, server_round=1)
     assert set(ddp.keys()) == {ARRAYS_KEY, COUNTS_KEY, METRICS_KEY, SIZE_KEY}
-    arrays = ddp.array_records[ARRAYS_KEY].to_torch_state_dict()
-    assert set(arrays) == set(single.array_records[ARRAYS_KEY].keys())
+    arrays = {k: torch.from_numpy(v) for k, v in record_arrays(ddp.array_records[ARRAYS_KEY]).items()}
+    assert set(arrays) == set(record_arrays(single.array_records[ARRAYS_KEY]))
     assert {group_of(k) for k in arrays} == {"image", "head.mim"}
     assert max(float((arrays[k] - state[k]).abs().max()) for k in arrays) > 1e-4  # trained
     # the corrupt image is found, counted once and left out of the counts, as in one process

@@ -32,15 +32,21 @@ RECORD_DIR_ENV = "FEDVLP_TEST_RECORD_DIR"
 
 
 def _describe(reply: Any) -> dict[str, Any]:
-    """What a reply carries, in JSON: array names with shape and dtype, metric and config
-    records verbatim (they are small), and the error if any."""
+    """What a reply carries, in JSON: array names with shape and dtype (unpacked from the one
+    packed array that travels), metric and config records verbatim (they are small), and the
+    error if any."""
+    from fedvlp.core.compression import unpack_record
+
     if reply.has_error():
         return {"error": reply.error.reason}
     content = reply.content
     return {
         "records": {name: type(record).__name__ for name, record in content.items()},
         "arrays": {
-            name: {key: {"shape": list(arr.shape), "dtype": str(arr.dtype)} for key, arr in record.items()}
+            name: {
+                key: {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+                for key, arr in unpack_record({k: a.numpy() for k, a in record.items()}).items()
+            }
             for name, record in content.array_records.items()
         },
         "metrics": {name: dict(record) for name, record in content.metric_records.items()},

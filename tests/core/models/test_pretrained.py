@@ -25,6 +25,7 @@ from fedvlp.core.models.pretrained import (
     minilm_dir,
 )
 from fedvlp.core.params import group_of
+from tests.conftest import record_arrays
 
 # A sentence as radiology reports write it (IU X-ray style).
 REPORT = (
@@ -138,7 +139,7 @@ def test_a_site_trains_from_both_inits_and_uploads_only_known_groups(demo_env: P
     run = tiny_run.replace(text_init="minilm", image_init="efficientnet-lite0", local_steps=1)
     start = build_model(run).state_dict()
     reply = train_round(load_site(demo_env / "hospital_a.yaml"), run, start, server_round=1)
-    uploaded = reply.array_records["arrays"].to_torch_state_dict()
+    uploaded = {k: torch.from_numpy(v) for k, v in record_arrays(reply.array_records["arrays"]).items()}
     groups = {"image", "text", "head.contrastive", "head.matching", "head.mlm", "head.mim"}
     assert {group_of(k) for k in uploaded} == groups
     assert dict(reply.metric_records["group-counts"]).keys() == groups
