@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "FedProx mu=0.01": {"prox-mu": 0.01},
     "representation anchor weight 1": {"weight-anchor": 1.0},
     "without the Kermany hospital's images": {"_sites": "nih"},
+    "int8 uploads + delta-int8 downloads": {"upload-compression": "int8", "download-compression": "delta-int8"},
 }
 
 
