@@ -56,7 +56,7 @@ from fedvlp.core.params import (
     SIZE_KEY,
     filter_groups,
 )
-from fedvlp.core.train import LocalTrainer, load_site_data, resolve_device
+from fedvlp.core.train import LocalTrainer, load_site_data, resolve_device, tensor_bytes
 
 from .secagg import is_secagg_train, secagg_mod, secagg_train
 
@@ -82,10 +82,22 @@ def _wire_state(site: SiteConfig, run: RunConfig) -> WireState:
     return _WIRE.setdefault((str(site.path), run.config_hash()), WireState())
 
 
-def _cache_get(key: tuple[str, str], build: Any, max_entries: int) -> Any:
-    """The cached trainer of ``key`` (now the most recently used), or ``build()``'s, evicting the
-    least recently used entries beyond ``max_entries``. A site's entries of other configurations
-    go first: a long-running process (fedvlp.client.worker) serves run after run."""
+def _held_bytes(key: tuple[str, str]) -> int:
+    """What a cache entry keeps: its trainer's tensors and its wire state (residuals, base)."""
+    wire = _WIRE.get(key)
+    extra = list(wire.pending.values()) + list((wire.base or {}).values()) if wire is not None else []
+    return int(_TRAINERS[key].held_bytes()) + tensor_bytes(extra)
+
+
+def _cache_get(key: tuple[str, str], build: Any, max_entries: int, max_mb: float = 0.0) -> Any:
+    """The cached trainer of ``key`` (now the most recently used), or ``build()``'s.
+
+    Least recently used entries go while there are more than ``max_entries`` or, with
+    ``max_mb > 0``, while the tensors all entries hold exceed ``max_mb`` megabytes (measured when
+    a site is added, after its previous round trained: optimizer state and gradients included);
+    the entry just used always stays. A site's entries of other configurations go first: a
+    long-running process (fedvlp.client.worker) serves run after run.
+    """
     if key in _TRAINERS:
         _TRAINERS.move_to_end(key)
         return _TRAINERS[key]
@@ -95,6 +107,17 @@ def _cache_get(key: tuple[str, str], build: Any, max_entries: int) -> Any:
         evicted, _ = _TRAINERS.popitem(last=False)
         log.info("Trainer cache: evicted %s (trainer-cache-size %d)", evicted[0], max_entries)
     _TRAINERS[key] = build()
+    if max_mb > 0:
+        held = {k: _held_bytes(k) for k in _TRAINERS}
+        while len(_TRAINERS) > 1 and sum(held.values()) > max_mb * 1e6:
+            evicted, _ = _TRAINERS.popitem(last=False)
+            log.info(
+                "Trainer cache: evicted %s (%.0f MB held > trainer-cache-mb %g)",
+                evicted[0],
+                sum(held.values()) / 1e6,
+                max_mb,
+            )
+            held.pop(evicted)
     return _TRAINERS[key]
 
 
@@ -131,7 +154,7 @@ def _trainer(site: SiteConfig, run: RunConfig) -> LocalTrainer:
         )
         return trainer
 
-    return _cache_get((str(site.path), run.config_hash()), build, run.trainer_cache_size)
+    return _cache_get((str(site.path), run.config_hash()), build, run.trainer_cache_size, run.trainer_cache_mb)
 
 
 def train_round(

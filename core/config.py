@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -266,6 +267,8 @@ class RunConfig:
     min_train_nodes: int = _hash_if_changed(1)  # at least this many train each round, whatever fraction-train says
     # sites whose trainer (model, data, optimizer) a ClientApp process keeps (LRU)
     trainer_cache_size: int = _hash_never(4)
+    # and at most this many MB of tensors they hold (0: no bound but the count); the newest always stays
+    trainer_cache_mb: float = _hash_never(0.0)
     round_timeout: float = _hash_never(3600.0)
     sites: str = "sites/demo"
     out_dir: str = _hash_never("runs/flwr")
@@ -385,6 +388,13 @@ class RunConfig:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(origin, name.replace("_", "-"), "an integer >= 1", getattr(self, name))
+        if not (math.isfinite(self.trainer_cache_mb) and self.trainer_cache_mb >= 0):
+            raise ConfigError(
+                origin,
+                "trainer-cache-mb",
+                "a number of megabytes >= 0 (0: bounded by count only)",
+                self.trainer_cache_mb,
+            )
         if not 0.0 < self.fraction_train <= 1.0:
             raise ConfigError(origin, "fraction-train", "a share in (0, 1] of the connected nodes", self.fraction_train)
         if self.image_size % 32 != 0:

@@ -38,6 +38,7 @@ __all__ = [
     "load_site_data",
     "resolve_device",
     "tally_losses",
+    "tensor_bytes",
 ]
 
 
@@ -157,6 +158,15 @@ class _TagSource:
         batch = self.collate(samples)
         batch["source"] = self.index
         return batch
+
+
+def tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once (views share one)."""
+    seen: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
 
 
 class LocalTrainer:
@@ -299,6 +309,19 @@ class LocalTrainer:
         else:
             self._teacher.refresh(self.model)
         return self._teacher
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors this trainer keeps between rounds: the model's weights and
+        buffers, their gradients, the optimizer's state and the distillation teacher (each storage
+        counted once). What a ClientApp's trainer cache bounds with ``trainer-cache-mb``.
+        """
+        tensors: list[torch.Tensor] = list(self.model.state_dict().values())
+        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self._optimizer is not None:
+            tensors += [v for state in self._optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        if self._teacher is not None:
+            tensors += self._teacher.tensors()
+        return tensor_bytes(tensors)
 
     def _round_optimizer(self) -> torch.optim.Optimizer | None:
         """A fresh AdamW, or the site's previous one under ``persistent-optimizer``."""

@@ -58,6 +58,11 @@ class GlobalTeacher:
             pairs.append((self.projector, model.head["distill"].projector))
         return pairs
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight and buffer the teacher keeps (for memory accounting)."""
+        copies = [m for m in (self.image, self.text, self.projector) if m is not None]
+        return [t for module in copies for t in module.state_dict().values()]
+
     @torch.no_grad()
     def refresh(self, model: nn.Module) -> None:
         """Copy ``model``'s current weights and buffers (the new round's global model) in place."""

@@ -52,3 +52,57 @@ def test_trainer_cache_size_bounds_the_trainers_of_a_process(demo_env: Path, tin
     assert client_app._trainer(sites[2], run) is trainers[2]
     assert client_app._trainer(sites[0], run) is not trainers[0]  # evicted, built again
     assert [Path(k[0]).stem for k in client_app._TRAINERS] == ["hospital_c", "hospital_a"]
+
+
+class _Held:
+    """A stand-in trainer that holds ``mb`` megabytes."""
+
+    def __init__(self, mb: float) -> None:
+        self.mb = mb
+
+    def held_bytes(self) -> int:
+        return int(self.mb * 1e6)
+
+
+def test_trainer_cache_mb_evicts_the_least_recent_until_the_rest_fits() -> None:
+    def get(site: str, mb: float) -> None:
+        client_app._cache_get((site, "h"), lambda: _Held(mb), max_entries=10, max_mb=100.0)
+
+    get("a", 40), get("b", 40)
+    assert [k[0] for k in client_app._TRAINERS] == ["a", "b"]  # 80 MB: both fit
+    get("a", 40)  # used again: b is now the least recent
+    get("c", 50)  # 130 MB: b goes, 90 MB stay
+    assert [k[0] for k in client_app._TRAINERS] == ["a", "c"]
+    get("d", 150)  # larger than the bound alone: everything older goes, the newest stays
+    assert [k[0] for k in client_app._TRAINERS] == ["d"]
+
+
+def test_held_bytes_counts_weights_gradients_and_optimizer_state(demo_env: Path, tiny_run: RunConfig) -> None:
+    from fedvlp.core.train import tensor_bytes
+
+    site = load_site(list_site_files(tiny_run.sites)[1])  # hospital_b: images only
+    trainer = client_app._trainer(site, tiny_run)
+    weights = tensor_bytes(list(trainer.model.state_dict().values()))
+    assert trainer.held_bytes() == weights  # built, not trained yet
+    trainer.train(1, seed=0)
+    trained = [p for p in trainer.model.parameters() if p.grad is not None]
+    grads = sum(p.numel() * p.element_size() for p in trained)
+    moments = 2 * grads  # AdamW: exp_avg and exp_avg_sq per trained parameter (+ a scalar step each)
+    assert weights + grads + moments <= trainer.held_bytes() <= weights + grads + moments + 8 * len(trained) + 4096
+
+
+def test_tensor_bytes_counts_a_shared_storage_once() -> None:
+    import torch
+
+    from fedvlp.core.train import tensor_bytes
+
+    base = torch.zeros(1000)
+    assert tensor_bytes([base, base[:10], base.view(10, 100)]) == 4000
+    assert tensor_bytes([base, torch.zeros(10)]) == 4040
+
+
+def test_a_negative_trainer_cache_mb_is_refused() -> None:
+    from fedvlp.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer-cache-mb"):
+        RunConfig(trainer_cache_mb=-1.0).validate()

@@ -46,6 +46,7 @@ def test_every_field_has_a_known_hash_policy() -> None:
         "out_dir",
         "round_timeout",
         "rounds",
+        "trainer_cache_mb",
         "trainer_cache_size",
     ]
 
