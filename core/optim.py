@@ -99,8 +99,9 @@ def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.AdamW | Non
     groups = [{"params": [parameters[n] for n in spec.names], "lr": spec.lr} for spec in param_groups(model, run)]
     if not groups:
         return None
-    implementation = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(run.fused_optimizer, {})
-    return torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.weight_decay, **implementation)
+    foreach = True if run.fused_optimizer == "foreach" else None  # None: torch picks per device
+    fused = True if run.fused_optimizer == "fused" else None
+    return torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.weight_decay, foreach=foreach, fused=fused)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

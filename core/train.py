@@ -308,7 +308,7 @@ class LocalTrainer:
             return
         self._speed_applied = True
         if self.run.channels_last:
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.model.to(memory_format=torch.channels_last)
             self.channels_last = True
         if self.run.compile:
             for name in ("image", "text", "joint"):

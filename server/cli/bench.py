@@ -25,7 +25,15 @@ from fedvlp.core.params import group_of
 from fedvlp.core.runtime import offline_env, state_dir
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
-__all__ = ["compression_bytes", "run_bench", "simulation_figures", "site_step_seconds", "step_figures", "tree_rss_bytes", "SPEED_OPTIONS"]
+__all__ = [
+    "compression_bytes",
+    "run_bench",
+    "simulation_figures",
+    "site_step_seconds",
+    "step_figures",
+    "tree_rss_bytes",
+    "SPEED_OPTIONS",
+]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -113,17 +121,22 @@ def step_figures(
         could not train on this machine.
     """
     site = load_site(list_site_files(run.sites)[0])
-    variants = {"fedvlp": run, **{n: run.replace(**o) for n, o in (SPEED_OPTIONS if options is None else options).items()}}
+    variants = {
+        "fedvlp": run,
+        **{n: run.replace(**o) for n, o in (SPEED_OPTIONS if options is None else options).items()},
+    }
     trainers: dict[str, LocalTrainer] = {}
     figures: dict[str, Any] = {}
     reference: dict[str, torch.Tensor] = {}
     reference_loss = 0.0
     for name, variant in variants.items():
         model = build_model(variant)
-        trainer = LocalTrainer(model, load_site_datasets(site, variant, model.max_text_len), variant, torch.device("cpu"))
+        trainer = LocalTrainer(
+            model, load_site_datasets(site, variant, model.max_text_len), variant, torch.device("cpu")
+        )
         try:
             loss = trainer.train(5).metrics["loss/total"]
-        except Exception as error:  # noqa: BLE001 - a figure, not a crash: e.g. no compiler for torch.compile
+        except Exception as error:  # a figure, not a crash: e.g. no C compiler for torch.compile
             figures[f"error/{name}"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             continue
         state = {k: v.detach().float() for k, v in model.state_dict().items() if v.is_floating_point()}
@@ -131,7 +144,8 @@ def step_figures(
             reference, reference_loss = state, loss
         else:
             figures[f"loss-delta/{name}"] = float(f"{loss - reference_loss:.3g}")
-            figures[f"weight-delta/{name}"] = float(f"{max((state[k] - reference[k]).abs().max().item() for k in state):.3g}")
+            delta = max((state[k] - reference[k]).abs().max().item() for k in state)
+            figures[f"weight-delta/{name}"] = float(f"{delta:.3g}")
         trainers[name] = trainer
     bare = _bare_loop(run, trainers["fedvlp"])
     bare(2)  # warm-up
