@@ -69,6 +69,7 @@ SPEED_OPTIONS: dict[str, dict[str, Any]] = {
     "fused-adamw": {"fused_optimizer": "fused"},
     "compile": {"compile": True},
     "channels-last+fused-adamw": {"channels_last": True, "fused_optimizer": "fused"},
+    "channels-last+bf16": {"channels_last": True, "cpu_autocast": "bf16"},
     "channels-last+fused-adamw+bf16": {"channels_last": True, "fused_optimizer": "fused", "cpu_autocast": "bf16"},
 }
 
