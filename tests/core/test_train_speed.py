@@ -95,3 +95,20 @@ def test_bad_speed_option_values_name_the_key_and_defaults_keep_the_config_hash(
     assert base.replace(channels_last=False, compile=False).config_hash() == base.config_hash()
     for options in OPTIONS.values():
         assert base.replace(**options).config_hash() != base.config_hash()
+
+
+@pytest.mark.slow  # two gloo processes
+def test_ddp_with_channels_last_and_fused_adamw_gives_the_weights_of_one_process(
+    demo_env: Path, tiny_run: RunConfig
+) -> None:
+    from fedvlp.core.distributed import train_distributed
+
+    run = tiny_run.replace(norm="group", batch_size=8, channels_last=True, fused_optimizer="fused")
+    site = load_site(demo_env / "hospital_b.yaml")
+    model = build_model(run)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    single = LocalTrainer(model, load_site_data(site, run, model.max_text_len), run, CPU)
+    single.train(3, seed=7)
+    outcome = train_distributed(site, run, start, 3, 7, ["cpu", "cpu"])
+    after = single.model.state_dict()
+    assert max(float((after[k].float() - outcome.state[k].float()).abs().max()) for k in start) < 1e-6
