@@ -52,6 +52,8 @@ __all__ = [
     "NORMS",
     "IMAGE_BN_MODES",
     "MLM_DECODERS",
+    "CPU_AUTOCAST_MODES",
+    "FUSED_OPTIMIZER_MODES",
     "OPT_IN_OBJECTIVES",
 ]
 
@@ -94,6 +96,8 @@ IMAGE_INITS = (
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
 IMAGE_BN_MODES = ("train", "frozen")  # run-config key "image-bn": BatchNorm statistics of the image encoder
 MLM_DECODERS = ("untied", "tied")  # run-config key "mlm-decoder"
+CPU_AUTOCAST_MODES = ("off", "bf16")  # run-config key "cpu-autocast": forward passes on a CPU device
+FUSED_OPTIMIZER_MODES = ("off", "foreach", "fused")  # run-config key "fused-optimizer": AdamW's implementation
 # Objectives whose weight defaults to 0 (off unless a run asks for them); the others default to 1.
 OPT_IN_OBJECTIVES = ("distill",)
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")  # run-config key "aggregation" (per parameter key)
@@ -280,6 +284,15 @@ class RunConfig:
     device: str = _hash_never("auto")
     # DataLoader processes that decode images per source (0: in the training process)
     loader_workers: int = _hash_never(0)
+    # Speed of local training (README "Benchmark"); none applies under sample-level DP (core/privacy.py).
+    # channels_last memory format for the model and image batches (cnn family: its convolutions)
+    channels_last: bool = _hash_if_changed(False)
+    # "bf16": forward passes under bfloat16 autocast on a CPU device (CUDA devices always use it)
+    cpu_autocast: str = _hash_if_changed("off")
+    # AdamW's implementation: "off" (torch's default), "foreach" (multi-tensor) or "fused" (one kernel)
+    fused_optimizer: str = _hash_if_changed("off")
+    # torch.compile the model's encoders (their forward) on first use
+    compile: bool = _hash_if_changed(False)
     # Differential privacy (docs/privacy.md), active at sites whose file sets privacy.epsilon.
     # ResNet normalisation: "batch" or "group" (sample-level DP needs "group"; federation-wide)
     norm: str = _hash_if_changed("batch")
@@ -438,6 +451,10 @@ class RunConfig:
             raise ConfigError(origin, "image-bn", f"one of {IMAGE_BN_MODES}", self.image_bn)
         if self.mlm_decoder not in MLM_DECODERS:
             raise ConfigError(origin, "mlm-decoder", f"one of {MLM_DECODERS}", self.mlm_decoder)
+        if self.cpu_autocast not in CPU_AUTOCAST_MODES:
+            raise ConfigError(origin, "cpu-autocast", f"one of {CPU_AUTOCAST_MODES}", self.cpu_autocast)
+        if self.fused_optimizer not in FUSED_OPTIMIZER_MODES:
+            raise ConfigError(origin, "fused-optimizer", f"one of {FUSED_OPTIMIZER_MODES}", self.fused_optimizer)
         for name in ("freeze_image_stages", "freeze_text_layers"):
             if getattr(self, name) < -1:
                 raise ConfigError(origin, name.replace("_", "-"), "-1 (all), 0 (none) or a count", getattr(self, name))

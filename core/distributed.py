@@ -209,6 +209,8 @@ class _RankTrainer(LocalTrainer):
         if cuda and self.run.image_bn == "train":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self._rows: dict[int, tuple[int, int, int] | None] = {}  # this step's shard size -> (batch rows, start, end)
+        # channels-last / compile before DDP registers the parameters' storage for its gradient buckets
+        self._apply_speed_options()
         self.ddp = DistributedDataParallel(
             _Step(self), device_ids=[self.device] if cuda else None, find_unused_parameters=True
         )

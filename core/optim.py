@@ -89,12 +89,19 @@ def param_groups(model: nn.Module, run: RunConfig, names: Iterable[str] | None =
 
 
 def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.AdamW | None:
-    """AdamW over ``model``'s trainable parameters in :func:`param_groups`; ``None`` if nothing trains."""
+    """AdamW over ``model``'s trainable parameters in :func:`param_groups`; ``None`` if nothing trains.
+
+    Run-config ``fused-optimizer`` picks torch's implementation: ``off`` (torch's default for
+    the device: one tensor at a time on CPU), ``foreach`` (multi-tensor) or ``fused`` (one
+    kernel); the same update up to float rounding.
+    """
     parameters = dict(model.named_parameters())
     groups = [{"params": [parameters[n] for n in spec.names], "lr": spec.lr} for spec in param_groups(model, run)]
     if not groups:
         return None
-    return torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.weight_decay)
+    foreach = True if run.fused_optimizer == "foreach" else None  # None: torch picks per device
+    fused = True if run.fused_optimizer == "fused" else None
+    return torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.weight_decay, foreach=foreach, fused=fused)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

@@ -378,7 +378,9 @@ class DPSGDTrainer:
     Per step and per source: a Poisson-sampled batch (rate batch/rows), per-sample gradients
     from opacus hooks on the modules the source trains, clipping to ``dp-max-grad-norm``,
     Gaussian noise and AdamW (opacus' ``DPOptimizer``). The DataLoader workers of the wrapped
-    trainer are not used: rows are read in this process.
+    trainer are not used: rows are read in this process. Nor are its speed options
+    (``channels-last``, ``cpu-autocast``, ``fused-optimizer``, ``compile``): opacus' per-sample
+    gradients are validated in fp32 on eager, contiguous modules, with torch's default AdamW.
 
     Raises
     ------

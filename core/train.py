@@ -217,6 +217,10 @@ class LocalTrainer:
         # Sources whose batches entered a loss in the last round of train() (None: not tracked)
         self._trained_sources: set[int] | None = None
         self._loaders = [self._loader(d, i) for i, d in enumerate(self.datasets)]
+        # Speed options (run-config channels-last, compile) apply at the first train(): the
+        # DP-SGD trainer (core/privacy.py) runs its own loop over this trainer and never gets them.
+        self.channels_last = False
+        self._speed_applied = False
         self.skipped: Counter[str] = Counter()
         self._skipped_ids: set[str] = set()
         self.problems: list[str] = []
@@ -295,7 +299,32 @@ class LocalTrainer:
     def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The tensors of a drawn batch that the objectives read, on the trainer's device."""
         keys = ("image", "image2", "views", "view_mask", "input_ids", "attention_mask", "paired")
-        return {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
+        out = {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
+        if self.channels_last:
+            for key in ("image", "image2"):
+                if key in out and out[key].dim() == 4:
+                    out[key] = out[key].contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _apply_speed_options(self) -> None:
+        """Run-config ``channels-last`` and ``compile``, once, before the first local step.
+
+        ``channels-last`` stores the 4-d weights (convolutions) and the image batches as NHWC,
+        which oneDNN / cuDNN convolutions run faster; ``compile`` wraps the forward of each
+        encoder in ``torch.compile`` in place (``nn.Module.compile``: parameter names and
+        the state dict stay as they are).
+        """
+        if self._speed_applied:
+            return
+        self._speed_applied = True
+        if self.run.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        if self.run.compile:
+            for name in ("image", "text", "joint"):
+                module = getattr(self.model, name, None)
+                if isinstance(module, torch.nn.Module):
+                    module.compile(dynamic=False)
 
     def _needs_teacher(self) -> bool:
         return self.weights.get("distill", 0.0) > 0 or self.run.weight_anchor > 0
@@ -369,7 +398,8 @@ class LocalTrainer:
         teacher
             The round's global model, when self-distillation or the anchor is on.
         amp
-            bfloat16 autocast; ``None``: on CUDA devices.
+            bfloat16 autocast; ``None``: on CUDA devices, and on the CPU under run-config
+            ``cpu-autocast = "bf16"``.
 
         Returns
         -------
@@ -380,7 +410,9 @@ class LocalTrainer:
         total = None
         terms: list[tuple[str, float]] = []
         sources: set[int] = set()
-        use_amp = self.device.type == "cuda" if amp is None else amp
+        if amp is None:
+            amp = self.device.type == "cuda" or (self.device.type == "cpu" and self.run.cpu_autocast == "bf16")
+        use_amp = amp
         for index, batch in batches:
             view = BatchView(model, batch, teacher)
             losses: list[tuple[str, float, torch.Tensor]] = []
@@ -437,6 +469,7 @@ class LocalTrainer:
         # Everything random in a round derives from ``seed``, so a restarted process repeats
         # a round bit for bit: the global RNG (masks, dropout, augmentation) and the shuffles.
         torch.manual_seed(seed)
+        self._apply_speed_options()
         for index, loader in enumerate(self._loaders):
             assert loader.generator is not None
             loader.generator.manual_seed(seed * 1000 + index)

@@ -25,7 +25,15 @@ from fedvlp.core.params import group_of
 from fedvlp.core.runtime import offline_env, state_dir
 from fedvlp.core.train import LocalTrainer, load_site_datasets
 
-__all__ = ["compression_bytes", "run_bench", "simulation_figures", "site_step_seconds", "tree_rss_bytes"]
+__all__ = [
+    "compression_bytes",
+    "run_bench",
+    "simulation_figures",
+    "site_step_seconds",
+    "step_figures",
+    "tree_rss_bytes",
+    "SPEED_OPTIONS",
+]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -53,31 +61,35 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def _step_seconds(run: RunConfig, steps: int) -> tuple[float, float]:
-    """Seconds per local step of the pair site: fedvlp's trainer vs a bare loop."""
-    site = load_site(list_site_files(run.sites)[0])
-    model = build_model(run)
-    datasets = load_site_datasets(site, run, model.max_text_len)
-    trainer = LocalTrainer(model, datasets, run, torch.device("cpu"))
-    trainer.train(2)  # warm-up
-    started = time.perf_counter()
-    trainer.train(steps)
-    fedvlp_seconds = (time.perf_counter() - started) / steps
+# Run-config speed options of local training (core/train.py) that the bench times, alone and combined
+SPEED_OPTIONS: dict[str, dict[str, Any]] = {
+    "channels-last": {"channels_last": True},
+    "cpu-autocast-bf16": {"cpu_autocast": "bf16"},
+    "foreach-adamw": {"fused_optimizer": "foreach"},
+    "fused-adamw": {"fused_optimizer": "fused"},
+    "compile": {"compile": True},
+    "channels-last+fused-adamw": {"channels_last": True, "fused_optimizer": "fused"},
+    "channels-last+bf16": {"channels_last": True, "cpu_autocast": "bf16"},
+    "channels-last+fused-adamw+bf16": {"channels_last": True, "fused_optimizer": "fused", "cpu_autocast": "bf16"},
+}
 
+
+def _bare_loop(run: RunConfig, trainer: LocalTrainer) -> Any:
+    """``steps(count)``: a bare PyTorch loop (fresh model, same loader, loss and AdamW) running ``count`` steps."""
     bare = build_model(run)
     loader = trainer._loaders[0]
     optimizer = torch.optim.AdamW(bare.parameters(), lr=run.lr, weight_decay=run.weight_decay)
     weights = run.objective_weights()
     bare.train()
+    iterator = [iter(loader)]
 
-    def bare_steps(count: int) -> None:
-        iterator = iter(loader)
+    def steps(count: int) -> None:
         for _ in range(count):
             try:
-                batch = next(iterator)
+                batch = next(iterator[0])
             except StopIteration:
-                iterator = iter(loader)
-                batch = next(iterator)
+                iterator[0] = iter(loader)
+                batch = next(iterator[0])
             view = BatchView(bare, {k: batch[k] for k in ("image", "input_ids", "attention_mask")})
             loss = sum(weights[o.name] * o.loss(view) for o in bare.objectives)
             optimizer.zero_grad(set_to_none=True)
@@ -85,10 +97,74 @@ def _step_seconds(run: RunConfig, steps: int) -> tuple[float, float]:
             torch.nn.utils.clip_grad_norm_(bare.parameters(), run.grad_clip)
             optimizer.step()
 
-    bare_steps(2)
-    started = time.perf_counter()
-    bare_steps(steps)
-    return fedvlp_seconds, (time.perf_counter() - started) / steps
+    return steps
+
+
+def step_figures(
+    run: RunConfig, steps: int, repeats: int = 3, options: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Seconds per local step of the pair site: a bare loop, fedvlp's trainer, and the trainer
+    under each speed option (:data:`SPEED_OPTIONS`), interleaved in this one process.
+
+    Every variant first trains ``check_steps`` = 5 steps from the same weights and seed (its
+    warm-up, compilation included): ``loss-delta/<option>`` is its mean total loss minus the
+    default's, ``weight-delta/<option>`` the largest absolute weight difference after them.
+    Then ``repeats`` rounds run ``steps`` steps of every variant in turn (bare, default,
+    option, ...), so that load from other processes hits all of them alike; a variant's
+    figure is its fastest round.
+
+    Returns
+    -------
+    dict
+        ``step-seconds/fedvlp``, ``step-seconds/bare-pytorch``, ``step-ratio`` (fedvlp / bare),
+        and per option ``step-seconds/<option>``, ``step-ratio/<option>`` (option / bare),
+        ``loss-delta/<option>``, ``weight-delta/<option>``; ``error/<option>`` when an option
+        could not train on this machine.
+    """
+    site = load_site(list_site_files(run.sites)[0])
+    variants = {
+        "fedvlp": run,
+        **{n: run.replace(**o) for n, o in (SPEED_OPTIONS if options is None else options).items()},
+    }
+    trainers: dict[str, LocalTrainer] = {}
+    figures: dict[str, Any] = {}
+    reference: dict[str, torch.Tensor] = {}
+    reference_loss = 0.0
+    for name, variant in variants.items():
+        model = build_model(variant)
+        trainer = LocalTrainer(
+            model, load_site_datasets(site, variant, model.max_text_len), variant, torch.device("cpu")
+        )
+        try:
+            loss = trainer.train(5).metrics["loss/total"]
+        except Exception as error:  # a figure, not a crash: e.g. no C compiler for torch.compile
+            figures[f"error/{name}"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            continue
+        state = {k: v.detach().float() for k, v in model.state_dict().items() if v.is_floating_point()}
+        if name == "fedvlp":
+            reference, reference_loss = state, loss
+        else:
+            figures[f"loss-delta/{name}"] = float(f"{loss - reference_loss:.3g}")
+            delta = max((state[k] - reference[k]).abs().max().item() for k in state)
+            figures[f"weight-delta/{name}"] = float(f"{delta:.3g}")
+        trainers[name] = trainer
+    bare = _bare_loop(run, trainers["fedvlp"])
+    bare(2)  # warm-up
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, call in [("bare-pytorch", bare), *((n, t.train) for n, t in trainers.items())]:
+            started = time.perf_counter()
+            call(steps)
+            seconds = (time.perf_counter() - started) / steps
+            best[name] = min(best.get(name, seconds), seconds)
+    figures["step-seconds/fedvlp"] = round(best["fedvlp"], 4)
+    figures["step-seconds/bare-pytorch"] = round(best["bare-pytorch"], 4)
+    figures["step-ratio"] = round(best["fedvlp"] / best["bare-pytorch"], 3)
+    for name in trainers:
+        if name != "fedvlp":
+            figures[f"step-seconds/{name}"] = round(best[name], 4)
+            figures[f"step-ratio/{name}"] = round(best[name] / best["bare-pytorch"], 3)
+    return dict(sorted(figures.items(), key=lambda item: not item[0].startswith("step")))
 
 
 def _upload_bytes(run: RunConfig) -> dict[str, Any]:
@@ -284,10 +360,7 @@ def run_bench(quick: bool = False) -> dict[str, Any]:
         "batch-size": run.batch_size,
         "torch-threads": 1,
     }
-    fedvlp_step, bare_step = _step_seconds(run, steps=5 if quick else 20)
-    figures["step-seconds/fedvlp"] = round(fedvlp_step, 4)
-    figures["step-seconds/bare-pytorch"] = round(bare_step, 4)
-    figures["step-ratio"] = round(fedvlp_step / bare_step, 3)
+    figures.update(step_figures(run, steps=3 if quick else 10, repeats=2 if quick else 3))
     figures.update(_upload_bytes(run))
     figures.update(compression_bytes(run))
     with tempfile.TemporaryDirectory() as tmp:

@@ -116,6 +116,7 @@ FAMILY = Family(
             "image-bn",
             "freeze-image-stages",
             "freeze-text-layers",
+            "channels-last",
         }
     ),
     per_sample_dp=True,
