@@ -203,7 +203,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Print speed, size and memory figures, one ``name: value`` per line."""
     from .bench import run_bench, site_step_seconds
 
-    if args.sites:
+    if args.deployment:
+        from .bench_deployment import deployment_figures
+
+        figures = deployment_figures(args.rounds, args.modes)
+    elif args.sites:
         from .bench_sites import sites_bench
 
         figures = sites_bench(args.sites, fraction_train=args.fraction_train, rounds=args.rounds)
@@ -699,7 +703,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--fraction-train", type=float, default=0.1, help="with --sites: share of the sites that train each round"
     )
-    bench.add_argument("--rounds", type=int, default=3, help="with --sites: rounds simulated")
+    bench.add_argument("--rounds", type=int, default=3, help="with --sites / --deployment: rounds run")
+    bench.add_argument(
+        "--deployment",
+        action="store_true",
+        help="instead: round overhead of a real SuperLink + 2 SuperNodes on 127.0.0.1 "
+        "(tiny model; server/cli/bench_deployment.py)",
+    )
+    bench.add_argument(
+        "--modes",
+        nargs="+",
+        default=["worker"],
+        choices=["subprocess", "worker-stock", "worker"],
+        help="with --deployment: SuperNode setups to measure (default: worker, the recommended one)",
+    )
     bench.set_defaults(func=cmd_bench)
 
     val = sub.add_parser("validate-site", help="check every row and image of a site file")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ..flwr_processes import LocalFederation, kill_tree
+from fedvlp.server.cli.local_federation import LocalFederation, kill_tree
 
 pytestmark = pytest.mark.slow
 

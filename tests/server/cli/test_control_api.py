@@ -18,9 +18,8 @@ import pytest
 from fedvlp.core.config import project_root
 from fedvlp.server.cli.flwr_config import write_flwr_config
 from fedvlp.server.cli.gateway import is_forwarded
+from fedvlp.server.cli.local_federation import BIN, LocalFederation, flwr_env, free_ports, wait_for_port
 from fedvlp.server.cli.operator import make_certificates, make_node_keys
-
-from ..flwr_processes import BIN, LocalFederation, flwr_env, free_ports, wait_for_port
 
 SITES = Path(__file__).resolve().parents[3] / "sites" / "demo"
 REFUSED = "not served here: this address serves the Fleet API only"  # what flwr prints of the gateway's 404

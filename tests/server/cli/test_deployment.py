@@ -32,8 +32,7 @@ from safetensors.torch import load_file
 
 from fedvlp.core.config import project_root
 from fedvlp.server.cli.flwr_config import DEPLOYMENT_CONNECTION, write_flwr_config
-
-from ..flwr_processes import BIN, flwr_env, free_ports, spawn, stop_processes, tail, wait_for_port
+from fedvlp.server.cli.local_federation import BIN, flwr_env, free_ports, spawn, stop_processes, tail, wait_for_port
 
 pytestmark = pytest.mark.slow
 

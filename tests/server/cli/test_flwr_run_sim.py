@@ -51,8 +51,7 @@ from fedvlp.server.cli.flwr_config import (
     stop_local_superlink,
     write_flwr_config,
 )
-
-from ..flwr_processes import BIN, flwr_env, free_ports, spawn, stop_tree, tail
+from fedvlp.server.cli.local_federation import BIN, flwr_env, free_ports, spawn, stop_tree, tail
 
 pytestmark = pytest.mark.slow
 

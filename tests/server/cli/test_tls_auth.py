@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from fedvlp.server.cli.local_federation import LocalFederation
 from fedvlp.server.cli.operator import make_certificates, make_node_keys
-
-from ..flwr_processes import LocalFederation
 
 pytestmark = pytest.mark.slow
 

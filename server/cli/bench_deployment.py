@@ -1,9 +1,9 @@
 """Round overhead of a real deployment: Flower's default ClientApp isolation vs the fedvlp worker.
 
-Run from the project root (not collected by pytest; it takes a few minutes)::
+It takes a minute or a few per mode::
 
-    python -m tests.server.bench_deployment            # both modes, 3 rounds each
-    python -m tests.server.bench_deployment --rounds 4 --modes worker
+    fedvlp bench --deployment                       # the recommended worker setup, 3 rounds
+    fedvlp bench --deployment --rounds 4 --modes subprocess worker-stock worker
 
 For each mode it starts a SuperLink and two SuperNodes (hospital_a: pairs, hospital_b:
 images) on free 127.0.0.1 ports over a tiny generated world, runs ``flwr run`` with the
@@ -26,7 +26,6 @@ The ServerApp collects replies every 0.1 s in every mode (``fedvlp.server.app.ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from fedvlp.core.config import project_root
 from fedvlp.server.app.rounds import round_summary
 
-from .flwr_processes import POLL_INTERVAL, LocalFederation
+from .local_federation import POLL_INTERVAL, LocalFederation
 
 SITES = project_root() / "sites" / "demo"
 
@@ -91,27 +90,17 @@ def worker_split(fed: LocalFederation) -> dict[str, float]:
     return {f"worker-{step}-seconds": sum(v) / len(v) for step, v in steps.items() if v}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print ``deployment-<mode>-<figure>: value`` lines."""
+def deployment_figures(
+    rounds: int = 3, modes: list[str] | tuple[str, ...] = ("worker",), local_steps: int = 2
+) -> dict[str, float]:
+    """``deployment-<mode>-<figure>`` -> value for every mode (a federation each, in a temporary folder)."""
     from fedvlp.core.data.synthetic import WorldSpec, generate_world
 
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.server.bench_deployment", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=2)
-    parser.add_argument(
-        "--modes", nargs="+", default=["subprocess", "worker"], choices=["subprocess", "worker-stock", "worker"]
-    )
-    args = parser.parse_args(argv)
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fedvlp-bench-") as tmp:
         world = Path(tmp) / "world"
         generate_world(world, WorldSpec(n_pairs=64, n_images=64, n_reports=64, n_labeled=120, seed=1))
-        for mode in args.modes:
-            for name, value in measure(mode, world, Path(tmp) / mode, args.rounds, args.local_steps).items():
-                print(f"deployment-{mode}-{name}: {value:.2f}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        for mode in modes:
+            for name, value in measure(mode, world, Path(tmp) / mode, rounds, local_steps).items():
+                figures[f"deployment-{mode}-{name}"] = round(value, 2)
+    return figures

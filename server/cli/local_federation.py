@@ -1,7 +1,7 @@
-"""Start, watch and stop real Flower processes from the slow end-to-end tests.
+"""Start, watch and stop a real Flower deployment on 127.0.0.1: a SuperLink and SuperNodes.
 
-Shared by ``test_deployment.py`` (SuperLink + SuperNodes + ``flwr run``) and
-``test_flwr_run_sim.py`` (``flwr run`` with its detached local-simulation SuperLink).
+Used by ``fedvlp bench --deployment`` (:mod:`.bench_deployment`) and by the slow end-to-end
+tests (``tests/server/cli/test_deployment.py``, ``test_flwr_run_sim.py``, ``test_faults.py``, ...).
 
 Cleanup goes by PID through ``/proc`` rather than by process group or name: the SuperLink
 starts ``flower-superexec`` in a *new session*, which in turn starts ``flwr-serverapp``,
