@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The study's settings (sites/cxr/federation.toml [general-pretrained]) with the image sites only.
+# The reference: the study's first settings (sites/cxr/federation.toml [general-pretrained]) with the
+# image sites only. The study now trains every stage with channels-last + bf16 (the last variants).
 STUDY = {
     "image-init": "efficientnet-lite0",
     "image-size": 128,

@@ -282,7 +282,8 @@ def simulation_figures(run: RunConfig) -> dict[str, Any]:
 
 
 # What the study's keep-the-pretrained-start settings replace: every knob at its default
-# (the whole network trains, BatchNorm re-estimates, a dense MLM decoder, masked regeneration).
+# (the whole network trains, BatchNorm re-estimates, a dense MLM decoder, masked regeneration,
+# fp32 in PyTorch's default memory format).
 _BEFORE = {
     "freeze-image-stages": 0,
     "freeze-text-layers": 0,
@@ -293,6 +294,8 @@ _BEFORE = {
     "image-lr-scale": 1.0,
     "text-lr-scale": 1.0,
     "warmup-steps": 0,
+    "channels-last": False,
+    "cpu-autocast": "off",
 }
 
 
