@@ -141,6 +141,24 @@ def main() -> None:
     config = SweepConfig(
         fractions=(0.01, 0.1, 1.0), seeds=tuple(range(args.seeds)), protocols=("linear",), num_threads=2
     )
+
+    def probe(spec: InitSpec, folder: Path, overrides: dict[str, Any]) -> str:
+        """Linear probes of one init on the validation split: ``mean +- std`` cells at 1%, 10%, 100%."""
+        results = sweep_and_report(
+            [spec],
+            folder,
+            probe_split / "trainval.csv",
+            ["label_pneumonia_vs_normal"],
+            config,
+            test_path=args.split / "val.csv",
+            id_column="sample_id",
+            overrides=overrides,
+            extras=(),
+        )
+        auc = results[(results.metric == "auc") & (results["class"] == "mean")]
+        cells = auc.groupby("label_fraction")["value"].agg(["mean", "std"])
+        return " | ".join(f"{cells.loc[f, 'mean']:.3f} +- {cells.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0))
+
     rows = []
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
@@ -157,47 +175,19 @@ def main() -> None:
         started = time.perf_counter()
         simulate(RunConfig.from_flat(flat))
         seconds = time.perf_counter() - started
-        results = sweep_and_report(
-            [InitSpec(slug, str(out / slug))],
-            out / f"probe-{slug}",
-            probe_split / "trainval.csv",
-            ["label_pneumonia_vs_normal"],
-            config,
-            test_path=args.split / "val.csv",
-            id_column="sample_id",
-            extras=(),
-        )
-        auc = results[(results.metric == "auc") & (results["class"] == "mean")]
-        cells = auc.groupby("label_fraction")["value"].agg(["mean", "std"])
-        rows.append(
-            f"| {name} | "
-            + " | ".join(f"{cells.loc[f, 'mean']:.3f} +- {cells.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0))
-            + f" | {seconds / 60:.1f} |"
-        )
+        cells = probe(InitSpec(slug, str(out / slug)), out / f"probe-{slug}", {})
+        rows.append(f"| {name} | {cells} | {seconds / 60:.1f} |")
         print(rows[-1], flush=True)
-    baselines = []
-    for size in args.baseline_sizes:
-        baseline = sweep_and_report(
-            [InitSpec(f"general-pretrained@{size}", f"general-pretrained@{size}")],
+    baselines = [
+        f"| ImageNet EfficientNet-Lite0 at {size} px, no federated training | "
+        + probe(
+            InitSpec(f"general-pretrained@{size}", f"general-pretrained@{size}"),
             out / f"probe-imagenet-{size}",
-            probe_split / "trainval.csv",
-            ["label_pneumonia_vs_normal"],
-            config,
-            test_path=args.split / "val.csv",
-            id_column="sample_id",
-            overrides={"image-size": size},
-            extras=(),
+            {"image-size": size},
         )
-        auc = (
-            baseline[(baseline.metric == "auc") & (baseline["class"] == "mean")]
-            .groupby("label_fraction")["value"]
-            .agg(["mean", "std"])
-        )
-        baselines.append(
-            f"| ImageNet EfficientNet-Lite0 at {size} px, no federated training | "
-            + " | ".join(f"{auc.loc[f, 'mean']:.3f} +- {auc.loc[f, 'std']:.3f}" for f in (0.01, 0.1, 1.0))
-            + " | 0 |"
-        )
+        + " | 0 |"
+        for size in args.baseline_sizes
+    ]
     print()
     print(f"Validation AUC (linear probe, {args.seeds} seeds, mean +- std), {args.rounds} rounds x 25 local steps:")
     print("| variant | 1% | 10% | 100% | pretraining minutes |")
