@@ -36,6 +36,8 @@ STUDY = {
     "weight-distill": 1.0,
     "weight-mim": 0.0,
 }
+# The study's settings now: every stage trains, channels-last + bf16 autocast
+_ALL_FAST: dict[str, Any] = {"freeze-image-stages": 0, "channels-last": True, "cpu-autocast": "bf16"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "study settings": {},
     "BatchNorm statistics re-estimated (image-bn=train)": {"image-bn": "train"},
@@ -47,13 +49,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "representation anchor weight 1": {"weight-anchor": 1.0},
     "without the Kermany hospital's images": {"_sites": "nih"},
     "int8 uploads + delta-int8 downloads": {"upload-compression": "int8", "download-compression": "delta-int8"},
-    "all stages train, channels-last + bf16 autocast": {
-        "freeze-image-stages": 0,
-        "channels-last": True,
-        "cpu-autocast": "bf16",
-    },
+    "all stages train, channels-last + bf16 autocast": _ALL_FAST,
     "study settings, channels-last + bf16 autocast": {"channels-last": True, "cpu-autocast": "bf16"},
     "192 px, channels-last + bf16 autocast": {"image-size": 192, "channels-last": True, "cpu-autocast": "bf16"},
+    "all stages, speed, layer-wise decay 0.7": {**_ALL_FAST, "layer-decay": 0.7},
+    "all stages, speed, teacher momentum 0.99": {**_ALL_FAST, "distill-ema": 0.99},
+    "all stages, speed, 50 local steps": {**_ALL_FAST, "local-steps": 50},
 }
 
 
