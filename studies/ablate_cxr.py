@@ -57,6 +57,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all stages, speed, layer-wise decay 0.7": {**_ALL_FAST, "layer-decay": 0.7},
     "all stages, speed, teacher momentum 0.99": {**_ALL_FAST, "distill-ema": 0.99},
     "all stages, speed, 50 local steps": {**_ALL_FAST, "local-steps": 50},
+    # with --rounds 2 and --rounds 1: the same 150 steps in fewer, longer rounds
+    "all stages, speed, 75 local steps": {**_ALL_FAST, "local-steps": 75},
+    "all stages, speed, 150 local steps": {**_ALL_FAST, "local-steps": 150},
 }
 
 
