@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # The reference: the study's first settings (sites/cxr/federation.toml [general-pretrained]) with the
-# image sites only. The study now trains every stage with channels-last + bf16 (the last variants).
+# image sites only. The study now is "all stages, speed, 50 local steps" with --rounds 3.
 STUDY = {
     "image-init": "efficientnet-lite0",
     "image-size": 128,
@@ -41,7 +41,7 @@ STUDY = {
 _FAST: dict[str, Any] = {"channels-last": True, "cpu-autocast": "bf16"}
 _ALL_FAST: dict[str, Any] = {**_FAST, "freeze-image-stages": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "study settings": {},
+    "first study settings (5 stages locked, fp32)": {},
     "BatchNorm statistics re-estimated (image-bn=train)": {"image-bn": "train"},
     "all stages train (freeze-image-stages=0)": {"freeze-image-stages": 0},
     "encoder at the heads' rate (image-lr-scale=1)": {"image-lr-scale": 1.0},
@@ -52,7 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "without the Kermany hospital's images": {"_sites": "nih"},
     "int8 uploads + delta-int8 downloads": {"upload-compression": "int8", "download-compression": "delta-int8"},
     "all stages train, channels-last + bf16 autocast": _ALL_FAST,
-    "study settings, channels-last + bf16 autocast": _FAST,
+    "5 stages locked, channels-last + bf16 autocast": _FAST,
     "192 px, channels-last + bf16 autocast": {**_FAST, "image-size": 192},
     "all stages, speed, layer-wise decay 0.7": {**_ALL_FAST, "layer-decay": 0.7},
     "all stages, speed, teacher momentum 0.99": {**_ALL_FAST, "distill-ema": 0.99},
