@@ -38,7 +38,7 @@ away, the next delta carries. A node with no base gets the whole model in bf16.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +66,7 @@ __all__ = [
     "int8_quantize",
     "pack_arrays",
     "pack_record",
+    "packed_key",
     "unpack_arrays",
     "unpack_record",
     "scale_shape",
@@ -159,6 +160,22 @@ def pack_record(arrays: Mapping[str, np.ndarray | torch.Tensor], deflate: bool =
     return {DEFLATED_KEY if deflate else PACKED_KEY: pack_arrays(arrays, deflate)}
 
 
+def packed_key(names: Iterable[str]) -> str | None:
+    """The key of a packed record's one array (:data:`PACKED_KEYS`), or ``None`` for an unpacked record.
+
+    Raises
+    ------
+    ValueError
+        A packed key stands beside any other array.
+    """
+    listed = list(names)
+    key = next((k for k in PACKED_KEYS if k in listed), None)
+    if key is not None and len(listed) != 1:
+        other = sorted(n for n in listed if n != key)[0]
+        raise ValueError(f"a packed record holds '{key}' alone, found '{other}' beside it")
+    return key
+
+
 def unpack_record(arrays: Mapping[str, np.ndarray], max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """The arrays of a record, packed (:func:`pack_record`) or not (name -> array as it is).
 
@@ -168,12 +185,9 @@ def unpack_record(arrays: Mapping[str, np.ndarray], max_bytes: int | None = None
         A packed record holding anything beside its one array, or a buffer that does not decode
         (see :func:`unpack_arrays`, which ``max_bytes`` is passed to).
     """
-    key = next((k for k in PACKED_KEYS if k in arrays), None)
+    key = packed_key(arrays)
     if key is None:
         return dict(arrays)
-    if len(arrays) != 1:
-        other = sorted(k for k in arrays if k != key)[0]
-        raise ValueError(f"a packed record holds '{key}' alone, found '{other}' beside it")
     return unpack_arrays(arrays[key], deflated=key == DEFLATED_KEY, max_bytes=max_bytes)
 
 

@@ -44,9 +44,9 @@ from flwr.app import Message
 from fedvlp.core.compression import (
     DEFLATED_KEY,
     INT8_MAX,
-    PACKED_KEYS,
     SCALE_SUFFIX,
     decode_upload,
+    packed_key,
     scale_shape,
     unpack_arrays,
 )
@@ -151,13 +151,9 @@ def _inflate_bound(reference: Mapping[str, torch.Tensor] | None) -> int | None:
 def _arrays(arrays: Any, allowed: frozenset[str], max_bytes: int | None) -> dict[str, torch.Tensor]:
     """The reply's arrays, each checked: a packed record (``core/compression.py``) is unpacked
     first and then held to exactly the same checks as arrays that travel one by one."""
-    names = [str(n) for n in arrays.keys()]
-    key = next((k for k in PACKED_KEYS if k in names), None)
+    key = packed_key(str(n) for n in arrays.keys())
     if key is None:
         return {str(n): _tensor(str(n), a, allowed) for n, a in arrays.items()}
-    if len(names) != 1:
-        other = sorted(n for n in names if n != key)[0]
-        raise ValueError(f"a packed record holds '{key}' alone, found '{other}' beside it")
     if key == DEFLATED_KEY and max_bytes is None:
         raise ValueError(f"'{key}' is zlib data, which only a compressed upload mode sends")
     packed = _tensor(key, arrays[key], frozenset({"uint8"})).numpy()

@@ -24,6 +24,7 @@ from fedvlp.core.compression import (
     int8_quantize,
     pack_arrays,
     pack_record,
+    packed_key,
     unpack_arrays,
     unpack_record,
 )
@@ -191,6 +192,19 @@ def test_pack_takes_tensors_as_they_are() -> None:
     state = {"image.w": torch.tensor([[1.0, 2.0]]), "image.n": torch.tensor(3)}
     back = unpack_arrays(pack_arrays(state))
     assert all(torch.equal(torch.from_numpy(back[k]), v) for k, v in state.items())
+
+
+@pytest.mark.parametrize(
+    ("names", "key"),
+    [([PACKED_KEY], PACKED_KEY), ([DEFLATED_KEY], DEFLATED_KEY), (["image.w", "text.w"], None), ([], None)],
+)
+def test_packed_key_names_the_one_packed_array_or_none(names: list[str], key: str | None) -> None:
+    assert packed_key(names) == key
+
+
+def test_packed_key_beside_another_array_is_a_value_error_naming_both() -> None:
+    with pytest.raises(ValueError, match=re.escape("holds ':packed-zlib' alone, found 'a.w' beside it")):
+        packed_key(["b.w", DEFLATED_KEY, "a.w"])
 
 
 def test_unpack_record_passes_unpacked_records_through() -> None:
