@@ -37,7 +37,7 @@ STUDY = {
     "weight-distill": 1.0,
     "weight-mim": 0.0,
 }
-# The speed options (NHWC convolutions, bf16 autocast), and the study's settings now: every stage trains with them
+# The speed options (NHWC convolutions, bf16 autocast), alone and with every stage training
 _FAST: dict[str, Any] = {"channels-last": True, "cpu-autocast": "bf16"}
 _ALL_FAST: dict[str, Any] = {**_FAST, "freeze-image-stages": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
