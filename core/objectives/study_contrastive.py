@@ -10,14 +10,11 @@ batch ``(B, 1, S, S)`` is a study of one view.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
-from .base import IMAGE, PAIR, TEXT, BatchView, Objective
-from .contrastive import info_nce
-from .pooling import masked_max
+from .base import IMAGE, BatchView
+from .contrastive import ContrastiveObjective
 
 __all__ = ["STUDY_VIEWS", "study_views", "encode_views", "StudyContrastiveObjective"]
 
@@ -75,11 +72,7 @@ def encode_views(view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
     return result
 
 
-def _projection(in_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
-
-
-class StudyContrastiveObjective(Objective):
+class StudyContrastiveObjective(ContrastiveObjective):
     """Attention fusion of the views' class tokens, projections, bidirectional InfoNCE.
 
     ``w = softmax(MLP([v1; v2; v3]))`` and ``study = sum_i w_i v_i``; the report embedding is
@@ -87,18 +80,11 @@ class StudyContrastiveObjective(Objective):
     head (``head.contrastive.fusion``), not in the exported image encoder.
     """
 
-    name: ClassVar[str] = "contrastive"
-    modalities: ClassVar[frozenset[str]] = frozenset({IMAGE, TEXT, PAIR})
-    encoder_groups: ClassVar[tuple[str, ...]] = ("image", "text")
-
     def __init__(self, image_dim: int, text_dim: int, embed_dim: int, tau: float = 0.1, lam: float = 0.75) -> None:
-        super().__init__()
+        super().__init__(image_dim, text_dim, embed_dim, tau, lam)
         self.fusion = nn.Sequential(
             nn.Linear(STUDY_VIEWS * image_dim, image_dim), nn.ReLU(), nn.Linear(image_dim, STUDY_VIEWS)
         )
-        self.image_proj = _projection(image_dim, embed_dim)
-        self.text_proj = _projection(text_dim, embed_dim)
-        self.tau, self.lam = tau, lam
 
     def fuse(self, view_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, D)`` view features to the ``(B, D)`` study feature and ``(B, 3)`` weights."""
@@ -110,17 +96,3 @@ class StudyContrastiveObjective(Objective):
         tokens, _ = encode_views(view)
         study, _ = self.fuse(tokens[:, :, 0])
         return self.image_proj(study), self.text_proj(view.text_states[:, 0])
-
-    def embed_image_map(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, D, H, W)`` patch-token maps of single images: average pool, image projection (retrieval)."""
-        result: torch.Tensor = self.image_proj(features.mean(dim=(2, 3)))
-        return result
-
-    def embed_text_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``(B, L, D)`` report states: max pool over real tokens, text projection (retrieval)."""
-        result: torch.Tensor = self.text_proj(masked_max(states, mask))
-        return result
-
-    def loss(self, view: BatchView) -> torch.Tensor:
-        image, text = self.embed(view)
-        return info_nce(image, text, self.tau, self.lam)
