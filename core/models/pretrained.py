@@ -388,6 +388,22 @@ def is_local_init(value: str, packaged: tuple[str, ...] = TEXT_INITS + IMAGE_INI
     return bool(value) and value not in packaged
 
 
+def _state_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str:
+    """What keeps ``theirs`` from loading strictly into a module whose state is ``ours``.
+
+    ``""`` when every key is there with its shape; else the first three missing, unexpected and
+    other-shape keys, e.g. ``"missing ['fc.weight']; other shape ['conv.weight']"``.
+    """
+    missing = sorted(set(ours) - set(theirs))
+    unexpected = sorted(set(theirs) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape)
+    return "; ".join(
+        f"{name} {keys[:3]}"
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+        if keys
+    )
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``weights_only``), unwrapped from the
     usual checkpoint containers and DataParallel's ``module.`` prefix."""
@@ -541,16 +557,8 @@ def build_local_resnet_encoder(value: str, image_size: int) -> ResNetEncoder:
     """
     encoder = ResNetEncoder(local_resnet_config(value, image_size), "batch")
     state = local_resnet_state(value)
-    ours = encoder.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{name} {keys[:3]}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-            if keys
-        )
+    detail = _state_mismatch(encoder.state_dict(), state)
+    if detail:
         raise ConfigError(
             str(resolve_path(value)),
             "image-init",
@@ -719,16 +727,8 @@ def build_local_text_encoder(value: str, config: TextEncoderConfig, vocab_size: 
     """
     encoder = build_text_encoder(config, vocab_size)
     state = local_bert_state(value, config.max_len)
-    ours = encoder.bert.state_dict()
-    missing = sorted(set(ours) - set(state))
-    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
-    unexpected = sorted(set(state) - set(ours))
-    if missing or wrong or unexpected:
-        detail = "; ".join(
-            f"{name} {keys[:3]}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-            if keys
-        )
+    detail = _state_mismatch(encoder.bert.state_dict(), state)
+    if detail:
         raise ConfigError(
             str(resolve_path(value)), "text-init", "the weights of a BertModel with its config.json", detail
         )
@@ -792,14 +792,7 @@ def load_timm_vit(encoder: ViTEncoder, value: str, size: str) -> None:
             out["pos_embed"] = torch.cat(
                 [position[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, cfg.dim)], dim=1
             )
-    missing = sorted(set(ours) - set(out))
-    unexpected = sorted(set(out) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(out) if ours[k].shape != out[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{name} {keys[:3]}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-            if keys
-        )
+    detail = _state_mismatch(ours, out)
+    if detail:
         raise ConfigError(str(path), "image-init", expected, detail)
     encoder.load_state_dict(out, strict=True)

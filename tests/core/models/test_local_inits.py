@@ -17,7 +17,7 @@ from fedvlp.core.data.tokenizer import load_tokenizer as load_tokenizer_of
 from fedvlp.core.data.tokenizer import vocab_path
 from fedvlp.core.models import build_model
 from fedvlp.core.models.image import ResNetEncoder
-from fedvlp.core.models.pretrained import write_vocab_txt
+from fedvlp.core.models.pretrained import _state_mismatch, write_vocab_txt
 
 DEMO_TOKENS = [t for t in vocab_path("demo").read_text(encoding="utf-8").splitlines() if t]
 
@@ -336,3 +336,10 @@ def test_imagenet_vit_gives_the_features_of_imagenet_normalised_rgb(tmp_path: Pa
     imagenet = (grey.expand(-1, 3, -1, -1) - mean) / std
     with torch.no_grad():  # rgb normalises (x - 0.5) / 0.25 inside: feed it x' whose normalisation is `imagenet`
         assert torch.allclose(model.image(grey), rgb(imagenet * 0.25 + 0.5), atol=1e-5)
+
+
+def test_state_mismatch_names_missing_unexpected_and_reshaped_keys() -> None:
+    ours = {"a": torch.zeros(2), "b": torch.zeros(3), "c": torch.zeros(1)}
+    theirs = {"a": torch.zeros(2), "b": torch.zeros(4), "d": torch.zeros(1)}
+    assert _state_mismatch(ours, theirs) == "missing ['c']; unexpected ['d']; other shape ['b']"
+    assert _state_mismatch(ours, dict(ours)) == ""
