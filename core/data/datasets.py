@@ -17,7 +17,7 @@ from .images import ImageDecodeError, load_image
 from .manifest import ManifestRows, StringColumn, read_manifest
 from .reports import text_view
 
-__all__ = ["SiteDataset", "collate_samples", "train_transform"]
+__all__ = ["SiteDataset", "collate_samples", "pad_token_ids", "train_transform"]
 
 
 def train_transform(size: int, profile: str = "light") -> v2.Transform:
@@ -135,6 +135,20 @@ class SiteDataset(Dataset[dict[str, Any]]):
         return sample
 
 
+def pad_token_ids(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences padded with 0 to the longest one: ``(input_ids, attention_mask)``, each ``(B, L)``.
+
+    Padding to the batch's longest report, not the tokenizer's maximum, keeps text steps short.
+    """
+    length = max(len(ids) for ids in sequences)
+    input_ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack good samples, pad token ids, and report dropped ones as ``skipped``.
 
@@ -151,13 +165,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if good and "image2" in good[0]:
         batch["image2"] = torch.stack([s["image2"] for s in good])
     if good and "input_ids" in good[0]:
-        length = max(len(s["input_ids"]) for s in good)
-        ids = torch.zeros(len(good), length, dtype=torch.long)
-        mask = torch.zeros(len(good), length, dtype=torch.long)
-        for row, sample in enumerate(good):
-            ids[row, : len(sample["input_ids"])] = sample["input_ids"]
-            mask[row, : len(sample["input_ids"])] = 1
-        batch["input_ids"], batch["attention_mask"] = ids, mask
+        batch["input_ids"], batch["attention_mask"] = pad_token_ids([s["input_ids"] for s in good])
     if good and "paired" in good[0]:
         batch["paired"] = torch.tensor([s["paired"] for s in good], dtype=torch.float32)
     return batch

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import ConfigError
-from .datasets import train_transform
+from .datasets import pad_token_ids, train_transform
 from .images import ImageDecodeError, load_image
 from .manifest import ManifestRows, read_manifest
 from .reports import text_view
@@ -72,13 +72,7 @@ def collate_studies(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch["views"] = torch.stack(views)
     batch["view_mask"] = torch.stack(masks)
     batch["image"] = batch["views"][:, 0]
-    length = max(len(s["input_ids"]) for s in good)
-    ids = torch.zeros(len(good), length, dtype=torch.long)
-    mask = torch.zeros(len(good), length, dtype=torch.long)
-    for row, sample in enumerate(good):
-        ids[row, : len(sample["input_ids"])] = sample["input_ids"]
-        mask[row, : len(sample["input_ids"])] = 1
-    batch["input_ids"], batch["attention_mask"] = ids, mask
+    batch["input_ids"], batch["attention_mask"] = pad_token_ids([s["input_ids"] for s in good])
     return batch
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from fedvlp.core.config import SourceConfig
-from fedvlp.core.data.datasets import SiteDataset, collate_samples
+from fedvlp.core.data.datasets import SiteDataset, collate_samples, pad_token_ids
 from fedvlp.core.data.manifest import load_source_rows
 from tests.core.data.test_images import colour_png, grey_png, png16, truncated_png
 from tests.core.data.test_manifest import write_large_manifest
@@ -84,3 +85,9 @@ def test_the_full_text_view_reaches_the_tokenizer_with_deid_placeholders_normali
     dataset = SiteDataset(rows, 16, tokenizer=tokenizer, augment=False, text_view="full")
     expected = tokenizer(f"Heart size {DEID_TOKEN} normal.")["input_ids"]
     assert dataset[0]["input_ids"].tolist() == dataset[1]["input_ids"].tolist() == expected
+
+
+def test_pad_token_ids_pads_to_the_longest_sequence_with_zeros_and_masks_them() -> None:
+    ids, mask = pad_token_ids([torch.tensor([101, 7, 102]), torch.tensor([101, 102])])
+    assert ids.tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
