@@ -96,7 +96,7 @@ IMAGE_INITS = (
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
 IMAGE_BN_MODES = ("train", "frozen")  # run-config key "image-bn": BatchNorm statistics of the image encoder
 MLM_DECODERS = ("untied", "tied")  # run-config key "mlm-decoder"
-CPU_AUTOCAST_MODES = ("off", "bf16")  # run-config key "cpu-autocast": forward passes on a CPU device
+CPU_AUTOCAST_MODES = ("off", "bf16", "auto")  # run-config key "cpu-autocast": forward passes on a CPU device
 FUSED_OPTIMIZER_MODES = ("off", "foreach", "fused")  # run-config key "fused-optimizer": AdamW's implementation
 # Objectives whose weight defaults to 0 (off unless a run asks for them); the others default to 1.
 OPT_IN_OBJECTIVES = ("distill",)
@@ -287,7 +287,8 @@ class RunConfig:
     # Speed of local training (README "Benchmark"); none applies under sample-level DP (core/privacy.py).
     # channels_last memory format for the model and image batches (cnn family: its convolutions)
     channels_last: bool = _hash_if_changed(False)
-    # "bf16": forward passes under bfloat16 autocast on a CPU device (CUDA devices always use it)
+    # "bf16": forward passes under bfloat16 autocast on a CPU device (CUDA devices always use it);
+    # "auto": bf16 where the CPU computes it natively, else fp32 (core/precision.py)
     cpu_autocast: str = _hash_if_changed("off")
     # AdamW's implementation: "off" (torch's default), "foreach" (multi-tensor) or "fused" (one kernel)
     fused_optimizer: str = _hash_if_changed("off")

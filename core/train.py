@@ -28,6 +28,7 @@ from .objectives import BatchView
 from .objectives.pooling import masked_mean
 from .objectives.teacher import GlobalTeacher, anchor_loss, proximal_term
 from .optim import build_optimizer, warmup_factor
+from .precision import cpu_autocast_enabled
 
 __all__ = [
     "LocalResult",
@@ -399,7 +400,7 @@ class LocalTrainer:
             The round's global model, when self-distillation or the anchor is on.
         amp
             bfloat16 autocast; ``None``: on CUDA devices, and on the CPU under run-config
-            ``cpu-autocast = "bf16"``.
+            ``cpu-autocast = "bf16"`` (or ``"auto"`` where the CPU has native bfloat16).
 
         Returns
         -------
@@ -411,7 +412,8 @@ class LocalTrainer:
         terms: list[tuple[str, float]] = []
         sources: set[int] = set()
         if amp is None:
-            amp = self.device.type == "cuda" or (self.device.type == "cpu" and self.run.cpu_autocast == "bf16")
+            on_cpu = self.device.type == "cpu"
+            amp = self.device.type == "cuda" or (on_cpu and cpu_autocast_enabled(self.run.cpu_autocast))
         use_amp = amp
         for index, batch in batches:
             view = BatchView(model, batch, teacher)

@@ -171,6 +171,10 @@ def simulate(
     plan = plan_simulation_devices(run, sites, gpus_per_client, torch.cuda.device_count())
     for line in plan.lines():
         log.info("%s", line)
+    if run.cpu_autocast != "off" and any(device == "cpu" for device in plan.sites.values()):
+        from fedvlp.core.precision import describe_cpu_autocast
+
+        log.info("cpu-autocast %s", describe_cpu_autocast(run.cpu_autocast))
     if plan.run_device != run.device:
         run = run.replace(device=plan.run_device)
     offline_env(threads_per_client=max(1, int(cpus_per_client)))
