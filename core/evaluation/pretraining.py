@@ -102,6 +102,8 @@ def plot_pretraining(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
+        # rounds are whole numbers: no 1.2, 1.4 ... ticks on a two-round run
+        axis.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
