@@ -13,7 +13,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ from .secagg import is_secagg_train, secagg_mod, secagg_train
 __all__ = ["app", "error_reason", "make_client_app", "received_state", "site_for", "train_round", "trained_state"]
 
 log = logging.getLogger("fedvlp.client")
+_T = TypeVar("_T")
 
 # One trainer per (site file, configuration) and process: simulation actors and long-running
 # ClientApp processes keep their datasets and loader workers between rounds. An actor that
@@ -89,7 +90,9 @@ def _held_bytes(key: tuple[str, str]) -> int:
     return int(_TRAINERS[key].held_bytes()) + tensor_bytes(extra)
 
 
-def _cache_get(key: tuple[str, str], build: Any, max_entries: int, max_mb: float = 0.0) -> Any:
+def _cache_get(
+    key: tuple[str, str], build: Callable[[], LocalTrainer], max_entries: int, max_mb: float = 0.0
+) -> LocalTrainer:
     """The cached trainer of ``key`` (now the most recently used), or ``build()``'s.
 
     Least recently used entries go while there are more than ``max_entries`` or, with
@@ -175,7 +178,7 @@ def train_round(
         from .privacy import site_privacy
 
         private = site_privacy(site, run, trainer)
-        if private.exhausted():
+        if private is not None and private.exhausted():
             return private.exhausted_reply()
     trainer.model.load_state_dict(global_state)
     seed = run.seed * 100_003 + server_round
@@ -256,7 +259,7 @@ class _Failed(Exception):
         self.code = code
 
 
-def _classified(code: int, step: Callable[[], Any], only: type[Exception] = Exception) -> Any:
+def _classified(code: int, step: Callable[[], _T], only: type[Exception] = Exception) -> _T:
     """Run ``step``; a failure of type ``only`` becomes error ``code``, any other one 1003."""
     try:
         return step()

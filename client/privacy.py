@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 
 from fedvlp.core.config import ConfigError, RunConfig, SiteConfig
 from fedvlp.core.params import ARRAYS_KEY, COUNTS_KEY, METRICS_KEY
@@ -162,11 +163,12 @@ class SitePrivacy:
             self.lifetime_budget,
             self.ledger_path,
         )
+        metrics: dict[str, MetricRecordValues] = dict(self._metrics(spent, True))
         return RecordDict(
             {
                 ARRAYS_KEY: ArrayRecord({}),
                 COUNTS_KEY: MetricRecord({}),
-                METRICS_KEY: MetricRecord(self._metrics(spent, True)),
+                METRICS_KEY: MetricRecord(metrics),
             }
         )
 

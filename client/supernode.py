@@ -114,7 +114,7 @@ def install_poll_interval(poll_interval: float) -> IdleSleepShim:
             "run flower-supernode without --poll-interval"
         )
     shim = IdleSleepShim(poll_interval)
-    loop.time = shim  # type: ignore[assignment]  # only this module sees the shim
+    loop.time = shim  # type: ignore[attr-defined, assignment]  # only this module sees the shim
     return shim
 
 

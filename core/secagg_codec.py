@@ -109,7 +109,7 @@ def encode_update(
     keys: Sequence[str],
     global_state: Mapping[str, torch.Tensor],
     sent: Mapping[str, torch.Tensor],
-    counts: Mapping[str, int],
+    counts: Mapping[str, Any],
     max_weight: float,
     clipping_range: float,
 ) -> list[np.ndarray]:
@@ -124,7 +124,7 @@ def encode_update(
     sent
         What the site would send in plain mode: the keys it trained, with their local values.
     counts
-        Samples per group (as in plain mode).
+        Samples per group (as in plain mode), as received: :func:`checked_counts` refuses bad ones.
     max_weight
         Count scale: the weight of a key is ``count(group) / max_weight``.
     clipping_range

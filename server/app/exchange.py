@@ -30,7 +30,7 @@ POLL_SECONDS = 0.1
 # Flower 1.41 then waits 1 s, 2 s, 4 s... (at most 500 tries). Here 0.05 s doubling up to
 # 0.5 s, bounded by Flower's overall pull time limit (2 h). Same schedule as the site side
 # (fedvlp.client.supernode.PULL_RETRY; server and client share no code).
-PULL_RETRY = {"initial_backoff": 0.05, "backoff_cap": 0.5, "max_tries_per_object": None}
+PULL_RETRY: dict[str, Any] = {"initial_backoff": 0.05, "backoff_cap": 0.5, "max_tries_per_object": None}
 
 
 def shorten_pull_retry() -> None:
@@ -38,11 +38,12 @@ def shorten_pull_retry() -> None:
     object on :data:`PULL_RETRY`'s schedule; a no-op when already done."""
     from flwr.superlink.grid import http_grid
 
-    fn = http_grid.pull_objects
+    # http_grid imports pull_objects without re-exporting it; the grid looks it up there.
+    fn = http_grid.pull_objects  # type: ignore[attr-defined]
     if not getattr(fn, "_fedvlp_pull_retry", False):
         wrapped = functools.partial(fn, **PULL_RETRY)
         wrapped._fedvlp_pull_retry = True  # type: ignore[attr-defined]
-        http_grid.pull_objects = wrapped
+        http_grid.pull_objects = wrapped  # type: ignore[attr-defined]
 
 
 def send_and_collect(

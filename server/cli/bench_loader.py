@@ -63,7 +63,7 @@ def bench_pil(paths: Sequence[Path], size: int) -> float:
     started = time.perf_counter()
     for path in paths:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("L").resize((size, size), Image.BILINEAR))
+            array = np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR))
         assert array.shape == (size, size)
     return len(paths) / (time.perf_counter() - started)
 

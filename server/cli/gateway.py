@@ -115,9 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.insecure and not (args.ssl_ca_certfile and args.ssl_certfile and args.ssl_keyfile):
         parser.error("pass --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile (or --insecure)")
     app = make_gateway_app(args.upstream, None if args.insecure else args.ssl_ca_certfile)
-    tls = {} if args.insecure else {"ssl_certfile": str(args.ssl_certfile), "ssl_keyfile": str(args.ssl_keyfile)}
+    certfile, keyfile = (None, None) if args.insecure else (str(args.ssl_certfile), str(args.ssl_keyfile))
     print(f"fedvlp Fleet gateway on {args.host}:{args.port} -> {args.upstream} (Fleet API only)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **tls)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ssl_certfile=certfile, ssl_keyfile=keyfile)
     return 0
 
 

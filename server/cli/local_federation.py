@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # What the federation's SuperNodes use unless told otherwise (fedvlp.client.supernode).
 POLL_INTERVAL = 0.3
@@ -61,7 +62,7 @@ def flwr_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[st
     }
 
 
-def spawn(args: list[str], log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
+def spawn(args: list[str], log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     """Start ``args`` with stdout and stderr going to ``log``.
 
     Parameters
@@ -77,7 +78,7 @@ def spawn(args: list[str], log: Path, env: Mapping[str, str], cwd: Path) -> subp
 
     Returns
     -------
-    subprocess.Popen
+    subprocess.Popen[bytes]
         The running process, in a new session of its own: it is stopped by PID with
         :func:`stop_processes` or :func:`stop_tree`, not through pytest's process group.
     """
@@ -139,14 +140,14 @@ def tail(path: Path, lines: int = 40) -> str:
         return f"({path} unreadable)"
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     """Block until something accepts connections on ``127.0.0.1:port``.
 
     Parameters
     ----------
     port : int
         The port ``proc`` is expected to listen on.
-    proc : subprocess.Popen
+    proc : subprocess.Popen[bytes]
         The process that should open it; its early exit fails at once instead of
         waiting out ``timeout``.
     log : Path
@@ -164,7 +165,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{tail(log)}")
+            program = os.fsdecode(proc.args[0]) if isinstance(proc.args, list) else repr(proc.args)
+            raise RuntimeError(f"{program} exited with {proc.returncode}:\n{tail(log)}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -217,7 +219,7 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def stop_tree(roots: list[int], grace: float = 20.0, reap: Iterable[subprocess.Popen] = ()) -> None:
+def stop_tree(roots: list[int], grace: float = 20.0, reap: Iterable[subprocess.Popen[bytes]] = ()) -> None:
     """SIGTERM ``roots`` and all their descendants, then SIGKILL whatever is left.
 
     Parameters
@@ -227,7 +229,7 @@ def stop_tree(roots: list[int], grace: float = 20.0, reap: Iterable[subprocess.P
         flwr-clientapp, flwr-simulation, Ray...).
     grace : float, default 20.0
         Seconds the processes get to exit cleanly after SIGTERM.
-    reap : Iterable[subprocess.Popen], default ()
+    reap : Iterable[subprocess.Popen[bytes]], default ()
         Our own children among ``roots``: polled while waiting so they are reaped as soon
         as they exit instead of lingering as zombies until the final ``wait``.
     """
@@ -248,12 +250,12 @@ def stop_tree(roots: list[int], grace: float = 20.0, reap: Iterable[subprocess.P
             _signal(pid, signal.SIGKILL)
 
 
-def stop_processes(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
     """Stop every process we started and every descendant, then reap ours.
 
     Parameters
     ----------
-    procs : list[subprocess.Popen]
+    procs : list[subprocess.Popen[bytes]]
         Processes started by the test (those that already exited are skipped as roots).
     grace : float, default 15.0
         Seconds between SIGTERM and SIGKILL, see :func:`stop_tree`.
@@ -311,11 +313,11 @@ class LocalFederation:
         self.link_port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.link_port}"
         write_flwr_config(self.flwr_home, superlink=self.address, root_certificates=ca_cert)
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.all_procs: list[subprocess.Popen] = []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.all_procs: list[subprocess.Popen[bytes]] = []
         self.node_ports: dict[str, int] = {}
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         proc = spawn(args, self.logs / f"{name}.log", self.env, self.root)
         self.procs[name] = proc
         self.all_procs.append(proc)
@@ -332,7 +334,7 @@ class LocalFederation:
 
     def start_superlink(
         self, *, certs: Mapping[str, Path] | None = None, auth: bool = False, database: Path | None = None
-    ) -> subprocess.Popen:
+    ) -> subprocess.Popen[bytes]:
         """``flower-superlink`` with TLS (``certs``: ca, cert, key) or ``--insecure``, optionally
         ``--enable-supernode-auth`` and a ``--database`` file; returns once it listens."""
         args = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.link_port)]
@@ -363,9 +365,9 @@ class LocalFederation:
         key: Path | None = None,
         worker: bool = True,
         insecure: bool | None = None,
-        extra: list[str] = (),
+        extra: Sequence[str] = (),
         poll_interval: float | None = POLL_INTERVAL,
-    ) -> subprocess.Popen:
+    ) -> subprocess.Popen[bytes]:
         """A SuperNode for one hospital (and its ClientApp worker with ``worker``).
 
         With ``worker`` the SuperNode runs ``--isolation process`` and
@@ -414,21 +416,22 @@ class LocalFederation:
                 kill_tree(proc.pid)
                 proc.wait(timeout=10)
 
-    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run a ``flwr`` CLI command against this federation's ``$FLWR_HOME``."""
         return subprocess.run(
             [str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout
         )
 
-    def node_list(self) -> list[dict]:
+    def node_list(self) -> list[dict[str, Any]]:
         """``flwr supernode list local-deployment --format json``: the SuperLink's nodes."""
         import json
 
         res = self.flwr("supernode", "list", "local-deployment", "--format", "json")
         assert res.returncode == 0, f"flwr supernode list failed:\n{res.stdout}\n{res.stderr}"
-        return json.loads(res.stdout[res.stdout.index("{") :])["nodes"]
+        nodes: list[dict[str, Any]] = json.loads(res.stdout[res.stdout.index("{") :])["nodes"]
+        return nodes
 
-    def run(self, run_config: str, name: str = "flwr-run") -> subprocess.Popen:
+    def run(self, run_config: str, name: str = "flwr-run") -> subprocess.Popen[bytes]:
         """``flwr run <project> local-deployment --run-config ... --stream`` in the background."""
         from fedvlp.core.config import project_root
 
@@ -437,7 +440,9 @@ class LocalFederation:
             [str(BIN / "flwr"), "run", str(project_root()), "local-deployment", "--run-config", run_config, "--stream"],
         )
 
-    def wait_round(self, checkpoints: Path, round_: int, timeout: float = 300.0, watch: Iterable[str] = ()) -> dict:
+    def wait_round(
+        self, checkpoints: Path, round_: int, timeout: float = 300.0, watch: Iterable[str] = ()
+    ) -> dict[str, Any]:
         """Block until ``checkpoints/latest.json`` names ``round_`` (or later); return it.
 
         ``watch`` names processes that must stay alive meanwhile (fail fast with logs).
@@ -448,7 +453,7 @@ class LocalFederation:
         while time.monotonic() < deadline:
             latest = checkpoints / "latest.json"
             if latest.is_file():
-                state = json.loads(latest.read_text())
+                state: dict[str, Any] = json.loads(latest.read_text())
                 if state["round"] >= round_:
                     return state
             for name in watch:

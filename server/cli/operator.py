@@ -245,12 +245,10 @@ def make_certificates(
         .sign(ca_key, hashes.SHA384())
     )
     pem = serialization.Encoding.PEM
-    private = dict(
-        encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption()
-    )
-    _write(files.ca_key, ca_key.private_bytes(**private), private=True)
+    pkcs8, unencrypted = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    _write(files.ca_key, ca_key.private_bytes(pem, pkcs8, unencrypted), private=True)
     _write(files.ca_cert, ca_cert.public_bytes(pem), private=False)
-    _write(files.server_key, server_key.private_bytes(**private), private=True)
+    _write(files.server_key, server_key.private_bytes(pem, pkcs8, unencrypted), private=True)
     _write(files.server_cert, server_cert.public_bytes(pem), private=False)
     return files
 

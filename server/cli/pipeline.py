@@ -465,12 +465,14 @@ def run_study(
             )
             step += 1
             run_started = time.perf_counter()
+
+            def on_round(record: dict[str, Any], name: str = name, rounds: int = run.rounds) -> None:
+                print(f"      {name} round {record['round']}/{rounds}: {record['seconds']:.1f}s", flush=True)
+
             pretrain(
                 name,
                 run,
-                on_round=lambda r, n=name: print(
-                    f"      {n} round {r['round']}/{runs[n].rounds}: {r['seconds']:.1f}s", flush=True
-                ),
+                on_round=on_round,
                 gpus_per_client=gpus_per_client,
             )
             final = load_latest(Path(run.out_dir) / "checkpoints")

@@ -192,7 +192,10 @@ def simulate(
 
         run = run.replace(sites=str(Path(run.sites).resolve()), out_dir=str(Path(run.out_dir).resolve()))
         ray.init(
-            address=ray_address, runtime_env={"env_vars": forwarded_env()}, logging_level="ERROR", log_to_driver=verbose
+            address=ray_address,
+            runtime_env={"env_vars": forwarded_env()},
+            logging_level=logging.ERROR,
+            log_to_driver=verbose,
         )
     else:
         bind_ray_to_localhost()

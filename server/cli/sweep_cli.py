@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
 from .progress import round_bar
 from .run_config_args import run_overrides
+
+if TYPE_CHECKING:
+    from fedvlp.core.checkpoint import RoundCheckpoint
+    from fedvlp.core.evaluation.data import LabeledSet
 
 __all__ = [
     "InitSpec",
@@ -33,7 +38,7 @@ __all__ = [
 log = logging.getLogger("fedvlp.sweep")
 
 
-def _clear_errors(function):
+def _clear_errors(function: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Bad input (a missing file, a wrong column or value) ends the command with its message, not a traceback."""
     import functools
     import sys
@@ -100,7 +105,7 @@ def parse_init(text: str) -> InitSpec:
     return InitSpec(name.strip(), spec.strip())
 
 
-def _checkpoint(spec: str):
+def _checkpoint(spec: str) -> tuple[RoundCheckpoint, Path]:
     """The checkpoint a path names: a round's file, a checkpoints folder, or a run folder holding one."""
     from fedvlp.core.checkpoint import load_latest, load_round
     from fedvlp.core.config import ConfigError, resolve_path
@@ -186,7 +191,9 @@ def resolve_inits(specs: list[InitSpec], overrides: dict[str, Any]) -> tuple[dic
     return inits, base, models
 
 
-def _extras(models: dict[str, Any], labeled, out: Path, queries_path: str | None, wanted: set[str]) -> pd.DataFrame:
+def _extras(
+    models: dict[str, Any], labeled: LabeledSet, out: Path, queries_path: str | None, wanted: set[str]
+) -> pd.DataFrame:
     """Retrieval and regeneration rows of the checkpoint inits that support them (resumable per init)."""
     from fedvlp.core.data.tokenizer import load_run_tokenizer
     from fedvlp.core.evaluation import RESULT_COLUMNS, cell_file, load_results
