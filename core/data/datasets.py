@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..config import ConfigError
+from ..config import AUGMENT_PROFILES, ConfigError
 from .images import ImageDecodeError, load_image
 from .manifest import ManifestRows, StringColumn, read_manifest
 from .reports import text_view
 
-__all__ = ["SiteDataset", "collate_samples", "pad_token_ids", "train_transform"]
+__all__ = ["AUGMENT_PROFILES", "SiteDataset", "collate_samples", "pad_token_ids", "train_transform"]
 
 
 def train_transform(size: int, profile: str = "light") -> v2.Transform:
@@ -28,6 +28,11 @@ def train_transform(size: int, profile: str = "light") -> v2.Transform:
     ``convirt``: ConVIRT's augmentations as published (crop 0.6-1, flip p=0.5, affine
     +-20 deg / translate 0.1 / scale 0.95-1.05, brightness and contrast 0.6-1.4, Gaussian
     blur); the blur sigma range 0.1-3.0 px is for 224 px inputs and is scaled to ``size``.
+    ``moco-cxr``: MoCo-CXR's views for chest X-rays: rotation +-10 deg and a horizontal flip,
+    no crop, blur or jitter (they can hide the few pixels that carry a finding).
+    ``strong``: BYOL-style views for grayscale images: crop 0.4-1, flip p=0.5, affine +-10 deg /
+    translate 0.1, brightness and contrast 0.6-1.4, Gaussian blur with p=0.5 (sigma as ``convirt``).
+    The last two flip, so they suit images without reports (``image-only-augment``).
     """
     if profile == "light":
         return v2.Compose(
@@ -49,7 +54,21 @@ def train_transform(size: int, profile: str = "light") -> v2.Transform:
                 v2.GaussianBlur(kernel, sigma=(0.1 * size / 224, sigma_max)),
             ]
         )
-    raise ValueError(f"unknown augmentation profile '{profile}' (expected 'light' or 'convirt')")
+    if profile == "moco-cxr":
+        return v2.Compose([v2.RandomHorizontalFlip(0.5), v2.RandomRotation(10)])
+    if profile == "strong":
+        sigma_max = max(0.2, 2.0 * size / 224)
+        kernel = 2 * int(math.ceil(2 * sigma_max)) + 1
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(0.5),
+                v2.RandomAffine(degrees=10, translate=(0.1, 0.1)),
+                v2.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4)),
+                v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1 * size / 224, sigma_max))], p=0.5),
+            ]
+        )
+    raise ValueError(f"unknown augmentation profile '{profile}' (expected one of {AUGMENT_PROFILES})")
 
 
 class SiteDataset(Dataset[dict[str, Any]]):
@@ -85,6 +104,7 @@ class SiteDataset(Dataset[dict[str, Any]]):
         self.tokenizer = tokenizer
         self.max_len = max_len
         self.text_view = text_view
+        self.profile = profile
         self.transform = train_transform(image_size, profile) if augment and rows.images is not None else None
         self.policy = rows.policy
         self.pool: StringColumn | None = None

@@ -135,6 +135,14 @@ def test_knobs_a_recipe_ignores_are_errors_not_silently_dropped() -> None:
         RunConfig(image_bn="sometimes").validate()
 
 
+def test_an_unknown_image_only_augmentation_names_the_key_and_the_profiles() -> None:
+    with pytest.raises(ConfigError, match=r"image-only-augment.*'moco-cxr', 'strong'.*'sharp'"):
+        RunConfig(image_only_augment="sharp").validate()
+    RunConfig(image_only_augment="strong").validate()
+    assert RunConfig(image_only_augment="").config_hash() == RunConfig().config_hash()
+    assert RunConfig(image_only_augment="strong").config_hash() != RunConfig().config_hash()
+
+
 def test_training_knobs_at_their_defaults_keep_the_config_hash() -> None:
     base = RunConfig()
     assert RunConfig(image_bn="train", warmup_steps=0, align_holdout=0.1).config_hash() == base.config_hash()

@@ -92,6 +92,15 @@ def test_bad_rows_are_skipped_and_counted(tmp_path: Path, world: Path, tiny_run:
     assert any("corrupt.png" in p for p in trainer.problems)
 
 
+def test_image_only_augment_changes_the_views_of_sources_without_text_only(demo_env: Path, tiny_run: RunConfig) -> None:
+    run = tiny_run.replace(image_only_augment="strong")
+    images_only = load_site_datasets(load_site(demo_env / "hospital_b.yaml"), run, 48)
+    pairs = load_site_datasets(load_site(demo_env / "hospital_a.yaml"), run, 48)
+    assert [d.profile for d in images_only] == ["strong"]
+    assert [d.profile for d in pairs] == ["light"]  # a flip would contradict "left" in a report
+    assert [d.profile for d in load_site_datasets(load_site(demo_env / "hospital_b.yaml"), tiny_run, 48)] == ["light"]
+
+
 def test_a_site_with_no_usable_row_fails_clearly(tmp_path: Path, tiny_run: RunConfig) -> None:
     (tmp_path / "m.csv").write_text("id,report\na,\nb,\n")
     site = tmp_path / "site.yaml"

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fedvlp.core.config import SourceConfig
-from fedvlp.core.data.datasets import SiteDataset, collate_samples, pad_token_ids
+from fedvlp.core.data.datasets import SiteDataset, collate_samples, pad_token_ids, train_transform
 from fedvlp.core.data.manifest import load_source_rows
 from tests.core.data.test_images import colour_png, grey_png, png16, truncated_png
 from tests.core.data.test_manifest import write_large_manifest
@@ -91,3 +91,24 @@ def test_pad_token_ids_pads_to_the_longest_sequence_with_zeros_and_masks_them() 
     ids, mask = pad_token_ids([torch.tensor([101, 7, 102]), torch.tensor([101, 102])])
     assert ids.tolist() == [[101, 7, 102], [101, 102, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def _flipped_share(profile: str, draws: int = 40) -> float:
+    """Share of draws in which a left-bright image comes out right-bright."""
+    image = torch.zeros(1, 32, 32)
+    image[:, :, :10] = 1.0
+    transform = train_transform(32, profile)
+    torch.manual_seed(0)
+    outs = [transform(image) for _ in range(draws)]
+    return sum(float(o[:, :, 16:].mean() > o[:, :, :16].mean()) for o in outs) / draws
+
+
+@pytest.mark.parametrize(("profile", "flips"), [("light", False), ("moco-cxr", True), ("strong", True)])
+def test_only_the_image_only_profiles_flip(profile: str, flips: bool) -> None:
+    share = _flipped_share(profile)
+    assert 0.25 < share < 0.75 if flips else share == 0.0
+
+
+def test_an_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"'sharp'.*'light', 'convirt', 'moco-cxr', 'strong'"):
+        train_transform(32, "sharp")
