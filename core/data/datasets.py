@@ -20,6 +20,32 @@ from .reports import text_view
 __all__ = ["AUGMENT_PROFILES", "SiteDataset", "collate_samples", "pad_token_ids", "train_transform"]
 
 
+def _crop_flip_blur(
+    size: int,
+    crop_min: float,
+    degrees: float,
+    scale: tuple[float, float] | None,
+    sigma_max_224: float,
+    blur_p: float,
+) -> v2.Compose:
+    """Crop, flip, affine (translate 0.1), brightness and contrast 0.6-1.4, Gaussian blur.
+
+    The blur's sigma range (0.1 to ``sigma_max_224`` px) is given for 224 px inputs and scaled to ``size``.
+    """
+    sigma_max = max(0.2, sigma_max_224 * size / 224)
+    kernel = 2 * int(math.ceil(2 * sigma_max)) + 1
+    blur = v2.GaussianBlur(kernel, sigma=(0.1 * size / 224, sigma_max))
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(crop_min, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomAffine(degrees=degrees, translate=(0.1, 0.1), scale=scale),
+            v2.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4)),
+            blur if blur_p >= 1.0 else v2.RandomApply([blur], p=blur_p),
+        ]
+    )
+
+
 def train_transform(size: int, profile: str = "light") -> v2.Transform:
     """Pretraining image augmentation.
 
@@ -31,7 +57,7 @@ def train_transform(size: int, profile: str = "light") -> v2.Transform:
     ``moco-cxr``: MoCo-CXR's views for chest X-rays: rotation +-10 deg and a horizontal flip,
     no crop, blur or jitter (they can hide the few pixels that carry a finding).
     ``strong``: BYOL-style views for grayscale images: crop 0.4-1, flip p=0.5, affine +-10 deg /
-    translate 0.1, brightness and contrast 0.6-1.4, Gaussian blur with p=0.5 (sigma as ``convirt``).
+    translate 0.1, brightness and contrast 0.6-1.4, Gaussian blur (0.1-2.0 px at 224 px) with p=0.5.
     The last two flip, so they suit images without reports (``image-only-augment``).
     """
     if profile == "light":
@@ -43,31 +69,11 @@ def train_transform(size: int, profile: str = "light") -> v2.Transform:
             ]
         )
     if profile == "convirt":
-        sigma_max = max(0.2, 3.0 * size / 224)
-        kernel = 2 * int(math.ceil(2 * sigma_max)) + 1
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-                v2.RandomHorizontalFlip(0.5),
-                v2.RandomAffine(degrees=20, translate=(0.1, 0.1), scale=(0.95, 1.05)),
-                v2.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4)),
-                v2.GaussianBlur(kernel, sigma=(0.1 * size / 224, sigma_max)),
-            ]
-        )
+        return _crop_flip_blur(size, crop_min=0.6, degrees=20, scale=(0.95, 1.05), sigma_max_224=3.0, blur_p=1.0)
     if profile == "moco-cxr":
         return v2.Compose([v2.RandomHorizontalFlip(0.5), v2.RandomRotation(10)])
     if profile == "strong":
-        sigma_max = max(0.2, 2.0 * size / 224)
-        kernel = 2 * int(math.ceil(2 * sigma_max)) + 1
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True),
-                v2.RandomHorizontalFlip(0.5),
-                v2.RandomAffine(degrees=10, translate=(0.1, 0.1)),
-                v2.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4)),
-                v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1 * size / 224, sigma_max))], p=0.5),
-            ]
-        )
+        return _crop_flip_blur(size, crop_min=0.4, degrees=10, scale=None, sigma_max_224=2.0, blur_p=0.5)
     raise ValueError(f"unknown augmentation profile '{profile}' (expected one of {AUGMENT_PROFILES})")
 
 
