@@ -12,7 +12,7 @@ variant (mean AUC +- std over seeds at 1%, 10% and 100% of the probe-train label
 Usage (after ``fedvlp demo --sites sites/cxr --out runs/cxr-study`` made ``runs/cxr-study/split``)::
 
     python studies/ablate_cxr.py --split runs/cxr-study/split --out runs/ablation [--rounds 3] [--seeds 5] \
-        [--only NAME ...] [--baseline-sizes 128 224]
+        [--only NAME ...] [--baseline-sizes 128 224] [--probe-runs NAME=DIR ...]
 """
 
 from __future__ import annotations
@@ -131,6 +131,13 @@ def main() -> None:
         default=[128],
         help="image sizes at which to score ImageNet EfficientNet-Lite0 without federated training",
     )
+    parser.add_argument(
+        "--probe-runs",
+        nargs="*",
+        default=[],
+        metavar="NAME=DIR",
+        help="also score finished pretraining runs (a run folder or its checkpoints) with the same probes",
+    )
     args = parser.parse_args()
 
     from fedvlp.core.config import RunConfig
@@ -175,7 +182,8 @@ def main() -> None:
 
     rows = []
     for name, overrides in VARIANTS.items():
-        if args.only and name not in args.only:
+        # every variant unless --only names some, or --probe-runs alone asks for finished runs
+        if (name not in args.only) if args.only is not None else bool(args.probe_runs):
             continue
         slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
         sites = _sites(out, args.split, overrides.get("_sites", "all"))
@@ -191,6 +199,14 @@ def main() -> None:
         seconds = time.perf_counter() - started
         cells = probe(InitSpec(slug, str(out / slug)), out / f"probe-{slug}", {})
         rows.append(f"| {name} | {cells} | {seconds / 60:.1f} |")
+        print(rows[-1], flush=True)
+    for item in args.probe_runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--probe-runs {item!r}: expected NAME=DIR")
+        slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
+        cells = probe(InitSpec(slug, str(Path(folder).resolve())), out / f"probe-run-{slug}", {})
+        rows.append(f"| {name} | {cells} | (not run here) |")
         print(rows[-1], flush=True)
     baselines = [
         f"| ImageNet EfficientNet-Lite0 at {size} px, no federated training | "
