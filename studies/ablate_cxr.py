@@ -71,6 +71,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _slug(name: str) -> str:
+    """A folder name for a variant or run: its name in lower case, other characters as dashes."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
+
+
 def _sites(out: Path, split: Path, which: str) -> Path:
     """A folder with the NIH image site, plus the Kermany train-split images unless ``which == 'nih'``."""
     import yaml
@@ -145,7 +150,7 @@ def main() -> None:
     from fedvlp.core.evaluation.data import split_manifest
     from fedvlp.core.runtime import offline_env
     from fedvlp.server.cli.simulation import simulate
-    from fedvlp.server.cli.sweep_cli import InitSpec, sweep_and_report
+    from fedvlp.server.cli.sweep_cli import InitSpec, parse_init, sweep_and_report
 
     offline_env(threads_per_client=1)
     out = args.out.resolve()
@@ -185,7 +190,7 @@ def main() -> None:
         # every variant unless --only names some, or --probe-runs alone asks for finished runs
         if (name not in args.only) if args.only is not None else bool(args.probe_runs):
             continue
-        slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
+        slug = _slug(name)
         sites = _sites(out, args.split, overrides.get("_sites", "all"))
         flat = {
             **STUDY,
@@ -201,12 +206,13 @@ def main() -> None:
         rows.append(f"| {name} | {cells} | {seconds / 60:.1f} |")
         print(rows[-1], flush=True)
     for item in args.probe_runs:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            parser.error(f"--probe-runs {item!r}: expected NAME=DIR")
-        slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
-        cells = probe(InitSpec(slug, str(Path(folder).resolve())), out / f"probe-run-{slug}", {})
-        rows.append(f"| {name} | {cells} | (not run here) |")
+        try:
+            run = parse_init(item)  # NAME=DIR, as fedvlp sweep's --init
+        except ValueError as err:
+            parser.error(f"--probe-runs: {err}")
+        slug = _slug(run.name)
+        cells = probe(InitSpec(slug, str(Path(run.spec).resolve())), out / f"probe-run-{slug}", {})
+        rows.append(f"| {run.name} | {cells} | (not run here) |")
         print(rows[-1], flush=True)
     baselines = [
         f"| ImageNet EfficientNet-Lite0 at {size} px, no federated training | "

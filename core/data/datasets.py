@@ -17,7 +17,7 @@ from .images import ImageDecodeError, load_image
 from .manifest import ManifestRows, StringColumn, read_manifest
 from .reports import text_view
 
-__all__ = ["AUGMENT_PROFILES", "SiteDataset", "collate_samples", "pad_token_ids", "train_transform"]
+__all__ = ["SiteDataset", "collate_samples", "pad_token_ids", "train_transform"]
 
 
 def _crop_flip_blur(
