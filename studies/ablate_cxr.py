@@ -4,15 +4,19 @@ Every variant is a real simulated federation of the image sites of the ``sites/c
 (NIH images and the Kermany hospital's unlabelled training images; the paired and report sites
 are left out to afford ten runs on 2 cores) from the packaged ImageNet EfficientNet-Lite0, at
 128 px, with the study's settings except the one named. Each variant's image encoder is then
-scored by linear probes on *validation* data only: the Kermany training split, split again by
-patient into probe-train and probe-validation (weight-decay choice), scored on the Kermany
-validation split. The Kermany test split is never read. Prints one markdown table row per
-variant (mean AUC +- std over seeds at 1%, 10% and 100% of the probe-train labels).
+scored by linear probes (or, with ``--protocol finetune``, fine-tuning) on *validation* data
+only: the Kermany training split, split again by patient into probe-train and probe-validation
+(weight-decay choice, early stopping), scored on the Kermany validation split. The Kermany test
+split is never read. Prints one markdown table row per variant (mean AUC +- std over seeds at
+1%, 10% and 100% of the probe-train labels). ``--set`` changes sweep knobs (as ``fedvlp sweep
+--set``), e.g. ``ft_trainable_stages=3 ft_head_init=probe`` for the study's fine-tuning with
+LP-FT heads; every setting scores into its own folders.
 
 Usage (after ``fedvlp demo --sites sites/cxr --out runs/cxr-study`` made ``runs/cxr-study/split``)::
 
     python studies/ablate_cxr.py --split runs/cxr-study/split --out runs/ablation [--rounds 3] [--seeds 5] \
-        [--only NAME ...] [--baseline-sizes 128 224] [--probe-runs NAME=DIR ...]
+        [--only NAME ...] [--baseline-sizes 128 224] [--probe-runs NAME=DIR ...] \
+        [--protocol finetune] [--set ft_trainable_stages=3 ...]
 """
 
 from __future__ import annotations
@@ -71,9 +75,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _slug(name: str) -> str:
-    """A folder name for a variant or run: its name in lower case, other characters as dashes."""
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
+def _slug(name: str, limit: int | None = 40) -> str:
+    """A folder name for a variant or run: its name in lower case, other characters as dashes, cut at ``limit``."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:limit]
 
 
 def _sites(out: Path, split: Path, which: str) -> Path:
@@ -143,6 +147,8 @@ def main() -> None:
         metavar="NAME=DIR",
         help="also score finished pretraining runs (a run folder or its checkpoints) with the same probes",
     )
+    parser.add_argument("--protocol", choices=["linear", "finetune"], default="linear", help="how inits are scored")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="sweep knobs, as fedvlp sweep --set")
     args = parser.parse_args()
 
     from fedvlp.core.config import RunConfig
@@ -150,7 +156,7 @@ def main() -> None:
     from fedvlp.core.evaluation.data import split_manifest
     from fedvlp.core.runtime import offline_env
     from fedvlp.server.cli.simulation import simulate
-    from fedvlp.server.cli.sweep_cli import InitSpec, parse_init, sweep_and_report
+    from fedvlp.server.cli.sweep_cli import InitSpec, parse_init, sweep_and_report, sweep_settings
 
     offline_env(threads_per_client=1)
     out = args.out.resolve()
@@ -164,15 +170,25 @@ def main() -> None:
             image_column="image",
             id_column="sample_id",
         )
+    try:
+        knobs = sweep_settings(args.set)
+    except ValueError as err:
+        parser.error(str(err))
     config = SweepConfig(
-        fractions=(0.01, 0.1, 1.0), seeds=tuple(range(args.seeds)), protocols=("linear",), num_threads=2
+        fractions=(0.01, 0.1, 1.0),
+        seeds=tuple(range(args.seeds)),
+        protocols=(args.protocol,),
+        num_threads=2,
+        **knobs,
     )
+    # Scores of other protocols or knobs go to folders of their own (a sweep folder refuses other settings).
+    scoring = "" if args.protocol == "linear" and not knobs else "-" + _slug(" ".join([args.protocol, *args.set]), None)
 
     def probe(spec: InitSpec, folder: Path, overrides: dict[str, Any]) -> str:
-        """Linear probes of one init on the validation split: ``mean +- std`` cells at 1%, 10%, 100%."""
+        """Scores of one init on the validation split: ``mean +- std`` cells at 1%, 10%, 100%."""
         results = sweep_and_report(
             [spec],
-            folder,
+            folder.with_name(folder.name + scoring),
             probe_split / "trainval.csv",
             ["label_pneumonia_vs_normal"],
             config,
@@ -226,7 +242,7 @@ def main() -> None:
     ]
     print()
     print(
-        f"Validation AUC (linear probe, {args.seeds} seeds, mean +- std), {args.rounds} rounds "
+        f"Validation AUC ({args.protocol} {' '.join(args.set)}, {args.seeds} seeds, mean +- std), {args.rounds} rounds "
         "x 25 local steps unless the variant names another count:"
     )
     print("| variant | 1% | 10% | 100% | pretraining minutes |")

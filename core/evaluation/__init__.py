@@ -19,7 +19,7 @@ from .data import SPLITS, LabeledSet, derive_patient_id, load_labeled, patient_s
 from .encoders import Init, build_encoder, encoder_state, state_hash
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .metrics import accuracy, auc_per_class, average_precision_per_class, f1, mean_auc
-from .probe import ProbeResult, extract_features, fit_logistic, linear_probe
+from .probe import FittedProbe, ProbeResult, extract_features, fit_logistic, fit_probe, linear_probe
 from .report import (
     format_table,
     label_efficiency,
@@ -54,9 +54,11 @@ __all__ = [
     "average_precision_per_class",
     "f1",
     "mean_auc",
+    "FittedProbe",
     "ProbeResult",
     "extract_features",
     "fit_logistic",
+    "fit_probe",
     "linear_probe",
     "format_table",
     "label_efficiency",

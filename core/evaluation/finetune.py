@@ -1,10 +1,11 @@
 """Full fine-tuning of the image encoder with a linear head, ConVIRT's recipe.
 
-Head warm-up with the encoder frozen (in eval mode, so batch-norm statistics stay), then
-everything trains; Adam with weight decay 1e-6, dropout 0.2 before the head, the learning
-rates halved when the validation AUC stops improving, early stopping on validation AUC, and
-the weights of the best validation AUC are the ones scored on the test set.
-"""
+The head starts at random, or from a linear probe of the frozen encoder (LP-FT, Kumar et al.
+2022: fine-tuning from a fitted head distorts the pretrained features less). Head warm-up with
+the encoder frozen (in eval mode, so batch-norm statistics stay), then everything trains; Adam
+with weight decay 1e-6, dropout 0.2 before the head, the learning rates halved when the
+validation AUC stops improving, early stopping on validation AUC, and the weights of the best
+validation AUC are the ones scored on the test set."""
 
 from __future__ import annotations
 
@@ -156,6 +157,7 @@ def finetune(
     config: FinetuneConfig = FinetuneConfig(),
     tasks: tuple[Task, ...] | None = None,
     cached: bool = False,
+    head: nn.Linear | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``encoder`` (modified in place) plus a new head, and score the test rows.
 
@@ -188,6 +190,11 @@ def finetune(
     cached
         ``images`` are already the output of frozen lower stages (see
         :class:`~fedvlp.core.models.stages.UpperStages`): no image augmentation is applied.
+    head
+        The head to start from, ``(out_dim) -> output_dim(tasks)`` on the encoder's features
+        (e.g. :meth:`~.probe.FittedProbe.raw_head`; copied, not modified). Its starting point
+        is validated before the first step and kept when no later step beats it on
+        validation. None: a random head (seeded by ``seed``).
 
     Returns
     -------
@@ -209,7 +216,15 @@ def finetune(
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = Classifier(encoder, out_dim, output_dim(tasks), config.dropout).to(device)
+        model = Classifier(encoder, out_dim, output_dim(tasks), config.dropout)
+        if head is not None:
+            if (head.in_features, head.out_features) != (out_dim, output_dim(tasks)):
+                raise ValueError(
+                    f"head maps {head.in_features} -> {head.out_features} features; "
+                    f"expected {out_dim} -> {output_dim(tasks)}"
+                )
+            model.head.load_state_dict({k: v.float() for k, v in head.state_dict().items()})
+        model = model.to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(
@@ -238,6 +253,8 @@ def finetune(
                 parameter.requires_grad_(not frozen)
 
         best_score, best_step, best_state, stale, step = -math.inf, 0, None, 0, 0
+        if head is not None:  # the fitted head is a candidate: fine-tuning must beat it on validation
+            best_score, best_state = validate(), copy.deepcopy(model.state_dict())
         stream = _batches(n_train, batch, generator)
         set_frozen(warmup > 0)
         while step < budget:

@@ -12,7 +12,15 @@ from torch import nn
 
 from .tasks import Task, binary_tasks, output_dim, task_loss, validation_score
 
-__all__ = ["DEFAULT_WEIGHT_DECAYS", "ProbeResult", "extract_features", "fit_logistic", "linear_probe"]
+__all__ = [
+    "DEFAULT_WEIGHT_DECAYS",
+    "FittedProbe",
+    "ProbeResult",
+    "extract_features",
+    "fit_logistic",
+    "fit_probe",
+    "linear_probe",
+]
 
 # Strongest first, so that ties on validation AUC pick the stronger regularisation.
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
@@ -100,34 +108,53 @@ def fit_logistic(
 
 
 @dataclass(frozen=True)
-class ProbeResult:
-    """Test-set scores of a linear probe and how its regularisation was chosen."""
+class FittedProbe:
+    """A logistic regression on standardised features, chosen by validation AUC.
 
-    test_scores: np.ndarray  # (n_test, C) logits
-    val_auc: float  # mean validation AUC of the chosen weight decay
+    ``layer`` maps standardised features ``(x - mean) / std`` to logits; :meth:`raw_head` is
+    the same map on the raw features, the head a fine-tuning run can start from (LP-FT).
+    """
+
+    layer: nn.Linear  # float64, on standardised features
+    mean: torch.Tensor  # (D,) float64
+    std: torch.Tensor  # (D,) float64
+    val_auc: float  # mean validation AUC of the chosen weight decay (NaN when undefined)
     weight_decay: float
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """``(features - mean) / std`` in float64."""
+        return (features.double() - self.mean) / self.std
+
+    @torch.no_grad()
+    def raw_head(self) -> nn.Linear:
+        """A float32 ``nn.Linear`` on raw features with the same logits as ``layer`` on standardised ones.
+
+        ``W z + b`` with ``z = (x - mean) / std`` is ``(W / std) x + (b - (W / std) mean)``.
+        """
+        weight = self.layer.weight / self.std
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        head.weight.copy_(weight.float())
+        head.bias.copy_((self.layer.bias - weight @ self.mean).float())
+        return head
 
 
 @torch.no_grad()
-def linear_probe(
+def fit_probe(
     features: torch.Tensor,
     labels: torch.Tensor,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    test_idx: np.ndarray,
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
     max_iter: int = 200,
     standardise_idx: np.ndarray | None = None,
     tasks: Sequence[Task] | None = None,
-) -> ProbeResult:
-    """Train a linear classifier on frozen features and score the test rows.
+) -> FittedProbe:
+    """Fit a logistic regression per weight decay on standardised features; keep the best on validation.
 
     Features are standardised (zero mean, unit variance per feature) with statistics of the
-    rows ``standardise_idx`` (default: ``train_idx``). Passing all rows of the train split
-    there uses their *images* but never their labels, which keeps the statistics stable when
-    only a handful of rows are labelled. One weight decay, shared by all classes, is picked
-    from ``weight_decays`` by mean validation AUC (first one wins ties; when validation AUC is
-    undefined the middle value of the grid is used).
+    rows ``standardise_idx`` (default: ``train_idx``). One weight decay, shared by all
+    classes, is picked from ``weight_decays`` by mean validation AUC (first one wins ties;
+    when validation AUC is undefined the middle value of the grid is used).
 
     Parameters
     ----------
@@ -135,8 +162,8 @@ def linear_probe(
         ``(N, D)`` features of the whole labelled set.
     labels
         ``(N, C)`` 0/1 targets.
-    train_idx, val_idx, test_idx
-        Row indices of the labelled subset, the validation and the test rows.
+    train_idx, val_idx
+        Row indices of the labelled subset and of the validation rows.
     weight_decays
         The grid of L2 strengths.
     max_iter
@@ -148,7 +175,7 @@ def linear_probe(
 
     Returns
     -------
-    ProbeResult
+    FittedProbe
     """
     if not len(weight_decays):
         raise ValueError("weight_decays must not be empty")
@@ -171,5 +198,58 @@ def linear_probe(
         wd, layer = fits[len(fits) // 2]
         best = (math.nan, wd, layer)
     val_auc, wd, layer = best
-    scores = layer(z[torch.as_tensor(test_idx)]).float().numpy()
-    return ProbeResult(test_scores=scores, val_auc=float(val_auc), weight_decay=float(wd))
+    return FittedProbe(layer=layer, mean=mean, std=std, val_auc=float(val_auc), weight_decay=float(wd))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Test-set scores of a linear probe and how its regularisation was chosen."""
+
+    test_scores: np.ndarray  # (n_test, C) logits
+    val_auc: float  # mean validation AUC of the chosen weight decay
+    weight_decay: float
+
+
+@torch.no_grad()
+def linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    max_iter: int = 200,
+    standardise_idx: np.ndarray | None = None,
+    tasks: Sequence[Task] | None = None,
+) -> ProbeResult:
+    """Train a linear classifier on frozen features and score the test rows.
+
+    The classifier is :func:`fit_probe`'s (standardised features, weight decay chosen on
+    validation). Passing all rows of the train split as ``standardise_idx`` uses their
+    *images* but never their labels, which keeps the statistics stable when only a handful
+    of rows are labelled.
+
+    Parameters
+    ----------
+    features
+        ``(N, D)`` features of the whole labelled set.
+    labels
+        ``(N, C)`` 0/1 targets.
+    train_idx, val_idx, test_idx
+        Row indices of the labelled subset, the validation and the test rows.
+    weight_decays
+        The grid of L2 strengths.
+    max_iter
+        L-BFGS iterations per fit.
+    standardise_idx
+        Rows whose features define the standardisation.
+    tasks
+        Label tasks (default: every label column binary).
+
+    Returns
+    -------
+    ProbeResult
+    """
+    fitted = fit_probe(features, labels, train_idx, val_idx, weight_decays, max_iter, standardise_idx, tasks)
+    scores = fitted.layer(fitted.standardise(features[torch.as_tensor(test_idx)])).float().numpy()
+    return ProbeResult(test_scores=scores, val_auc=fitted.val_auc, weight_decay=fitted.weight_decay)

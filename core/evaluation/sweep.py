@@ -34,11 +34,12 @@ from ..models.stages import StagedEncoder, UpperStages, lock_stages, num_stages
 from .data import LabeledSet, sample_fraction
 from .encoders import EncoderSource, Init, build_encoder, describe_encoder, state_hash
 from .finetune import PRECISIONS, FinetuneConfig, FinetuneResult, finetune
-from .probe import DEFAULT_WEIGHT_DECAYS, ProbeResult, extract_features, linear_probe
+from .probe import DEFAULT_WEIGHT_DECAYS, ProbeResult, extract_features, fit_probe, linear_probe
 from .report import write_outputs
 from .tasks import task_metrics
 
 __all__ = [
+    "HEAD_INITS",
     "PROTOCOLS",
     "RESULT_COLUMNS",
     "RESULTS_FILE",
@@ -52,6 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("linear", "finetune")
+HEAD_INITS = ("random", "probe")  # how a fine-tuning run's head starts (ft_head_init)
 RESULT_COLUMNS = ["init", "protocol", "label_fraction", "seed", "metric", "class", "value"]
 CELL_COLUMNS = ["init", "protocol", "label_fraction", "seed"]
 RESULTS_FILE = "results.csv"
@@ -96,6 +98,9 @@ class SweepConfig:
     ft_precision: str = "fp32"
     ft_channels_last: bool = True
     ft_trainable_stages: int = 0  # 0: fine-tune the whole encoder; N: only its top N stages, on cached lower features
+    # "random": a new head; "probe": the cell's linear probe (same features, weight decay and
+    # standardisation as the linear protocol's cell), then fine-tuning (LP-FT)
+    ft_head_init: str = "random"
     title: str = "Label-efficiency sweep"
 
     def validate(self) -> None:
@@ -110,6 +115,8 @@ class SweepConfig:
             raise ValueError("batch_size must be >= 2 and eval_batch_size >= 1")
         if self.ft_precision not in PRECISIONS:
             raise ValueError(f"ft_precision must be one of {PRECISIONS}, got {self.ft_precision!r}")
+        if self.ft_head_init not in HEAD_INITS:
+            raise ValueError(f"ft_head_init must be one of {HEAD_INITS}, got {self.ft_head_init!r}")
         if self.ft_trainable_stages < 0:
             raise ValueError(f"ft_trainable_stages must be >= 0 (0: the whole encoder), got {self.ft_trainable_stages}")
 
@@ -303,6 +310,18 @@ def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: in
             tasks=labeled.tasks,
         )
     elif protocol == "finetune":
+        head = None
+        if config.ft_head_init == "probe":
+            head = fit_probe(
+                ctx.probe_features(init, seed),
+                labeled.labels,
+                train_idx,
+                val_idx,
+                config.probe_weight_decays,
+                config.probe_max_iter,
+                standardise_idx=train_split,
+                tasks=labeled.tasks,
+            ).raw_head()
         module, inputs, cached = ctx.finetune_inputs(init, seed)
         result = finetune(
             module,
@@ -316,6 +335,7 @@ def _run_cell(ctx: _Context, init: str, protocol: str, fraction: float, seed: in
             config.finetune_config(),
             tasks=labeled.tasks,
             cached=cached,
+            head=head,
         )
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

@@ -17,6 +17,7 @@
     label-columns = ["label_x"]
     join-federation = "train"  # its train split's images join the federation as an images-only site
     finetune-stages = 3        # fine-tune the top 3 image stages on cached lower-stage outputs
+    finetune-head = "probe"    # fine-tuning starts from the cell's linear probe (LP-FT); default "random"
 
 Every step writes under ``--out`` and is skipped or resumed when its output is there, so a
 killed study restarts where it stopped.
@@ -37,12 +38,15 @@ import multiprocessing
 import os
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedvlp.core.config import ConfigError, RunConfig, list_site_files, load_site, resolve_path
+
+if TYPE_CHECKING:
+    from fedvlp.core.evaluation import SweepConfig
 
 __all__ = [
     "Federation",
@@ -53,6 +57,7 @@ __all__ = [
     "pretrain",
     "sweep_in_background",
     "run_study",
+    "study_sweep_config",
     "FEDERATION_FILE",
 ]
 
@@ -73,6 +78,7 @@ _EVALUATION_KEYS = {
     "seeds",
     "join-federation",
     "finetune-stages",
+    "finetune-head",
 }
 RUN_NAMES = ("federated", "general-pretrained+federated")
 JOINED_SITES = "sites"  # under --out: the federation's sites plus the labelled hospital's images
@@ -140,6 +146,11 @@ def load_federation(folder: str | Path) -> Federation:
         raise ConfigError(
             origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages
         )
+    from fedvlp.core.evaluation.sweep import HEAD_INITS  # here: torch loads only when a study reads its spec
+
+    head = evaluation.get("finetune-head", "random")
+    if head not in HEAD_INITS:
+        raise ConfigError(origin, "evaluation.finetune-head", f"one of {list(HEAD_INITS)}", head)
     study = dict(raw.get("study", {}))
     if set(study) - {"runs"}:
         raise ConfigError(origin, f"study.{sorted(set(study) - {'runs'})[0]}", "only 'runs'")
@@ -317,6 +328,45 @@ def append_pretraining_report(sweep_dir: Path, histories: dict[str, list[dict[st
         handle.write("\n".join(sections))
 
 
+def study_sweep_config(
+    federation: Federation,
+    *,
+    quick: bool = False,
+    fractions: Sequence[float] | None = None,
+    seeds: int | None = None,
+    protocols: Sequence[str] | None = None,
+    title_data: str = "",
+) -> SweepConfig:
+    """The sweep settings of a study: ``[evaluation]`` of ``federation.toml``, then the command line's.
+
+    Parameters
+    ----------
+    federation
+        The study's federation spec.
+    quick
+        The CI-sized study: 10% and 100% labels, one seed, linear probes only (unless given).
+    fractions, seeds, protocols
+        Command-line values; None: the federation's, else the defaults.
+    title_data
+        The labelled set's name, for the report title.
+    """
+    import torch
+
+    from fedvlp.core.evaluation import SweepConfig
+
+    evaluation = federation.evaluation
+    return SweepConfig(
+        fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
+        seeds=tuple(range(seeds if seeds is not None else (1 if quick else int(evaluation.get("seeds", 3))))),
+        protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        num_threads=1,
+        ft_trainable_stages=int(evaluation.get("finetune-stages", 0)),
+        ft_head_init=str(evaluation.get("finetune-head", "random")),
+        title=f"fedvlp study of {federation.folder.name}: label efficiency on {title_data}",
+    )
+
+
 def run_study(
     folder: str | Path,
     out: str | Path,
@@ -355,10 +405,8 @@ def run_study(
     import json
     import time
 
-    import torch
-
     from fedvlp.core.checkpoint import load_latest
-    from fedvlp.core.evaluation import SweepConfig, format_table
+    from fedvlp.core.evaluation import format_table
     from fedvlp.core.evaluation.data import split_manifest
     from fedvlp.core.evaluation.sweep import CELLS_DIR
     from fedvlp.core.runtime import offline_env
@@ -420,15 +468,8 @@ def run_study(
         )
     )
     step += 1
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = SweepConfig(
-        fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
-        seeds=tuple(range(seeds if seeds is not None else (1 if quick else int(evaluation.get("seeds", 3))))),
-        protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
-        device=device,
-        num_threads=1,
-        ft_trainable_stages=int(evaluation.get("finetune-stages", 0)),
-        title=f"fedvlp study of {federation.folder.name}: label efficiency on {labeled.parent.name}",
+    config = study_sweep_config(
+        federation, quick=quick, fractions=fractions, seeds=seeds, protocols=protocols, title_data=labeled.parent.name
     )
     fixed = [InitSpec("random", "random")]  # inits that need no pretraining
     if federation.general and pretrained_installed():

@@ -31,3 +31,32 @@ def test_extract_features_is_batched_and_restores_train_mode(labeled, tiny_confi
     assert encoder.training
     assert batched.shape == (len(labeled), encoder.out_dim)
     assert torch.allclose(all_at_once, batched, atol=1e-5)
+
+
+def test_raw_head_folds_the_standardisation_into_the_weights():
+    from fedvlp.core.evaluation import FittedProbe
+
+    layer = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        layer.bias.fill_(0.5)
+    probe = FittedProbe(layer, torch.tensor([1.0, -2.0]).double(), torch.tensor([2.0, 4.0]).double(), 0.9, 1.0)
+    head = probe.raw_head()
+    # W / std = [0.5, 0.5]; b - (W / std) . mean = 0.5 - (0.5 - 1.0) = 1.0
+    assert head.weight.tolist() == [[0.5, 0.5]] and head.bias.tolist() == [1.0]
+    x = torch.tensor([[3.0, 6.0]])  # standardised: [1, 2] -> 1 + 4 + 0.5 = 5.5
+    assert head(x).item() == 5.5 == layer(probe.standardise(x)).item()
+
+
+def test_linear_probe_scores_are_its_fitted_probe_on_the_test_rows():
+    from fedvlp.core.evaluation import fit_probe
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(3.0, 2.0, size=(90, 6))).float()
+    y = (x[:, :1] > 3.0).float()
+    idx = np.arange(90)
+    fitted = fit_probe(x, y, idx[:40], idx[40:70], weight_decays=(1.0, 1e-2), standardise_idx=idx[:70])
+    result = linear_probe(x, y, idx[:40], idx[40:70], idx[70:], weight_decays=(1.0, 1e-2), standardise_idx=idx[:70])
+    assert (result.weight_decay, result.val_auc) == (fitted.weight_decay, fitted.val_auc)
+    raw = fitted.raw_head()(x[70:]).detach().numpy()
+    assert np.allclose(raw, result.test_scores, atol=1e-4)

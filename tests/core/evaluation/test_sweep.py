@@ -283,3 +283,23 @@ def test_an_init_at_another_image_size_needs_a_labelled_set_of_that_size(tmp_pat
             SweepConfig(**FAST),
             progress=False,
         )
+
+
+def test_a_probe_head_makes_a_fine_tuning_cell_start_from_the_linear_cell(tmp_path, labeled, tiny_config, pretrained):
+    # With learning rates 0 the fine-tuning cell keeps its starting head: its test AUC is the linear cell's.
+    config = SweepConfig(
+        **{**FAST, "fractions": (1.0,), "protocols": ("linear", "finetune")},
+        ft_head_init="probe",
+        ft_lr_head=0.0,
+        ft_lr_encoder=0.0,
+        ft_dropout=0.0,
+    )
+    rows = run_sweep({"pre": pretrained}, tiny_config, labeled, tmp_path, config, progress=False)
+    auc = rows[(rows.metric == "auc")].pivot_table(index="class", columns="protocol", values="value")
+    assert auc.loc["square", "linear"] > 0.8  # the fixture is learnable: the check below compares real scores
+    assert auc["finetune"].tolist() == pytest.approx(auc["linear"].tolist(), abs=1e-6)
+
+
+def test_an_unknown_head_init_names_the_knob_and_the_choices():
+    with pytest.raises(ValueError, match=r"ft_head_init must be one of \('random', 'probe'\), got 'linear'"):
+        SweepConfig(ft_head_init="linear").validate()

@@ -15,6 +15,7 @@ from fedvlp.server.cli.pipeline import (
     load_federation,
     pretraining_runs,
     run_study,
+    study_sweep_config,
     sweep_in_background,
 )
 from fedvlp.server.cli.sweep_cli import InitSpec, sweep_and_report
@@ -116,11 +117,30 @@ def test_without_the_pretrained_weights_the_study_falls_back_to_the_run_from_ran
             '[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\nfinetune-stages = -1\n',
             "evaluation.finetune-stages",
         ),
+        (
+            '[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\nfinetune-head = "linear"\n',
+            "evaluation.finetune-head",
+        ),
     ],
 )
 def test_bad_study_keys_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         load_federation(_federation(tmp_path, text))
+
+
+def test_the_studys_fine_tuning_knobs_reach_its_sweep_and_the_command_line_wins(tmp_path: Path) -> None:
+    folder = _federation(
+        tmp_path,
+        '[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\nfinetune-stages = 2\nfinetune-head = "probe"\n'
+        "seeds = 5\nfractions = [0.01, 1.0]\n",
+    )
+    config = study_sweep_config(load_federation(folder), seeds=2)
+    assert (config.ft_trainable_stages, config.ft_head_init) == (2, "probe")
+    assert (config.seeds, config.fractions, config.protocols) == ((0, 1), (0.01, 1.0), ("linear", "finetune"))
+    plain = study_sweep_config(
+        load_federation(_federation(tmp_path / "b", '[evaluation]\nlabeled = "x.csv"\nlabel-columns = ["y"]\n'))
+    )
+    assert (plain.ft_trainable_stages, plain.ft_head_init, plain.seeds) == (0, "random", (0, 1, 2))
 
 
 def test_the_labelled_hospital_joins_with_its_train_images_only(
