@@ -231,20 +231,10 @@ def linear_probe(
 
     Parameters
     ----------
-    features
-        ``(N, D)`` features of the whole labelled set.
-    labels
-        ``(N, C)`` 0/1 targets.
-    train_idx, val_idx, test_idx
-        Row indices of the labelled subset, the validation and the test rows.
-    weight_decays
-        The grid of L2 strengths.
-    max_iter
-        L-BFGS iterations per fit.
-    standardise_idx
-        Rows whose features define the standardisation.
-    tasks
-        Label tasks (default: every label column binary).
+    features, labels, train_idx, val_idx, weight_decays, max_iter, standardise_idx, tasks
+        As in :func:`fit_probe`.
+    test_idx
+        Row indices of the rows to score.
 
     Returns
     -------
