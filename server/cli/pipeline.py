@@ -17,7 +17,7 @@
     label-columns = ["label_x"]
     join-federation = "train"  # its train split's images join the federation as an images-only site
     finetune-stages = 3        # fine-tune the top 3 image stages on cached lower-stage outputs
-    finetune-head = "probe"    # fine-tuning starts from the cell's linear probe (LP-FT); default "random"
+    finetune-head = "random"   # or "probe": start from the cell's linear probe (LP-FT; lower on sites/cxr)
 
 Every step writes under ``--out`` and is skipped or resumed when its output is there, so a
 killed study restarts where it stopped.
