@@ -1,11 +1,12 @@
 """Full fine-tuning of the image encoder with a linear head, ConVIRT's recipe.
 
 The head starts at random, or from a linear probe of the frozen encoder (LP-FT, Kumar et al.
-2022, who find that a fitted head distorts the pretrained features less; on the sites/cxr study
-it scores lower, docs/evaluation.md). Head warm-up with the encoder frozen (in eval mode, so
-batch-norm statistics stay), then everything trains; Adam with weight decay 1e-6, dropout 0.2 before the head, the learning rates halved when the
-validation AUC stops improving, early stopping on validation AUC, and the weights of the best
-validation AUC are the ones scored on the test set.
+2022, who find that a fitted head distorts the pretrained features less; on the sites/cxr
+study it scores lower, docs/evaluation.md). Head warm-up with the encoder frozen (in eval
+mode, so batch-norm statistics stay), then everything trains; Adam with weight decay 1e-6,
+dropout 0.2 before the head, the learning rates halved when the validation AUC stops
+improving, early stopping on validation AUC, and the weights of the best validation AUC are
+the ones scored on the test set.
 """
 
 from __future__ import annotations
