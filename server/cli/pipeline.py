@@ -141,16 +141,19 @@ def load_federation(folder: str | Path) -> Federation:
             "'train', 'trainval' or '' (the labelled hospital does not join)",
             join,
         )
-    stages = evaluation.get("finetune-stages", 0)
-    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 0:
+    # Absent keys are left to SweepConfig's defaults (study_sweep_config passes only what is set).
+    stages = evaluation.get("finetune-stages")
+    if "finetune-stages" in evaluation and (isinstance(stages, bool) or not isinstance(stages, int) or stages < 0):
         raise ConfigError(
             origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages
         )
-    from fedvlp.core.evaluation.sweep import HEAD_INITS  # here: torch loads only when a study reads its spec
+    if "finetune-head" in evaluation:
+        from fedvlp.core.evaluation.sweep import HEAD_INITS  # here: torch loads only when a study reads its spec
 
-    head = evaluation.get("finetune-head", "random")
-    if head not in HEAD_INITS:
-        raise ConfigError(origin, "evaluation.finetune-head", f"one of {list(HEAD_INITS)}", head)
+        if evaluation["finetune-head"] not in HEAD_INITS:
+            raise ConfigError(
+                origin, "evaluation.finetune-head", f"one of {list(HEAD_INITS)}", evaluation["finetune-head"]
+            )
     study = dict(raw.get("study", {}))
     if set(study) - {"runs"}:
         raise ConfigError(origin, f"study.{sorted(set(study) - {'runs'})[0]}", "only 'runs'")
@@ -355,15 +358,20 @@ def study_sweep_config(
     from fedvlp.core.evaluation import SweepConfig
 
     evaluation = federation.evaluation
+    # Only the knobs the study sets: SweepConfig's defaults stay the single source of the others.
+    knobs: dict[str, object] = {
+        field: evaluation[key]
+        for key, field in (("finetune-stages", "ft_trainable_stages"), ("finetune-head", "ft_head_init"))
+        if key in evaluation
+    }
     return SweepConfig(
         fractions=tuple(fractions or ((0.1, 1.0) if quick else evaluation.get("fractions", (0.01, 0.1, 1.0)))),
         seeds=tuple(range(seeds if seeds is not None else (1 if quick else int(evaluation.get("seeds", 3))))),
         protocols=tuple(protocols or (("linear",) if quick else evaluation.get("protocols", ("linear", "finetune")))),
         device="cuda" if torch.cuda.is_available() else "cpu",
         num_threads=1,
-        ft_trainable_stages=int(evaluation.get("finetune-stages", 0)),
-        ft_head_init=str(evaluation.get("finetune-head", "random")),
         title=f"fedvlp study of {federation.folder.name}: label efficiency on {title_data}",
+        **knobs,  # type: ignore[arg-type]  # checked by load_federation and SweepConfig.__post_init__
     )
 
 
