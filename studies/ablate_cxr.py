@@ -3,7 +3,10 @@
 Every variant is a real simulated federation of the image sites of the ``sites/cxr`` study
 (NIH images and the Kermany hospital's unlabelled training images; the paired and report sites
 are left out to afford ten runs on 2 cores) from the packaged ImageNet EfficientNet-Lite0, at
-128 px, with the study's settings except the one named. Each variant's image encoder is then
+128 px, with the study's settings except the one named. Variants with ``_mode = "local"`` are the
+Kermany hospital's local-only pretraining instead (``fedvlp pretrain --local``: its images alone,
+the steps it takes in the federation); ``_sites = "small"`` gives that hospital a tenth of its
+images (by patient). Each variant's image encoder is then
 scored by linear probes (or, with ``--protocol finetune``, fine-tuning) on *validation* data
 only: the Kermany training split, split again by patient into probe-train and probe-validation
 (weight-decay choice, early stopping), scored on the Kermany validation split. The Kermany test
@@ -55,6 +58,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "FedProx mu=0.01": {"prox-mu": 0.01},
     "representation anchor weight 1": {"weight-anchor": 1.0},
     "without the Kermany hospital's images": {"_sites": "nih"},
+    # What the hospital gets without the federation (``_mode``: local-only pretraining of its
+    # images, the compute it spends in the federation), with all its images or a tenth of them.
+    "local-only Kermany hospital (all its images; all stages, speed, 75 local steps)": {
+        **_ALL_FAST,
+        "local-steps": 75,
+        "_mode": "local",
+    },
+    "federated small hospital (a tenth of its images; all stages, speed, 75 local steps)": {
+        **_ALL_FAST,
+        "local-steps": 75,
+        "_sites": "small",
+    },
+    "local-only small hospital (a tenth of its images; all stages, speed, 75 local steps)": {
+        **_ALL_FAST,
+        "local-steps": 75,
+        "_sites": "small",
+        "_mode": "local",
+    },
     "int8 uploads + delta-int8 downloads": {"upload-compression": "int8", "download-compression": "delta-int8"},
     "all stages train, channels-last + bf16 autocast": _ALL_FAST,
     "5 stages locked, channels-last + bf16 autocast": _FAST,
@@ -80,11 +101,20 @@ def _slug(name: str, limit: int | None = 40) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:limit]
 
 
+KERMANY_SITE = "kermany_train_images"  # the Kermany hospital's site in the ablation's federations
+SMALL_FRACTION = 0.1  # the "small" hospital's share of its training-split patients
+
+
 def _sites(out: Path, split: Path, which: str) -> Path:
-    """A folder with the NIH image site, plus the Kermany train-split images unless ``which == 'nih'``."""
+    """A folder with the NIH image site, plus the Kermany hospital's unlabelled images.
+
+    ``which``: ``"all"`` (its whole training split), ``"small"`` (the images of a tenth of its
+    training-split patients, a patient-level split of ``train.csv``) or ``"nih"`` (none).
+    """
     import yaml
 
     from fedvlp.core.config import load_site, project_root
+    from fedvlp.core.evaluation.data import split_manifest
 
     folder = out / f"sites-{which}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,16 +135,29 @@ def _sites(out: Path, split: Path, which: str) -> Path:
             }
         )
     )
+    manifest = split / "train.csv"
+    if which == "small":
+        subset = out / "kermany-small"
+        if not (subset / "train.csv").is_file():
+            split_manifest(
+                manifest,
+                subset,
+                by="patient_id",
+                fractions=(SMALL_FRACTION, 1 - SMALL_FRACTION, 0.0),
+                image_column="image",
+                id_column="sample_id",
+            )
+        manifest = subset / "train.csv"
     if which != "nih":
         labeled = project_root().parent / "shared" / "data" / "cxr" / "kermany_labeled"  # where the split's images are
         (folder / "kermany_train.yaml").write_text(
             yaml.safe_dump(
                 {
-                    "name": "kermany_train_images",
+                    "name": KERMANY_SITE,
                     "image_roots": [str(labeled.resolve())],
                     "sources": [
                         {
-                            "manifest": str((split / "train.csv").resolve()),
+                            "manifest": str(manifest.resolve()),
                             "kind": "images",
                             "id_column": "sample_id",
                             "image_column": "image",
@@ -151,6 +194,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="sweep knobs, as fedvlp sweep --set")
     args = parser.parse_args()
 
+    from fedvlp.core.central import pretrain_local
     from fedvlp.core.config import RunConfig
     from fedvlp.core.evaluation import SweepConfig
     from fedvlp.core.evaluation.data import split_manifest
@@ -216,7 +260,10 @@ def main() -> None:
             "out-dir": str(out / slug),
         }
         started = time.perf_counter()
-        simulate(RunConfig.from_flat(flat))
+        if overrides.get("_mode") == "local":
+            pretrain_local(RunConfig.from_flat(flat), KERMANY_SITE, flat["out-dir"])
+        else:
+            simulate(RunConfig.from_flat(flat))
         seconds = time.perf_counter() - started
         cells = probe(InitSpec(slug, str(out / slug)), out / f"probe-{slug}", {})
         rows.append(f"| {name} | {cells} | {seconds / 60:.1f} |")

@@ -67,7 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_study(
             args.sites,
             args.out,
-            baselines=args.baselines,
+            baselines=False if args.baselines is None else (args.baselines or True),
             quick=args.quick,
             jobs=args.jobs,
             seeds=args.seeds,
@@ -494,6 +494,8 @@ def _check_demo(args: argparse.Namespace) -> None:
         raise UsageError(
             "--dicom: only for the synthetic world (without --sites); import DICOM sites with `fedvlp import dicom`"
         )
+    if args.baselines is not None and not args.sites:
+        raise UsageError("--baselines: only with --sites (the synthetic demo has no baseline runs)")
     for flag in ("rounds", "local_steps", "seeds", "jobs"):
         _at_least(getattr(args, flag), f"--{flag.replace('_', '-')}", 1)
     _fractions(args.fractions)
@@ -645,7 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
         "federation.toml (e.g. sites/cxr); runs its whole study, see server/cli/pipeline.py",
     )
     demo.add_argument(
-        "--baselines", action="store_true", help="with --sites: also centralised and local-only pretraining"
+        "--baselines",
+        nargs="*",
+        choices=("central", "local"),  # pipeline.BASELINE_KINDS (imported lazily: torch-free start)
+        help="with --sites: also centralised and local-only pretraining from each federated run's start "
+        "(no value: both kinds)",
     )
     demo.add_argument(
         "--jobs",

@@ -213,35 +213,50 @@ def joined_sites(federation: Federation, split_dir: Path, out: Path, split: str 
     return target
 
 
+BASELINE_KINDS = ("central", "local")  # fedvlp demo --sites DIR --baselines [KIND ...]
+GENERAL_RUN_PREFIX = "general-pretrained+"  # a run (and init) that starts from the packaged weights
+
+
 def pretraining_runs(
-    federation: Federation, out: Path, baselines: bool = False, sites: Path | None = None
+    federation: Federation,
+    out: Path,
+    baselines: bool | Sequence[str] = False,
+    sites: Path | None = None,
 ) -> dict[str, RunConfig]:
     """The run configurations of a study, by init name, each writing to ``out/<name>``.
 
     ``federated`` unless ``[study] runs`` leaves it out; ``general-pretrained+federated`` when
     the federation declares ``[general-pretrained]``, ``[study] runs`` keeps it and
-    ``fedvlp[pretrained]`` is installed; with ``baselines``, ``central`` (pooled data) and
-    ``local-<site>`` for every site that holds images (the same run configuration:
-    :mod:`fedvlp.core.central` matches the compute budget). ``sites`` replaces the
-    federation's folder of site files (see :func:`joined_sites`).
+    ``fedvlp[pretrained]`` is installed. ``baselines`` (True: every kind of
+    :data:`BASELINE_KINDS`) mirrors each federated run with the same run configuration and
+    start: ``central`` (pooled data) and ``local-<site>`` for every site that holds images
+    (:mod:`fedvlp.core.central` matches the compute budget), prefixed
+    ``general-pretrained+`` for the run that starts from the packaged weights: what a hospital
+    gets without the federation from the same start. ``sites`` replaces the federation's folder
+    of site files (see :func:`joined_sites`).
     """
+    kinds = set(BASELINE_KINDS if baselines is True else (baselines or ()))
+    if kinds - set(BASELINE_KINDS):
+        raise ValueError(f"baselines must be among {BASELINE_KINDS}, got {sorted(kinds)}")
     folder = sites or federation.folder
     base = RunConfig.from_flat({**federation.run, "sites": str(folder)})
     if federation.vocab_sites:
         base = base.replace(tokenizer=str(out / "vocab"))
-    runs = {}
+    starts: dict[str, RunConfig] = {}  # the name prefix of a federated run -> its configuration
     if "federated" in federation.study_runs or not (federation.general and pretrained_installed()):
-        runs["federated"] = base.replace(out_dir=str(out / "federated"))
+        starts[""] = base
     if federation.general and pretrained_installed() and "general-pretrained+federated" in federation.study_runs:
         general = RunConfig.from_flat({**base.to_flat(), **federation.general})
         if general.text_init == "minilm":
             general = general.replace(tokenizer="minilm")  # MiniLM's own vocabulary, not the shared one
-        runs["general-pretrained+federated"] = general.replace(out_dir=str(out / "general-pretrained+federated"))
-    if baselines:
-        runs["central"] = base.replace(out_dir=str(out / "central"))
-        for site_file in list_site_files(folder):
-            if "image" in load_site(site_file).modalities:
-                runs[f"local-{site_file.stem}"] = base.replace(out_dir=str(out / f"local-{site_file.stem}"))
+        starts[GENERAL_RUN_PREFIX] = general
+    image_sites = [f.stem for f in list_site_files(folder) if "image" in load_site(f).modalities]
+    runs = {}
+    for prefix, run in starts.items():
+        names = [f"{prefix}federated"]
+        names += [f"{prefix}central"] if "central" in kinds else []
+        names += [f"{prefix}local-{site}" for site in image_sites] if "local" in kinds else []
+        runs.update({name: run.replace(out_dir=str(out / name)) for name in names})
     return runs
 
 
@@ -282,10 +297,11 @@ def pretrain(
 
     from .simulation import simulate
 
-    if name == "central":
+    kind = name.removeprefix(GENERAL_RUN_PREFIX)  # the start is in ``run`` already
+    if kind == "central":
         pretrain_central(run, run.out_dir, on_round=on_round)
-    elif name.startswith("local-"):
-        pretrain_local(run, name.removeprefix("local-"), run.out_dir, on_round=on_round)
+    elif kind.startswith("local-"):
+        pretrain_local(run, kind.removeprefix("local-"), run.out_dir, on_round=on_round)
     else:
         simulate(run, on_round=on_round, gpus_per_client=gpus_per_client)
 
@@ -379,7 +395,7 @@ def run_study(
     folder: str | Path,
     out: str | Path,
     *,
-    baselines: bool = False,
+    baselines: bool | Sequence[str] = False,
     quick: bool = False,
     jobs: int = 1,
     seeds: int | None = None,
@@ -397,7 +413,8 @@ def run_study(
     out
         Output folder; re-running resumes every step.
     baselines
-        Also pretrain centrally (pooled data) and locally at every site with images.
+        Also pretrain centrally (pooled data) and locally at every site with images, from each
+        federated run's start (True), or only these kinds of :data:`BASELINE_KINDS`.
     quick
         Tiny models, 2 rounds x 5 steps, one seed of linear probes at 10% and 100% labels:
         the same path in a few minutes.

@@ -89,6 +89,25 @@ def test_demo_bad_recipe_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "run").exists()
 
 
+def test_demo_baselines_without_sites_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path / "run"), "--baselines", "local"]) == 2
+    assert capsys.readouterr().err == (
+        "fedvlp demo: --baselines: only with --sites (the synthetic demo has no baseline runs)\n"
+    )
+
+
+def test_demo_baselines_takes_the_pipelines_kinds_and_alone_means_all() -> None:
+    from fedvlp.server.cli.pipeline import BASELINE_KINDS
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--baselines", "local"]).baselines == ["local"]
+    assert parser.parse_args(["demo", "--baselines"]).baselines == []
+    assert parser.parse_args(["demo"]).baselines is None
+    assert parser.parse_args(["demo", "--baselines", *BASELINE_KINDS]).baselines == list(BASELINE_KINDS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--baselines", "pooled"])
+
+
 def test_debug_shows_the_traceback_instead(tmp_path: Path) -> None:
     a_file = tmp_path / "results"
     a_file.write_text("x")

@@ -79,6 +79,38 @@ def test_runs_share_the_vocabulary_and_baselines_cover_every_site_with_images(tm
     assert {run.tokenizer for run in runs.values()} == {str(tmp_path / "out" / "vocab")}
     assert {run.rounds for run in runs.values()} == {3}
     assert runs["local-hospital_a"].out_dir == str(tmp_path / "out" / "local-hospital_a")
+    assert list(pretraining_runs(load_federation(folder), tmp_path / "out", baselines=["local"])) == [
+        "federated",
+        "local-hospital_a",
+        "local-hospital_b",
+    ]
+
+
+def test_baselines_of_the_general_pretrained_run_start_from_the_packaged_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: True)
+    folder = _federation(
+        tmp_path,
+        '[general-pretrained]\nimage-init = "efficientnet-lite0"\nimage-lr-scale = 0.1\n'
+        '[study]\nruns = ["general-pretrained+federated"]\n',
+    )
+    runs = pretraining_runs(load_federation(folder), tmp_path / "out", baselines=True)
+    assert list(runs) == [
+        "general-pretrained+federated",
+        "general-pretrained+central",
+        "general-pretrained+local-hospital_a",
+        "general-pretrained+local-hospital_b",
+    ]
+    assert {(run.image_init, run.image_lr_scale) for run in runs.values()} == {("efficientnet-lite0", 0.1)}
+    local = runs["general-pretrained+local-hospital_b"]
+    assert local.out_dir == str(tmp_path / "out" / "general-pretrained+local-hospital_b")
+    assert local.replace(out_dir="") == runs["general-pretrained+federated"].replace(out_dir="")
+
+
+def test_an_unknown_baseline_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="baselines must be among"):
+        pretraining_runs(load_federation(_federation(tmp_path, "")), tmp_path / "out", baselines=["pooled"])
 
 
 def test_study_runs_pick_the_pretraining_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
