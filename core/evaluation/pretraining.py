@@ -28,7 +28,8 @@ def round_metrics(history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]
     ----------
     history
         Round records as the ServerApp writes them (``round`` and ``sites``, each site with its
-        ``metrics``).
+        ``metrics``), or as centralised / local-only pretraining writes them (``round`` and
+        ``metrics``: one trainer, taken as one site).
 
     Returns
     -------
@@ -38,7 +39,7 @@ def round_metrics(history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]
     rows = []
     for record in sorted(history, key=lambda r: int(r["round"])):
         values: dict[str, list[float]] = {}
-        for site in record.get("sites", []):
+        for site in record.get("sites", [record] if "metrics" in record else []):
             for key, value in site.get("metrics", {}).items():
                 if (key.startswith(LOSS_PREFIX) and key != "loss/total") or key.startswith(ALIGNMENT_PREFIX):
                     if isinstance(value, (int, float)) and np.isfinite(value):

@@ -50,6 +50,12 @@ def test_round_metrics_sort_rows_by_round() -> None:
     assert [row["align/i2t-top1"] for row in rows] == [0.25, 0.5]
 
 
+def test_round_metrics_read_a_local_or_central_runs_records_as_one_site() -> None:
+    # core/central.py's record: the trainer's metrics at the top, no "sites"
+    history = [{"round": 1, "steps": 75, "metrics": {"loss/distill": 0.6, "loss/total": 0.6, "steps": 75.0}}]
+    assert round_metrics(history) == [{"round": 1.0, "loss/distill": 0.6}]
+
+
 def test_round_metrics_ignore_non_finite_values() -> None:
     history = [
         {
