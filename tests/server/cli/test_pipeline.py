@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedvlp.core.config import ConfigError
+from fedvlp.core.config import ConfigError, RunConfig
 from fedvlp.core.evaluation import SweepConfig
 from fedvlp.server.cli.pipeline import (
     FEDERATION_FILE,
@@ -106,6 +106,18 @@ def test_baselines_of_the_general_pretrained_run_start_from_the_packaged_weights
     local = runs["general-pretrained+local-hospital_b"]
     assert local.out_dir == str(tmp_path / "out" / "general-pretrained+local-hospital_b")
     assert local.replace(out_dir="") == runs["general-pretrained+federated"].replace(out_dir="")
+
+
+def test_a_general_pretrained_local_baseline_pretrains_its_site_alone(
+    demo_env: Path, tiny_run: RunConfig, tmp_path: Path
+) -> None:
+    from fedvlp.core.checkpoint import load_latest
+    from fedvlp.server.cli.pipeline import pretrain
+
+    run = tiny_run.replace(rounds=1, local_steps=2, out_dir=str(tmp_path / "general-pretrained+local-hospital_a"))
+    pretrain("general-pretrained+local-hospital_a", run)
+    state = load_latest(tmp_path / "general-pretrained+local-hospital_a" / "checkpoints").state
+    assert (state["mode"], state["sites"], state["steps_per_round"]) == ("local", ["hospital_a"], 2)
 
 
 def test_an_unknown_baseline_kind_is_refused(tmp_path: Path) -> None:
