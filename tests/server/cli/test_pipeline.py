@@ -36,6 +36,16 @@ def _federation(tmp_path: Path, text: str) -> Path:
     return folder
 
 
+def _general_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: str, installed: bool = True) -> Path:
+    """A federation whose study runs only general-pretrained+federated, with ``[general-pretrained]`` ``settings``."""
+    monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: installed)
+    return _federation(
+        tmp_path,
+        f'[general-pretrained]\nimage-init = "efficientnet-lite0"\n{settings}'
+        '[study]\nruns = ["general-pretrained+federated"]\n',
+    )
+
+
 def test_a_folder_without_federation_file_is_an_empty_study(tmp_path: Path) -> None:
     folder = tmp_path / "sites"
     shutil.copytree(DEMO_SITES, folder)
@@ -89,12 +99,7 @@ def test_runs_share_the_vocabulary_and_baselines_cover_every_site_with_images(tm
 def test_baselines_of_the_general_pretrained_run_start_from_the_packaged_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: True)
-    folder = _federation(
-        tmp_path,
-        '[general-pretrained]\nimage-init = "efficientnet-lite0"\nimage-lr-scale = 0.1\n'
-        '[study]\nruns = ["general-pretrained+federated"]\n',
-    )
+    folder = _general_study(tmp_path, monkeypatch, "image-lr-scale = 0.1\n")
     runs = pretraining_runs(load_federation(folder), tmp_path / "out", baselines=True)
     assert list(runs) == [
         "general-pretrained+federated",
@@ -126,12 +131,7 @@ def test_an_unknown_baseline_kind_is_refused(tmp_path: Path) -> None:
 
 
 def test_study_runs_pick_the_pretraining_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: True)
-    folder = _federation(
-        tmp_path,
-        '[general-pretrained]\nimage-init = "efficientnet-lite0"\nfreeze-image-stages = 5\n'
-        '[study]\nruns = ["general-pretrained+federated"]\n',
-    )
+    folder = _general_study(tmp_path, monkeypatch, "freeze-image-stages = 5\n")
     runs = pretraining_runs(load_federation(folder), tmp_path / "out")
     assert list(runs) == ["general-pretrained+federated"]
     assert runs["general-pretrained+federated"].freeze_image_stages == 5
@@ -140,11 +140,7 @@ def test_study_runs_pick_the_pretraining_runs(tmp_path: Path, monkeypatch: pytes
 def test_without_the_pretrained_weights_the_study_falls_back_to_the_run_from_random(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("fedvlp.server.cli.pipeline.pretrained_installed", lambda: False)
-    folder = _federation(
-        tmp_path,
-        '[general-pretrained]\nimage-init = "efficientnet-lite0"\n[study]\nruns = ["general-pretrained+federated"]\n',
-    )
+    folder = _general_study(tmp_path, monkeypatch, "", installed=False)
     assert list(pretraining_runs(load_federation(folder), tmp_path / "out")) == ["federated"]
 
 
