@@ -142,11 +142,12 @@ def load_federation(folder: str | Path) -> Federation:
             join,
         )
     # Absent keys are left to SweepConfig's defaults (study_sweep_config passes only what is set).
-    stages = evaluation.get("finetune-stages")
-    if "finetune-stages" in evaluation and (isinstance(stages, bool) or not isinstance(stages, int) or stages < 0):
-        raise ConfigError(
-            origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages
-        )
+    if "finetune-stages" in evaluation:
+        stages = evaluation["finetune-stages"]
+        if isinstance(stages, bool) or not isinstance(stages, int) or stages < 0:
+            raise ConfigError(
+                origin, "evaluation.finetune-stages", "an integer >= 0 (0: fine-tune the whole encoder)", stages
+            )
     if "finetune-head" in evaluation:
         from fedvlp.core.evaluation.sweep import HEAD_INITS  # here: torch loads only when a study reads its spec
 
@@ -250,12 +251,15 @@ def pretraining_runs(
         if general.text_init == "minilm":
             general = general.replace(tokenizer="minilm")  # MiniLM's own vocabulary, not the shared one
         starts[GENERAL_RUN_PREFIX] = general
-    image_sites = [f.stem for f in list_site_files(folder) if "image" in load_site(f).modalities]
+    # Site files are read only for local baselines: a plain study starts without this I/O.
+    image_sites = (
+        [f.stem for f in list_site_files(folder) if "image" in load_site(f).modalities] if "local" in kinds else []
+    )
     runs = {}
     for prefix, run in starts.items():
         names = [f"{prefix}federated"]
         names += [f"{prefix}central"] if "central" in kinds else []
-        names += [f"{prefix}local-{site}" for site in image_sites] if "local" in kinds else []
+        names += [f"{prefix}local-{site}" for site in image_sites]
         runs.update({name: run.replace(out_dir=str(out / name)) for name in names})
     return runs
 
