@@ -5,8 +5,9 @@ Every variant is a real simulated federation of the image sites of the ``sites/c
 are left out to afford ten runs on 2 cores) from the packaged ImageNet EfficientNet-Lite0, at
 128 px, with the study's settings except the one named. Variants with ``_mode = "local"`` are the
 Kermany hospital's local-only pretraining instead (``fedvlp pretrain --local``: its images alone,
-the steps it takes in the federation); ``_sites = "small"`` gives that hospital a tenth of its
-images (by patient). Each variant's image encoder is then
+the steps it takes in the federation); ``_sites = "small"`` gives that hospital the images of a
+sixth of its patients, and ``_sites = "peers"`` federates that small hospital with three pediatric
+peers holding the other patients' images (``"peers-only"``: without NIH). Each variant's image encoder is then
 scored by linear probes (or, with ``--protocol finetune``, fine-tuning) on *validation* data
 only: the Kermany training split, split again by patient into probe-train and probe-validation
 (weight-decay choice, early stopping), scored on the Kermany validation split. The Kermany test
@@ -59,22 +60,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "representation anchor weight 1": {"weight-anchor": 1.0},
     "without the Kermany hospital's images": {"_sites": "nih"},
     # What the hospital gets without the federation (``_mode``: local-only pretraining of its
-    # images, the compute it spends in the federation), with all its images or a tenth of them.
+    # images, the compute it spends in the federation), with all its images or a sixth of its patients'.
     "local-only Kermany hospital (all its images; all stages, speed, 75 local steps)": {
         **_ALL_FAST,
         "local-steps": 75,
         "_mode": "local",
     },
-    "federated small hospital (a tenth of its images; all stages, speed, 75 local steps)": {
+    "federated small hospital (a sixth of its patients; all stages, speed, 75 local steps)": {
         **_ALL_FAST,
         "local-steps": 75,
         "_sites": "small",
     },
-    "local-only small hospital (a tenth of its images; all stages, speed, 75 local steps)": {
+    "local-only small hospital (a sixth of its patients; all stages, speed, 75 local steps)": {
         **_ALL_FAST,
         "local-steps": 75,
         "_sites": "small",
         "_mode": "local",
+    },
+    # The same small hospital federated with pediatric peers: the rest of its population's
+    # patients, split by patient into PEER_SITES hospitals (with or without the NIH site).
+    "small hospital + 3 pediatric peers + NIH, federated (all stages, speed, 75 local steps)": {
+        **_ALL_FAST,
+        "local-steps": 75,
+        "_sites": "peers",
+    },
+    "small hospital + 3 pediatric peers, federated (all stages, speed, 75 local steps)": {
+        **_ALL_FAST,
+        "local-steps": 75,
+        "_sites": "peers-only",
     },
     "int8 uploads + delta-int8 downloads": {"upload-compression": "int8", "download-compression": "delta-int8"},
     "all stages train, channels-last + bf16 autocast": _ALL_FAST,
@@ -102,58 +115,36 @@ def _slug(name: str, limit: int | None = 40) -> str:
 
 
 KERMANY_SITE = "kermany_train_images"  # the Kermany hospital's site in the ablation's federations
-SMALL_FRACTION = 0.1  # the "small" hospital's share of its training-split patients
+# The "small" hospital: patients whose split hash (core.evaluation.data.patient_split, the split's
+# salt) is below 0.1. The study's train split holds the patients below 0.6, so this is a sixth of
+# them: 167 of 990 patients, 205 of 1,196 images.
+SMALL_FRACTION = 0.1
+PEER_SITES = 3  # pediatric hospitals that share the other training-split patients ("peers")
 
 
 def _sites(out: Path, split: Path, which: str) -> Path:
     """A folder with the NIH image site, plus the Kermany hospital's unlabelled images.
 
-    ``which``: ``"all"`` (its whole training split), ``"small"`` (the images of a tenth of its
+    ``which``: ``"all"`` (its whole training split), ``"small"`` (the images of a sixth of its
     training-split patients, a patient-level split of ``train.csv``) or ``"nih"`` (none).
+    ``"peers"`` is ``"small"`` plus :data:`PEER_SITES` pediatric hospitals holding the other
+    patients (split by patient), ``"peers-only"`` the same without the NIH site.
     """
+    import pandas as pd
     import yaml
 
     from fedvlp.core.config import load_site, project_root
-    from fedvlp.core.evaluation.data import split_manifest
+    from fedvlp.core.evaluation.data import patient_split, split_manifest
 
     folder = out / f"sites-{which}"
     folder.mkdir(parents=True, exist_ok=True)
-    nih = load_site(project_root() / "sites" / "cxr" / "nih_images.yaml")
-    source = nih.sources[0]
-    (folder / "nih_images.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": nih.name,
-                "sources": [
-                    {
-                        "manifest": str(source.manifest),
-                        "kind": "images",
-                        "id_column": source.id_column,
-                        "image_column": source.image_column,
-                    }
-                ],
-            }
-        )
-    )
-    manifest = split / "train.csv"
-    if which == "small":
-        subset = out / "kermany-small"
-        if not (subset / "train.csv").is_file():
-            split_manifest(
-                manifest,
-                subset,
-                by="patient_id",
-                fractions=(SMALL_FRACTION, 1 - SMALL_FRACTION, 0.0),
-                image_column="image",
-                id_column="sample_id",
-            )
-        manifest = subset / "train.csv"
-    if which != "nih":
-        labeled = project_root().parent / "shared" / "data" / "cxr" / "kermany_labeled"  # where the split's images are
-        (folder / "kermany_train.yaml").write_text(
+    labeled = project_root().parent / "shared" / "data" / "cxr" / "kermany_labeled"  # where the split's images are
+
+    def kermany_site(name: str, manifest: Path) -> None:
+        (folder / f"{name}.yaml").write_text(
             yaml.safe_dump(
                 {
-                    "name": KERMANY_SITE,
+                    "name": name,
                     "image_roots": [str(labeled.resolve())],
                     "sources": [
                         {
@@ -166,6 +157,51 @@ def _sites(out: Path, split: Path, which: str) -> Path:
                 }
             )
         )
+
+    nih = load_site(project_root() / "sites" / "cxr" / "nih_images.yaml")
+    source = nih.sources[0]
+    if which != "peers-only":
+        (folder / "nih_images.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": nih.name,
+                    "sources": [
+                        {
+                            "manifest": str(source.manifest),
+                            "kind": "images",
+                            "id_column": source.id_column,
+                            "image_column": source.image_column,
+                        }
+                    ],
+                }
+            )
+        )
+    manifest = split / "train.csv"
+    if which in ("small", "peers", "peers-only"):
+        subset = out / "kermany-small"
+        if not (subset / "train.csv").is_file():
+            split_manifest(
+                manifest,
+                subset,
+                by="patient_id",
+                fractions=(SMALL_FRACTION, 1 - SMALL_FRACTION, 0.0),
+                image_column="image",
+                id_column="sample_id",
+            )
+        manifest = subset / "train.csv"
+    if which in ("peers", "peers-only"):
+        # The small hospital's other patients, split by patient into the peers. Another salt than
+        # the split's: the rows came out of a split by the same hash (core.evaluation.data.patient_split).
+        others = pd.read_csv(subset / "val.csv", dtype=str)
+        names = [f"peer{i + 1}" for i in range(PEER_SITES)]
+        part = patient_split(others["patient_id"].to_numpy(), (1.0,) * PEER_SITES, names, salt="fedvlp-peers")
+        for i, name in enumerate(names):
+            peer = subset / f"{name}.csv"  # beside val.csv: its relative image paths stay right
+            if not peer.is_file():
+                others[part == name].to_csv(peer, index=False)
+            kermany_site(f"pediatric_peer_{i + 1}", peer)
+    if which != "nih":
+        kermany_site(KERMANY_SITE, manifest)
     return folder
 
 
@@ -205,7 +241,10 @@ def main() -> None:
     offline_env(threads_per_client=1)
     out = args.out.resolve()
     probe_split = out / "probe-split"
-    if not (probe_split / "train.csv").is_file():  # patient-level split of the study's train split only
+    # The probes' labelled rows: the study's train split only. With the split's own salt every row
+    # lands in train.csv here, so the sweep splits them into probe-train and probe-validation by its
+    # own patient hash ("hash+test manifest" in its log); kept as is so earlier probe folders stay valid.
+    if not (probe_split / "train.csv").is_file():
         split_manifest(
             args.split / "train.csv",
             probe_split,
