@@ -147,42 +147,19 @@ def _sites(out: Path, split: Path, which: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     labeled = project_root().parent / "shared" / "data" / "cxr" / "kermany_labeled"  # where the split's images are
 
-    def kermany_site(name: str, manifest: Path) -> None:
-        (folder / f"{name}.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "name": name,
-                    "image_roots": [str(labeled.resolve())],
-                    "sources": [
-                        {
-                            "manifest": str(manifest.resolve()),
-                            "kind": "images",
-                            "id_column": "sample_id",
-                            "image_column": "image",
-                        }
-                    ],
-                }
-            )
-        )
+    def image_site(name: str, manifest: str, id_column: str, image_column: str, roots: list[str], file: str) -> None:
+        """Write ``folder/<file>.yaml``: site ``name`` with one images source (``roots``: its image folders)."""
+        source = {"manifest": manifest, "kind": "images", "id_column": id_column, "image_column": image_column}
+        site: dict[str, Any] = {"name": name, "sources": [source], **({"image_roots": roots} if roots else {})}
+        (folder / f"{file}.yaml").write_text(yaml.safe_dump(site))
 
-    nih = load_site(project_root() / "sites" / "cxr" / "nih_images.yaml")
-    source = nih.sources[0]
+    def kermany_site(name: str, manifest: Path) -> None:
+        image_site(name, str(manifest.resolve()), "sample_id", "image", [str(labeled.resolve())], name)
+
     if which != "peers-only":
-        (folder / "nih_images.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "name": nih.name,
-                    "sources": [
-                        {
-                            "manifest": str(source.manifest),
-                            "kind": "images",
-                            "id_column": source.id_column,
-                            "image_column": source.image_column,
-                        }
-                    ],
-                }
-            )
-        )
+        nih = load_site(project_root() / "sites" / "cxr" / "nih_images.yaml")
+        source = nih.sources[0]
+        image_site(nih.name, str(source.manifest), source.id_column, source.image_column, [], "nih_images")
     manifest = split / "train.csv"
     if which in ("small", "peers", "peers-only"):
         subset = out / "kermany-small"
