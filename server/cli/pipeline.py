@@ -244,9 +244,10 @@ def pretraining_runs(
     if federation.vocab_sites:
         base = base.replace(tokenizer=str(out / "vocab"))
     starts: dict[str, RunConfig] = {}  # the name prefix of a federated run -> its configuration
-    if "federated" in federation.study_runs or not (federation.general and pretrained_installed()):
+    general_ready = bool(federation.general) and pretrained_installed()
+    if "federated" in federation.study_runs or not general_ready:
         starts[""] = base
-    if federation.general and pretrained_installed() and "general-pretrained+federated" in federation.study_runs:
+    if general_ready and "general-pretrained+federated" in federation.study_runs:
         general = RunConfig.from_flat({**base.to_flat(), **federation.general})
         if general.text_init == "minilm":
             general = general.replace(tokenizer="minilm")  # MiniLM's own vocabulary, not the shared one
